@@ -1,0 +1,293 @@
+"""Loading, validating and reloading a node's settings.
+
+Load order: embedded defaults (core.settings), INI file (`-c FILE`), environment
+(`FASTCLUSTER_SECTION_KEY`), command line (`--section-key VALUE`). Every problem is a
+`ConfigError` naming its source, section, key and reason; the CLI turns it into exit
+code 2 before anything starts. Derived values (instance name, shm prefix, timing from a
+preset) are computed here, once. Neighbours: core.settings (the declarations), core.cli.
+"""
+from __future__ import annotations
+
+import configparser
+import difflib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from fastcluster.core.settings import (
+    SECTIONS,
+    SETTINGS,
+    SETTINGS_BY_NAME,
+    Setting,
+    SettingValueError,
+)
+
+ENV_PREFIX = "FASTCLUSTER_"
+
+# Timing presets (memberlist-style): LAN is the default, WAN tolerates slow links,
+# LOCAL is for nodes on one machine. Values: ping_interval_ms, ping_timeout_ms,
+# node_timeout_s. Detection of a silent node takes about ping_timeout_ms (silence)
+# + ping_timeout_ms (indirect probes); a closed connection is seen at once.
+PRESETS: dict[str, dict[str, float]] = {
+    "lan": {"ping_interval_ms": 100, "ping_timeout_ms": 300, "node_timeout_s": 2.0},
+    "wan": {"ping_interval_ms": 500, "ping_timeout_ms": 1500, "node_timeout_s": 10.0},
+    "local": {"ping_interval_ms": 50, "ping_timeout_ms": 150, "node_timeout_s": 1.0},
+}
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; str() names source, section, key and reason."""
+
+    def __init__(self, source: str, section: str, key: str, reason: str) -> None:
+        self.source, self.section, self.key, self.reason = source, section, key, reason
+        where = f"[{section}] {key}" if key else f"[{section}]" if section else ""
+        super().__init__(f"{source}: {where}: {reason}" if where else f"{source}: {reason}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Immutable, validated settings: `cfg["usrloc.capacity"]` or `cfg.usrloc.capacity`."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    ini_path: str | None = None
+    cli: Mapping[str, str] = field(default_factory=dict)  # raw command-line layer, for reload
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def __getattr__(self, section: str) -> SimpleNamespace:
+        if section not in SECTIONS:
+            raise AttributeError(section)
+        prefix = section + "."
+        return SimpleNamespace(**{
+            name[len(prefix):]: value
+            for name, value in self.values.items() if name.startswith(prefix)
+        })
+
+    # -- derived values, computed in one place
+
+    @property
+    def instance(self) -> str:
+        return self.values["core.instance"] or f"n{self.values['clusterer.node_id']}"
+
+    @property
+    def shm_prefix(self) -> str:
+        """Every shared-memory name of this instance starts with this."""
+        return f"/fastcluster.{self.instance}."
+
+    @property
+    def run_dir(self) -> str:
+        if self.values["core.run_dir"]:
+            return self.values["core.run_dir"]
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        return os.path.join(xdg, "fastcluster") if xdg else f"/tmp/fastcluster-{os.getuid()}"
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.run_dir, f"fastcluster.{self.instance}.lock")
+
+    @property
+    def numba_cache_dir(self) -> str:
+        if self.values["core.numba_cache_dir"]:
+            return os.path.expanduser(self.values["core.numba_cache_dir"])
+        return os.environ.get("NUMBA_CACHE_DIR") or os.path.expanduser(
+            "~/.cache/fastcluster/numba")
+
+    def timing(self, key: str) -> float:
+        """ping_interval_ms, ping_timeout_ms or node_timeout_s, with the preset applied."""
+        explicit = self.values[f"clusterer.{key}"]
+        return explicit if explicit else PRESETS[self.values["clusterer.preset"]][key]
+
+    def public(self) -> dict[str, Any]:
+        """Values safe to print (secrets masked)."""
+        out = {}
+        for s in SETTINGS:
+            value = self.values[s.name]
+            out[s.name] = ("***" if value else "") if s.secret else value
+        return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _parse(setting: Setting, text: str, source: str) -> Any:
+    try:
+        return setting.parse(text)
+    except SettingValueError as exc:
+        raise ConfigError(source, setting.section, setting.key, str(exc)) from None
+
+
+def _unknown(source: str, section: str, key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(source, section, key, f"unknown setting{hint}")
+
+
+def read_ini(path: str) -> dict[str, tuple[str, str]]:
+    """name -> (text, source) for every key of the file; unknown keys are errors."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       inline_comment_prefixes=("#", ";"))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh, source=path)
+    except OSError as exc:
+        raise ConfigError(path, "", "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", "", f"not UTF-8 text: {exc.reason}") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}", exc.section, exc.option,
+                          "given twice in the section") from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}", exc.section, "",
+                          "section given twice") from None
+    except configparser.Error as exc:
+        raise ConfigError(path, "", "", str(exc).splitlines()[0]) from None
+    found: dict[str, tuple[str, str]] = {}
+    for section in parser.sections():
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            raise ConfigError(path, section, "", f"unknown section{hint}")
+        known = [s.key for s in SETTINGS if s.section == section]
+        for key, text in parser.items(section, raw=True):
+            if key not in known:
+                raise _unknown(path, section, key, known)
+            found[f"{section}.{key}"] = (text, f"{path} [{section}] {key}")
+    return found
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """FASTCLUSTER_SECTION_KEY variables; one naming a known section but no key is an error."""
+    by_env = {s.env: s for s in SETTINGS}
+    found: dict[str, tuple[str, str]] = {}
+    for var, text in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        setting = by_env.get(var)
+        if setting is None:
+            rest = var[len(ENV_PREFIX):].lower()
+            section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+            if section is not None:
+                known = [s.key for s in SETTINGS if s.section == section]
+                raise _unknown(f"environment {var}", section, rest[len(section) + 1:], known)
+            continue
+        found[setting.name] = (text, f"environment {var}")
+    return found
+
+
+def load(ini_path: str | None = None, cli: Mapping[str, str] | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    """Build a validated Config from all sources, later sources winning."""
+    layers: dict[str, tuple[str, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+    if ini_path:
+        layers.update(read_ini(ini_path))
+    layers.update(read_env(os.environ if environ is None else environ))
+    for name, text in (cli or {}).items():
+        if name not in SETTINGS_BY_NAME:
+            raise ConfigError("command line", *name.partition(".")[::2], "unknown setting")
+        layers[name] = (text, f"command line {SETTINGS_BY_NAME[name].flag}")
+    values = {name: _parse(SETTINGS_BY_NAME[name], text, src)
+              for name, (text, src) in layers.items()}
+    sources = {name: src for name, (_, src) in layers.items()}
+    cfg = Config(values=values, sources=sources, ini_path=ini_path, cli=dict(cli or {}))
+    validate(cfg)
+    return cfg
+
+
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+def validate(cfg: Config) -> None:
+    """Rules that involve more than one setting."""
+
+    def fail(name: str, reason: str) -> None:
+        section, _, key = name.partition(".")
+        raise ConfigError(cfg.sources[name], section, key, reason)
+
+    host, port = cfg["clusterer.bin_listen"]
+    if not cfg["clusterer.secret"] and not _is_loopback(host):
+        fail("clusterer.secret", f"an empty secret is refused while bin_listen ({host}) "
+             "is not a loopback address")
+    if cfg["usrloc.min_expires"] > cfg["usrloc.max_expires"]:
+        fail("usrloc.min_expires", f"greater than usrloc.max_expires "
+             f"({cfg['usrloc.max_expires']})")
+    ping = cfg.timing("ping_interval_ms")
+    timeout = cfg.timing("ping_timeout_ms")
+    if timeout < ping:
+        fail("clusterer.ping_timeout_ms", f"{timeout:g} ms is shorter than the ping "
+             f"interval ({ping:g} ms): every idle link would be probed")
+    if cfg["clusterer.sync_packet_size"] > cfg["clusterer.max_frame_bytes"] // 2:
+        fail("clusterer.sync_packet_size", "must be at most half of max_frame_bytes")
+    me = cfg["clusterer.node_id"]
+    for node_id, nhost, nport in cfg["clusterer.nodes"]:
+        if node_id == me and (nhost, nport) != cfg["clusterer.bin_listen"]:
+            fail("clusterer.nodes", f"node {me} (this node) is listed with another address")
+    used: dict[tuple[str, int], str] = {}
+    endpoints = [("mi.listen", cfg["mi.listen"]), ("clusterer.bin_listen", (host, port))]
+    endpoints += [("sip.listen", (h, p)) for _, h, p in cfg["sip.listen"]]
+    for name, endpoint in endpoints:
+        # SIP is UDP, the others TCP: only a TCP/TCP clash is a real conflict.
+        if name != "sip.listen" and endpoint in used:
+            fail(name, f"{endpoint[0]}:{endpoint[1]} is also {used[endpoint]}")
+        if name != "sip.listen":
+            used[endpoint] = name
+
+
+def reload(old: Config) -> tuple[Config, list[str], list[str]]:
+    """Re-read the same sources. Returns (config to use, applied names, ignored names).
+
+    Settings that cannot change without a restart keep their old value and are listed
+    as ignored, so the running node stays consistent with its shared memory.
+    """
+    fresh = load(old.ini_path, cli=old.cli)
+    applied, ignored = [], []
+    values = dict(old.values)
+    for s in SETTINGS:
+        if fresh[s.name] == old[s.name]:
+            continue
+        if s.reloadable:
+            values[s.name] = fresh[s.name]
+            applied.append(s.name)
+        else:
+            ignored.append(s.name)
+    cfg = Config(values=values, sources=dict(fresh.sources), ini_path=old.ini_path,
+                 cli=old.cli)
+    validate(cfg)
+    return cfg, applied, ignored
+
+
+def render_reference() -> str:
+    """docs/settings.md, generated from SETTINGS (a test fails when the file is stale)."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from `core/settings.py` by `fastcluster settings-doc`; do not edit.",
+        "",
+        "Load order: embedded defaults, INI file (`-c FILE`), environment "
+        "(`FASTCLUSTER_SECTION_KEY`), command line (`--section-key VALUE`). "
+        "Settings marked *reload* are applied on SIGHUP; the others need a restart.",
+        "",
+    ]
+    for section in SECTIONS:
+        lines += [f"## [{section}]", "", "| key | type | default | unit | reload | meaning |",
+                  "|---|---|---|---|---|---|"]
+        for s in SETTINGS:
+            if s.section != section:
+                continue
+            default = f"`{s.default}`" if s.default else "(empty)"
+            flags = f"`{s.flag}`" + (f", `{s.short}`" if s.short else "")
+            lines.append(f"| `{s.key}` ({flags}, `{s.env}`) | {s.type_doc} | {default} "
+                         f"| {s.unit} | {'reload' if s.reloadable else ''} | {s.doc} |")
+        lines.append("")
+    lines += ["## Timing presets", "", "| preset | ping_interval_ms | ping_timeout_ms | "
+              "node_timeout_s |", "|---|---|---|---|"]
+    for name, p in PRESETS.items():
+        lines.append(f"| {name} | {p['ping_interval_ms']:g} | {p['ping_timeout_ms']:g} | "
+                     f"{p['node_timeout_s']:g} |")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,336 @@
+"""Every setting of a node, declared once.
+
+Each `Setting` carries its INI section and key, type, validator, default, unit and doc.
+The argparse options (`fastcluster --help`), the INI schema, the environment names and the
+generated reference in docs/settings.md are all derived from `SETTINGS` by core.config.
+Neighbours: core.config (loading, validation, reload), core.cli (command line).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Parser = Callable[[str], Any]
+
+
+class SettingValueError(ValueError):
+    """A value that does not parse or validate; the message is the reason shown to users."""
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def _int_range(lo: int, hi: int) -> Parser:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise SettingValueError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise SettingValueError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    parse.__doc__ = f"integer {lo}..{hi}"
+    return parse
+
+
+def _float_range(lo: float, hi: float) -> Parser:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise SettingValueError(f"{text!r} is not a number") from None
+        if not lo <= value <= hi:
+            raise SettingValueError(f"{value:g} is outside {lo:g}..{hi:g}")
+        return value
+
+    parse.__doc__ = f"number {lo:g}..{hi:g}"
+    return parse
+
+
+def _choice(*options: str) -> Parser:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise SettingValueError(f"{text!r} is not one of {', '.join(options)}")
+        return value
+
+    parse.__doc__ = "one of " + ", ".join(options)
+    return parse
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise SettingValueError(f"{text!r} is not a boolean (yes/no, true/false, on/off, 1/0)")
+
+
+_bool.__doc__ = "boolean"
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+_text.__doc__ = "text"
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT, IPv6 hosts in brackets ([::1]:5555)."""
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise SettingValueError(f"{text!r} is not [IPV6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise SettingValueError(f"{text!r} is not HOST:PORT")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise SettingValueError(f"{host!r} is not an IP address") from None
+    port = _int_range(1, 65535)(port_text) if port_text.strip().isdigit() else None
+    if port is None:
+        raise SettingValueError(f"{port_text!r} is not a port number")
+    return host, port
+
+
+_host_port.__doc__ = "HOST:PORT"
+
+
+def _host_port_list(text: str) -> tuple[tuple[str, int], ...]:
+    items = [item for item in (part.strip() for part in text.split(",")) if item]
+    return tuple(_host_port(item) for item in items)
+
+
+_host_port_list.__doc__ = "comma-separated HOST:PORT (may be empty)"
+
+
+def _sip_listen(text: str) -> tuple[tuple[str, str, int], ...]:
+    """udp:HOST:PORT[, ...] -> ((proto, host, port), ...)."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        proto, sep, rest = item.partition(":")
+        if not sep or proto.lower() != "udp":
+            raise SettingValueError(f"{item!r} is not udp:HOST:PORT (only UDP is supported)")
+        host, port = _host_port(rest)
+        out.append(("udp", host, port))
+    if not out:
+        raise SettingValueError("at least one udp:HOST:PORT is needed")
+    if len(set(out)) != len(out):
+        raise SettingValueError("the same listener is given twice")
+    return tuple(out)
+
+
+_sip_listen.__doc__ = "comma-separated udp:HOST:PORT"
+
+
+def _static_nodes(text: str) -> tuple[tuple[int, str, int], ...]:
+    """ID@HOST:PORT[, ...]: nodes provisioned in the INI (OpenSIPS db_mode=1 style)."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        ident, sep, addr = item.partition("@")
+        if not sep:
+            raise SettingValueError(f"{item!r} is not ID@HOST:PORT")
+        node_id = _int_range(1, 65535)(ident)
+        host, port = _host_port(addr)
+        out.append((node_id, host, port))
+    ids = [n[0] for n in out]
+    if len(set(ids)) != len(ids):
+        raise SettingValueError("a node id is listed twice")
+    return tuple(out)
+
+
+_static_nodes.__doc__ = "comma-separated ID@HOST:PORT (may be empty)"
+
+
+def _cluster_ids(text: str) -> tuple[int, ...]:
+    ids = tuple(_int_range(1, 65535)(part) for part in text.split(",") if part.strip())
+    if not ids:
+        raise SettingValueError("at least one cluster id is needed")
+    if len(set(ids)) != len(ids):
+        raise SettingValueError("a cluster id is listed twice")
+    return ids
+
+
+_cluster_ids.__doc__ = "comma-separated cluster ids 1..65535"
+
+
+def _power_of_two_at_least(lo: int, hi: int) -> Parser:
+    base = _int_range(lo, hi)
+
+    def parse(text: str) -> int:
+        value = base(text)
+        if value & (value - 1):
+            raise SettingValueError(f"{value} is not a power of two")
+        return value
+
+    parse.__doc__ = f"power of two {lo}..{hi}"
+    return parse
+
+
+# ---------------------------------------------------------------- declaration
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    parse: Parser
+    default: str  # as text: goes through `parse` like any other source
+    doc: str
+    unit: str = ""
+    reloadable: bool = False  # applied on SIGHUP without a restart
+    short: str | None = None  # extra short CLI flag, e.g. "-w"
+    secret: bool = False  # never printed (check-config, MI)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.section}-{self.key}".replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return f"FASTCLUSTER_{self.section}_{self.key}".upper()
+
+    @property
+    def type_doc(self) -> str:
+        return (self.parse.__doc__ or "").strip().splitlines()[0]
+
+
+S = Setting
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- core
+    S("core", "workers", _int_range(1, 256), "8",
+      "SIP worker processes forked by the master.", short="-w"),
+    S("core", "log_level", _choice("debug", "info", "warning", "error"), "info",
+      "Lowest level of log lines written to stderr.", reloadable=True),
+    S("core", "instance", _text, "",
+      "Name of this node instance on this machine: it prefixes the shared-memory names "
+      "(/dev/shm/fastcluster.INSTANCE.*) and the lock file. Empty means 'n<node_id>'."),
+    S("core", "run_dir", _text, "",
+      "Folder of the per-instance lock file. Empty means $XDG_RUNTIME_DIR/fastcluster, "
+      "else /tmp/fastcluster-<uid>."),
+    S("core", "numba_cache_dir", _text, "",
+      "Where compiled numba kernels are cached. Empty means $NUMBA_CACHE_DIR if set, "
+      "else ~/.cache/fastcluster/numba."),
+    S("core", "child_timeout_s", _float_range(0.5, 3600), "10",
+      "Heartbeat age after which a child process is considered stuck and is stopped "
+      "(SIGTERM, then SIGKILL after core.graceful_timeout_s) and respawned.", unit="s",
+      reloadable=True),
+    S("core", "graceful_timeout_s", _float_range(0.1, 60), "3",
+      "How long a stopping child may take before SIGKILL.", unit="s", reloadable=True),
+    S("core", "respawn_backoff_max_s", _float_range(0.1, 600), "10",
+      "Upper bound of the delay before respawning a child that keeps crashing "
+      "(doubles from 0.1 s at each crash within a minute).", unit="s", reloadable=True),
+    # -- sip
+    S("sip", "listen", _sip_listen, "udp:127.0.0.1:5060",
+      "SIP listeners, each served by every worker."),
+    S("sip", "dispatch", _choice("shared", "reuseport"), "shared",
+      "How datagrams reach the workers: one socket shared by all workers (even spread), "
+      "or one SO_REUSEPORT socket per worker (kernel hashes by source address). See "
+      "docs/transport.md for the measurements."),
+    S("sip", "rcvbuf_bytes", _int_range(0, 1 << 30), "8388608",
+      "SO_RCVBUF asked for each SIP socket (0 keeps the system default).", unit="bytes"),
+    S("sip", "server_header", _text, "",
+      "Value of a Server header added to replies (empty: none)."),
+    # -- mi
+    S("mi", "listen", _host_port, "127.0.0.1:8888",
+      "HOST:PORT of the MI HTTP server (JSON-RPC 2.0 at POST /mi)."),
+    # -- clusterer
+    S("clusterer", "node_id", _int_range(1, 65535), "1",
+      "This node's id, unique in its clusters."),
+    S("clusterer", "cluster_id", _cluster_ids, "1",
+      "Cluster(s) this node belongs to (comma-separated for several)."),
+    S("clusterer", "bin_listen", _host_port, "127.0.0.1:5555",
+      "HOST:PORT where other nodes connect to this one."),
+    S("clusterer", "seeds", _host_port_list, "",
+      "Nodes to join through (any existing member)."),
+    S("clusterer", "nodes", _static_nodes, "",
+      "Statically provisioned members, as ID@HOST:PORT (OpenSIPS db_mode=1 style)."),
+    S("clusterer", "secret", _text, "",
+      "Shared secret authenticating every link (HMAC challenge-response). Empty is "
+      "allowed only while bin_listen is a loopback address.", secret=True),
+    S("clusterer", "preset", _choice("lan", "wan", "local"), "lan",
+      "Timing preset; ping_interval_ms, ping_timeout_ms and node_timeout_s given "
+      "explicitly override it."),
+    S("clusterer", "ping_interval_ms", _int_range(0, 600_000), "0",
+      "Ping period on an idle link (0: from the preset; lan 100, wan 500, local 50).",
+      unit="ms", reloadable=True),
+    S("clusterer", "ping_timeout_ms", _int_range(0, 600_000), "0",
+      "Silence after which a link is probed, and wait for each probe answer "
+      "(0: from the preset; lan 300, wan 1500, local 150).", unit="ms", reloadable=True),
+    S("clusterer", "node_timeout_s", _float_range(0, 3600), "0",
+      "Retry period of a node that is Down (0: from the preset; lan 2, wan 10, local 1).",
+      unit="s", reloadable=True),
+    S("clusterer", "sync_packet_size", _int_range(4096, 64 << 20), "1048576",
+      "Most bytes of table data in one sync chunk.", unit="bytes"),
+    S("clusterer", "sync_window", _int_range(1, 64), "4",
+      "Sync chunks in flight before the donor waits for an acknowledgement.",
+      unit="chunks"),
+    S("clusterer", "sync_timeout_s", _float_range(0.1, 3600), "3",
+      "A sync that makes no progress for this long switches donor and resumes.", unit="s"),
+    S("clusterer", "seed_fallback_interval_s", _float_range(0, 3600), "5",
+      "With no synced donor in sight for this long, a seed node declares its own data "
+      "synced.", unit="s"),
+    S("clusterer", "repl_ring_bytes", _power_of_two_at_least(65536, 1 << 30), "4194304",
+      "Replication ring of each process: changes waiting for the cluster process. When "
+      "full, changes are not lost: the gap is recorded, counted and re-sent from the "
+      "table.", unit="bytes"),
+    S("clusterer", "max_frame_bytes", _int_range(65536, 256 << 20), "67108864",
+      "Largest frame accepted on a cluster link.", unit="bytes"),
+    # -- usrloc
+    S("usrloc", "capacity", _int_range(16, 200_000_000), "1000000",
+      "Contacts the shared table can hold (the table has capacity/0.9 slots; memory is "
+      "touched only when used)."),
+    S("usrloc", "record_bytes", _int_range(64, 8192), "256",
+      "Bytes for the strings of one contact together (AOR, URI, Call-ID, User-Agent, "
+      "Path, +sip.instance). A contact whose strings do not fit is refused with 500.",
+      unit="bytes"),
+    S("usrloc", "min_expires", _int_range(0, 1 << 30), "60",
+      "Shorter registrations are refused with 423 and Min-Expires.", unit="s",
+      reloadable=True),
+    S("usrloc", "max_expires", _int_range(1, 1 << 30), "3600",
+      "Longer registrations are clamped to this.", unit="s", reloadable=True),
+    S("usrloc", "default_expires", _int_range(1, 1 << 30), "3600",
+      "Expiry of a contact with neither an expires parameter nor an Expires header.",
+      unit="s", reloadable=True),
+    S("usrloc", "max_contacts", _int_range(0, 1000), "10",
+      "Most contacts per AOR; more are refused with 403 (0: no limit).", reloadable=True),
+    S("usrloc", "tombstone_ttl_s", _int_range(1, 86400), "120",
+      "How long a removed contact is kept as a tombstone so late replicas cannot revive "
+      "it.", unit="s"),
+    S("usrloc", "natping_interval_s", _int_range(0, 3600), "30",
+      "Every NAT-ed contact is pinged once per interval by its partition's owner "
+      "(0: no pinging).", unit="s", reloadable=True),
+    S("usrloc", "ping_partitions", _power_of_two_at_least(16, 65536), "4096",
+      "Partitions the contacts are hashed into for NAT pinging."),
+    # -- dialog
+    S("dialog", "capacity", _int_range(16, 50_000_000), "100000",
+      "Dialogs the shared table can hold."),
+    S("dialog", "record_bytes", _int_range(128, 16384), "512",
+      "Bytes for the strings of one dialog together.", unit="bytes"),
+    S("dialog", "tombstone_ttl_s", _int_range(1, 86400), "120",
+      "How long an ended dialog is kept as a tombstone.", unit="s"),
+    # -- script
+    S("script", "module", _text, "",
+      "Path of the user's Python script (empty: none)."),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in SETTINGS))

@@ -1,0 +1,41 @@
+"""Statistics declared once: every counter a process increments, by group and name.
+
+Each process owns one row of counters in the control segment (single writer, no atomics);
+the MI sums the rows. Gauges (registered contacts, ...) are computed from the tables by
+the MI, not stored here. Names follow OpenSIPS where OpenSIPS has them (core, sl,
+registrar, usrloc groups). Neighbours: shm.control (storage), services.mi (get_statistics).
+"""
+from __future__ import annotations
+
+COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("core", "rcv_requests", "SIP requests received"),
+    ("core", "rcv_replies", "SIP replies received (dropped: no proxy yet, or ping replies)"),
+    ("core", "bad_msgs", "datagrams that did not parse as SIP (answered 400 or dropped)"),
+    ("core", "drop_requests", "requests dropped without an answer"),
+    ("core", "unsupported_methods", "requests answered 501"),
+    ("core", "too_many_hops", "requests answered 483 (Max-Forwards: 0)"),
+    ("sl", "1xx_replies", "1xx replies sent"),
+    ("sl", "2xx_replies", "2xx replies sent"),
+    ("sl", "3xx_replies", "3xx replies sent"),
+    ("sl", "4xx_replies", "4xx replies sent"),
+    ("sl", "5xx_replies", "5xx replies sent"),
+    ("sl", "6xx_replies", "6xx replies sent"),
+    ("sl", "sent_replies", "replies sent"),
+    ("registrar", "accepted_regs", "REGISTER requests answered 200"),
+    ("registrar", "rejected_regs", "REGISTER requests refused"),
+    ("usrloc", "refused_too_long", "contacts refused: strings wider than usrloc.record_bytes"),
+    ("usrloc", "refused_table_full", "contacts refused: the contact table is full"),
+    ("usrloc", "key_collisions", "bindings refused: 64-bit key collision with another binding"),
+    ("usrloc", "lock_waits", "table operations that found their lock busy and yielded"),
+    ("usrloc", "expired_contacts", "contacts expired by the timer"),
+    ("usrloc", "purged_tombstones", "tombstones purged by the timer"),
+    ("clusterer", "refused_links", "connections refused (bad secret, duplicate id, ...)"),
+    ("clusterer", "corrupt_frames", "connections dropped for a frame that did not decode"),
+    ("clusterer", "bad_messages", "well-framed messages whose content made no sense"),
+    ("clusterer", "relayed_msgs", "messages forwarded for other nodes"),
+    ("clusterer", "unroutable_msgs", "messages dropped: no path to their destination"),
+    ("clusterer", "node_up_events", "nodes that became reachable"),
+    ("clusterer", "node_down_events", "nodes that became unreachable"),
+)
+
+INDEX: dict[str, int] = {f"{g}:{n}": i for i, (g, n, _) in enumerate(COUNTERS)}

@@ -1,0 +1,145 @@
+"""Settings: load order, validation errors naming file/section/key, CLI, reload, docs."""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fastcluster.core import config
+from fastcluster.core.config import ConfigError, load
+from fastcluster.core.settings import SETTINGS
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: pathlib.Path, text: str) -> str:
+    path = tmp_path / "node.ini"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_run_alone_on_loopback() -> None:
+    cfg = load(environ={})
+    assert cfg["core.workers"] == 8
+    assert cfg["sip.listen"] == (("udp", "127.0.0.1", 5060),)
+    assert cfg["mi.listen"] == ("127.0.0.1", 8888)
+    assert cfg["clusterer.node_id"] == 1
+    assert cfg["clusterer.bin_listen"] == ("127.0.0.1", 5555)
+    assert cfg.instance == "n1"
+    assert cfg.shm_prefix == "/fastcluster.n1."
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_every_default_parses(setting) -> None:
+    setting.parse(setting.default)
+
+
+def test_load_order_default_ini_env_cli(tmp_path: pathlib.Path) -> None:
+    ini = write(tmp_path, "[core]\nworkers = 3\nlog_level = debug\n[usrloc]\nmax_contacts = 4\n")
+    env = {"FASTCLUSTER_CORE_WORKERS": "5", "FASTCLUSTER_USRLOC_MIN_EXPIRES": "30"}
+    cfg = load(ini, cli={"core.workers": "6"}, environ=env)
+    assert cfg["core.workers"] == 6 and cfg.sources["core.workers"].startswith("command line")
+    assert cfg["usrloc.min_expires"] == 30 and "environment" in cfg.sources["usrloc.min_expires"]
+    assert cfg["usrloc.max_contacts"] == 4 and ini in cfg.sources["usrloc.max_contacts"]
+    assert cfg["core.log_level"] == "debug"
+    assert cfg["usrloc.max_expires"] == 3600 and cfg.sources["usrloc.max_expires"] == "default"
+
+
+@pytest.mark.parametrize("text, section, key, reason", [
+    ("[core]\nworkrs = 2\n", "core", "workrs", "did you mean 'workers'"),
+    ("[cor]\nworkers = 2\n", "cor", "", "unknown section"),
+    ("[core]\nworkers = many\n", "core", "workers", "not an integer"),
+    ("[core]\nworkers = 0\n", "core", "workers", "outside 1..256"),
+    ("[core]\nlog_level = loud\n", "core", "log_level", "not one of"),
+    ("[sip]\nlisten = tcp:1.2.3.4:5060\n", "sip", "listen", "only UDP"),
+    ("[sip]\nlisten = udp:nohost:5060\n", "sip", "listen", "not an IP address"),
+    ("[mi]\nlisten = 127.0.0.1:99999\n", "mi", "listen", "outside 1..65535"),
+    ("[clusterer]\nnode_id = 70000\n", "clusterer", "node_id", "outside"),
+    ("[clusterer]\nseeds = 127.0.0.1\n", "clusterer", "seeds", "not HOST:PORT"),
+    ("[clusterer]\nbin_listen = 10.0.0.1:5555\n", "clusterer", "secret", "empty secret"),
+    ("[usrloc]\nping_partitions = 1000\n", "usrloc", "ping_partitions", "power of two"),
+    ("[usrloc]\nmin_expires = 4000\n", "usrloc", "min_expires", "greater than"),
+    ("[core]\nworkers = 2\nworkers = 3\n", "core", "workers", "given twice"),
+    ("[mi]\nlisten = 127.0.0.1:5555\n", "clusterer", "bin_listen", "also mi.listen"),
+])
+def test_bad_ini_names_file_section_key_reason(tmp_path, text, section, key, reason) -> None:
+    ini = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(ini, environ={})
+    assert err.value.section == section and err.value.key == key
+    assert reason in err.value.reason
+    assert ini in err.value.source or "default" in err.value.source or \
+        "command line" in err.value.source
+    message = str(err.value)
+    assert f"[{section}]" in message and reason in message
+
+
+def test_unknown_environment_key_is_an_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(environ={"FASTCLUSTER_CORE_WORKRS": "3"})
+    assert "FASTCLUSTER_CORE_WORKRS" in str(err.value) and "did you mean" in str(err.value)
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    assert load(environ={"FASTCLUSTER_FOO": "x", "HOME": "/"})["core.workers"] == 8
+
+
+def test_presets_and_explicit_timing() -> None:
+    lan = load(environ={})
+    assert lan.timing("ping_interval_ms") == 100
+    wan = load(cli={"clusterer.preset": "wan"}, environ={})
+    assert wan.timing("ping_timeout_ms") == 1500
+    mixed = load(cli={"clusterer.preset": "wan", "clusterer.ping_interval_ms": "200"},
+                 environ={})
+    assert mixed.timing("ping_interval_ms") == 200
+
+
+def test_reload_applies_reloadable_and_keeps_the_rest(tmp_path: pathlib.Path) -> None:
+    path = pathlib.Path(write(tmp_path, "[usrloc]\nmax_contacts = 4\n[core]\nworkers = 2\n"))
+    old = load(str(path), environ={})
+    path.write_text("[usrloc]\nmax_contacts = 7\n[core]\nworkers = 9\n")
+    cfg, applied, ignored = config.reload(old)
+    assert cfg["usrloc.max_contacts"] == 7 and "usrloc.max_contacts" in applied
+    assert cfg["core.workers"] == 2 and "core.workers" in ignored
+
+
+def test_secret_is_masked() -> None:
+    cfg = load(cli={"clusterer.secret": "s3cr3t"}, environ={})
+    assert cfg.public()["clusterer.secret"] == "***"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastcluster.core.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_ok_and_bad(tmp_path: pathlib.Path) -> None:
+    good = run_cli("check-config", "-c", write(tmp_path, "[core]\nworkers = 2\n"))
+    assert good.returncode == 0, good.stderr
+    assert "configuration OK" in good.stdout and "core.workers" in good.stdout
+    bad_ini = tmp_path / "bad.ini"
+    bad_ini.write_text("[usrloc]\ncapacity = lots\n")
+    bad = run_cli("check-config", "-c", str(bad_ini))
+    assert bad.returncode == 2
+    assert str(bad_ini) in bad.stderr and "[usrloc] capacity" in bad.stderr
+
+
+def test_run_with_bad_value_exits_2_and_starts_nothing(tmp_path: pathlib.Path) -> None:
+    result = run_cli("--clusterer-node-id", "0")
+    assert result.returncode == 2
+    assert "[clusterer] node_id" in result.stderr and "command line" in result.stderr
+
+
+def test_help_lists_every_setting() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for s in SETTINGS:
+        assert s.flag in result.stdout, s.flag
+
+
+def test_settings_reference_is_current() -> None:
+    committed = (REPO / "docs" / "settings.md").read_text()
+    assert committed == config.render_reference(), \
+        "docs/settings.md is stale: run `fastcluster settings-doc > docs/settings.md`"
