@@ -1,0 +1,124 @@
+"""Atomic operations on numpy array elements, as numba intrinsics.
+
+Numba has no atomics for CPU arrays, and shared-memory locks, rings and counters need
+them: a plain store may be reordered by LLVM and a plain read-modify-write loses updates
+between processes. These intrinsics emit LLVM `cmpxchg`, `atomicrmw`, atomic load/store
+and `pause`, so they compile into the calling kernel (cacheable, no call overhead); `pause` is the LLVM x86 intrinsic
+(numba's JIT has no inline-asm parser).
+Arrays must be 1-d, C-contiguous, of an integer dtype; the element must be naturally
+aligned (every shm layout here guarantees it). Neighbours: shm.locks, shm.ring, shm.table.
+"""
+from __future__ import annotations
+
+import platform
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_X86 = platform.machine() in ("x86_64", "AMD64", "i686")
+
+
+def _element_ptr(context, builder, arrty, arr, idx):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return cgutils.get_item_pointer(context, builder, arrty, ary, [idx], wraparound=False)
+
+
+def _check(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(arr.dtype,
+                                                                         types.Integer)
+
+
+@intrinsic
+def atomic_cas(typingctx, arr, idx, expected, new):
+    """arr[idx] = new if arr[idx] == expected; returns the previous value (seq_cst)."""
+    if not _check(arr):
+        return None
+    dt = arr.dtype
+    sig = dt(arr, types.intp, dt, dt)
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v, exp_v, new_v = args
+        ptr = _element_ptr(context, builder, sig.args[0], arr_v, idx_v)
+        res = builder.cmpxchg(ptr, exp_v, new_v, "seq_cst", "seq_cst")
+        return builder.extract_value(res, 0)
+
+    return sig, codegen
+
+
+@intrinsic
+def atomic_add(typingctx, arr, idx, value):
+    """arr[idx] += value atomically; returns the previous value (seq_cst)."""
+    if not _check(arr):
+        return None
+    dt = arr.dtype
+    sig = dt(arr, types.intp, dt)
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v, val_v = args
+        ptr = _element_ptr(context, builder, sig.args[0], arr_v, idx_v)
+        return builder.atomic_rmw("add", ptr, val_v, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def atomic_load(typingctx, arr, idx):
+    """Read arr[idx] with acquire ordering (later reads are not hoisted above it)."""
+    if not _check(arr):
+        return None
+    dt = arr.dtype
+    sig = dt(arr, types.intp)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        width = context.get_abi_sizeof(context.get_value_type(sig.args[0].dtype))
+        return builder.load_atomic(ptr, "acquire", width)
+
+    return sig, codegen
+
+
+@intrinsic
+def atomic_store(typingctx, arr, idx, value):
+    """Write arr[idx] with release ordering (earlier writes are visible before it)."""
+    if not _check(arr):
+        return None
+    dt = arr.dtype
+    sig = types.void(arr, types.intp, dt)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        width = context.get_abi_sizeof(context.get_value_type(sig.args[0].dtype))
+        builder.store_atomic(args[2], ptr, "release", width)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fence(typingctx):
+    """Full memory barrier (orders stores before later loads, which release/acquire don't)."""
+    sig = types.void()
+
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """Spin-wait hint (x86 `pause`) plus a compiler barrier, so the loop re-reads memory."""
+    sig = types.void()
+
+    def codegen(context, builder, sig, args):
+        if _X86:
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        builder.fence("acquire", "singlethread")
+        return context.get_dummy_value()
+
+    return sig, codegen

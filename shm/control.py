@@ -1,0 +1,183 @@
+"""The control segment: process slots with heartbeats, per-process statistics, and the
+reload area through which the master hands new settings to its children.
+
+The master writes a slot when it forks a child and clears it when it reaps it; the child
+stamps its heartbeat (CLOCK_MONOTONIC milliseconds, the same clock in every process) and
+increments its own statistics row (single writer each: no atomics needed). Neighbours:
+workers.master (owner), workers.child (stamping), services.mi (ps, get_statistics).
+
+Layout (little-endian, W = 8-byte word):
+
+    offset  size             field
+    0       8                magic b"FCCTRL01"
+    W1      8                layout version (CONTROL_LAYOUT_VERSION)
+    W2      8                nprocs: process slots
+    W3      8                nstats: counters per process
+    W4      8                node id
+    W5      8                master pid
+    W6      8                start time (unix ms)
+    W7      8                reload generation: bumped after the reload area is written
+    W8      8                reload area length (bytes used)
+    W9      8                stop flag: 1 while the master is stopping the node
+    512     64 * nprocs      process slots, each 8 words: pid, role, number,
+                             heartbeat (monotonic ms), started (monotonic ms),
+                             restarts, state, reserved
+    ...     8*nstats*nprocs  statistics: one int64 row per process slot
+    ...     RELOAD_BYTES     reload area: msgpack of the reloadable settings
+    ...     VIEW_BYTES * MAX_VIEWS  cluster views, one per cluster this node is in:
+                             W0 epoch (odd while the cluster process writes it),
+                             W1 cluster id, W2 entries, W3 this node's id, W4..7 reserved,
+                             then MAX_VIEW_NODES uint64 entries:
+                             bits 0-15 node id, 16-31 VIEW_* flags,
+                             32-63 capability states (4 bits per capability)
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from fastcluster.core.stats import COUNTERS
+
+CONTROL_MAGIC = int.from_bytes(b"FCCTRL01", "little")
+CONTROL_LAYOUT_VERSION = 1
+HEADER = 512
+SLOT_WORDS = 8
+RELOAD_BYTES = 65536
+MAX_VIEWS = 8  # clusters per node
+MAX_VIEW_NODES = 256  # nodes per cluster seen by workers and the timer
+VIEW_BYTES = 64 + 8 * MAX_VIEW_NODES
+VIEW_UP, VIEW_ME, VIEW_ENABLED = 1, 2, 4
+W_MAGIC, W_VERSION, W_NPROCS, W_NSTATS, W_NODE, W_MASTER, W_START = range(7)
+W_RELOAD_GEN, W_RELOAD_LEN, W_STOPPING = 7, 8, 9
+P_PID, P_ROLE, P_NUMBER, P_HEARTBEAT, P_STARTED, P_RESTARTS, P_STATE = range(7)
+
+ROLES = ("master", "sip", "cluster", "timer", "script")
+ROLE_MASTER, ROLE_SIP, ROLE_CLUSTER, ROLE_TIMER, ROLE_SCRIPT = range(5)
+# Fixed process slots; SIP workers take FIRST_SIP onwards.
+SLOT_MASTER, SLOT_CLUSTER, SLOT_TIMER, SLOT_SCRIPT, FIRST_SIP = range(5)
+
+
+def nprocs_for(workers: int) -> int:
+    return FIRST_SIP + workers
+
+
+def segment_size(nprocs: int) -> int:
+    return (HEADER + 8 * SLOT_WORDS * nprocs + 8 * len(COUNTERS) * nprocs + RELOAD_BYTES
+            + VIEW_BYTES * MAX_VIEWS)
+
+
+def monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class Control:
+    """Typed views over a control segment's buffer."""
+
+    def __init__(self, buf: np.ndarray) -> None:
+        self.buf = buf
+        self.words = buf[:HEADER].view(np.int64)
+        if int(self.words[W_MAGIC]) != CONTROL_MAGIC:
+            raise ValueError("not a control segment (bad magic)")
+        if int(self.words[W_VERSION]) != CONTROL_LAYOUT_VERSION:
+            raise ValueError("control segment layout version mismatch")
+        n = int(self.words[W_NPROCS])
+        nstats = int(self.words[W_NSTATS])
+        off = HEADER
+        self.slots = buf[off:off + 8 * SLOT_WORDS * n].view(np.int64).reshape(n, SLOT_WORDS)
+        off += 8 * SLOT_WORDS * n
+        self.stats = buf[off:off + 8 * nstats * n].view(np.int64).reshape(n, nstats)
+        off += 8 * nstats * n
+        self.reload_area = buf[off:off + RELOAD_BYTES]
+        off += RELOAD_BYTES
+        self.views = buf[off:off + VIEW_BYTES * MAX_VIEWS].view(np.int64).reshape(
+            MAX_VIEWS, VIEW_BYTES // 8)
+        self.nprocs = n
+
+    @staticmethod
+    def init(buf: np.ndarray, nprocs: int, node_id: int, master_pid: int) -> Control:
+        w = buf[:HEADER].view(np.int64)
+        w[W_VERSION] = CONTROL_LAYOUT_VERSION
+        w[W_NPROCS] = nprocs
+        w[W_NSTATS] = len(COUNTERS)
+        w[W_NODE] = node_id
+        w[W_MASTER] = master_pid
+        w[W_START] = int(time.time() * 1000)
+        w[W_MAGIC] = CONTROL_MAGIC
+        return Control(buf)
+
+    # -- process slots (master writes, children stamp heartbeats)
+
+    def set_slot(self, slot: int, pid: int, role: int, number: int) -> None:
+        now = monotonic_ms()
+        row = self.slots[slot]
+        row[P_ROLE], row[P_NUMBER], row[P_STARTED], row[P_HEARTBEAT] = role, number, now, now
+        row[P_PID] = pid
+
+    def clear_slot(self, slot: int) -> None:
+        self.slots[slot, P_PID] = 0
+
+    def beat(self, slot: int) -> None:
+        self.slots[slot, P_HEARTBEAT] = monotonic_ms()
+
+    def processes(self) -> list[dict]:
+        now = monotonic_ms()
+        out = []
+        for slot in range(self.nprocs):
+            pid, role, number, beat, started, restarts = (
+                int(v) for v in self.slots[slot, :P_STATE])
+            if pid:
+                out.append({"slot": slot, "pid": pid, "role": ROLES[role], "number": number,
+                            "heartbeat_age_ms": now - beat, "uptime_ms": now - started,
+                            "restarts": restarts})
+        return out
+
+    # -- statistics
+
+    def totals(self) -> np.ndarray:
+        return self.stats.sum(axis=0)
+
+    # -- cluster views (the cluster process writes, everyone reads)
+
+    def publish_view(self, index: int, cluster: int, me: int,
+                     entries: list[tuple[int, int, int]]) -> None:
+        """entries: (node id, VIEW_* flags, capability bits). Single writer."""
+        if len(entries) > MAX_VIEW_NODES:
+            raise ValueError(f"cluster {cluster} has more than {MAX_VIEW_NODES} nodes")
+        v = self.views[index]
+        v[0] += 1  # odd: readers retry
+        v[1], v[2], v[3] = cluster, len(entries), me
+        for i, (node, flags, caps) in enumerate(entries):
+            v[8 + i] = node | (flags << 16) | (caps << 32)
+        v[0] += 1
+
+    def read_view(self, index: int) -> tuple[int, int, list[tuple[int, int, int]]]:
+        """(cluster id, this node, entries) as one consistent snapshot."""
+        v = self.views[index]
+        while True:
+            epoch = int(v[0])
+            if epoch & 1:
+                time.sleep(0)
+                continue
+            cluster, count, me = int(v[1]), int(v[2]), int(v[3])
+            raw = v[8:8 + count].copy()
+            if int(v[0]) == epoch:
+                return cluster, me, [(int(e) & 0xFFFF, (int(e) >> 16) & 0xFFFF,
+                                      (int(e) >> 32) & 0xFFFFFFFF) for e in raw]
+
+    # -- reload area (master writes, children poll the generation)
+
+    def publish_reload(self, blob: bytes) -> int:
+        if len(blob) > RELOAD_BYTES:
+            raise ValueError(f"reload blob of {len(blob)} bytes exceeds {RELOAD_BYTES}")
+        self.reload_area[:len(blob)] = np.frombuffer(blob, np.uint8)
+        self.words[W_RELOAD_LEN] = len(blob)
+        self.words[W_RELOAD_GEN] += 1
+        return int(self.words[W_RELOAD_GEN])
+
+    @property
+    def reload_generation(self) -> int:
+        return int(self.words[W_RELOAD_GEN])
+
+    def reload_blob(self) -> bytes:
+        return bytes(self.reload_area[:int(self.words[W_RELOAD_LEN])])

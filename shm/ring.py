@@ -1,0 +1,180 @@
+"""Replication rings: one bounded single-producer/single-consumer byte ring per process.
+
+Every process that changes a shared table (SIP workers, the timer, the cluster process
+for MI edits) pushes each changed row into its own ring, from inside the table kernel;
+the cluster process drains all rings in batches and sends them to the other nodes.
+A full ring never blocks the writer and never grows: the row stays in the table, the
+ring records the lowest version it could not carry (`gap_version`) and counts it, and
+the cluster process repairs the gap by re-sending the table's own rows from that
+version on (services.replication). Neighbours: shm.table (pushes), workers.cluster
+(drains).
+
+Rings segment layout (all integers little-endian):
+
+    offset  size  field
+    0       8     magic  b"FCRINGS1"
+    8       4     layout version (RING_LAYOUT_VERSION)
+    12      4     number of rings
+    16      8     bytes per ring region (RING_HEADER + capacity)
+    24      232   reserved (zero)
+    256     ...   ring regions, one per process slot, each:
+
+    ring region
+    0       8     head: bytes ever written (producer; release-store after the data)
+    64      8     tail: bytes ever consumed (consumer)
+    128     8     gap_version: lowest row version not pushed because the ring was full
+                  (0: none); the consumer swaps it to 0 and repairs
+    136     8     gaps: rows not pushed, ever (statistics)
+    144     8     capacity: data bytes, a power of two (0: replication off)
+    152     8     pushed: rows pushed, ever (statistics)
+    160     96    reserved
+    256     cap   data: entries, each 8-aligned and never straddling the end
+
+    entry
+    0       4     length of the whole entry in bytes, padding included
+    4       2     table kind (1 contacts, 2 dialogs; 0 = padding to the end of the ring)
+    6       2     reserved
+    8       ...   row bytes: the fixed part and the used part of the string blob
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastcluster.shm.atomics import atomic_load, atomic_store, atomic_cas
+
+RING_MAGIC = int.from_bytes(b"FCRINGS1", "little")
+RING_LAYOUT_VERSION = 1
+SEGMENT_HEADER = 256
+RING_HEADER = 256
+ENTRY_HEADER = 8
+# u64 word indexes inside a ring region
+W_HEAD, W_TAIL, W_GAP_VERSION, W_GAPS, W_CAPACITY, W_PUSHED = 0, 8, 16, 17, 18, 19
+
+
+def segment_size(nrings: int, capacity: int) -> int:
+    if capacity & (capacity - 1):
+        raise ValueError("ring capacity must be a power of two")
+    return SEGMENT_HEADER + nrings * (RING_HEADER + capacity)
+
+
+def init_segment(buf: np.ndarray, nrings: int, capacity: int) -> None:
+    head = buf[:SEGMENT_HEADER].view(np.uint64)
+    head[1] = 0
+    buf[8:12].view(np.uint32)[0] = RING_LAYOUT_VERSION
+    buf[12:16].view(np.uint32)[0] = nrings
+    head[2] = RING_HEADER + capacity
+    for i in range(nrings):
+        start = SEGMENT_HEADER + i * (RING_HEADER + capacity)
+        buf[start:start + RING_HEADER].view(np.int64)[W_CAPACITY] = capacity
+    head[0] = RING_MAGIC  # last: a reader seeing the magic sees a complete header
+
+
+def region(buf: np.ndarray, index: int) -> np.ndarray:
+    """The ring region of process slot `index` (a view; what the kernels take)."""
+    header = buf[:SEGMENT_HEADER]
+    if int(header.view(np.uint64)[0]) != RING_MAGIC:
+        raise ValueError("not a rings segment (bad magic)")
+    nrings = int(header[12:16].view(np.uint32)[0])
+    size = int(header.view(np.uint64)[2])
+    if not 0 <= index < nrings:
+        raise IndexError(f"ring {index} outside 0..{nrings - 1}")
+    start = SEGMENT_HEADER + index * size
+    return buf[start:start + size]
+
+
+def no_ring() -> np.ndarray:
+    """A region with capacity 0: kernels given it replicate nothing."""
+    return np.zeros(RING_HEADER, dtype=np.uint8)
+
+
+@njit(cache=True)
+def ring_push(ring, kind, row8, row_off, nbytes, version):
+    """Copy `nbytes` of a row into the ring as one entry. Returns 1 pushed, 0 no ring,
+    -1 full (the gap is recorded: gap_version lowered to `version`, gaps += 1).
+
+    ring: uint8[RING_HEADER + capacity] region of the calling process (single producer).
+    row8: uint8 array holding the row at byte offset row_off. All arithmetic is int64.
+    """
+    w = ring[:RING_HEADER].view(np.int64)
+    cap = w[W_CAPACITY]
+    if cap == 0:
+        return 0
+    need = (ENTRY_HEADER + nbytes + 7) & ~7
+    head = w[W_HEAD]
+    tail = atomic_load(w, W_TAIL)
+    pos = head & (cap - 1)
+    pad = cap - pos if cap - pos < need else 0
+    if head + pad + need - tail > cap:
+        gap = atomic_load(w, W_GAP_VERSION)
+        while gap == 0 or version < gap:
+            seen = atomic_cas(w, W_GAP_VERSION, gap, version)
+            if seen == gap:
+                break
+            gap = seen
+        w[W_GAPS] += 1
+        return -1
+    data = ring[RING_HEADER:]
+    if pad:
+        data[pos:pos + 4].view(np.uint32)[0] = pad
+        data[pos + 4:pos + 6].view(np.uint16)[0] = 0
+        head += pad
+        pos = 0
+    data[pos:pos + 4].view(np.uint32)[0] = need
+    data[pos + 4:pos + 6].view(np.uint16)[0] = kind
+    data[pos + 6:pos + 8].view(np.uint16)[0] = 0
+    start = pos + ENTRY_HEADER
+    data[start:start + nbytes] = row8[row_off:row_off + nbytes]
+    data[start + nbytes:pos + need] = 0
+    w[W_PUSHED] += 1
+    atomic_store(w, W_HEAD, head + need)
+    return 1
+
+
+@njit(cache=True)
+def ring_drain(ring, out, out_off):
+    """Move whole entries from the ring into out[out_off:], padding skipped, as many as
+    fit (`out` must hold at least one entry). Returns the new out offset. Single
+    consumer (the cluster process)."""
+    w = ring[:RING_HEADER].view(np.int64)
+    cap = w[W_CAPACITY]
+    if cap == 0:
+        return out_off
+    data = ring[RING_HEADER:]
+    tail = w[W_TAIL]
+    head = atomic_load(w, W_HEAD)
+    room = out.shape[0] - out_off
+    while tail < head:
+        pos = tail & (cap - 1)
+        length = np.int64(data[pos:pos + 4].view(np.uint32)[0])
+        if data[pos + 4:pos + 6].view(np.uint16)[0] == 0:
+            tail += length
+            continue
+        if length > room:
+            break
+        out[out_off:out_off + length] = data[pos:pos + length]
+        out_off += length
+        room -= length
+        tail += length
+    atomic_store(w, W_TAIL, tail)
+    return out_off
+
+
+@njit(cache=True)
+def ring_take_gap(ring):
+    """Swap gap_version to 0 and return what it was (0: no gap to repair)."""
+    w = ring[:RING_HEADER].view(np.int64)
+    gap = atomic_load(w, W_GAP_VERSION)
+    while gap != 0:
+        seen = atomic_cas(w, W_GAP_VERSION, gap, 0)
+        if seen == gap:
+            return gap
+        gap = seen
+    return 0
+
+
+def stats(ring: np.ndarray) -> dict[str, int]:
+    w = ring[:RING_HEADER].view(np.int64)
+    return {"capacity": int(w[W_CAPACITY]), "pending_bytes": int(w[W_HEAD] - w[W_TAIL]),
+            "pushed": int(w[W_PUSHED]), "gaps": int(w[W_GAPS]),
+            "gap_version": int(w[W_GAP_VERSION])}

@@ -1,0 +1,126 @@
+"""Python side of the shared tables: typed wrappers that call the kernels, retry busy
+locks, and decode rows for the MI.
+
+Kernels never validate; these wrappers do, at the boundary. A busy lock (E_BUSY) is
+retried after yielding the CPU: a holder that died is repaired by the master within
+milliseconds of reaping it, a stuck one is killed by the master's watchdog.
+Neighbours: shm.table / shm.contacts (kernels), shm.node (owns the segments),
+services.usrloc, services.registrar.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from fastcluster.shm import contacts as C
+from fastcluster.shm import table as T
+from fastcluster.shm.hashing import group_hash_of
+from fastcluster.shm.rows import RowLayout
+
+SCAN_BATCH = 1024
+
+
+def retry_busy(call: Callable[[], int], on_wait: Callable[[], None] | None = None) -> int:
+    """Call a kernel until it stops answering E_BUSY; yield, then sleep, between tries."""
+    tries = 0
+    while True:
+        result = call()
+        if result != T.E_BUSY:
+            return result
+        if on_wait is not None:
+            on_wait()
+        tries += 1
+        if tries < 8:
+            os.sched_yield()
+        else:
+            time.sleep(min(0.001 * (tries - 7), 0.01))
+
+
+class Table:
+    """A table segment seen through its row layout."""
+
+    def __init__(self, buf: np.ndarray, layout: RowLayout) -> None:
+        T.check_header(buf, layout.kind)
+        self.buf = buf
+        self.layout = layout
+        h = buf[:T.HEADER_SIZE].view(np.int64)
+        self.row_size = int(h[T.H_ROW])
+        self.nslots = int(h[T.H_NSLOTS])
+        self.capacity = int(h[T.H_CAPACITY])
+        self.nregions = int(h[T.H_NREGIONS])
+        self._scan_rows = np.zeros(SCAN_BATCH * self.row_size, dtype=np.uint8)
+        self._scan_slots = np.zeros(SCAN_BATCH, dtype=np.int64)
+
+    @staticmethod
+    def create(buf: np.ndarray, layout: RowLayout, capacity: int, record_bytes: int,
+               nprocs: int, node_id: int) -> Table:
+        T.init_table(buf, layout.kind, capacity, layout.row_size(record_bytes),
+                     layout.fixed_size, layout.lens_off, len(layout.strings), nprocs, node_id)
+        return Table(buf, layout) if layout.kind != C.KIND_CONTACTS else ContactTable(buf)
+
+    @staticmethod
+    def size_for(layout: RowLayout, capacity: int, record_bytes: int, nprocs: int) -> int:
+        return T.geometry(capacity, layout.row_size(record_bytes), nprocs)["size"]
+
+    def counters(self) -> dict[str, int]:
+        return T.counters(self.buf)
+
+    def put(self, row: np.ndarray, ring: np.ndarray, me: int, proc: int,
+            now_ms: int | None = None) -> int:
+        """Local write of a packed row (see table_put); returns the slot or an E_*."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return retry_busy(lambda: T.table_put(self.buf, ring, row, now, me, proc))
+
+    def rows(self, live_only: bool = True) -> Iterator[dict]:
+        """Every record, decoded, in slot order (consistent per row, not a snapshot)."""
+        start = 0
+        while start < self.nslots:
+            start, n = T.table_scan(self.buf, start, live_only, self._scan_rows, SCAN_BATCH,
+                                    self._scan_slots)
+            yield from self.layout.decode(self._scan_rows, n, self.row_size)
+
+    def group(self, ident: bytes, live_only: bool = True, max_rows: int = 1024) -> list[dict]:
+        """Records whose first string (AOR / Call-ID) is ident."""
+        data = np.frombuffer(ident, dtype=np.uint8).copy() if ident else np.zeros(1, np.uint8)
+        out = np.zeros(max_rows * self.row_size, dtype=np.uint8)
+        n = T.table_group(self.buf, np.uint64(group_hash_of(ident)), data, len(ident),
+                          live_only, out, max_rows)
+        return self.layout.decode(out, n, self.row_size)
+
+    def digest(self, live_only: bool = True) -> tuple[int, str]:
+        n, d = T.table_digest(self.buf, live_only)
+        return int(n), f"{int(d):016x}"
+
+    def count_groups(self) -> int:
+        return int(T.table_count_groups(self.buf))
+
+    def expire(self, now_s: int, tomb_ttl_s: int, me: int,
+               budget_regions: int | None = None, start: int = 0) -> tuple[int, list[int]]:
+        """One expiry pass over `budget_regions` lock regions from `start` (all by
+        default). Returns (next region, [expired, tombs purged, slots emptied])."""
+        out = np.zeros(3, dtype=np.int64)
+        count = self.nregions if budget_regions is None else budget_regions
+        nxt = retry_busy(lambda: T.table_expire(self.buf, start, count, now_s, tomb_ttl_s,
+                                                me, out))
+        return int(nxt), [int(v) for v in out]
+
+    def repair(self, ring: np.ndarray, pid: int, proc: int) -> tuple[int, int]:
+        fixed, freed = T.table_repair(self.buf, ring, pid, proc)
+        return int(fixed), int(freed)
+
+
+class ContactTable(Table):
+    def __init__(self, buf: np.ndarray) -> None:
+        super().__init__(buf, C.CONTACT)
+
+    def remove(self, aor: bytes, uri: bytes, ring: np.ndarray, me: int, proc: int) -> int:
+        """Turn the AOR's contacts (or the one with this URI) into tombstones."""
+        a = np.frombuffer(aor, np.uint8).copy() if aor else np.zeros(1, np.uint8)
+        u = np.frombuffer(uri, np.uint8).copy() if uri else np.zeros(1, np.uint8)
+        row = np.zeros(self.row_size, dtype=np.uint8)
+        now = int(time.time() * 1000)
+        return retry_busy(lambda: C.ul_remove(self.buf, ring, a, len(aor), u, len(uri), now,
+                                              me, proc, row))

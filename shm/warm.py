@@ -1,0 +1,77 @@
+"""Compile (first run) or load (cached) every numba kernel, with the exact argument types
+production uses, so that forked children never compile.
+
+The master calls `warm_kernels()` before it forks; `fastcluster warm` and the test
+session call it once to fill the cache (NUMBA_CACHE_DIR must be set before numba is
+imported: core.cli does it). Neighbours: every kernel module in shm/.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from fastcluster.shm import contacts as C
+from fastcluster.shm import ring as R
+from fastcluster.shm import table as T
+from fastcluster.shm.dialogs import DIALOG, pack_dialog
+from fastcluster.shm.tables import ContactTable, Table
+
+
+def warm_kernels() -> float:
+    """Run every kernel once on small tables; returns the seconds it took."""
+    started = time.perf_counter()
+    nprocs = 2
+    ring_buf = np.zeros(R.segment_size(nprocs, 1 << 16), dtype=np.uint8)
+    R.init_segment(ring_buf, nprocs, 1 << 16)
+    ring = R.region(ring_buf, 1)
+    ct_buf = np.zeros(Table.size_for(C.CONTACT, 64, 256, nprocs), dtype=np.uint8)
+    contacts = Table.create(ct_buf, C.CONTACT, 64, 256, nprocs, 1)
+    assert isinstance(contacts, ContactTable)
+    dl_buf = np.zeros(Table.size_for(DIALOG, 64, 512, nprocs), dtype=np.uint8)
+    dialogs = Table.create(dl_buf, DIALOG, 64, 512, nprocs, 1)
+    me = T.lock_word(1, 1)
+    now_s = int(time.time())
+
+    # contacts: register, read, remove
+    req = np.zeros(4096, dtype=np.uint8)
+    out = np.zeros(4096, dtype=np.uint8)
+    row = np.zeros(contacts.row_size, dtype=np.uint8)
+    scratch = np.zeros(3 * 4, dtype=np.int64)
+    C.pack_register(req, memoryview(req), aor=b"warm@x", callid=b"c", cseq=1, user_agent=b"",
+                    path=b"", now_s=now_s, now_ms=now_s * 1000, max_contacts=4,
+                    wildcard=False, recv_family=0, recv_port=0, recv_addr=bytes(16), sock=0,
+                    flags=0, methods=0, contacts=[(b"sip:warm@x", b"", 60, -1, 0, -1, 0)])
+    C.ul_register(ct_buf, ring, req, out, row, me, 1, scratch)
+    contacts.group(b"warm@x")
+    list(contacts.rows())
+    contacts.digest()
+    contacts.count_groups()
+    contacts.remove(b"warm@x", b"", ring, me, 1)
+
+    # dialogs: generic put
+    drow = np.zeros(dialogs.row_size, dtype=np.uint8)
+    pack_dialog(drow, dialogs.row_size, strings={"callid": b"w", "from_tag": b"t"},
+                timeout=now_s + 60, start=now_s, dlg_state=4)
+    dialogs.put(drow, ring, me, 1)
+    rows = np.zeros(dialogs.row_size * 2, dtype=np.uint8)
+    rows[:dialogs.row_size] = drow
+    T.table_put_batch(dl_buf, ring, rows, 1, now_s * 1000, me, 1, np.zeros(2, np.int64))
+    keys = np.zeros(1, dtype=np.uint64)
+    T.table_find(dl_buf, keys[0], keys[0])
+    T.table_find_batch(dl_buf, keys, keys, np.zeros(1, dtype=np.int64))
+
+    # replication and sync paths
+    wire = np.zeros(1 << 16, dtype=np.uint8)
+    n = R.ring_drain(ring, wire, 0)
+    R.ring_take_gap(ring)
+    counts = np.zeros(8, dtype=np.int64)
+    T.apply_entries(ct_buf, dl_buf, wire, n, now_s, 60, me, 1, R.no_ring(), counts)
+    gcounts = np.zeros(2, dtype=np.int64)
+    T.table_gather(ct_buf, 0, wire, wire.shape[0], gcounts)
+    T.table_since(ct_buf, 0, 0, 1, wire, wire.shape[0])
+
+    # timer and recovery
+    contacts.expire(now_s, 60, me)
+    contacts.repair(ring, 1, 1)
+    return time.perf_counter() - started
