@@ -1,0 +1,108 @@
+"""Core MI commands: ps, get_statistics, reset_statistics, which, uptime, version.
+
+Statistics are the per-process counters of the control segment (core.stats) summed,
+plus gauges computed from the tables at call time. Neighbours: services.mi (registry),
+shm.control.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version as dist_version
+from typing import Any
+
+from fastcluster.core.stats import COUNTERS
+from fastcluster.services.mi import REGISTRY, MIError, command
+from fastcluster.shm import control as CT
+
+# Gauges: name -> function(node) computed on demand (never stored).
+GAUGES: dict[str, Callable[[Any], int]] = {
+    "usrloc:registered_contacts": lambda node: node.mem.contacts.counters()["live"],
+    "usrloc:registered_aors": lambda node: node.mem.contacts.count_groups(),
+    "usrloc:tombstones": lambda node: node.mem.contacts.counters()["tomb"],
+    "usrloc:capacity": lambda node: node.mem.contacts.capacity,
+    "dialog:active_dialogs": lambda node: node.mem.dialogs.counters()["live"],
+    "dialog:tombstones": lambda node: node.mem.dialogs.counters()["tomb"],
+    "dialog:capacity": lambda node: node.mem.dialogs.capacity,
+}
+
+
+def _selected(names: list[str], candidates: list[str]) -> list[str]:
+    if not names or "all" in names:
+        return candidates
+    out = []
+    for want in names:
+        if want.endswith(":"):
+            out += [c for c in candidates if c.startswith(want)]
+        else:
+            out += [c for c in candidates if c == want or c.split(":", 1)[1] == want]
+    return list(dict.fromkeys(out))
+
+
+@command("ps")
+def mi_ps(node: Any) -> dict[str, Any]:
+    """Every process of this node: id, pid, type, role, heartbeat age."""
+    procs = []
+    for p in node.mem.control.processes():
+        kind = p["role"] if p["role"] != "sip" else f"sip worker {p['number']}"
+        procs.append({"ID": p["slot"], "PID": p["pid"], "Type": kind, "Role": p["role"],
+                      "Heartbeat_age_ms": p["heartbeat_age_ms"] if p["role"] != "master"
+                      else 0, "Uptime_s": round(p["uptime_ms"] / 1000, 1),
+                      "Restarts": p["restarts"]})
+    return {"Processes": procs}
+
+
+@command("get_statistics", heavy=True)
+def mi_get_statistics(node: Any, statistics: list[str] | str | None = None) -> dict[str, int]:
+    """Flat {"group:name": number}; statistics: names, "group:" or "all" (default)."""
+    names = [statistics] if isinstance(statistics, str) else list(statistics or [])
+    totals = node.mem.control.totals()
+    counters = {f"{g}:{n}": int(totals[i]) for i, (g, n, _) in enumerate(COUNTERS)}
+    chosen = _selected(names, list(counters) + list(GAUGES))
+    if not chosen:
+        raise MIError(404, "Statistics Not Found")
+    return {name: counters[name] if name in counters else GAUGES[name](node)
+            for name in chosen}
+
+
+@command("reset_statistics")
+def mi_reset_statistics(node: Any, statistics: list[str] | str | None = None) -> str:
+    """Zero counters (gauges are left alone)."""
+    names = [statistics] if isinstance(statistics, str) else list(statistics or [])
+    all_names = [f"{g}:{n}" for g, n, _ in COUNTERS]
+    chosen = _selected(names, all_names)
+    if not chosen:
+        raise MIError(404, "Statistics Not Found")
+    for name in chosen:
+        node.mem.control.stats[:, all_names.index(name)] = 0
+    return "OK"
+
+
+@command("which")
+def mi_which(node: Any, command: str | None = None) -> list[Any]:
+    """All command names, or the parameter names of one command."""
+    if command is None:
+        return sorted(REGISTRY)
+    cmd = REGISTRY.get(command)
+    if cmd is None:
+        raise MIError(404, "unknown MI command")
+    return [cmd.params]
+
+
+@command("uptime")
+def mi_uptime(node: Any) -> dict[str, Any]:
+    """When the node started."""
+    start_ms = int(node.mem.control.words[CT.W_START])
+    now = time.time()
+    return {"Now": time.ctime(now), "Up since": time.ctime(start_ms / 1000),
+            "Up time": f"{int(now - start_ms / 1000)} [sec]"}
+
+
+@command("version")
+def mi_version(node: Any) -> dict[str, str]:
+    """Software version."""
+    try:
+        v = dist_version("fastcluster-sip")
+    except PackageNotFoundError:
+        v = "unknown"
+    return {"Server": f"fastcluster {v}"}

@@ -1,0 +1,205 @@
+"""A real node: processes, supervision, signals, instance lock, shared-memory lifetime."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fastcluster.services.mi_client import MIError
+from tests.support import leaks
+from tests.support.nodes import Node
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def roles(node: Node) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for p in node.mi("ps")["Processes"]:
+        out.setdefault(p["Role"], []).append(p["PID"])
+    return out
+
+
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return fh.read().split(b"\0")[0].decode()
+
+
+def test_node_runs_supervised_processes_and_stops_clean(tmp_path) -> None:
+    node = Node(tmp_path, workers=3).start()
+    try:
+        r = roles(node)
+        assert len(r["master"]) == 1 and r["master"][0] == node.pid
+        assert len(r["sip"]) == 3 and len(r["cluster"]) == 1 and len(r["timer"]) == 1
+        assert sorted(node.children()) == sorted(r["sip"] + r["cluster"] + r["timer"])
+        assert cmdline(r["sip"][0]).startswith("fastcluster: sip worker ")
+        assert cmdline(r["cluster"][0]) == "fastcluster: cluster"
+        procs = node.mi("ps")["Processes"]
+        assert all(p["Heartbeat_age_ms"] < 2000 for p in procs)
+        assert len(node.shm_names()) == 4
+        stats = node.mi("get_statistics", statistics=["usrloc:", "core:"])
+        assert stats["usrloc:registered_contacts"] == 0 and "core:bad_msgs" in stats
+        assert "ps" in node.mi("which")
+        started = time.monotonic()
+    finally:
+        code = node.stop()
+    assert code == 0
+    assert time.monotonic() - started < 5
+    assert node.shm_names() == []
+
+
+def test_crashed_child_is_respawned_and_stuck_child_is_replaced(tmp_path) -> None:
+    node = Node(tmp_path, workers=2, settings={"core": {"child_timeout_s": 1.0,
+                                                        "graceful_timeout_s": 0.5}}).start()
+    try:
+        victim = roles(node)["sip"][0]
+        os.kill(victim, signal.SIGKILL)
+        new = wait_for(lambda: [p for p in roles(node).get("sip", []) if p != victim] if
+                       len(roles(node).get("sip", [])) == 2 and victim not in
+                       roles(node)["sip"] else None, what="respawn")
+        leaks.register(max(new))
+        assert "died (signal 9); respawning" in node.log()
+        timer = roles(node)["timer"][0]
+        os.kill(timer, signal.SIGSTOP)  # stuck: no heartbeat, ignores SIGTERM
+        wait_for(lambda: roles(node).get("timer") and roles(node)["timer"][0] != timer,
+                 timeout=15, what="stuck timer replaced")
+        leaks.register(roles(node)["timer"][0])
+        assert "stuck: no heartbeat" in node.log() and "SIGKILL" in node.log()
+        assert not leaks.alive(timer)
+    finally:
+        assert node.stop() == 0
+    assert node.shm_names() == []
+
+
+def test_kill9_master_then_restart_leaves_nothing(tmp_path) -> None:
+    node = Node(tmp_path, workers=2).start()
+    kids = node.children()
+    node.kill9()
+    wait_for(lambda: not any(leaks.alive(k) for k in kids), what="children to die")
+    assert len(node.shm_names()) == 4  # the dead master could not clean up
+    node.start()
+    try:
+        assert "removed 4 shared-memory names left by a previous run" in node.log()
+        assert len(node.shm_names()) == 4
+    finally:
+        assert node.stop() == 0
+    assert node.shm_names() == []
+
+
+def test_second_master_of_an_instance_refuses(tmp_path) -> None:
+    node = Node(tmp_path, workers=1).start()
+    try:
+        twin = Node(tmp_path, node_id=1, workers=1, instance=node.instance)
+        twin.settings["core"]["run_dir"] = node.settings["core"]["run_dir"]
+        twin.write_ini()
+        twin.start(wait=False)
+        assert twin.wait_exit(60) == 2
+        assert "already running" in twin.log() and str(node.pid) in twin.log()
+        assert node.mi("ps")["Processes"]  # the first node is untouched
+        assert len(node.shm_names()) == 4
+    finally:
+        node.stop()
+
+
+def test_busy_port_stops_start_with_a_clear_error(tmp_path) -> None:
+    node = Node(tmp_path, workers=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", node.mi_port))
+        s.listen(1)
+        node.start(wait=False)
+        assert node.wait_exit(60) == 2
+    assert "cannot listen on mi" in node.log() and "address already in use" in node.log()
+    assert node.shm_names() == []
+
+
+def test_boot_failure_halts_instead_of_looping(tmp_path) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text("raise RuntimeError('this script is broken')\n")
+    node = Node(tmp_path, workers=1, settings={"script": {"module": str(script)}})
+    node.start(wait=False)
+    assert node.wait_exit(60) == 3
+    log = node.log()
+    assert "this script is broken" in log and "failed at boot: stopping the node" in log
+    assert log.count("boot failed") == 1
+    assert node.shm_names() == []
+
+
+def test_bad_config_starts_nothing(tmp_path) -> None:
+    node = Node(tmp_path, workers=1, settings={"usrloc": {"max_contacts": "lots"}})
+    node.start(wait=False)
+    assert node.wait_exit(60) == 2
+    assert "[usrloc] max_contacts" in node.log() and str(node.ini) in node.log()
+    assert node.shm_names() == []
+
+
+def test_sighup_reloads_what_can_change(tmp_path) -> None:
+    node = Node(tmp_path, workers=1).start()
+    try:
+        node.settings["usrloc"]["max_contacts"] = 3
+        node.settings["core"]["workers"] = 4
+        node.write_ini()
+        node.signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: reloaded" in node.log(), what="reload")
+        log = node.log()
+        assert "usrloc.max_contacts" in log.split("SIGHUP: reloaded")[1]
+        assert "core.workers changed but needs a restart" in log
+        assert len(roles(node)["sip"]) == 1
+    finally:
+        node.stop()
+
+
+def test_several_nodes_side_by_side(tmp_path) -> None:
+    nodes = [Node(tmp_path, node_id=i, workers=1) for i in (1, 2, 3)]
+    for n in nodes:
+        n.start(wait=False)
+    try:
+        for n in nodes:
+            n.wait_ready()
+        assert len({n.mi("ps")["Processes"][0]["PID"] for n in nodes}) == 3
+    finally:
+        for n in nodes:
+            n.stop()
+    assert all(n.shm_names() == [] for n in nodes)
+
+
+def test_mi_errors_are_json_rpc_errors(tmp_path) -> None:
+    import http.client
+    import json
+
+    node = Node(tmp_path, workers=1).start()
+    try:
+        with pytest.raises(MIError) as err:
+            node.mi("no_such_command")
+        assert err.value.error["code"] == -32601
+        with pytest.raises(MIError) as err:
+            node.mi("ul_show_contact", bogus=1)
+        assert err.value.error["code"] == -32602
+        conn = http.client.HTTPConnection("127.0.0.1", node.mi_port, timeout=10)
+        conn.request("POST", "/mi", body=b"{not json", headers={"Connection": "close"})
+        reply = json.loads(conn.getresponse().read())
+        assert reply["error"]["code"] == -32700
+        conn.close()
+        # a client that connects and says nothing does not block others
+        idle = socket.create_connection(("127.0.0.1", node.mi_port))
+        assert node.mi("ps")["Processes"]
+        idle.close()
+        result = subprocess.run([sys.executable, "-m", "fastcluster.core.cli", "mi",
+                                 "--mi-url", node.mi_url, "get_statistics",
+                                 "statistics=[\"core:rcv_requests\"]"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and json.loads(result.stdout) == {"core:rcv_requests": 0}
+    finally:
+        node.stop()

@@ -1,0 +1,209 @@
+"""Real `fastcluster` nodes for integration tests: start, call the MI, kill, stop.
+
+Each node gets a unique instance name (so shm names never clash with another test or a
+real node), free ports on 127.0.0.1, its own INI file and log file. Every pid it starts
+(the master and the children it forks) is registered with tests.support.leaks.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from fastcluster.services.mi_client import MIError, call
+from tests.support import leaks
+
+_seq = itertools.count(1)
+PYTHON = sys.executable
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (best effort)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+class Node:
+    def __init__(self, tmp: pathlib.Path, node_id: int = 1, workers: int = 2,
+                 settings: dict[str, dict[str, Any]] | None = None,
+                 instance: str | None = None, bin_host: str = "127.0.0.1") -> None:
+        self.node_id = node_id
+        self.instance = instance or f"{leaks.SESSION_TOKEN}x{next(_seq)}"
+        self.dir = tmp / f"node{node_id}-{self.instance}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.sip_port = free_port(socket.SOCK_DGRAM)
+        self.mi_port = free_port()
+        self.bin_port = free_port()
+        self.mi_url = f"http://127.0.0.1:{self.mi_port}/mi"
+        self.bin_addr = f"{bin_host}:{self.bin_port}"
+        base: dict[str, dict[str, Any]] = {
+            "core": {"workers": workers, "instance": self.instance,
+                     "run_dir": str(self.dir), "log_level": "info"},
+            "sip": {"listen": f"udp:127.0.0.1:{self.sip_port}"},
+            "mi": {"listen": f"127.0.0.1:{self.mi_port}"},
+            "clusterer": {"node_id": node_id, "bin_listen": self.bin_addr,
+                          "secret": "test-secret"},
+            "usrloc": {"capacity": 100_000},
+            "dialog": {"capacity": 10_000},
+        }
+        for section, values in (settings or {}).items():
+            base.setdefault(section, {}).update(values)
+        self.settings = base
+        self.ini = self.dir / "node.ini"
+        self.write_ini()
+        self.log_path = self.dir / "node.log"
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0
+
+    def write_ini(self) -> None:
+        lines = []
+        for section, values in self.settings.items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {v}" for k, v in values.items()]
+            lines.append("")
+        self.ini.write_text("\n".join(lines))
+
+    @property
+    def shm_prefix(self) -> str:
+        return f"fastcluster.{self.instance}."
+
+    def shm_names(self) -> list[str]:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(self.shm_prefix))
+
+    def start(self, wait: bool = True, timeout: float = 60.0, args: list[str] | None = None
+              ) -> Node:
+        env = dict(os.environ)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "fastcluster.core.cli", "-c", str(self.ini)] + (args or []),
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.pid = self.proc.pid
+        leaks.register(self.pid)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.node_id} exited with {self.proc.returncode}:"
+                                   f"\n{self.log()}")
+            try:
+                procs = self.mi("ps")["Processes"]
+                expected = self.settings["core"]["workers"] + 3 + (
+                    1 if self.settings.get("script", {}).get("module") else 0)
+                if len(procs) >= expected:
+                    for p in procs:
+                        leaks.register(p["PID"])
+                    return
+            except (OSError, MIError) as exc:
+                last = exc
+            time.sleep(0.05)
+        raise TimeoutError(f"node {self.node_id} not ready ({last}):\n{self.log()}")
+
+    def mi(self, method: str, **params: Any) -> Any:
+        return call(self.mi_url, method, params, timeout=30)
+
+    def children(self) -> list[int]:
+        return leaks.children_of(self.pid)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill9(self) -> None:
+        """SIGKILL the master only (its children die by the parent-death signal)."""
+        kids = self.children()
+        for k in kids:
+            leaks.register(k)
+        os.kill(self.pid, signal.SIGKILL)
+        self.wait_exit(10)
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None and not self._log.closed:
+                self._log.close()
+            return self.proc.returncode if self.proc else None
+        for k in self.children():
+            leaks.register(k)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.wait_exit(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.wait_exit(5)
+            raise
+
+
+def cluster_view(node: Node, cluster: int = 1) -> dict[int, tuple[str, str, str]]:
+    """node id -> (link_state, direct_link, next_hop) from clusterer_list."""
+    for c in node.mi("clusterer_list")["Clusters"]:
+        if c["cluster_id"] == cluster:
+            return {n["node_id"]: (n["link_state"], n["direct_link"], n["next_hop"])
+                    for n in c["Nodes"]}
+    return {}
+
+
+def up_set(node: Node, cluster: int = 1) -> set[int]:
+    return {n for n, (state, _, _) in cluster_view(node, cluster).items() if state == "Up"}
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (OSError, MIError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def start_cluster(tmp, count: int, workers: int = 1, settings=None, hosts=None,
+                  seed_index: int = 0) -> list[Node]:
+    """count nodes, ids 1..count, every one but the seed joining through the seed."""
+    nodes = [Node(tmp, node_id=i + 1, workers=workers, settings=settings,
+                  bin_host=hosts[i] if hosts else "127.0.0.1") for i in range(count)]
+    seed = nodes[seed_index]
+    for n in nodes:
+        if n is not seed:
+            n.settings["clusterer"]["seeds"] = seed.bin_addr
+            n.write_ini()
+    for n in nodes:
+        n.start(wait=False)
+    for n in nodes:
+        n.wait_ready()
+    return nodes

@@ -1,0 +1,81 @@
+"""The cluster process: one asyncio loop that links this node to the others and serves
+the MI.
+
+Everything here must keep the loop responsive: heartbeats to other nodes are sent from
+this loop, so heavy work (big MI dumps, user scripts) runs elsewhere (threads, the
+script process) and table kernels work in bounded pieces. It publishes the live node set
+of every cluster to shared memory (shm.control views) so workers and the timer read it
+without asking. Neighbours: services.mi (MI server), services.clusterer (topology).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from fastcluster.services import clusterer_mi, mi_core, usrloc  # noqa: F401  (MI commands)
+from fastcluster.services.clusterer import Clusterer
+from fastcluster.services.mi import MIServer, dispatch
+from fastcluster.shm import control as CT
+from fastcluster.workers.child import Child
+
+log = logging.getLogger("cluster")
+
+BEAT_S = 0.1
+
+
+class ClusterProcess(Child):
+    role = CT.ROLE_CLUSTER
+    title = "cluster"
+
+    def boot(self) -> None:
+        for s in self.ctx.sip:  # this process never reads SIP traffic
+            if s.sock is not None:
+                s.sock.close()
+        self.clusterer = Clusterer(self.cfg, self.stats)
+        self.clusterer.mi_runner = self.run_mi
+        self.clusterer.on_recompute = self.publish_views
+
+    def run(self) -> None:
+        asyncio.run(self.main())
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
+        self.mi = MIServer(self, self.ctx.mi_sock)
+        await self.mi.start()
+        await self.clusterer.start(self.ctx.bin_sock)
+        self.publish_views()
+        beat = asyncio.create_task(self._beat())
+        await self.stop_event.wait()
+        beat.cancel()
+        await self.clusterer.stop()
+        await self.mi.close()
+
+    async def _beat(self) -> None:
+        while True:
+            self.beat()
+            self.check_reload()
+            await asyncio.sleep(BEAT_S)
+
+    async def run_mi(self, cmd: str, params: Any) -> dict[str, Any]:
+        """Run an MI command here, for another node (result or error object)."""
+        reply = await dispatch(self, {"jsonrpc": "2.0", "method": cmd,
+                                      "params": params if params is not None else {}, "id": 0})
+        assert reply is not None
+        return {k: v for k, v in reply.items() if k in ("result", "error")}
+
+    def publish_views(self) -> None:
+        cl = self.clusterer
+        ctl = self.mem.control
+        for index, cid in enumerate(cl.clusters[:CT.MAX_VIEWS]):
+            entries = [(cl.me, CT.VIEW_ME | (CT.VIEW_UP | CT.VIEW_ENABLED
+                                             if cl.enabled(cid) else 0), 0)]
+            for peer in sorted(cl.peers.values(), key=lambda p: p.node_id):
+                if cid in peer.clusters:
+                    flags = (CT.VIEW_UP if cl.is_up(cid, peer.node_id) else 0) | (
+                        0 if cid in cl.disabled.get(peer.node_id, ()) else CT.VIEW_ENABLED)
+                    entries.append((peer.node_id, flags, 0))
+            ctl.publish_view(index, cid, cl.me, entries[:CT.MAX_VIEW_NODES])

@@ -1,0 +1,100 @@
+"""Operating-system details of the process model: parent-death signal, process titles,
+the per-instance lock file.
+
+Linux only (prctl). Neighbours: workers.master, workers.child.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import signal
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` when the parent dies; exit now if it already did."""
+    if _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class _Title:
+    """Rewrites the process's argv area, so `ps` shows the title (like setproctitle).
+
+    The kernel tells where that area is (/proc/self/stat fields arg_start, arg_end);
+    CPython keeps its own copy of argv, so overwriting the original is safe.
+    """
+
+    def __init__(self) -> None:
+        self.area: tuple[int, int] | None = None
+        try:
+            with open("/proc/self/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            # fields[0] is field 3 (state); arg_start and arg_end are fields 48 and 49.
+            start, end = int(fields[45]), int(fields[46])
+            if 0 < start < end:
+                self.area = (start, end - start)
+        except (OSError, ValueError, IndexError):
+            self.area = None
+
+    def set(self, title: str) -> None:
+        data = title.encode("utf-8", "replace")
+        _libc.prctl(PR_SET_NAME, ctypes.c_char_p(data[:15]), 0, 0, 0)
+        if self.area is None:
+            return
+        start, size = self.area
+        data = data[:size - 1]
+        ctypes.memset(start, 0, size)
+        ctypes.memmove(start, data, len(data))
+
+
+_title = _Title()
+
+
+def set_title(title: str) -> None:
+    """`fastcluster: sip worker 3` in ps, top and /proc/PID/comm (first 15 bytes)."""
+    _title.set(title)
+
+
+class InstanceLock:
+    """An flock held for the master's lifetime; a second master of the instance fails.
+
+    The kernel releases the lock when the holder dies, even by SIGKILL, so a stale file
+    never blocks a restart. The file keeps the holder's pid for the error message.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            with open(self.path, encoding="ascii") as fh:
+                return fh.read().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        # The file stays: unlinking it would let a new master lock a fresh inode while
+        # an old one still held the old inode. A file nobody locks is not "running".
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,146 @@
+"""A SIP worker process: UDP in, the registrar (and later the proxy) on the shared tables,
+UDP out from the socket the request came in on.
+
+Dispatch over the workers (sip.dispatch): `shared` (default) has every worker block on
+the same socket(s) the master bound, so the kernel hands each datagram to one waiting
+worker and the load spreads evenly whatever the sources; `reuseport` gives each worker
+its own SO_REUSEPORT socket, which the kernel picks by hashing the source address, so
+one upstream proxy lands on one worker. docs/transport.md has the measurements.
+With one listener the worker blocks in recvfrom (SO_RCVTIMEO wakes it to beat and look
+for reloads); with several, epoll with EPOLLEXCLUSIVE, then drains each ready socket.
+Counters are kept in Python ints and flushed to shm every FLUSH_EVERY datagrams and on
+idle wake-ups. Neighbours: services.registrar (the application), workers.child.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import struct
+
+from fastcluster.core.stats import COUNTERS
+from fastcluster.shm import control as CT
+from fastcluster.workers.child import Child, SipSocket
+
+log = logging.getLogger("sip")
+
+IDLE_S = 0.2
+FLUSH_EVERY = 256
+MAX_DATAGRAM = 65535
+
+
+class SipWorker(Child):
+    role = CT.ROLE_SIP
+    title = "sip worker"
+
+    @property
+    def name(self) -> str:
+        return f"sip worker {self.number}"
+
+    def boot(self) -> None:
+        from fastcluster.services.registrar import SipApp
+
+        for sock in (self.ctx.mi_sock, self.ctx.bin_sock):
+            if sock is not None:
+                sock.close()
+        self.listeners: list[SipSocket] = []
+        for s in self.ctx.sip:
+            if s.sock is None:  # reuseport: a socket of our own
+                sock = socket.socket(s.family, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if s.family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if self.cfg["sip.rcvbuf_bytes"]:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                    self.cfg["sip.rcvbuf_bytes"])
+                sock.bind((s.host, s.port))
+                s = SipSocket(s.index, s.proto, s.host, s.port, sock)
+            self.listeners.append(s)
+        self.counts = [0] * len(COUNTERS)
+        self.app = SipApp(self, self.counts)
+
+    def apply_reload(self) -> None:
+        self.app.apply_reload(self.cfg)
+
+    def flush(self) -> None:
+        """Add the local counters to this process's shm row."""
+        counts = self.counts
+        row = self.stats
+        for i, v in enumerate(counts):
+            if v:
+                row[i] += v
+                counts[i] = 0
+
+    def idle(self) -> None:
+        self.flush()
+        self.beat()
+        self.check_reload()
+
+    def run(self) -> None:
+        if len(self.listeners) == 1:
+            self._run_one(self.listeners[0])
+        else:
+            self._run_many()
+        self.flush()
+
+    def _run_one(self, listener: SipSocket) -> None:
+        sock = listener.sock
+        assert sock is not None
+        sock.setblocking(True)
+        sec = int(IDLE_S)
+        usec = int((IDLE_S - sec) * 1e6)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
+        recv = sock.recvfrom
+        handle = self.app.handle
+        n = 0
+        while not self.stopping:
+            try:
+                data, addr = recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError, socket.timeout):
+                self.idle()
+                n = 0
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    self.idle()
+                    continue
+                raise
+            handle(data, addr, listener)
+            n += 1
+            if n >= FLUSH_EVERY:
+                self.idle()
+                n = 0
+
+    def _run_many(self) -> None:
+        ep = select.epoll()
+        by_fd = {}
+        for listener in self.listeners:
+            assert listener.sock is not None
+            listener.sock.setblocking(False)
+            ep.register(listener.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            by_fd[listener.sock.fileno()] = listener
+        handle = self.app.handle
+        n = 0
+        try:
+            while not self.stopping:
+                events = ep.poll(IDLE_S)
+                if not events:
+                    self.idle()
+                    n = 0
+                    continue
+                for fd, _ in events:
+                    listener = by_fd[fd]
+                    recv = listener.sock.recvfrom  # type: ignore[union-attr]
+                    while True:
+                        try:
+                            data, addr = recv(MAX_DATAGRAM)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        handle(data, addr, listener)
+                        n += 1
+                if n >= FLUSH_EVERY:
+                    self.idle()
+                    n = 0
+        finally:
+            ep.close()

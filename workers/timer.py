@@ -1,0 +1,47 @@
+"""The timer process: expiry of contacts and dialogs (locally, by their absolute expiry
+time: expiry is never replicated) and, later, NAT pinging of this node's partitions.
+
+Each tick handles a slice of the lock regions, so no lock is held long and a pass over
+a large table is spread over `EXPIRY_PASS_S`. Neighbours: shm.tables (expire kernel),
+services.natping.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from fastcluster.core.stats import INDEX
+from fastcluster.shm import control as CT
+from fastcluster.workers.child import Child
+
+log = logging.getLogger("timer")
+
+TICK_S = 0.1
+EXPIRY_PASS_S = 1.0  # a whole table is swept once per second
+
+
+class TimerProcess(Child):
+    role = CT.ROLE_TIMER
+    title = "timer"
+
+    def boot(self) -> None:
+        self.cursors = {"contacts": 0, "dialogs": 0}
+
+    def run(self) -> None:
+        ticks_per_pass = max(1, int(EXPIRY_PASS_S / TICK_S))
+        while not self.stopping:
+            started = time.monotonic()
+            self.beat()
+            self.check_reload()
+            now = int(time.time())
+            for name, table, ttl in (
+                    ("contacts", self.mem.contacts, self.cfg["usrloc.tombstone_ttl_s"]),
+                    ("dialogs", self.mem.dialogs, self.cfg["dialog.tombstone_ttl_s"])):
+                budget = -(-table.nregions // ticks_per_pass)
+                nxt, (expired, purged, _) = table.expire(now, ttl, self.me, budget,
+                                                         self.cursors[name])
+                self.cursors[name] = nxt
+                if name == "contacts":
+                    self.stats[INDEX["usrloc:expired_contacts"]] += expired
+                    self.stats[INDEX["usrloc:purged_tombstones"]] += purged
+            time.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
