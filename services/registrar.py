@@ -1,0 +1,327 @@
+"""The SIP application of a worker: a registrar (RFC 3261 §10.3, RFC 3327 Path, RFC 5626
+instance/reg-id, nathelper-style NAT detection) plus the answers a server owes to every
+other request (OPTIONS 200, Max-Forwards 483, 501 for what is not handled yet).
+
+Per REGISTER: parse, resolve every contact's expiry (423 below usrloc.min_expires,
+clamped to usrloc.max_expires), pack the request into this worker's buffer, and let one
+kernel call (shm.contacts.ul_register) apply it atomically to the AOR and produce the
+Contact lines of the 200 OK. This module is the hot path: it avoids work per message
+that could be done once per worker. Neighbours: core.sip (parse/build),
+shm.contacts (kernel), services.usrloc (AOR form), workers.sip_worker (transport).
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from fastcluster.core.config import Config
+from fastcluster.core.sip import (
+    SipMessage,
+    SipParseError,
+    build_response,
+    parse_contacts,
+    parse_message,
+    parse_name_addr,
+    parse_uri,
+)
+from fastcluster.core.stats import INDEX
+from fastcluster.services.usrloc import normalize_aor
+from fastcluster.shm import contacts as C
+from fastcluster.shm import table as T
+from fastcluster.shm.tables import retry_busy
+
+log = logging.getLogger("registrar")
+
+# OpenSIPS method bits, so "Methods" means the same in both.
+METHOD_BITS = {"INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "OPTIONS": 32,
+               "UPDATE": 64, "REGISTER": 128, "MESSAGE": 256, "SUBSCRIBE": 512,
+               "NOTIFY": 1024, "PRACK": 2048, "REFER": 4096, "PUBLISH": 8192}
+ALLOW = "REGISTER, OPTIONS"
+REQ_BUFFER = 65536
+OUT_BUFFER = 262144
+
+_I = INDEX
+I_RCV_REQ, I_RCV_RPL, I_BAD = _I["core:rcv_requests"], _I["core:rcv_replies"], _I["core:bad_msgs"]
+I_DROP, I_501, I_483 = _I["core:drop_requests"], _I["core:unsupported_methods"], \
+    _I["core:too_many_hops"]
+I_SENT = _I["sl:sent_replies"]
+I_CLASS = [_I.get(f"sl:{c}xx_replies", I_SENT) for c in range(7)]
+I_ACCEPT, I_REJECT = _I["registrar:accepted_regs"], _I["registrar:rejected_regs"]
+I_TOO_LONG, I_FULL = _I["usrloc:refused_too_long"], _I["usrloc:refused_table_full"]
+I_COLLIDE, I_WAITS = _I["usrloc:key_collisions"], _I["usrloc:lock_waits"]
+
+# kernel result -> (status, reason, counter or -1)
+KERNEL_ERRORS = {
+    # Not "Invalid CSeq number": sipp takes the first "CSeq" in a reply, reason included.
+    C.REG_E_CSEQ: (400, "Out of order request", -1),
+    C.REG_E_TOO_MANY: (403, "Too many registered contacts", -1),
+    C.REG_E_OUT_SPACE: (500, "Too many bindings to list", -1),
+    T.E_FULL: (503, "Location table full", I_FULL),
+    T.E_TOO_LONG: (500, "Contact too long for usrloc.record_bytes", I_TOO_LONG),
+    T.E_COLLISION: (500, "Binding key collision", I_COLLIDE),
+}
+
+
+class Refuse(Exception):
+    """A REGISTER refused before the table is touched."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None,
+                 counter: int = -1) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.headers, self.counter = status, reason, headers, counter
+
+
+def methods_mask(text: str) -> int:
+    mask = 0
+    for m in text.replace('"', "").split(","):
+        mask |= METHOD_BITS.get(m.strip().upper(), 0)
+    return mask
+
+
+def address_bytes(ip: str) -> tuple[int, bytes]:
+    """(family 4/6, 16 bytes) of a source address."""
+    if ":" in ip:
+        return 6, socket.inet_pton(socket.AF_INET6, ip)
+    return 4, socket.inet_pton(socket.AF_INET, ip) + bytes(12)
+
+
+def canonical_contact_uri(uri: str) -> str:
+    """Contact URI as stored and compared: scheme and host in lower case (RFC 3261
+    §19.1.4 compares them case-insensitively), the rest exactly as sent."""
+    colon = uri.find(":")
+    if colon < 0:
+        return uri
+    scheme = uri[:colon].lower()
+    rest = uri[colon + 1:]
+    at = rest.find("@")
+    start = at + 1
+    end = len(rest)
+    for stop in (";", "?"):
+        p = rest.find(stop, start)
+        if 0 <= p < end:
+            end = p
+    return f"{scheme}:{rest[:start]}{rest[start:end].lower()}{rest[end:]}"
+
+
+class SipApp:
+    def __init__(self, worker: Any, counts: list[int]) -> None:
+        self.worker = worker
+        self.counts = counts
+        self.table = worker.mem.contacts.buf
+        self.ring = worker.ring
+        self.me = worker.me
+        self.proc = worker.slot
+        self.req = np.zeros(REQ_BUFFER, dtype=np.uint8)
+        self.req_mv = memoryview(self.req)
+        self.out = np.zeros(OUT_BUFFER, dtype=np.uint8)
+        self.row = np.zeros(worker.mem.contacts.row_size, dtype=np.uint8)
+        self.to_tag = f"fc{worker.cfg['clusterer.node_id']:x}.{worker.pid:x}"
+        self._date_s = -1
+        self._date = ""
+        self._logged: set[str] = set()
+        self.apply_reload(worker.cfg)
+
+    def apply_reload(self, cfg: Config) -> None:
+        self.min_expires = cfg["usrloc.min_expires"]
+        self.max_expires = cfg["usrloc.max_expires"]
+        self.default_expires = cfg["usrloc.default_expires"]
+        self.max_contacts = cfg["usrloc.max_contacts"]
+        self.server = [("Server", cfg["sip.server_header"])] if cfg["sip.server_header"] else []
+        limit = self.max_contacts or 64
+        self.scratch = np.zeros(3 * max(limit, 64) + 3, dtype=np.int64)
+
+    # ---------------------------------------------------------------- dispatch
+
+    def handle(self, data: bytes, addr: tuple, listener: Any) -> None:
+        """Answer one datagram. Never raises: a bug triggered by some input is counted,
+        logged once per cause, and the worker goes on with the next datagram."""
+        try:
+            self._handle(data, addr, listener)
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any input
+            self.counts[I_DROP] += 1
+            cause = f"{type(exc).__name__}: {exc}"[:200]
+            if cause not in self._logged:
+                if len(self._logged) < 100:
+                    self._logged.add(cause)
+                log.exception("datagram from %s dropped (%s); further ones with this cause "
+                              "are only counted (core:drop_requests)", addr[0], cause)
+
+    def _handle(self, data: bytes, addr: tuple, listener: Any) -> None:
+        counts = self.counts
+        try:
+            msg = parse_message(data)
+        except SipParseError as exc:
+            counts[I_BAD] += 1
+            req = exc.request
+            if exc.status and req is not None and req.is_request and req.method != "ACK":
+                self.reply(req, exc.status, exc.reason, addr, listener)
+            return
+        if not msg.is_request:
+            counts[I_RCV_RPL] += 1
+            return
+        counts[I_RCV_REQ] += 1
+        method = msg.method
+        if method == "REGISTER":
+            self.register(msg, addr, listener)
+        elif method == "ACK":
+            counts[I_DROP] += 1  # an ACK for one of our final replies
+        elif method == "OPTIONS" and _addressed_to_server(msg.ruri):
+            self.reply(msg, 200, "OK", addr, listener,
+                       [("Allow", ALLOW), ("Accept", "application/sdp")])
+        elif msg.max_forwards == 0:
+            counts[I_483] += 1
+            self.reply(msg, 483, "Too Many Hops", addr, listener)
+        else:
+            counts[I_501] += 1
+            self.reply(msg, 501, "Not Implemented", addr, listener, [("Allow", ALLOW)])
+
+    def reply(self, msg: SipMessage, status: int, reason: str, addr: tuple, listener: Any,
+              headers: list[tuple[str, str]] | None = None, raw: bytes = b"") -> None:
+        extra = self.server + (headers or [])
+        data = build_response(msg, status, reason, extra, to_tag=self.to_tag,
+                              received=addr[:2], raw_headers=raw)
+        listener.sock.sendto(data, addr)
+        counts = self.counts
+        counts[I_SENT] += 1
+        counts[I_CLASS[status // 100]] += 1
+
+    # ---------------------------------------------------------------- REGISTER
+
+    def register(self, msg: SipMessage, addr: tuple, listener: Any) -> None:
+        try:
+            status = self._register(msg, addr, listener)
+        except Refuse as refuse:
+            self.counts[I_REJECT] += 1
+            if refuse.counter >= 0:
+                self.counts[refuse.counter] += 1
+            self.reply(msg, refuse.status, refuse.reason, addr, listener, refuse.headers)
+            return
+        except SipParseError as exc:
+            self.counts[I_REJECT] += 1
+            self.counts[I_BAD] += 1
+            self.reply(msg, exc.status or 400, exc.reason, addr, listener)
+            return
+        if status != C.REG_OK:
+            code, reason, counter = KERNEL_ERRORS.get(status, (500, f"Server error {status}", -1))
+            self.counts[I_REJECT] += 1
+            if counter >= 0:
+                self.counts[counter] += 1
+            self.reply(msg, code, reason, addr, listener)
+            return
+        self.counts[I_ACCEPT] += 1
+        out = self.out
+        text_len = int(out[:C.OUT_TEXT].view(np.int64)[2])
+        headers = [("Date", self._date_header())]
+        path = msg.get_all("path")
+        if path and any(v.lower() == "path" for v in msg.get_all("supported")):
+            headers.append(("Path", ", ".join(path)))  # RFC 3327 §5.3
+        self.reply(msg, 200, "OK", addr, listener, headers,
+                   out[C.OUT_TEXT:C.OUT_TEXT + text_len].tobytes())
+
+    def _register(self, msg: SipMessage, addr: tuple, listener: Any) -> int:
+        aor = normalize_aor(parse_name_addr(msg.to).uri).encode()
+        contacts = parse_contacts(msg)
+        header_expires = msg.expires
+        src_ip, src_port = addr[0], addr[1]
+        now = time.time()
+        now_s = int(now)
+        packed: list[tuple[bytes, bytes, int, int, int, int, int]] = []
+        wildcard = contacts is None
+        if contacts and len(contacts) > self.scratch.shape[0] // 3:
+            raise Refuse(403, "Too many registered contacts")
+        nat_any = 0
+        if wildcard:
+            if header_expires != 0:
+                raise Refuse(400, "Invalid wildcard: Expires must be 0")
+        elif contacts:
+            too_brief = False
+            for c in contacts:
+                params = c.params
+                text = params.get("expires")
+                if text is not None:
+                    try:
+                        expires = int(text)
+                    except ValueError:
+                        raise Refuse(400, "Invalid expires parameter") from None
+                    if expires < 0:
+                        raise Refuse(400, "Invalid expires parameter")
+                else:
+                    expires = header_expires if header_expires >= 0 else self.default_expires
+                if expires:
+                    if expires < self.min_expires:
+                        too_brief = True
+                    elif expires > self.max_expires:
+                        expires = self.max_expires
+                q = _q_per_mille(params.get("q"))
+                instance = params.get("+sip.instance") or ""
+                reg_text = params.get("reg-id")
+                try:
+                    reg_id = int(reg_text) if reg_text else 0
+                except ValueError:
+                    raise Refuse(400, "Invalid reg-id parameter") from None
+                if reg_id < 0 or reg_id > 0xFFFFFFFF:
+                    raise Refuse(400, "Invalid reg-id parameter")
+                mtext = params.get("methods")
+                cmethods = methods_mask(mtext) if mtext else -1
+                uri = canonical_contact_uri(c.uri)
+                flags = 0
+                u = parse_uri(c.uri)
+                if u.host.strip("[]") != src_ip or (u.port or 5060) != src_port:
+                    flags = C.FLAG_NAT
+                    nat_any = 1
+                packed.append((uri.encode(), instance.encode(), expires, q, reg_id, cmethods,
+                               flags))
+            if too_brief:
+                raise Refuse(423, "Interval Too Brief",
+                             [("Min-Expires", str(self.min_expires))])
+        family, raw = address_bytes(src_ip) if nat_any else (0, bytes(16))
+        allow = msg.get("allow")
+        ua = msg.get("user-agent") or ""
+        path = msg.get_all("path")
+        n = C.pack_register(
+            self.req, self.req_mv, aor=aor, callid=msg.call_id.encode(), cseq=msg.cseq_num,
+            user_agent=ua.encode(), path=", ".join(path).encode() if path else b"",
+            now_s=now_s, now_ms=int(now * 1000), max_contacts=self.max_contacts,
+            wildcard=wildcard, recv_family=family, recv_port=src_port if nat_any else 0,
+            recv_addr=raw, sock=listener.index, flags=0,
+            methods=methods_mask(allow) if allow else 0, contacts=packed)
+        if n < 0:
+            raise Refuse(500, "Contact too long for usrloc.record_bytes", counter=I_TOO_LONG)
+        return retry_busy(self._kernel, self._lock_wait)
+
+    def _kernel(self) -> int:
+        return C.ul_register(self.table, self.ring, self.req, self.out, self.row, self.me,
+                             self.proc, self.scratch)
+
+    def _lock_wait(self) -> None:
+        self.counts[I_WAITS] += 1
+
+    def _date_header(self) -> str:
+        now = int(time.time())
+        if now != self._date_s:
+            self._date_s = now
+            self._date = email.utils.formatdate(now, usegmt=True)
+        return self._date
+
+
+def _q_per_mille(text: str | None) -> int:
+    if text is None:
+        return -1
+    try:
+        q = float(text)
+    except ValueError:
+        raise Refuse(400, "Invalid q value") from None
+    if not 0.0 <= q <= 1.0:
+        raise Refuse(400, "Invalid q value")
+    return int(round(q * 1000))
+
+
+def _addressed_to_server(ruri: str) -> bool:
+    """An OPTIONS for the server itself: a Request-URI with no user part."""
+    rest = ruri.split(":", 1)[-1]
+    return "@" not in rest.split(";", 1)[0]

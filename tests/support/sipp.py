@@ -1,0 +1,79 @@
+"""Run sipp scenarios from bench/sipp against a node and read its final counts.
+
+sipp (Debian package sip-tester) must be on PATH: scripts/test installs it. Results come
+from sipp's statistics file (-trace_stat), not from parsing its screen.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+
+from tests.support import leaks
+from tests.support.nodes import free_port
+
+SCENARIOS = pathlib.Path(__file__).resolve().parents[2] / "bench" / "sipp"
+
+
+@dataclasses.dataclass
+class SippResult:
+    returncode: int
+    successful: int
+    failed: int
+    elapsed_s: float
+    rate: float
+    stdout: str
+    stats_path: pathlib.Path
+
+
+def available() -> bool:
+    return shutil.which("sipp") is not None
+
+
+def run(scenario: str, target: tuple[str, int], workdir: pathlib.Path, calls: int,
+        rate: int = 1000, limit: int = 200, keys: dict[str, object] | None = None,
+        timeout_s: int = 120, extra: list[str] | None = None,
+        call_ids: str | None = None, local_port: int | None = None) -> SippResult:
+    """call_ids: a -cid_str pattern (%u = call number); the default gives the stable
+    per-user Call-ID the register scenarios need: reg-<user key><call number>.
+    local_port: keep it across runs that must refresh the same Contact URIs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    stats = workdir / f"{scenario}-{time.monotonic_ns()}.csv"
+    lport = local_port or free_port(socket.SOCK_DGRAM)
+    cmd = ["sipp", f"{target[0]}:{target[1]}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
+           "-m", str(calls), "-r", str(rate), "-l", str(limit), "-i", "127.0.0.1",
+           "-p", str(lport), "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "3600",
+           "-timeout", f"{timeout_s}s", "-timeout_error", "-recv_timeout", "5000",
+           "-cid_str", call_ids or f"reg-{(keys or {}).get('user', 'u')}%u@fastcluster"]
+    for name, value in (keys or {}).items():
+        cmd += ["-key", name, str(value)]
+    cmd += extra or []
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=workdir, text=True)
+    leaks.register(proc.pid)
+    out, _ = proc.communicate(timeout=timeout_s + 30)
+    elapsed = time.monotonic() - started
+    ok, failed, rate_seen = _counts(stats)
+    return SippResult(proc.returncode, ok, failed, elapsed, rate_seen, out[-3000:], stats)
+
+
+def _counts(stats: pathlib.Path) -> tuple[int, int, float]:
+    if not stats.exists():
+        return 0, 0, 0.0
+    with open(stats, newline="") as fh:
+        rows = list(csv.reader(fh, delimiter=";"))
+    if len(rows) < 2:
+        return 0, 0, 0.0
+    head, last = rows[0], rows[-1]
+    col = {name: i for i, name in enumerate(head)}
+    ok = int(last[col["SuccessfulCall(C)"]])
+    failed = int(last[col["FailedCall(C)"]])
+    elapsed_text = last[col["ElapsedTime(C)"]]
+    h, m, s = elapsed_text.split(":")[:3]
+    seconds = int(h) * 3600 + int(m) * 60 + float(s)
+    return ok, failed, (ok / seconds if seconds > 0 else 0.0)
