@@ -18,7 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fastcluster.core.config import ConfigError, Config, load, render_reference
+from fastcluster.core.config import ConfigError, Config, kernel_cache_dir, load, \
+    render_reference
 from fastcluster.core.errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
 from fastcluster.core.settings import SECTIONS, SETTINGS
 
@@ -75,7 +76,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
     parser = _settings_parser("fastcluster", __doc__.split("\n\n")[0])
     ns = parser.parse_args(argv)
     cfg = _load_from_args(ns)
-    os.environ["NUMBA_CACHE_DIR"] = cfg.numba_cache_dir
+    os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(cfg.numba_cache_dir)
     from fastcluster.workers.master import run_master  # after NUMBA_CACHE_DIR is set
 
     return run_master(cfg)
@@ -86,11 +87,11 @@ def _cmd_warm(argv: Sequence[str]) -> int:
                               "Compile the numba kernels into the cache and exit.")
     ns = parser.parse_args(argv)
     cfg = _load_from_args(ns)
-    os.environ["NUMBA_CACHE_DIR"] = cfg.numba_cache_dir
+    os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(cfg.numba_cache_dir)
     from fastcluster.shm.warm import warm_kernels
 
     seconds = warm_kernels()
-    print(f"kernels ready in {seconds:.2f} s (cache: {cfg.numba_cache_dir})")
+    print(f"kernels ready in {seconds:.2f} s (cache: {os.environ['NUMBA_CACHE_DIR']})")
     return EXIT_OK
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import hashlib
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -259,6 +261,32 @@ def reload(old: Config) -> tuple[Config, list[str], list[str]]:
                  cli=old.cli)
     validate(cfg)
     return cfg, applied, ignored
+
+
+def kernel_fingerprint() -> str:
+    """Hash of every kernel module's source (the shm package).
+
+    Numba invalidates a cached function only when its own file changes, but kernels
+    inline helpers from other modules: a change there would leave stale machine code.
+    Keying the cache directory on all kernel sources closes that gap.
+    """
+    spec = importlib.util.find_spec("fastcluster.shm")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    digest = hashlib.sha256()
+    for folder in locations:
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as fh:
+                    digest.update(name.encode() + b"\0" + fh.read())
+    return "k" + digest.hexdigest()[:16]
+
+
+def kernel_cache_dir(base: str) -> str:
+    """base/<kernel fingerprint> (unchanged if base already is one)."""
+    fingerprint = kernel_fingerprint()
+    if os.path.basename(os.path.normpath(base)) == fingerprint:
+        return base
+    return os.path.join(base, fingerprint)
 
 
 def render_reference() -> str:

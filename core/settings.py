@@ -227,8 +227,8 @@ SETTINGS: tuple[Setting, ...] = (
       "Folder of the per-instance lock file. Empty means $XDG_RUNTIME_DIR/fastcluster, "
       "else /tmp/fastcluster-<uid>."),
     S("core", "numba_cache_dir", _text, "",
-      "Where compiled numba kernels are cached. Empty means $NUMBA_CACHE_DIR if set, "
-      "else ~/.cache/fastcluster/numba."),
+      "Where compiled numba kernels are cached, in a subfolder per version of the kernel "
+      "sources. Empty means $NUMBA_CACHE_DIR if set, else ~/.cache/fastcluster/numba."),
     S("core", "child_timeout_s", _float_range(0.5, 3600), "10",
       "Heartbeat age after which a child process is considered stuck and is stopped "
       "(SIGTERM, then SIGKILL after core.graceful_timeout_s) and respawned.", unit="s",

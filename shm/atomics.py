@@ -1,12 +1,13 @@
-"""Atomic operations on numpy array elements, as numba intrinsics.
+"""Low-level numba intrinsics: atomics on array elements, `unmanaged`, `prefetch`.
 
 Numba has no atomics for CPU arrays, and shared-memory locks, rings and counters need
 them: a plain store may be reordered by LLVM and a plain read-modify-write loses updates
 between processes. These intrinsics emit LLVM `cmpxchg`, `atomicrmw`, atomic load/store
-and `pause`, so they compile into the calling kernel (cacheable, no call overhead); `pause` is the LLVM x86 intrinsic
-(numba's JIT has no inline-asm parser).
-Arrays must be 1-d, C-contiguous, of an integer dtype; the element must be naturally
-aligned (every shm layout here guarantees it). Neighbours: shm.locks, shm.ring, shm.table.
+and `pause` (the LLVM x86 intrinsic: numba's JIT has no inline-asm parser), so they
+compile into the calling kernel (cacheable, no call overhead). Arrays must be 1-d,
+C-contiguous, of an integer dtype; the element must be naturally aligned (every shm
+layout here guarantees it). `unmanaged` drops an array's refcounting for the span of a
+kernel; `prefetch` hints a cache line. Neighbours: shm.ring, shm.table, shm.contacts.
 """
 from __future__ import annotations
 
@@ -109,6 +110,32 @@ def fence(typingctx):
 
 
 @intrinsic
+def fence_release(typingctx):
+    """Earlier loads and stores stay before later stores (seqlock writer: seq odd, then
+    the row). A compiler barrier on x86, whose stores are not reordered."""
+    sig = types.void()
+
+    def codegen(context, builder, sig, args):
+        builder.fence("release")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fence_acquire(typingctx):
+    """Earlier loads stay before later loads and stores (seqlock reader: the row, then
+    seq again). A compiler barrier on x86."""
+    sig = types.void()
+
+    def codegen(context, builder, sig, args):
+        builder.fence("acquire")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def cpu_relax(typingctx):
     """Spin-wait hint (x86 `pause`) plus a compiler barrier, so the loop re-reads memory."""
     sig = types.void()
@@ -119,6 +146,56 @@ def cpu_relax(typingctx):
             fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause")
             builder.call(fn, [])
         builder.fence("acquire", "singlethread")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def unmanaged(typingctx, arr):
+    """The same array without its NRT meminfo (and parent object).
+
+    Every slice or view taken from an array carries the array's meminfo, and numba
+    increments and decrements it (a call and an atomic each time) wherever the view is
+    passed on: a table insert made ~300 such calls. Kernels only ever see buffers the
+    caller keeps alive for the whole call (shm mappings, worker buffers), so they work
+    on an unmanaged alias and those refcount calls become no-ops.
+    """
+    if not isinstance(arr, types.Array):
+        return None
+    sig = arr(arr)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        out = context.make_array(sig.return_type)(context, builder)
+        out.meminfo = context.get_constant_null(types.MemInfoPointer(types.voidptr))
+        out.parent = context.get_constant_null(types.pyobject)
+        out.nitems = ary.nitems
+        out.itemsize = ary.itemsize
+        out.data = ary.data
+        out.shape = ary.shape
+        out.strides = ary.strides
+        return out._getvalue()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint the CPU to fetch arr[idx]'s cache line (for writing): batch kernels issue it
+    for the item they will touch a few iterations later, so misses overlap."""
+    if not isinstance(arr, types.Array):
+        return None
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), ir.IntType(32),
+                                               ir.IntType(32), ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        i32 = ir.IntType(32)
+        builder.call(fn, [i8p, i32(1), i32(3), i32(1)])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -47,6 +47,7 @@ import struct
 import numpy as np
 from numba import njit
 
+from fastcluster.shm.atomics import unmanaged
 from fastcluster.shm.hashing import as_key, group_hash, hash_bytes, mix64
 from fastcluster.shm.rows import RowLayout
 from fastcluster.shm.table import (
@@ -66,10 +67,13 @@ from fastcluster.shm.table import (
     R_VERSION,
     ST_LIVE,
     ST_TOMB,
+    blob_used,
     bytes_equal,
     home_of,
     lock_region,
+    publish_counts,
     r_state,
+    rbase,
     r_version,
     scan_locked,
     seg_span,
@@ -164,7 +168,7 @@ def pack_register(req: np.ndarray, mv: memoryview, *, aor: bytes, callid: bytes,
 # ---------------------------------------------------------------- kernel helpers
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_uint(out, pos, value):
     """Decimal of value >= 0 at out[pos:]; returns the new position (or -1 if full)."""
     digits = 1
@@ -181,7 +185,7 @@ def _put_uint(out, pos, value):
     return pos + digits
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_bytes(out, pos, src, off, n):
     if pos < 0 or pos + n > out.shape[0]:
         return -1
@@ -195,7 +199,7 @@ def _put_lit(out, pos, lit):
     return _put_bytes(out, pos, lit, 0, lit.shape[0])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _put_q(out, pos, q):
     """q in per mille as the shortest decimal: 1000 -> 1, 500 -> 0.5, 5 -> 0.005."""
     if pos < 0 or pos + 5 > out.shape[0]:
@@ -218,7 +222,7 @@ def _put_q(out, pos, q):
     return p
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _con_offsets(req, ncontacts, out_offsets):
     """Byte offsets of each contact block in req."""
     w = req[:REQ_STRINGS].view(np.int64)
@@ -230,7 +234,7 @@ def _con_offsets(req, ncontacts, out_offsets):
         pos += 8 * CON_WORDS + cw[0] + cw[1]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _binding_key(req, cpos, group):
     cw = req[cpos:cpos + 8 * CON_WORDS].view(np.int64)
     uri_len, inst_len, reg_id = cw[0], cw[1], cw[4]
@@ -241,10 +245,10 @@ def _binding_key(req, cpos, group):
     return as_key(hash_bytes(req, b, uri_len, group))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _same_binding(t, s, req, aor_off, aor_len, cpos):
     """Whether slot s holds this AOR's binding given by the contact at cpos (bytes)."""
-    base = s * t.row
+    base = rbase(t, s)
     off, ln = seg_span(t, t.rows8, base, S_AOR)
     if ln != aor_len or not bytes_equal(t.rows8, off, req, aor_off, aor_len):
         return False
@@ -260,21 +264,21 @@ def _same_binding(t, s, req, aor_off, aor_len, cpos):
     return iln == 0 and ln == cw[0] and bytes_equal(t.rows8, off, req, b, ln)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _is_member(t, s, group, req, aor_off, aor_len):
-    if t.keys[s] <= K_FREE or t.rows64[(s * t.row + R_GROUP) >> 3] != group:
+    if t.keys[s] <= K_FREE or t.rows64[(rbase(t, s) + R_GROUP) >> 3] != group:
         return False
-    off, ln = seg_span(t, t.rows8, s * t.row, S_AOR)
+    off, ln = seg_span(t, t.rows8, rbase(t, s), S_AOR)
     return ln == aor_len and bytes_equal(t.rows8, off, req, aor_off, aor_len)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _same_callid(t, s, req, cid_off, cid_len):
-    off, ln = seg_span(t, t.rows8, s * t.row, S_CALLID)
+    off, ln = seg_span(t, t.rows8, rbase(t, s), S_CALLID)
     return ln == cid_len and bytes_equal(t.rows8, off, req, cid_off, cid_len)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _build_row(t, row, req, cpos, key, group, now_s):
     """A LIVE contact row for the contact at cpos, in row (uint8[row_size])."""
     w = req[:REQ_STRINGS].view(np.int64)
@@ -320,10 +324,10 @@ _LIT_QUOTE = np.frombuffer(b'"', dtype=np.uint8)
 _LIT_CRLF = np.frombuffer(b"\r\n", dtype=np.uint8)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _contact_line(t, s, now_s, out, pos):
     """`Contact: <uri>;expires=N[;q=..][;+sip.instance="..."[;reg-id=N]]` CRLF."""
-    base = s * t.row
+    base = rbase(t, s)
     off, ln = seg_span(t, t.rows8, base, S_URI)
     pos = _put_bytes(out, pos, _LIT_CONTACT, 0, _LIT_CONTACT.shape[0])
     pos = _put_bytes(out, pos, t.rows8, off, ln)
@@ -349,7 +353,7 @@ def _contact_line(t, s, now_s, out, pos):
     return _put_bytes(out, pos, _LIT_CRLF, 0, 2)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _reserve(t, home, count, me, hi):
     """Lock every region up to the count-th FREE/EMPTY slot from home, so that count
     inserts into this run cannot meet a busy lock halfway. Returns (hi, status)."""
@@ -399,7 +403,7 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
         if _is_member(t, s, group, req, aor_off, aor_len) and r_state(t, s) == ST_LIVE:
             live_now += 1
             if w[Q_WILDCARD] and _same_callid(t, s, req, cid_off, cid_len) and \
-                    np.int64(t.rows32[(s * t.row + O_CSEQ) >> 2]) >= cseq:
+                    np.int64(t.rows32[(rbase(t, s) + O_CSEQ) >> 2]) >= cseq:
                 unlock_regions(t, lo, hi)
                 return REG_E_CSEQ
         s += 1
@@ -410,7 +414,7 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
     for i in range(n):
         cpos = offs[i]
         cw = req[cpos:cpos + 8 * CON_WORDS].view(np.int64)
-        if common + cw[0] + cw[1] > t.row - t.fixed:
+        if common + cw[0] + cw[1] > t.body - t.fixed:
             unlock_regions(t, lo, hi)
             return E_TOO_LONG
         keys[i] = _binding_key(req, cpos, group)
@@ -428,7 +432,7 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
                 unlock_regions(t, lo, hi)
                 return E_COLLISION
             if r_state(t, f) == ST_LIVE and _same_callid(t, f, req, cid_off, cid_len) and \
-                    np.int64(t.rows32[(f * t.row + O_CSEQ) >> 2]) >= cseq:
+                    np.int64(t.rows32[(rbase(t, f) + O_CSEQ) >> 2]) >= cseq:
                 unlock_regions(t, lo, hi)
                 return REG_E_CSEQ
         if dup:
@@ -484,9 +488,9 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
             target = f
             if r_version(t, f) >= version:
                 version = r_version(t, f) + 1
-        row[R_VERSION:R_VERSION + 8].view(np.int64)[0] = version
-        row[R_ORIGIN:R_ORIGIN + 2].view(np.uint16)[0] = t.node_id
-        write_row(t, ring, proc, target, row, 0, t.row, keys[i])
+        d_live, d_tomb, d_free = write_row(t, ring, proc, target, row, 0,
+                                           t.fixed + blob_used(t, row, 0), keys[i], version)
+        publish_counts(t, d_live, d_tomb, d_free)
         written += 1
     # The 200 OK lists every current binding with its remaining time.
     pos = OUT_TEXT
@@ -508,26 +512,28 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
     return REG_OK
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _tombstone(t, ring, proc, s, row, now_s, now_ms):
     """Turn LIVE slot s into a replicated tombstone (its strings, Call-ID and CSeq kept;
     expires becomes the deletion time)."""
-    base = s * t.row
-    row[:t.row] = t.rows8[base:base + t.row]
+    base = rbase(t, s)
+    row[:t.body] = t.rows8[base:base + t.body]
     version = now_ms << 16
     if r_version(t, s) >= version:
         version = r_version(t, s) + 1
-    row[R_VERSION:R_VERSION + 8].view(np.int64)[0] = version
-    row[R_ORIGIN:R_ORIGIN + 2].view(np.uint16)[0] = t.node_id
     row[R_STATE] = ST_TOMB
     row[R_EXPIRES:R_EXPIRES + 4].view(np.uint32)[0] = now_s
-    write_row(t, ring, proc, s, row, 0, t.row, t.keys[s])
+    d_live, d_tomb, d_free = write_row(t, ring, proc, s, row, 0,
+                                       t.fixed + blob_used(t, row, 0), t.keys[s], version)
+    publish_counts(t, d_live, d_tomb, d_free)
 
 
 @njit(cache=True)
 def ul_register(arena, ring, req, out, row, me, proc, scratch):
     """Apply one packed REGISTER (see the module doc). Returns REG_OK or an error code;
     out[0:8] = status as well. scratch: int64[3 * max contacts] work space."""
+    req, out, row = unmanaged(req), unmanaged(out), unmanaged(row)
+    ring, scratch = unmanaged(ring), unmanaged(scratch)
     n = req[:REQ_STRINGS].view(np.int64)[Q_NCONTACTS]
     t = views(arena)
     status = _register(t, ring, req, out, row, me, proc, scratch[:n],
@@ -542,6 +548,7 @@ def ul_remove(arena, ring, aor, aor_len, uri, uri_len, now_ms, me, proc, row):
     uri_len > 0) by turning them into replicated tombstones. Returns how many, or
     E_BUSY / E_FULL."""
     t = views(arena)
+    aor, uri, row, ring = unmanaged(aor), unmanaged(uri), unmanaged(row), unmanaged(ring)
     group = group_hash(aor, 0, aor_len)
     home = home_of(t, group)
     lo = home >> t.shift
@@ -558,7 +565,7 @@ def ul_remove(arena, ring, aor, aor_len, uri, uri_len, now_ms, me, proc, row):
         if _is_member(t, s, group, aor, 0, aor_len) and r_state(t, s) == ST_LIVE:
             match = True
             if uri_len > 0:
-                off, ln = seg_span(t, t.rows8, s * t.row, S_URI)
+                off, ln = seg_span(t, t.rows8, rbase(t, s), S_URI)
                 match = ln == uri_len and bytes_equal(t.rows8, off, uri, 0, ln)
             if match:
                 _tombstone(t, ring, proc, s, row, now_s, now_ms)

@@ -17,7 +17,7 @@ SEED_GROUP = np.uint64(0x67726F7570)  # "group"
 MIN_KEY = np.uint64(2)  # 0 and 1 mark empty and free slots
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mix64(x):
     """splitmix64 finaliser: a bijection on uint64 with full avalanche."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -25,7 +25,7 @@ def mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def hash_bytes(buf, off, n, seed):
     """Hash of buf[off:off+n] (uint8 array) under a uint64 seed."""
     h = FNV_OFFSET ^ seed
@@ -34,13 +34,13 @@ def hash_bytes(buf, off, n, seed):
     return mix64(h ^ np.uint64(n))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def as_key(h):
     """A hash usable as a table key (never 0 or 1)."""
     return h if h >= MIN_KEY else h + MIN_KEY
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def group_hash(buf, off, n):
     return as_key(hash_bytes(buf, off, n, SEED_GROUP))
 

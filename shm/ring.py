@@ -41,7 +41,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastcluster.shm.atomics import atomic_load, atomic_store, atomic_cas
+from fastcluster.shm.atomics import atomic_cas, atomic_load, atomic_store, unmanaged
+from fastcluster.shm.raw import ld16, ld32, ld64, st16, st32
 
 RING_MAGIC = int.from_bytes(b"FCRINGS1", "little")
 RING_LAYOUT_VERSION = 1
@@ -88,7 +89,13 @@ def no_ring() -> np.ndarray:
     return np.zeros(RING_HEADER, dtype=np.uint8)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def ring_capacity(ring):
+    """Data bytes of a ring region (0: replication off)."""
+    return ld64(ring, 8 * W_CAPACITY)
+
+
+@njit(cache=True, inline="always")
 def ring_push(ring, kind, row8, row_off, nbytes, version):
     """Copy `nbytes` of a row into the ring as one entry. Returns 1 pushed, 0 no ring,
     -1 full (the gap is recorded: gap_version lowered to `version`, gaps += 1).
@@ -96,6 +103,7 @@ def ring_push(ring, kind, row8, row_off, nbytes, version):
     ring: uint8[RING_HEADER + capacity] region of the calling process (single producer).
     row8: uint8 array holding the row at byte offset row_off. All arithmetic is int64.
     """
+    ring = unmanaged(ring)
     w = ring[:RING_HEADER].view(np.int64)
     cap = w[W_CAPACITY]
     if cap == 0:
@@ -116,13 +124,13 @@ def ring_push(ring, kind, row8, row_off, nbytes, version):
         return -1
     data = ring[RING_HEADER:]
     if pad:
-        data[pos:pos + 4].view(np.uint32)[0] = pad
-        data[pos + 4:pos + 6].view(np.uint16)[0] = 0
+        st32(data, pos, pad)
+        st16(data, pos + 4, 0)
         head += pad
         pos = 0
-    data[pos:pos + 4].view(np.uint32)[0] = need
-    data[pos + 4:pos + 6].view(np.uint16)[0] = kind
-    data[pos + 6:pos + 8].view(np.uint16)[0] = 0
+    st32(data, pos, need)
+    st16(data, pos + 4, kind)
+    st16(data, pos + 6, 0)
     start = pos + ENTRY_HEADER
     data[start:start + nbytes] = row8[row_off:row_off + nbytes]
     data[start + nbytes:pos + need] = 0
@@ -136,6 +144,8 @@ def ring_drain(ring, out, out_off):
     """Move whole entries from the ring into out[out_off:], padding skipped, as many as
     fit (`out` must hold at least one entry). Returns the new out offset. Single
     consumer (the cluster process)."""
+    ring = unmanaged(ring)
+    out = unmanaged(out)
     w = ring[:RING_HEADER].view(np.int64)
     cap = w[W_CAPACITY]
     if cap == 0:
@@ -146,8 +156,8 @@ def ring_drain(ring, out, out_off):
     room = out.shape[0] - out_off
     while tail < head:
         pos = tail & (cap - 1)
-        length = np.int64(data[pos:pos + 4].view(np.uint32)[0])
-        if data[pos + 4:pos + 6].view(np.uint16)[0] == 0:
+        length = ld32(data, pos)
+        if ld16(data, pos + 4) == 0:
             tail += length
             continue
         if length > room:

@@ -36,6 +36,7 @@ def _place(fields: tuple[tuple[str, str, str], ...], off: int = 0) -> tuple[dict
 
 
 PREFIX_OFFSETS, PREFIX_SIZE = _place(PREFIX_FIELDS)
+ROW_HEAD = 16  # per-node bytes before the body of every slot: seqlock word, local data
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class RowLayout:
         return self.offset("lens")
 
     def row_size(self, record_bytes: int) -> int:
-        return self.fixed_size + (record_bytes + 7) // 8 * 8
+        """Bytes per slot: the head and the body (fixed part + string blob)."""
+        return ROW_HEAD + self.fixed_size + (record_bytes + 7) // 8 * 8
 
     def layout_table(self) -> str:
         """Byte table of the fixed part, as written in the module docstrings."""

@@ -2,21 +2,28 @@
 
 One table per segment (contacts, dialogs). A record is a fixed-size row: a common prefix
 (key, group, version, expires, state, origin), a table-specific numeric part, u16 string
-lengths, then a string blob. Rows live at the slot their probe lands on; a dense uint64
-key column mirrors the keys so probes touch 8 keys per cache line. The home slot comes
-from the record's *group* hash (the AOR of a contact, the Call-ID of a dialog), so all
-records of a group sit in one probe run: "all contacts of an AOR" is one short scan.
+lengths and a string blob -- together the row *body*, which is what replication and sync
+carry -- behind a 16-byte slot head of per-node data (the slot's seqlock word and 8 bytes
+a node keeps for itself, e.g. NAT ping state), so the head shares a cache line with the
+key and version. A dense uint64 key column mirrors the keys so a
+probe touches 8 keys per cache line. The home slot comes from the record's *group* hash
+(the AOR of a contact, the Call-ID of a dialog), so all records of a group sit in one
+probe run: "all contacts of an AOR" is one short scan.
 
 Concurrency:
 - Writers lock the striped region of the home slot and every further region their
   probe crosses, always in ascending order (no wrap-around: the table has an overflow
   tail), so they cannot deadlock. A lock word holds (pid << 32 | process slot).
-- Every row change goes through the writer's undo area: saved old row, seq odd, write,
-  seq even, ring push, undo cleared. A writer killed at any point leaves at most one
-  slot in flight; `table_repair`, run by the master after reaping it, restores or
-  re-pushes that slot, frees its locks and recounts. Nothing else is ever half-done:
-  publishing a key or freeing a slot is a single aligned store.
-- Readers take no lock: a per-slot sequence number (seqlock) tells them to retry.
+- Every row change goes through the writer's undo area: saved old key (and old body if
+  the slot held a record), seq odd, write, seq even, ring push, undo cleared. A writer
+  killed at any point leaves at most one slot in flight; `table_repair`, run by the
+  master after reaping it, restores or re-pushes that slot, frees its locks and
+  recounts. Publishing a key or freeing a slot is a single aligned store.
+- Readers take no lock: the slot's sequence number (seqlock) tells them to retry.
+Kernels work on `unmanaged` aliases of their buffers (no refcounting), read input rows
+with shm.raw's byte helpers (no per-field array views) and copy only the used part of a
+body: a batched insert costs a few hundred nanoseconds, mostly cache misses, which batch
+kernels overlap by prefetching.
 
 Keys: 0 = EMPTY (ends a probe), 1 = FREE (was used; probes go on), >= 2 = a record.
 Records are LIVE or TOMB (a deleted record kept for tombstone_ttl so late replicas of
@@ -26,34 +33,38 @@ FREE; a FREE slot followed by an EMPTY one becomes EMPTY.
 Segment layout (little-endian; W = 8-byte word of the header):
 
     offset        size              field
-    0             8                 magic b"FCTABLE1"
+    0             8                 magic b"FCTABLE2"
     W1            8                 layout version (TABLE_LAYOUT_VERSION)
     W2            8                 kind: 1 contacts, 2 dialogs (also the wire table id)
     W3            8                 nslots: home positions + overflow tail
     W4            8                 nhome: home = (group >> 32) * nhome >> 32
-    W5            8                 row_size (bytes, multiple of 8)
+    W5            8                 row_size (bytes, multiple of 8): ROW_HEAD + body
     W6            8                 fixed_size: bytes before the string blob
     W7            8                 region_shift: a lock region is 1 << region_shift slots
     W8            8                 nregions
     W9            8                 nprocs: undo areas (one per process slot)
-    W10..W15      6x8               offsets of keys, seq, locks, undo, rows, local
-    W16           8                 capacity: most records (LIVE + TOMB)
-    W17           8                 lens_off: offset in a row of the u16 string lengths
-    W18           8                 nlens: number of strings in the blob
-    W19           8                 node_id written into local rows as origin
-    W20           8                 undo_size: bytes per undo area
-    W21           8                 local_size: bytes per slot of the local column
+    W10..W13      4x8               offsets of keys, locks, undo, rows
+    W14           8                 capacity: most records (LIVE + TOMB)
+    W15           8                 lens_off: offset in a row of the u16 string lengths
+    W16           8                 nlens: number of strings in the blob
+    W17           8                 node_id written into local rows as origin
+    W18           8                 undo_size: bytes per undo area
     W24, W32, W40 8 each            live, tomb, free counters (own cache lines)
     512           8 * nslots        keys: uint64
-    ...           4 * nslots        seq: uint32 per slot, odd while a writer is in it
     ...           64 * nregions     locks: one int64 word per 64-byte line
-    ...           undo_size*nprocs  undo areas: W0 state (0 idle, 1 in flight),
-                                    W1 slot, W2 old key, then the old row at +64
+    ...           undo_size*nprocs  undo areas: W0 state (0 idle, 1 in flight), W1 slot,
+                                    W2 old key, W3 1 if the old body was saved, then the
+                                    old body at +64
     ...           row_size*nslots   rows
-    ...           local_size*nslots local column: per-node data never replicated
     (each region starts on a 64-byte boundary)
 
-Common row prefix (every table):
+Slot head (first ROW_HEAD bytes of every slot, never replicated); the body follows:
+
+    0       4     seq: uint32, odd while a writer is inside the slot
+    4       4     (padding)
+    8       8     local: uint64 of per-node data (zeroed when a slot gets a new record)
+
+Common row prefix (every table, offsets within the body; declared in shm.rows):
 
     offset  size  field
     0       8     key      uint64  record identity hash (>= 2)
@@ -65,7 +76,7 @@ Common row prefix (every table):
     30      2     origin   uint16  node that made this version
 
 Neighbours: shm.ring (pushes), shm.contacts / shm.dialogs (row layouts and their own
-kernels), shm.hashing, workers.master (repair after a crash).
+kernels), shm.hashing, shm.raw, workers.master (repair after a crash).
 """
 from __future__ import annotations
 
@@ -80,26 +91,30 @@ from fastcluster.shm.atomics import (
     atomic_load,
     atomic_store,
     cpu_relax,
-    fence,
+    fence_acquire,
+    fence_release,
+    prefetch,
+    unmanaged,
 )
 from fastcluster.shm.hashing import mix64
-from fastcluster.shm.ring import ENTRY_HEADER, ring_push
-from fastcluster.shm.rows import PREFIX_OFFSETS
+from fastcluster.shm.raw import ld16, ld32, ld64, ldu64, st16, st32, st64
+from fastcluster.shm.ring import ENTRY_HEADER, ring_capacity, ring_push
+from fastcluster.shm.rows import PREFIX_OFFSETS, ROW_HEAD
 
-TABLE_MAGIC = int.from_bytes(b"FCTABLE1", "little")
-TABLE_LAYOUT_VERSION = 1
+TABLE_MAGIC = int.from_bytes(b"FCTABLE2", "little")
+TABLE_LAYOUT_VERSION = 2
 HEADER_SIZE = 512
 MAX_LOAD = 0.9  # records / home slots at capacity
 TAIL_SLOTS = 4096  # overflow tail: probes never wrap around
 REGION_SHIFT = 8  # 256 slots per lock region
 LOCK_STRIDE = 8  # int64 words between lock words (one per cache line)
 UNDO_ROW_AT = 64
-LOCAL_SIZE = 8
+PREFETCH_AHEAD = 16  # batch kernels prefetch the item this many iterations ahead
 
 # header word indexes
 (H_MAGIC, H_VERSION, H_KIND, H_NSLOTS, H_NHOME, H_ROW, H_FIXED, H_SHIFT, H_NREGIONS,
- H_NPROCS, H_OFF_KEYS, H_OFF_SEQ, H_OFF_LOCKS, H_OFF_UNDO, H_OFF_ROWS, H_OFF_LOCAL,
- H_CAPACITY, H_LENS_OFF, H_NLENS, H_NODE_ID, H_UNDO_SIZE, H_LOCAL_SIZE) = range(22)
+ H_NPROCS, H_OFF_KEYS, H_OFF_LOCKS, H_OFF_UNDO, H_OFF_ROWS, H_CAPACITY, H_LENS_OFF,
+ H_NLENS, H_NODE_ID, H_UNDO_SIZE) = range(19)
 H_LIVE, H_TOMB, H_FREE = 24, 32, 40
 
 # common row prefix offsets, from the one declaration in shm.rows
@@ -119,8 +134,8 @@ E_STALE = -7  # a remote row not newer than ours
 
 SPINS = 4096
 
-Tbl = namedtuple("Tbl", "h keys seq locks undo rows8 rows16 rows32 rows64 local64 "
-                        "nslots nhome row fixed shift lens_off nlens kind node_id capacity")
+Tbl = namedtuple("Tbl", "h keys locks undo8 undo64 rows8 rows16 rows32 rows64 nslots nhome "
+                        "row body fixed shift lens_off nlens kind node_id capacity usz")
 
 
 def _align(n: int, to: int = 64) -> int:
@@ -135,9 +150,8 @@ def geometry(capacity: int, row_size: int, nprocs: int) -> dict[str, int]:
     undo_size = _align(UNDO_ROW_AT + row_size)
     off = HEADER_SIZE
     layout = {"nhome": nhome, "nslots": nslots, "nregions": nregions, "undo_size": undo_size}
-    for name, size in (("keys", 8 * nslots), ("seq", 4 * nslots),
-                       ("locks", 8 * LOCK_STRIDE * nregions), ("undo", undo_size * nprocs),
-                       ("rows", row_size * nslots), ("local", LOCAL_SIZE * nslots)):
+    for name, size in (("keys", 8 * nslots), ("locks", 8 * LOCK_STRIDE * nregions),
+                       ("undo", undo_size * nprocs), ("rows", row_size * nslots)):
         layout["off_" + name] = off
         off = _align(off + size)
     layout["size"] = off
@@ -156,11 +170,10 @@ def init_table(buf: np.ndarray, kind: int, capacity: int, row_size: int, fixed_s
     values = {H_VERSION: TABLE_LAYOUT_VERSION, H_KIND: kind, H_NSLOTS: g["nslots"],
               H_NHOME: g["nhome"], H_ROW: row_size, H_FIXED: fixed_size,
               H_SHIFT: REGION_SHIFT, H_NREGIONS: g["nregions"], H_NPROCS: nprocs,
-              H_OFF_KEYS: g["off_keys"], H_OFF_SEQ: g["off_seq"],
-              H_OFF_LOCKS: g["off_locks"], H_OFF_UNDO: g["off_undo"],
-              H_OFF_ROWS: g["off_rows"], H_OFF_LOCAL: g["off_local"],
-              H_CAPACITY: capacity, H_LENS_OFF: lens_off, H_NLENS: nlens,
-              H_NODE_ID: node_id, H_UNDO_SIZE: g["undo_size"], H_LOCAL_SIZE: LOCAL_SIZE}
+              H_OFF_KEYS: g["off_keys"], H_OFF_LOCKS: g["off_locks"],
+              H_OFF_UNDO: g["off_undo"], H_OFF_ROWS: g["off_rows"], H_CAPACITY: capacity,
+              H_LENS_OFF: lens_off, H_NLENS: nlens, H_NODE_ID: node_id,
+              H_UNDO_SIZE: g["undo_size"]}
     for index, value in values.items():
         h[index] = value
     h[H_MAGIC] = TABLE_MAGIC
@@ -179,82 +192,97 @@ def check_header(buf: np.ndarray, kind: int) -> None:
 # ---------------------------------------------------------------- views and helpers
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def views(arena):
-    """Typed views of a table segment (no copy). arena: uint8[segment size]."""
+    """Typed views of a table segment (no copy, no refcounting). arena: uint8[size]."""
+    arena = unmanaged(arena)
     h = arena[:HEADER_SIZE].view(np.int64)
     nslots = h[H_NSLOTS]
     row = h[H_ROW]
-    ok, osq, olk = h[H_OFF_KEYS], h[H_OFF_SEQ], h[H_OFF_LOCKS]
-    oud, orw, olc = h[H_OFF_UNDO], h[H_OFF_ROWS], h[H_OFF_LOCAL]
+    ok, olk, oud, orw = h[H_OFF_KEYS], h[H_OFF_LOCKS], h[H_OFF_UNDO], h[H_OFF_ROWS]
     rows8 = arena[orw:orw + row * nslots]
+    undo8 = arena[oud:oud + h[H_UNDO_SIZE] * h[H_NPROCS]]
     return Tbl(h, arena[ok:ok + 8 * nslots].view(np.uint64),
-               arena[osq:osq + 4 * nslots].view(np.uint32),
                arena[olk:olk + 8 * LOCK_STRIDE * h[H_NREGIONS]].view(np.int64),
-               arena[oud:oud + h[H_UNDO_SIZE] * h[H_NPROCS]],
+               undo8, undo8.view(np.int64),
                rows8, rows8.view(np.uint16), rows8.view(np.uint32), rows8.view(np.uint64),
-               arena[olc:olc + h[H_LOCAL_SIZE] * nslots].view(np.uint64),
-               nslots, h[H_NHOME], row, h[H_FIXED], h[H_SHIFT], h[H_LENS_OFF],
-               h[H_NLENS], h[H_KIND], h[H_NODE_ID], h[H_CAPACITY])
+               nslots, h[H_NHOME], row, row - ROW_HEAD, h[H_FIXED], h[H_SHIFT],
+               h[H_LENS_OFF], h[H_NLENS], h[H_KIND], h[H_NODE_ID], h[H_CAPACITY],
+               h[H_UNDO_SIZE])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def home_of(t, group):
     return np.int64(((group >> np.uint64(32)) * np.uint64(t.nhome)) >> np.uint64(32))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def r_key(t, s):
-    return t.rows64[(s * t.row + R_KEY) >> 3]
+    return t.rows64[(rbase(t, s) + R_KEY) >> 3]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def r_group(t, s):
-    return t.rows64[(s * t.row + R_GROUP) >> 3]
+    return t.rows64[(rbase(t, s) + R_GROUP) >> 3]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def r_version(t, s):
-    return np.int64(t.rows64[(s * t.row + R_VERSION) >> 3])
+    return np.int64(t.rows64[(rbase(t, s) + R_VERSION) >> 3])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def r_expires(t, s):
-    return np.int64(t.rows32[(s * t.row + R_EXPIRES) >> 2])
+    return np.int64(t.rows32[(rbase(t, s) + R_EXPIRES) >> 2])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def r_state(t, s):
-    return t.rows8[s * t.row + R_STATE]
+    return t.rows8[rbase(t, s) + R_STATE]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def r_origin(t, s):
-    return np.int64(t.rows16[(s * t.row + R_ORIGIN) >> 1])
+    return np.int64(t.rows16[(rbase(t, s) + R_ORIGIN) >> 1])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def rbase(t, s):
+    """Byte offset in rows8 of slot s's row body (after the slot head)."""
+    return s * t.row + ROW_HEAD
+
+
+@njit(cache=True, inline="always")
+def seq_index(t, s):
+    """Index in rows32 of slot s's seqlock word (first word of the slot head)."""
+    return (s * t.row) >> 2
+
+
+@njit(cache=True, inline="always")
+def local_index(t, s):
+    """Index in rows64 of slot s's per-node word (second word of the slot head)."""
+    return (s * t.row + 8) >> 3
+
+
+@njit(cache=True, inline="always")
 def blob_used(t, b8, base):
     """Sum of the string lengths of the row at byte `base` of uint8 array b8."""
     n = 0
     for i in range(t.nlens):
-        p = base + t.lens_off + 2 * i
-        n += np.int64(b8[p]) | (np.int64(b8[p + 1]) << 8)
+        n += ld16(b8, base + t.lens_off + 2 * i)
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def seg_span(t, b8, base, index):
     """(offset, length) of string `index` of the row at byte `base` of b8."""
     off = base + t.fixed
     for i in range(index):
-        p = base + t.lens_off + 2 * i
-        off += np.int64(b8[p]) | (np.int64(b8[p + 1]) << 8)
-    p = base + t.lens_off + 2 * index
-    return off, np.int64(b8[p]) | (np.int64(b8[p + 1]) << 8)
+        off += ld16(b8, base + t.lens_off + 2 * i)
+    return off, ld16(b8, base + t.lens_off + 2 * index)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def bytes_equal(a, ao, b, bo, n):
     for i in range(n):
         if a[ao + i] != b[bo + i]:
@@ -262,16 +290,33 @@ def bytes_equal(a, ao, b, bo, n):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def prefetch_slot(t, s):
+    """Ask for slot s's key, lock word and the first cache lines of its row (head,
+    fixed part, start of the strings) ahead of a write."""
+    prefetch(t.keys, s)
+    prefetch(t.locks, (s >> t.shift) * LOCK_STRIDE)
+    for off in range((s * t.row) & ~63, s * t.row + ROW_HEAD + t.fixed + 128, 64):
+        prefetch(t.rows8, off)
+
+
+@njit(cache=True, inline="always")
 def row_checksum(key, version, origin):
     """Order-independent checksum term of one row (sync end marker, digests)."""
     return mix64(key ^ mix64(np.uint64(version) ^ (np.uint64(origin) << np.uint64(48))))
 
 
+@njit(cache=True, inline="always")
+def entry_header(out, off, length, kind):
+    st32(out, off, length)
+    st16(out, off + 4, kind)
+    st16(out, off + 6, 0)
+
+
 # ---------------------------------------------------------------- locks
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def lock_region(t, r, me):
     i = r * LOCK_STRIDE
     for _ in range(SPINS):
@@ -281,13 +326,13 @@ def lock_region(t, r, me):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def unlock_regions(t, lo, hi):
     for r in range(lo, hi + 1):
         atomic_store(t.locks, r * LOCK_STRIDE, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def scan_locked(t, home, key, group, me, hi):
     """Writer probe from `home` (its region already locked, regions up to `hi` held).
 
@@ -320,39 +365,48 @@ def scan_locked(t, home, key, group, me, hi):
 # ---------------------------------------------------------------- undo protocol
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def undo_begin(t, proc, s):
     """Save slot s to this process's undo area and open the seqlock (seq odd)."""
-    u = t.undo[proc * t.h[H_UNDO_SIZE]:(proc + 1) * t.h[H_UNDO_SIZE]]
-    w = u[:UNDO_ROW_AT].view(np.int64)
-    w[1] = s
-    u[16:24].view(np.uint64)[0] = t.keys[s]
-    u[UNDO_ROW_AT:UNDO_ROW_AT + t.row] = t.rows8[s * t.row:(s + 1) * t.row]
-    atomic_store(w, 0, 1)
-    t.seq[s] += np.uint32(1)
-    fence()
+    base = proc * t.usz
+    w = base >> 3
+    old = t.keys[s]
+    t.undo64[w + 1] = s
+    t.undo64[w + 2] = np.int64(old)
+    if old > K_FREE:
+        t.undo64[w + 3] = 1
+        t.undo8[base + UNDO_ROW_AT:base + UNDO_ROW_AT + t.body] = \
+            t.rows8[rbase(t, s):rbase(t, s) + t.body]
+    else:
+        t.undo64[w + 3] = 0
+    atomic_store(t.undo64, w, 1)
+    q = seq_index(t, s)
+    atomic_store(t.rows32, q, t.rows32[q] + np.uint32(1))
+    fence_release()
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def undo_commit(t, s):
     """Close the seqlock (seq even): the row is complete and visible."""
-    atomic_store(t.seq, s, t.seq[s] + np.uint32(1))
+    q = seq_index(t, s)
+    atomic_store(t.rows32, q, t.rows32[q] + np.uint32(1))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def undo_end(t, proc):
-    w = t.undo[proc * t.h[H_UNDO_SIZE]:proc * t.h[H_UNDO_SIZE] + 8].view(np.int64)
-    atomic_store(w, 0, 0)
+    atomic_store(t.undo64, (proc * t.usz) >> 3, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def push_row(t, ring, s):
-    base = s * t.row
+    if ring_capacity(ring) == 0:
+        return 0
+    base = rbase(t, s)
     return ring_push(ring, t.kind, t.rows8, base, t.fixed + blob_used(t, t.rows8, base),
                      r_version(t, s))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def count_state(t, state, delta):
     if state == ST_LIVE:
         atomic_add(t.h, H_LIVE, delta)
@@ -360,30 +414,83 @@ def count_state(t, state, delta):
         atomic_add(t.h, H_TOMB, delta)
 
 
-@njit(cache=True)
-def write_row(t, ring, proc, s, src8, src_off, nbytes, key):
-    """Copy a row (nbytes from src8[src_off:]) into slot s under the undo protocol and
-    push it to `ring`. The caller holds the slot's region lock."""
+@njit(cache=True, inline="always")
+def publish_counts(t, d_live, d_tomb, d_free):
+    """Add counter deltas to the shared header (batch kernels call it once per batch,
+    so concurrent writers do not fight over the counters' cache line per record)."""
+    if d_live:
+        atomic_add(t.h, H_LIVE, d_live)
+    if d_tomb:
+        atomic_add(t.h, H_TOMB, d_tomb)
+    if d_free:
+        atomic_add(t.h, H_FREE, d_free)
+
+
+@njit(cache=True, inline="always")
+def write_row(t, ring, proc, s, src8, src_off, nbytes, key, version):
+    """Copy a row body (nbytes <= body from src8[src_off:]) into slot s under the undo
+    protocol and push it to `ring`; version > 0 stamps that version and this node as
+    origin (a local write), 0 keeps the source's (a remote row). The caller holds the
+    slot's region lock. Returns the (live, tomb, free) counter deltas to publish."""
     old_key = t.keys[s]
     old_state = r_state(t, s) if old_key > K_FREE else 0
     undo_begin(t, proc, s)
-    base = s * t.row
+    base = rbase(t, s)
     t.rows8[base:base + nbytes] = src8[src_off:src_off + nbytes]
+    if version > 0:
+        st64(t.rows8, base + R_VERSION, version)
+        st16(t.rows8, base + R_ORIGIN, t.node_id)
     if old_key != key:
-        t.local64[s] = 0
+        t.rows64[local_index(t, s)] = 0
         atomic_store(t.keys, s, key)
     undo_commit(t, s)
-    new_state = r_state(t, s)
-    if old_state != new_state:
-        count_state(t, old_state, -1)
-        count_state(t, new_state, 1)
-    if old_key == K_FREE:
-        atomic_add(t.h, H_FREE, -1)
+    new_state = t.rows8[base + R_STATE]
+    d_live = (1 if new_state == ST_LIVE else 0) - (1 if old_state == ST_LIVE else 0)
+    d_tomb = (1 if new_state == ST_TOMB else 0) - (1 if old_state == ST_TOMB else 0)
+    d_free = -1 if old_key == K_FREE else 0
     push_row(t, ring, s)
     undo_end(t, proc)
+    return d_live, d_tomb, d_free
 
 
 # ---------------------------------------------------------------- public kernels
+
+
+@njit(cache=True, inline="always")
+def put_row(t, ring, row8, at, now_ms, me, proc, pending):
+    """table_put on prepared views; the row is row8[at:at + body]. pending: records this
+    batch added but has not published yet (for the capacity check). Returns (result,
+    live, tomb, free deltas). Only the used part of the body is copied."""
+    used = blob_used(t, row8, at)
+    if used > t.body - t.fixed:
+        return E_TOO_LONG, 0, 0, 0
+    key = ldu64(row8, at + R_KEY)
+    group = ldu64(row8, at + R_GROUP)
+    home = home_of(t, group)
+    lo = home >> t.shift
+    if not lock_region(t, lo, me):
+        return E_BUSY, 0, 0, 0
+    found, free, hi, status = scan_locked(t, home, key, group, me, lo)
+    result = status
+    dl = dt = df = 0
+    if status == 0:
+        version = now_ms << 16
+        if found >= 0:
+            if r_version(t, found) >= version:
+                version = r_version(t, found) + 1
+            target = found
+        elif row8[at + R_STATE] == ST_TOMB:
+            target = E_NOT_FOUND
+        elif t.h[H_LIVE] + t.h[H_TOMB] + pending >= t.capacity or free < 0:
+            target = E_FULL
+        else:
+            target = free
+        if target >= 0:
+            dl, dt, df = write_row(t, ring, proc, target, row8, at, t.fixed + used, key,
+                                   version)
+        result = target
+    unlock_regions(t, lo, hi)
+    return result, dl, dt, df
 
 
 @njit(cache=True)
@@ -394,84 +501,73 @@ def table_put(arena, ring, row8, now_ms, me, proc):
     the row is inserted or replaces the record with the same key and group, and is
     pushed to `ring`. A TOMB row for an absent record is E_NOT_FOUND. Returns the slot,
     or E_BUSY / E_FULL / E_TOO_LONG.
-    row8: uint8[row_size] (modified: version and origin are filled in).
+    row8: uint8[>= body], read only.
     """
     t = views(arena)
-    if blob_used(t, row8, 0) > t.row - t.fixed:
-        return E_TOO_LONG
-    key = row8[R_KEY:R_KEY + 8].view(np.uint64)[0]
-    group = row8[R_GROUP:R_GROUP + 8].view(np.uint64)[0]
-    home = home_of(t, group)
-    lo = home >> t.shift
-    if not lock_region(t, lo, me):
-        return E_BUSY
-    found, free, hi, status = scan_locked(t, home, key, group, me, lo)
-    result = status
-    if status == 0:
-        version = now_ms << 16
-        if found >= 0:
-            if r_version(t, found) >= version:
-                version = r_version(t, found) + 1
-            target = found
-        elif row8[R_STATE] == ST_TOMB:
-            target = E_NOT_FOUND
-        elif t.h[H_LIVE] + t.h[H_TOMB] >= t.capacity or free < 0:
-            target = E_FULL
-        else:
-            target = free
-        if target >= 0:
-            row8[R_VERSION:R_VERSION + 8].view(np.int64)[0] = version
-            row8[R_ORIGIN:R_ORIGIN + 2].view(np.uint16)[0] = t.node_id
-            write_row(t, ring, proc, target, row8, 0, t.row, key)
-        result = target
-    unlock_regions(t, lo, hi)
-    return result
+    r, dl, dt, df = put_row(t, unmanaged(ring), unmanaged(row8), 0, now_ms, me, proc, 0)
+    publish_counts(t, dl, dt, df)
+    return r
 
 
 @njit(cache=True)
 def table_put_batch(arena, ring, rows, n, now_ms, me, proc, out):
-    """table_put for rows[i*row_size:(i+1)*row_size], i < n; out[i] = result.
-    Stops early on E_BUSY (out[i] = E_BUSY); returns how many were processed."""
+    """table_put for the rows at rows[i * row_size], i < n; out[i] = result.
+    Stops early on E_BUSY (out[i] = E_BUSY); returns how many were processed.
+    Counters are published once at the end, so while batches run in several processes
+    at once the capacity check may be short by what the others have not published."""
     t = views(arena)
-    row = t.row
+    ring = unmanaged(ring)
+    rows = unmanaged(rows)
+    live = tomb = free = 0
+    done = n
     for i in range(n):
-        r = table_put(arena, ring, rows[i * row:(i + 1) * row], now_ms, me, proc)
+        ahead = i + PREFETCH_AHEAD
+        if ahead < n:
+            prefetch_slot(t, home_of(t, ldu64(rows, ahead * t.row + R_GROUP)))
+        r, dl, dt, df = put_row(t, ring, rows, i * t.row, now_ms, me, proc, live + tomb)
+        live += dl
+        tomb += dt
+        free += df
         out[i] = r
         if r == E_BUSY:
-            return i
-    return n
+            done = i
+            break
+    publish_counts(t, live, tomb, free)
+    return done
 
 
-@njit(cache=True)
-def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring):
+@njit(cache=True, inline="always")
+def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, pending):
     """Apply one remote row (wire entry at buf[off:off+length], header included) if its
-    (version, origin) is newer than ours. Returns the slot, E_STALE, E_BUSY, E_FULL,
-    E_TOO_LONG or E_CORRUPT. Not pushed to a ring unless `ring` has capacity."""
+    (version, origin) is newer than ours. Returns (the slot, E_STALE, E_BUSY, E_FULL,
+    E_TOO_LONG or E_CORRUPT; live, tomb, free deltas). Not pushed to a ring unless
+    `ring` has capacity. pending: records added but not yet published."""
     rb = off + ENTRY_HEADER
     nbytes = length - ENTRY_HEADER
     if nbytes < t.fixed:
-        return E_CORRUPT
+        return E_CORRUPT, 0, 0, 0
     used = blob_used(t, buf, rb)
     if t.fixed + used > nbytes:
-        return E_CORRUPT
-    if used > t.row - t.fixed:
-        return E_TOO_LONG
+        return E_CORRUPT, 0, 0, 0
+    if used > t.body - t.fixed:
+        return E_TOO_LONG, 0, 0, 0
     state = buf[rb + R_STATE]
     if state != ST_LIVE and state != ST_TOMB:
-        return E_CORRUPT
-    key = buf[rb + R_KEY:rb + R_KEY + 8].view(np.uint64)[0]
-    group = buf[rb + R_GROUP:rb + R_GROUP + 8].view(np.uint64)[0]
+        return E_CORRUPT, 0, 0, 0
+    key = ldu64(buf, rb + R_KEY)
+    group = ldu64(buf, rb + R_GROUP)
     if key <= K_FREE:
-        return E_CORRUPT
-    version = buf[rb + R_VERSION:rb + R_VERSION + 8].view(np.int64)[0]
-    origin = np.int64(buf[rb + R_ORIGIN:rb + R_ORIGIN + 2].view(np.uint16)[0])
-    expires = np.int64(buf[rb + R_EXPIRES:rb + R_EXPIRES + 4].view(np.uint32)[0])
+        return E_CORRUPT, 0, 0, 0
+    version = ld64(buf, rb + R_VERSION)
+    origin = ld16(buf, rb + R_ORIGIN)
+    expires = ld32(buf, rb + R_EXPIRES)
     home = home_of(t, group)
     lo = home >> t.shift
     if not lock_region(t, lo, me):
-        return E_BUSY
+        return E_BUSY, 0, 0, 0
     found, free, hi, status = scan_locked(t, home, key, group, me, lo)
     result = status
+    dl = dt = df = 0
     if status == 0:
         if found >= 0:
             sv = r_version(t, found)
@@ -482,55 +578,68 @@ def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring):
         elif (state == ST_LIVE and expires <= now_s) or (
                 state == ST_TOMB and expires + tomb_ttl_s <= now_s):
             result = E_STALE  # already gone here: nothing to remember
-        elif t.h[H_LIVE] + t.h[H_TOMB] >= t.capacity or free < 0:
+        elif t.h[H_LIVE] + t.h[H_TOMB] + pending >= t.capacity or free < 0:
             result = E_FULL
         else:
             result = free
         if result >= 0:
-            write_row(t, ring, proc, result, buf, rb, t.fixed + used, key)
+            dl, dt, df = write_row(t, ring, proc, result, buf, rb, t.fixed + used, key, 0)
     unlock_regions(t, lo, hi)
-    return result
+    return result, dl, dt, df
 
 
 @njit(cache=True)
 def apply_entries(ct_arena, dl_arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring,
                   counts):
     """Apply a batch of wire entries (replication or sync chunk) to the contact and
-    dialog tables. counts: int64[8] accumulates [applied, stale, too_long, full, busy
-    retried, entries, checksum (wrapping sum of row_checksum), corrupt]. Returns the
-    byte offset reached (== nbytes unless an entry is corrupt: then counts[7] = 1)."""
+    dialog tables. counts: int64[8] accumulates [applied, stale, too_long, full, busy,
+    entries, checksum (wrapping sum of row_checksum), corrupt]. Returns the byte offset
+    reached: nbytes when done; less when an entry is corrupt (counts[7] = 1: drop the
+    frame) or a lock stayed busy (counts[4] grew: yield, then call again from that
+    offset)."""
     ct = views(ct_arena)
     dl = views(dl_arena)
+    buf = unmanaged(buf)
+    ring = unmanaged(ring)
+    # pending counter deltas, [table][live, tomb, free]; published on every return
+    pend = np.zeros((2, 3), dtype=np.int64)
     off = 0
     while off < nbytes:
         if nbytes - off < ENTRY_HEADER:
             counts[7] = 1
-            return off
-        length = np.int64(buf[off:off + 4].view(np.uint32)[0])
-        kind = buf[off + 4:off + 6].view(np.uint16)[0]
+            break
+        length = ld32(buf, off)
+        kind = ld16(buf, off + 4)
         if length < ENTRY_HEADER or length & 7 or off + length > nbytes:
             counts[7] = 1
-            return off
+            break
         if kind == ct.kind:
             t = ct
+            which = 0
         elif kind == dl.kind:
             t = dl
+            which = 1
         else:
             counts[7] = 1
-            return off
-        r = apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring)
+            break
+        nxt = off + length
+        if nxt + ENTRY_HEADER + R_GROUP + 8 <= nbytes:
+            prefetch_slot(t, home_of(t, ldu64(buf, nxt + ENTRY_HEADER + R_GROUP)))
+        r, d_live, d_tomb, d_free = apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me,
+                                                proc, ring, pend[which, 0] + pend[which, 1])
         if r == E_BUSY:
             counts[4] += 1
-            return off  # the caller yields, then calls again from `off`
+            break  # the caller yields, then calls again from `off`
         if r == E_CORRUPT:
             counts[7] = 1
-            return off
+            break
+        pend[which, 0] += d_live
+        pend[which, 1] += d_tomb
+        pend[which, 2] += d_free
         rb = off + ENTRY_HEADER
         counts[5] += 1
-        counts[6] += np.int64(row_checksum(
-            buf[rb:rb + 8].view(np.uint64)[0],
-            buf[rb + R_VERSION:rb + R_VERSION + 8].view(np.int64)[0],
-            buf[rb + R_ORIGIN:rb + R_ORIGIN + 2].view(np.uint16)[0]))
+        counts[6] += np.int64(row_checksum(ldu64(buf, rb + R_KEY), ld64(buf, rb + R_VERSION),
+                                           ld16(buf, rb + R_ORIGIN)))
         if r >= 0:
             counts[0] += 1
         elif r == E_STALE:
@@ -539,26 +648,34 @@ def apply_entries(ct_arena, dl_arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, 
             counts[2] += 1
         elif r == E_FULL:
             counts[3] += 1
-        off += length
+        off = nxt
+    publish_counts(ct, pend[0, 0], pend[0, 1], pend[0, 2])
+    publish_counts(dl, pend[1, 0], pend[1, 1], pend[1, 2])
     return off
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def read_row(t, s, out8, out_off):
-    """Copy slot s's row into out8 consistently (seqlock). Returns its key (EMPTY/FREE
-    if the slot holds no record any more, or stayed locked past the spin budget)."""
+    """Copy slot s's row body into out8 consistently (seqlock). Returns its key
+    (EMPTY/FREE if the slot holds no record any more, or stayed locked past the spin
+    budget: a writer died inside it and the master has not repaired it yet)."""
+    q = seq_index(t, s)
     for _ in range(SPINS * 16):
-        s1 = atomic_load(t.seq, s)
+        s1 = atomic_load(t.rows32, q)
         if s1 & 1:
             cpu_relax()
             continue
         k = atomic_load(t.keys, s)
         if k > K_FREE:
-            out8[out_off:out_off + t.row] = t.rows8[s * t.row:(s + 1) * t.row]
-        fence()
-        if t.seq[s] == s1:
+            base = rbase(t, s)
+            n = t.fixed + blob_used(t, t.rows8, base)
+            if n > t.body:  # a torn length under a concurrent writer: seq will differ
+                n = t.body
+            out8[out_off:out_off + n] = t.rows8[base:base + n]
+        fence_acquire()
+        if t.rows32[q] == s1:
             return k
-    return K_FREE  # a writer died inside this slot: absent until the master repairs it
+    return K_FREE
 
 
 @njit(cache=True)
@@ -582,8 +699,14 @@ def table_find_batch(arena, keys, groups, out_versions):
     """Look up n records; out_versions[i] = version read under the seqlock, or -1.
     Returns how many were found."""
     t = views(arena)
+    n = keys.shape[0]
     found = 0
-    for i in range(keys.shape[0]):
+    for i in range(n):
+        if i + PREFETCH_AHEAD < n:
+            h = home_of(t, groups[i + PREFETCH_AHEAD])
+            prefetch(t.keys, h)
+            prefetch(t.rows8, h * t.row)
+            prefetch(t.rows8, h * t.row + 64)
         key, group = keys[i], groups[i]
         out_versions[i] = -1
         s = home_of(t, group)
@@ -592,13 +715,14 @@ def table_find_batch(arena, keys, groups, out_versions):
             if k == K_EMPTY:
                 break
             if k == key:
+                q = seq_index(t, s)
                 while True:
-                    s1 = atomic_load(t.seq, s)
+                    s1 = atomic_load(t.rows32, q)
                     g = r_group(t, s)
                     v = r_version(t, s)
                     kk = r_key(t, s)
-                    fence()
-                    if not s1 & 1 and t.seq[s] == s1:
+                    fence_acquire()
+                    if not s1 & 1 and t.rows32[q] == s1:
                         break
                     cpu_relax()
                 if kk == key and g == group:
@@ -611,9 +735,12 @@ def table_find_batch(arena, keys, groups, out_versions):
 
 @njit(cache=True)
 def table_group(arena, group, ident, ident_len, live_only, out8, max_rows):
-    """Copy the rows of a group (whose string 0 equals ident[:ident_len]) into out8,
-    consistently. Returns how many (at most max_rows). Lock-free."""
+    """Copy the rows of a group (whose string 0 equals ident[:ident_len]) into out8
+    (one record every row_size bytes), consistently. Returns how many (at most
+    max_rows). Lock-free."""
     t = views(arena)
+    ident = unmanaged(ident)
+    out8 = unmanaged(out8)
     s = home_of(t, group)
     n = 0
     while s < t.nslots and n < max_rows:
@@ -625,7 +752,7 @@ def table_group(arena, group, ident, ident_len, live_only, out8, max_rows):
             if read_row(t, s, out8, at) > K_FREE:
                 off, ln = seg_span(t, out8, at, 0)
                 same = (ln == ident_len and bytes_equal(out8, off, ident, 0, ln)
-                        and out8[at + R_KEY:at + R_KEY + 8].view(np.uint64)[0] == k)
+                        and ldu64(out8, at + R_KEY) == k)
                 if same and (not live_only or out8[at + R_STATE] == ST_LIVE):
                     n += 1
         s += 1
@@ -634,9 +761,10 @@ def table_group(arena, group, ident, ident_len, live_only, out8, max_rows):
 
 @njit(cache=True)
 def table_scan(arena, start, live_only, out8, max_rows, out_slots):
-    """Copy up to max_rows records from slot `start` on, in slot order. Returns
-    (next start slot (nslots when done), rows copied)."""
+    """Copy up to max_rows records from slot `start` on, in slot order (one record
+    every row_size bytes of out8). Returns (next start slot (nslots when done), rows)."""
     t = views(arena)
+    out8 = unmanaged(out8)
     s = start
     n = 0
     while s < t.nslots and n < max_rows:
@@ -650,31 +778,41 @@ def table_scan(arena, start, live_only, out8, max_rows, out_slots):
     return s, n
 
 
+@njit(cache=True, inline="always")
+def gather_one(t, s, out, off):
+    """Write slot s as a wire entry at out[off:] if it holds a record; returns the
+    entry's length (0 if not)."""
+    rb = off + ENTRY_HEADER
+    k = read_row(t, s, out, rb)
+    if k <= K_FREE:
+        return 0
+    nbytes = t.fixed + blob_used(t, out, rb)
+    length = (ENTRY_HEADER + nbytes + 7) & ~7
+    entry_header(out, off, length, t.kind)
+    out[rb + nbytes:off + length] = 0
+    return length
+
+
 @njit(cache=True)
 def table_gather(arena, start, out, max_bytes, counts):
     """Sync donor: write records from slot `start` on as wire entries into out (up to
-    max_bytes). counts: int64[2] += [entries, checksum]. Returns the next slot."""
+    max_bytes). counts: int64[2] += [entries, checksum]. Returns (next slot, bytes)."""
     t = views(arena)
+    out = unmanaged(out)
     s = start
     off = 0
+    need = (ENTRY_HEADER + t.body + 7) & ~7
     while s < t.nslots:
         if t.keys[s] > K_FREE:
-            need = (ENTRY_HEADER + t.row + 7) & ~7
             if off + need > max_bytes:
                 break
-            k = read_row(t, s, out, off + ENTRY_HEADER)
-            if k > K_FREE:
+            length = gather_one(t, s, out, off)
+            if length:
                 rb = off + ENTRY_HEADER
-                nbytes = t.fixed + blob_used(t, out, rb)
-                length = (ENTRY_HEADER + nbytes + 7) & ~7
-                out[off:off + 4].view(np.uint32)[0] = length
-                out[off + 4:off + 6].view(np.uint16)[0] = t.kind
-                out[off + 6:off + 8].view(np.uint16)[0] = 0
-                out[rb + nbytes:off + length] = 0
                 counts[0] += 1
-                counts[1] += np.int64(row_checksum(
-                    k, out[rb + R_VERSION:rb + R_VERSION + 8].view(np.int64)[0],
-                    out[rb + R_ORIGIN:rb + R_ORIGIN + 2].view(np.uint16)[0]))
+                counts[1] += np.int64(row_checksum(ldu64(out, rb + R_KEY),
+                                                   ld64(out, rb + R_VERSION),
+                                                   ld16(out, rb + R_ORIGIN)))
                 off += length
         s += 1
     return s, off
@@ -685,22 +823,15 @@ def table_since(arena, start, min_version, origin, out, max_bytes):
     """Gap repair: like table_gather, but only rows of `origin` with version >=
     min_version. Returns (next slot, bytes)."""
     t = views(arena)
+    out = unmanaged(out)
     s = start
     off = 0
+    need = (ENTRY_HEADER + t.body + 7) & ~7
     while s < t.nslots:
         if t.keys[s] > K_FREE and r_version(t, s) >= min_version and r_origin(t, s) == origin:
-            need = (ENTRY_HEADER + t.row + 7) & ~7
             if off + need > max_bytes:
                 break
-            if read_row(t, s, out, off + ENTRY_HEADER) > K_FREE:
-                rb = off + ENTRY_HEADER
-                nbytes = t.fixed + blob_used(t, out, rb)
-                length = (ENTRY_HEADER + nbytes + 7) & ~7
-                out[off:off + 4].view(np.uint32)[0] = length
-                out[off + 4:off + 6].view(np.uint16)[0] = t.kind
-                out[off + 6:off + 8].view(np.uint16)[0] = 0
-                out[rb + nbytes:off + length] = 0
-                off += length
+            off += gather_one(t, s, out, off)
         s += 1
     return s, off
 
@@ -774,8 +905,8 @@ def table_count_groups(arena):
             p = home_of(t, g)
             while p < s:
                 if t.keys[p] > K_FREE and r_state(t, p) == ST_LIVE and r_group(t, p) == g:
-                    a, la = seg_span(t, t.rows8, p * t.row, 0)
-                    b, lb = seg_span(t, t.rows8, s * t.row, 0)
+                    a, la = seg_span(t, t.rows8, rbase(t, p), 0)
+                    b, lb = seg_span(t, t.rows8, rbase(t, s), 0)
                     if la == lb and bytes_equal(t.rows8, a, t.rows8, b, la):
                         first = False
                         break
@@ -812,21 +943,24 @@ def table_repair(arena, ring, pid, proc):
     (1 if a torn row was restored / 2 if a finished row was re-pushed / 0, locks freed).
     ring: the dead process's ring region (this caller becomes its producer)."""
     t = views(arena)
+    ring = unmanaged(ring)
     fixed = 0
-    usz = t.h[H_UNDO_SIZE]
-    u = t.undo[proc * usz:(proc + 1) * usz]
-    w = u[:UNDO_ROW_AT].view(np.int64)
-    if w[0] == 1:
-        s = w[1]
-        if t.seq[s] & 1:
-            t.rows8[s * t.row:(s + 1) * t.row] = u[UNDO_ROW_AT:UNDO_ROW_AT + t.row]
-            atomic_store(t.keys, s, u[16:24].view(np.uint64)[0])
-            atomic_store(t.seq, s, t.seq[s] + np.uint32(1))
+    base = proc * t.usz
+    w = base >> 3
+    if t.undo64[w] == 1:
+        s = t.undo64[w + 1]
+        q = seq_index(t, s)
+        if t.rows32[q] & 1:
+            if t.undo64[w + 3] == 1:
+                t.rows8[rbase(t, s):rbase(t, s) + t.body] = \
+                    t.undo8[base + UNDO_ROW_AT:base + UNDO_ROW_AT + t.body]
+            atomic_store(t.keys, s, np.uint64(t.undo64[w + 2]))
+            atomic_store(t.rows32, q, t.rows32[q] + np.uint32(1))
             fixed = 1
         else:
             push_row(t, ring, s)
             fixed = 2
-        atomic_store(w, 0, 0)
+        atomic_store(t.undo64, w, 0)
     freed = 0
     for r in range(t.h[H_NREGIONS]):
         word = atomic_load(t.locks, r * LOCK_STRIDE)

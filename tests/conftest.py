@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import pathlib
 
-# Before anything imports numba: one cache for the session and for the nodes it starts.
+from fastcluster.core.config import kernel_cache_dir  # noqa: E402  (imports no numba)
+
+# Before anything imports numba: one cache for the session and for the nodes it starts,
+# keyed on the kernel sources (the nodes' CLI applies the same key and finds it done).
 REPO = pathlib.Path(__file__).resolve().parent.parent
-os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
+os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(
+    os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".numba_cache")))
 
 import pytest  # noqa: E402
 

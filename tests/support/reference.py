@@ -12,6 +12,7 @@ import numpy as np
 
 from fastcluster.shm import table as T
 from fastcluster.shm.ring import ENTRY_HEADER
+from fastcluster.shm.rows import ROW_HEAD
 
 M64 = (1 << 64) - 1
 
@@ -39,6 +40,7 @@ class RefTable:
         h = arena[:T.HEADER_SIZE].view(np.int64)
         self.h = h
         self.nslots, self.nhome, self.row = int(h[T.H_NSLOTS]), int(h[T.H_NHOME]), int(h[T.H_ROW])
+        self.body = self.row - ROW_HEAD
         self.fixed, self.lens_off, self.nlens = int(h[T.H_FIXED]), int(h[T.H_LENS_OFF]), \
             int(h[T.H_NLENS])
         self.capacity, self.node_id, self.kind = int(h[T.H_CAPACITY]), int(h[T.H_NODE_ID]), \
@@ -50,7 +52,9 @@ class RefTable:
 
     # -- field access
     def rowbytes(self, s: int) -> bytes:
-        return bytes(self.rows[s * self.row:(s + 1) * self.row])
+        """The row body of slot s (the head is per-node bookkeeping)."""
+        base = s * self.row + ROW_HEAD
+        return bytes(self.rows[base:base + self.body])
 
     @staticmethod
     def f(row: bytes, off: int, size: int) -> int:
@@ -101,7 +105,8 @@ class RefTable:
     def _write(self, s: int, row: bytes) -> None:
         old_key = int(self.keys[s])
         old_state = self.f(self.rowbytes(s), T.R_STATE, 1) if old_key > 1 else 0
-        self.rows[s * self.row:s * self.row + len(row)] = np.frombuffer(row, np.uint8)
+        base = s * self.row + ROW_HEAD
+        self.rows[base:base + len(row)] = np.frombuffer(row, np.uint8)
         new_state = row[T.R_STATE]
         if old_state != new_state:
             for st, d in ((old_state, -1), (new_state, 1)):
@@ -111,10 +116,13 @@ class RefTable:
                     self.count(T.H_TOMB, d)
         if old_key == 1:
             self.count(T.H_FREE, -1)
+        if old_key != self.f(row, T.R_KEY, 8):
+            self.rows[s * self.row + 8:s * self.row + 16] = 0  # local data reset
         self.keys[s] = self.f(row, T.R_KEY, 8)
 
     def put(self, row: bytes, now_ms: int) -> int:
-        if self.used(row) > self.row - self.fixed:
+        row = row[:self.body]
+        if self.used(row) > self.body - self.fixed:
             return T.E_TOO_LONG
         key, group = self.f(row, T.R_KEY, 8), self.f(row, T.R_GROUP, 8)
         found, free, off_end = self._probe(key, group)
@@ -141,7 +149,7 @@ class RefTable:
         if len(row) < self.fixed or self.fixed + self.used(row) > len(row):
             return T.E_CORRUPT
         used = self.used(row)
-        if used > self.row - self.fixed:
+        if used > self.body - self.fixed:
             return T.E_TOO_LONG
         state = row[T.R_STATE]
         key, group = self.f(row, T.R_KEY, 8), self.f(row, T.R_GROUP, 8)

@@ -16,6 +16,7 @@ from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.atomics import atomic_load, atomic_store, cpu_relax
 from fastcluster.shm.contacts import CONTACT
+from fastcluster.shm.rows import ROW_HEAD
 from fastcluster.shm.tables import Table, retry_busy
 from tests.support import leaks
 from tests.unit.test_table import NOW_MS, make_row
@@ -45,7 +46,7 @@ def _hold_mid_write(arena, key, group, me, proc, flags, torn_bytes):
         pass
     found, free, hi, status = T.scan_locked(t, home, key, group, me, lo)
     T.undo_begin(t, proc, found)
-    base = found * t.row
+    base = T.rbase(t, found)
     for i in range(torn_bytes):
         t.rows8[base + 40 + i] = 0xAB
     atomic_store(flags, 0, 1)
@@ -122,9 +123,9 @@ def test_killed_lock_holder_is_repaired_and_others_go_on() -> None:
     table = Table(arena, CONTACT)
     h = arena[:T.HEADER_SIZE].view(np.int64)
     rows = int(h[T.H_OFF_ROWS])
+    body = rows + slot * rs + ROW_HEAD
     if flags[3] == 0:  # the waiter may already have written its newer row
-        assert (arena[rows + slot * rs:rows + (slot + 1) * rs] ==
-                before[rows + slot * rs:rows + (slot + 1) * rs]).all()
+        assert (arena[body:body + rs - ROW_HEAD] == before[body:body + rs - ROW_HEAD]).all()
     assert _wait(flags, 3, 10), "the waiter did not go on after the repair"
     _, status = os.waitpid(waiter, 0)
     assert os.waitstatus_to_exitcode(status) == 0
@@ -147,7 +148,7 @@ def test_killed_after_commit_requeues_the_row() -> None:
     t_slot = T.table_find(arena, np.uint64(9), np.uint64(1 << 50))
     h = arena[:T.HEADER_SIZE].view(np.int64)
     undo = int(h[T.H_OFF_UNDO]) + 1 * int(h[T.H_UNDO_SIZE])
-    arena[undo:undo + 16].view(np.int64)[:] = [1, t_slot]
+    arena[undo:undo + 32].view(np.int64)[:] = [1, t_slot, 9, 1]
     ring_seg = np.zeros(R.segment_size(2, 1 << 16), dtype=np.uint8)
     R.init_segment(ring_seg, 2, 1 << 16)
     fixed, freed = Table(arena, CONTACT).repair(R.region(ring_seg, 1), 4242, 1)

@@ -12,6 +12,7 @@ from fastcluster.shm import hashing
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT
+from fastcluster.shm.rows import ROW_HEAD
 from fastcluster.shm.tables import Table
 from tests.support import reference as ref
 
@@ -60,6 +61,10 @@ def comparable(buf: np.ndarray) -> tuple[bytes, bytes, tuple[int, int, int]]:
     keys = buf[int(h[T.H_OFF_KEYS]):int(h[T.H_OFF_KEYS]) + 8 * n].view(np.uint64)
     rows = buf[int(h[T.H_OFF_ROWS]):int(h[T.H_OFF_ROWS]) + rs * n].reshape(n, rs).copy()
     rows[keys <= 1] = 0  # contents of empty/free slots do not matter
+    rows[:, :8] = 0  # seqlock words: concurrency machinery
+    for i in np.nonzero(keys > 1)[0]:  # only the used part of a body is meaningful
+        lens = rows[i, ROW_HEAD + CONTACT.lens_off:ROW_HEAD + CONTACT.lens_off + 12].view("<u2")
+        rows[i, ROW_HEAD + CONTACT.fixed_size + int(lens.sum()):] = 0
     return keys.tobytes(), rows.tobytes(), (int(h[T.H_LIVE]), int(h[T.H_TOMB]),
                                             int(h[T.H_FREE]))
 
