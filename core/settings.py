@@ -229,6 +229,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("core", "numba_cache_dir", _text, "",
       "Where compiled numba kernels are cached, in a subfolder per version of the kernel "
       "sources. Empty means $NUMBA_CACHE_DIR if set, else ~/.cache/fastcluster/numba."),
+    S("core", "shm_prefault", _bool, "no",
+      "Touch every page of the shared tables at start (like Kamailio's shm_force_alloc): "
+      "the memory is committed up front and no request pays a first-touch page fault. "
+      "Costs about 1 s per GB at start."),
     S("core", "child_timeout_s", _float_range(0.5, 3600), "10",
       "Heartbeat age after which a child process is considered stuck and is stopped "
       "(SIGTERM, then SIGKILL after core.graceful_timeout_s) and respawned.", unit="s",

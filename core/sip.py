@@ -1032,6 +1032,11 @@ def _split_semicolons(text: str) -> list[str]:
 def _stamp_top_via(line: str, source: tuple[str, int]) -> str:
     """Add received/rport to the first Via value of ``line`` (§18.2.1, RFC 3581 §4)."""
     ip, port = source
+    head = line.split(";", 1)[0]
+    if "," not in head and "rport" not in line.lower() and \
+            head.rpartition(" ")[2].partition(":")[0] == ip:
+        # The common case, cheaply: no rport asked and sent-by is the source address.
+        return line
     if ip[:1] == "[":
         # 'received' carries a bare IPv6address, not an IPv6reference.
         ip = ip[1:-1]

@@ -5,14 +5,16 @@ other request (OPTIONS 200, Max-Forwards 483, 501 for what is not handled yet).
 Per REGISTER: parse, resolve every contact's expiry (423 below usrloc.min_expires,
 clamped to usrloc.max_expires), pack the request into this worker's buffer, and let one
 kernel call (shm.contacts.ul_register) apply it atomically to the AOR and produce the
-Contact lines of the 200 OK. This module is the hot path: it avoids work per message
-that could be done once per worker. Neighbours: core.sip (parse/build),
+Contact lines of the 200 OK. The server is stateless: a retransmitted REGISTER (same
+Call-ID and CSeq as a binding) is answered again from the table, unchanged. This module
+is the hot path: it avoids work per message that could be done once per worker. Neighbours: core.sip (parse/build),
 shm.contacts (kernel), services.usrloc (AOR form), workers.sip_worker (transport).
 """
 from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import socket
 import time
 from typing import Any
@@ -42,8 +44,6 @@ METHOD_BITS = {"INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "OPTION
                "UPDATE": 64, "REGISTER": 128, "MESSAGE": 256, "SUBSCRIBE": 512,
                "NOTIFY": 1024, "PRACK": 2048, "REFER": 4096, "PUBLISH": 8192}
 ALLOW = "REGISTER, OPTIONS"
-REQ_BUFFER = 65536
-OUT_BUFFER = 262144
 
 _I = INDEX
 I_RCV_REQ, I_RCV_RPL, I_BAD = _I["core:rcv_requests"], _I["core:rcv_replies"], _I["core:bad_msgs"]
@@ -90,22 +90,58 @@ def address_bytes(ip: str) -> tuple[int, bytes]:
     return 4, socket.inet_pton(socket.AF_INET, ip) + bytes(12)
 
 
-def canonical_contact_uri(uri: str) -> str:
-    """Contact URI as stored and compared: scheme and host in lower case (RFC 3261
-    §19.1.4 compares them case-insensitively), the rest exactly as sent."""
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+# sip:user@host[:port][;params] with a plain host: the form nearly every UA sends.
+_PLAIN_CONTACT = re.compile(r"sip:([^@;?<>\[\]\s\"]+)@([A-Za-z0-9.\-_]+)(?::([0-9]{1,5}))?"
+                            r"((?:;[^?<>\s\"]*)?)")
+_PLAIN_AOR = re.compile(r"<sip:([^@;?:<>\[\]\s\"]+)@([A-Za-z0-9.\-_]+)>(?:;.*)?")
+
+
+def contact_parts(uri: str) -> tuple[str, str, int]:
+    """(canonical URI, host, port) of a Contact URI. Canonical: scheme and host in lower
+    case (RFC 3261 §19.1.4 compares them case-insensitively), the rest as sent. Plain
+    sip URIs take a regex path; anything else goes through parse_uri, which raises
+    SipParseError(400) for a bad URI."""
+    m = _PLAIN_CONTACT.fullmatch(uri)
+    if m is not None:
+        user, host, port, params = m.groups()
+        host = host.lower()
+        if port is None:
+            return f"sip:{user}@{host}{params}", host, 0
+        if 0 < int(port) < 65536:
+            return f"sip:{user}@{host}:{port}{params}", host, int(port)
     colon = uri.find(":")
-    if colon < 0:
-        return uri
     scheme = uri[:colon].lower()
     rest = uri[colon + 1:]
-    at = rest.find("@")
-    start = at + 1
+    start = rest.find("@") + 1
     end = len(rest)
     for stop in (";", "?"):
         p = rest.find(stop, start)
         if 0 <= p < end:
             end = p
-    return f"{scheme}:{rest[:start]}{rest[start:end].lower()}{rest[end:]}"
+    hostport = rest[start:end]
+    host, sep, port_text = hostport.partition(":")
+    if scheme in ("sip", "sips") and host and _HOST_CHARS.issuperset(host) and \
+            (not sep or port_text.isdigit() and 0 < int(port_text) < 65536):
+        host = host.lower()
+        canonical = f"{scheme}:{rest[:start]}{host}{':' + port_text if sep else ''}{rest[end:]}"
+        return canonical, host, int(port_text) if sep else 0
+    u = parse_uri(uri)  # IPv6 references, tel:, odd forms; validates or raises 400
+    host = u.host.lower()
+    canonical = f"{scheme}:{rest[:start]}{hostport.lower()}{rest[end:]}"
+    return canonical, host.strip("[]"), u.port
+
+
+def aor_of(to_value: str) -> str:
+    """Canonical AOR of a To header value (fast path for `<sip:user@host>`)."""
+    m = _PLAIN_AOR.fullmatch(to_value)
+    if m is not None:
+        return f"{m.group(1)}@{m.group(2).lower()}"
+    if to_value[:1] == "<":
+        end = to_value.find(">")
+        if end > 0:
+            return normalize_aor(to_value[1:end])
+    return normalize_aor(parse_name_addr(to_value).uri)
 
 
 class SipApp:
@@ -116,13 +152,14 @@ class SipApp:
         self.ring = worker.ring
         self.me = worker.me
         self.proc = worker.slot
-        self.req = np.zeros(REQ_BUFFER, dtype=np.uint8)
+        self.work = np.zeros(C.WORK_BYTES, dtype=np.uint8)
+        self.req = self.work[C.WORK_REQ:C.WORK_OUT]
         self.req_mv = memoryview(self.req)
-        self.out = np.zeros(OUT_BUFFER, dtype=np.uint8)
-        self.row = np.zeros(worker.mem.contacts.row_size, dtype=np.uint8)
+        self.out = self.work[C.WORK_OUT:C.WORK_ROW]
+        self.out_words = self.out[:C.OUT_TEXT].view(np.int64)
         self.to_tag = f"fc{worker.cfg['clusterer.node_id']:x}.{worker.pid:x}"
         self._date_s = -1
-        self._date = ""
+        self._date = b""
         self._logged: set[str] = set()
         self.apply_reload(worker.cfg)
 
@@ -132,8 +169,6 @@ class SipApp:
         self.default_expires = cfg["usrloc.default_expires"]
         self.max_contacts = cfg["usrloc.max_contacts"]
         self.server = [("Server", cfg["sip.server_header"])] if cfg["sip.server_header"] else []
-        limit = self.max_contacts or 64
-        self.scratch = np.zeros(3 * max(limit, 64) + 3, dtype=np.int64)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -215,16 +250,16 @@ class SipApp:
             return
         self.counts[I_ACCEPT] += 1
         out = self.out
-        text_len = int(out[:C.OUT_TEXT].view(np.int64)[2])
-        headers = [("Date", self._date_header())]
-        path = msg.get_all("path")
-        if path and any(v.lower() == "path" for v in msg.get_all("supported")):
-            headers.append(("Path", ", ".join(path)))  # RFC 3327 §5.3
+        text_len = int(self.out_words[2])
+        headers = None
+        if msg.get("path") is not None and \
+                any(v.lower() == "path" for v in msg.get_all("supported")):
+            headers = [("Path", ", ".join(msg.get_all("path")))]  # RFC 3327 §5.3
         self.reply(msg, 200, "OK", addr, listener, headers,
-                   out[C.OUT_TEXT:C.OUT_TEXT + text_len].tobytes())
+                   self._date_line() + out[C.OUT_TEXT:C.OUT_TEXT + text_len].tobytes())
 
     def _register(self, msg: SipMessage, addr: tuple, listener: Any) -> int:
-        aor = normalize_aor(parse_name_addr(msg.to).uri).encode()
+        aor = aor_of(msg.to).encode()
         contacts = parse_contacts(msg)
         header_expires = msg.expires
         src_ip, src_port = addr[0], addr[1]
@@ -232,7 +267,7 @@ class SipApp:
         now_s = int(now)
         packed: list[tuple[bytes, bytes, int, int, int, int, int]] = []
         wildcard = contacts is None
-        if contacts and len(contacts) > self.scratch.shape[0] // 3:
+        if contacts and len(contacts) > C.MAX_REQ_CONTACTS:
             raise Refuse(403, "Too many registered contacts")
         nat_any = 0
         if wildcard:
@@ -268,10 +303,9 @@ class SipApp:
                     raise Refuse(400, "Invalid reg-id parameter")
                 mtext = params.get("methods")
                 cmethods = methods_mask(mtext) if mtext else -1
-                uri = canonical_contact_uri(c.uri)
+                uri, host, port = contact_parts(c.uri)
                 flags = 0
-                u = parse_uri(c.uri)
-                if u.host.strip("[]") != src_ip or (u.port or 5060) != src_port:
+                if host != src_ip or (port or 5060) != src_port:
                     flags = C.FLAG_NAT
                     nat_any = 1
                 packed.append((uri.encode(), instance.encode(), expires, q, reg_id, cmethods,
@@ -282,30 +316,28 @@ class SipApp:
         family, raw = address_bytes(src_ip) if nat_any else (0, bytes(16))
         allow = msg.get("allow")
         ua = msg.get("user-agent") or ""
-        path = msg.get_all("path")
-        n = C.pack_register(
-            self.req, self.req_mv, aor=aor, callid=msg.call_id.encode(), cseq=msg.cseq_num,
-            user_agent=ua.encode(), path=", ".join(path).encode() if path else b"",
-            now_s=now_s, now_ms=int(now * 1000), max_contacts=self.max_contacts,
-            wildcard=wildcard, recv_family=family, recv_port=src_port if nat_any else 0,
-            recv_addr=raw, sock=listener.index, flags=0,
-            methods=methods_mask(allow) if allow else 0, contacts=packed)
+        path = msg.get_all("path") if msg.get("path") is not None else None
+        n = C.pack_register(  # positional: this is the hot path (see pack_register)
+            self.req, self.req_mv, aor, msg.call_id.encode(), msg.cseq_num, ua.encode(),
+            ", ".join(path).encode() if path else b"", now_s, int(now * 1000),
+            self.max_contacts, wildcard, family, src_port if nat_any else 0, raw,
+            listener.index, 0, methods_mask(allow) if allow else 0, packed)
         if n < 0:
             raise Refuse(500, "Contact too long for usrloc.record_bytes", counter=I_TOO_LONG)
         return retry_busy(self._kernel, self._lock_wait)
 
     def _kernel(self) -> int:
-        return C.ul_register(self.table, self.ring, self.req, self.out, self.row, self.me,
-                             self.proc, self.scratch)
+        return C.ul_register(self.table, self.ring, self.work, self.me, self.proc)
 
     def _lock_wait(self) -> None:
         self.counts[I_WAITS] += 1
 
-    def _date_header(self) -> str:
+    def _date_line(self) -> bytes:
+        """`Date:` header line (RFC 3261 §10.3 step 8), formatted once per second."""
         now = int(time.time())
         if now != self._date_s:
             self._date_s = now
-            self._date = email.utils.formatdate(now, usegmt=True)
+            self._date = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode()
         return self._date
 
 

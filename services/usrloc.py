@@ -20,6 +20,11 @@ FLAG_NAMES = ((FLAG_NAT, "NAT"),)
 def normalize_aor(text: str) -> str:
     """Canonical AOR `user@host`: no scheme, port, parameters or headers; host in lower
     case; the user part kept as is (it is case-sensitive, RFC 3261 §19.1.4)."""
+    if text[:4] == "sip:":  # the common plain form, sip:user@host
+        user, at, host = text[4:].partition("@")
+        if user and host and not any(ch in text[4:] for ch in ";?:@[<> \t"[:-2]) and \
+                "@" not in host and " " not in text and "\t" not in text:
+            return f"{user}@{host.lower()}"
     value = text.strip()
     if value.startswith("<") and value.endswith(">"):
         value = value[1:-1]

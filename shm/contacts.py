@@ -124,21 +124,29 @@ _REQ_HEAD = struct.Struct(f"<{REQ_WORDS - 2}q16s")
 _CON_HEAD = struct.Struct(f"<{CON_WORDS}q")
 OUT_TEXT = 64
 
+# A worker's work buffer for ul_register, one array so the kernel call passes few
+# arguments: the packed request, the output (status words + Contact lines), a row to
+# build in, and scratch words for up to MAX_REQ_CONTACTS contacts.
+MAX_REQ_CONTACTS = 1024
+WORK_REQ, WORK_OUT, WORK_ROW, WORK_SCRATCH = 0, 1 << 16, 5 << 16, 6 << 16
+WORK_BYTES = WORK_SCRATCH + 3 * 8 * MAX_REQ_CONTACTS
+
 # register results beyond the table ones
 REG_OK = 0
-REG_E_CSEQ = -20  # same Call-ID, CSeq not higher: the request fails (§10.3 step 7)
+REG_E_CSEQ = -20  # same Call-ID, lower CSeq: the request fails (§10.3 step 7)
 REG_E_TOO_MANY = -21  # more than max_contacts bindings
 REG_E_OUT_SPACE = -22  # reply text does not fit the output buffer
 
 
-def pack_register(req: np.ndarray, mv: memoryview, *, aor: bytes, callid: bytes,
+def pack_register(req: np.ndarray, mv: memoryview, aor: bytes, callid: bytes,
                   cseq: int, user_agent: bytes, path: bytes, now_s: int, now_ms: int,
                   max_contacts: int, wildcard: bool, recv_family: int, recv_port: int,
                   recv_addr: bytes, sock: int, flags: int, methods: int,
                   contacts: list[tuple[bytes, bytes, int, int, int, int, int]]) -> int:
-    """Write a REGISTER into req (uint8 array; mv = memoryview(req)). contacts are
-    (uri, instance, expires, q, reg_id, methods, flags). Returns bytes used, or -1 when
-    it does not fit the buffer (the caller answers 500, nothing was written)."""
+    """Write a REGISTER into req (the work buffer's request part; mv = memoryview of it).
+    contacts are (uri, instance, expires, q, reg_id, methods, flags). Returns bytes
+    used, or -1 when it does not fit (the caller answers 500, nothing was written).
+    The hot path calls it with positional arguments (keywords cost a microsecond)."""
     pos = REQ_STRINGS
     end = pos + len(aor) + len(callid) + len(user_agent) + len(path)
     for uri, inst, *_ in contacts:
@@ -397,15 +405,22 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
         return status
     _con_offsets(req, n, offs)
     common = aor_len + cid_len + w[Q_UA_LEN] + w[Q_PATH_LEN]
+    # A binding of this Call-ID with a higher CSeq makes the request fail; one with the
+    # same CSeq means this is a retransmission of a request already applied (there is no
+    # transaction layer to absorb it): change nothing and list the bindings again.
     live_now = 0
+    retrans = False
     s = home
     while s < t.nslots and t.keys[s] != 0:
         if _is_member(t, s, group, req, aor_off, aor_len) and r_state(t, s) == ST_LIVE:
             live_now += 1
-            if w[Q_WILDCARD] and _same_callid(t, s, req, cid_off, cid_len) and \
-                    np.int64(t.rows32[(rbase(t, s) + O_CSEQ) >> 2]) >= cseq:
-                unlock_regions(t, lo, hi)
-                return REG_E_CSEQ
+            if w[Q_WILDCARD] and _same_callid(t, s, req, cid_off, cid_len):
+                stored = np.int64(t.rows32[(rbase(t, s) + O_CSEQ) >> 2])
+                if stored > cseq:
+                    unlock_regions(t, lo, hi)
+                    return REG_E_CSEQ
+                if stored == cseq:
+                    retrans = True
         s += 1
     # Validate every binding before changing anything (§10.3 step 7: all or nothing).
     adds = 0
@@ -431,10 +446,13 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
             if not _same_binding(t, f, req, aor_off, aor_len, cpos):
                 unlock_regions(t, lo, hi)
                 return E_COLLISION
-            if r_state(t, f) == ST_LIVE and _same_callid(t, f, req, cid_off, cid_len) and \
-                    np.int64(t.rows32[(rbase(t, f) + O_CSEQ) >> 2]) >= cseq:
-                unlock_regions(t, lo, hi)
-                return REG_E_CSEQ
+            if r_state(t, f) == ST_LIVE and _same_callid(t, f, req, cid_off, cid_len):
+                stored = np.int64(t.rows32[(rbase(t, f) + O_CSEQ) >> 2])
+                if stored > cseq:
+                    unlock_regions(t, lo, hi)
+                    return REG_E_CSEQ
+                if stored == cseq:
+                    retrans = True
         if dup:
             continue
         live = f >= 0 and r_state(t, f) == ST_LIVE
@@ -446,7 +464,10 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
                 adds += 1
             if f < 0:
                 inserts += 1
-    if w[Q_WILDCARD]:
+    if retrans:
+        n = 0  # nothing to commit: only list the bindings
+        adds = removes = inserts = 0
+    elif w[Q_WILDCARD]:
         removes = live_now
     if w[Q_MAX_CONTACTS] > 0 and adds > 0 and live_now - removes + adds > w[Q_MAX_CONTACTS]:
         unlock_regions(t, lo, hi)
@@ -460,7 +481,7 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
         return status
     # Commit.
     written = 0
-    if w[Q_WILDCARD]:
+    if w[Q_WILDCARD] and not retrans:
         s = home
         while s < t.nslots and t.keys[s] != 0:
             if _is_member(t, s, group, req, aor_off, aor_len) and r_state(t, s) == ST_LIVE:
@@ -529,11 +550,16 @@ def _tombstone(t, ring, proc, s, row, now_s, now_ms):
 
 
 @njit(cache=True)
-def ul_register(arena, ring, req, out, row, me, proc, scratch):
-    """Apply one packed REGISTER (see the module doc). Returns REG_OK or an error code;
-    out[0:8] = status as well. scratch: int64[3 * max contacts] work space."""
-    req, out, row = unmanaged(req), unmanaged(out), unmanaged(row)
-    ring, scratch = unmanaged(ring), unmanaged(scratch)
+def ul_register(arena, ring, work, me, proc):
+    """Apply one packed REGISTER (see the module doc) from a work buffer
+    (uint8[WORK_BYTES], request at WORK_REQ). Returns REG_OK or an error code, also
+    written in the output's first word."""
+    work = unmanaged(work)
+    ring = unmanaged(ring)
+    req = work[WORK_REQ:WORK_OUT]
+    out = work[WORK_OUT:WORK_ROW]
+    row = work[WORK_ROW:WORK_SCRATCH]
+    scratch = work[WORK_SCRATCH:WORK_BYTES].view(np.int64)
     n = req[:REQ_STRINGS].view(np.int64)[Q_NCONTACTS]
     t = views(arena)
     status = _register(t, ring, req, out, row, me, proc, scratch[:n],

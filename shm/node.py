@@ -56,6 +56,9 @@ class NodeMemory:
             Table.create(made["dialogs"].buf, DIALOG, cfg["dialog.capacity"],
                          cfg["dialog.record_bytes"], nprocs, node_id)
             R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"])
+            if cfg["core.shm_prefault"]:
+                for seg in made.values():
+                    seg.prefault()
             return cls(made)
         except BaseException:
             for seg in made.values():

@@ -60,6 +60,13 @@ class Segment:
             shm.close_fd()
         return cls(name, size, mapping, owner=False)
 
+    def prefault(self) -> None:
+        """Touch every page now (commit the memory; no first-touch faults later)."""
+        step = 1 << 24
+        for start in range(0, self.size, step):
+            chunk = self.buf[start:start + step]
+            chunk[::4096] = chunk[::4096]
+
     def close(self) -> None:
         """Drop this process's mapping. Views into `buf` must be gone first."""
         if self._map is None:

@@ -34,15 +34,13 @@ def warm_kernels() -> float:
     now_s = int(time.time())
 
     # contacts: register, read, remove
-    req = np.zeros(4096, dtype=np.uint8)
-    out = np.zeros(4096, dtype=np.uint8)
-    row = np.zeros(contacts.row_size, dtype=np.uint8)
-    scratch = np.zeros(3 * 4, dtype=np.int64)
+    work = np.zeros(C.WORK_BYTES, dtype=np.uint8)
+    req = work[C.WORK_REQ:C.WORK_OUT]
     C.pack_register(req, memoryview(req), aor=b"warm@x", callid=b"c", cseq=1, user_agent=b"",
                     path=b"", now_s=now_s, now_ms=now_s * 1000, max_contacts=4,
                     wildcard=False, recv_family=0, recv_port=0, recv_addr=bytes(16), sock=0,
                     flags=0, methods=0, contacts=[(b"sip:warm@x", b"", 60, -1, 0, -1, 0)])
-    C.ul_register(ct_buf, ring, req, out, row, me, 1, scratch)
+    C.ul_register(ct_buf, ring, work, me, 1)
     contacts.group(b"warm@x")
     list(contacts.rows())
     contacts.digest()

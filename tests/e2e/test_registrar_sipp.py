@@ -57,9 +57,12 @@ def test_register_refresh_refuse_query_remove_wildcard(tmp_path) -> None:
         assert c["Cseq"] == 2 and 1790 <= c["Expires"] <= 1800
         assert stats(node, "usrloc:registered_contacts")["usrloc:registered_contacts"] == n
 
-        r = run("register_refused", keys={"reg_cseq": 2}, calls=500)  # same CSeq again
+        r = run("register_refused", keys={"reg_cseq": 1}, calls=500)  # an older CSeq
         assert (r.successful, r.failed) == (500, 0), r.stdout
         assert contact_of(node, "u17")["Expires"] > 1700  # not overwritten
+        r = run("register", keys={"reg_cseq": 2, "expires": 600}, calls=500)  # same CSeq:
+        assert (r.successful, r.failed) == (500, 0), r.stdout  # a retransmission, answered
+        assert contact_of(node, "u17")["Expires"] > 1700  # and changes nothing
 
         r = run("query", calls=200, call_ids="q%u-%p")
         assert (r.successful, r.failed) == (200, 0), r.stdout

@@ -73,7 +73,7 @@ def _counts(stats: pathlib.Path) -> tuple[int, int, float]:
     col = {name: i for i, name in enumerate(head)}
     ok = int(last[col["SuccessfulCall(C)"]])
     failed = int(last[col["FailedCall(C)"]])
-    elapsed_text = last[col["ElapsedTime(C)"]]
-    h, m, s = elapsed_text.split(":")[:3]
-    seconds = int(h) * 3600 + int(m) * 60 + float(s)
+    # ElapsedTime has whole seconds only; the time stamps end with an epoch float.
+    seconds = float(last[col["CurrentTime"]].split()[-1]) - \
+        float(last[col["StartTime"]].split()[-1])
     return ok, failed, (ok / seconds if seconds > 0 else 0.0)
