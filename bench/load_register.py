@@ -46,9 +46,9 @@ def node_pids(node: Node) -> list[int]:
 
 
 def run(users: int, workers: int, dispatch: str, limit: int, rate: int, replicas: int,
-        tmp: pathlib.Path, prefault: bool = False, sipps: int = 1) -> dict[str, float]:
+        tmp: pathlib.Path, prefault: str = "start", sipps: int = 1) -> dict[str, float]:
     settings = {"sip": {"dispatch": dispatch}, "usrloc": {"capacity": max(users * 2, 1000)},
-                "core": {"log_level": "warning", "shm_prefault": "yes" if prefault else "no"}}
+                "core": {"log_level": "warning", "shm_prefault": prefault}}
     if replicas:
         nodes = start_cluster(tmp, replicas + 1, workers=workers, settings=settings)
         for n in nodes:
@@ -105,7 +105,8 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=60_000)
     ap.add_argument("--replicas", type=int, default=0)
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--prefault", action="store_true", help="core.shm_prefault = yes")
+    ap.add_argument("--prefault", choices=("start", "background", "no"),
+                    default="start", help="core.shm_prefault")
     ap.add_argument("--sipps", type=int, default=1,
                     help="sipp processes in parallel, users split among them (one sipp "
                          "is single-threaded and becomes the ceiling near 20k/s here)")

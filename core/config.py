@@ -99,6 +99,11 @@ class Config:
         return os.environ.get("NUMBA_CACHE_DIR") or os.path.expanduser(
             "~/.cache/fastcluster/numba")
 
+    def replication_cluster(self, name: str) -> int:
+        """usrloc.replication_cluster or dialog.replication_cluster, auto resolved."""
+        value = self.values[name]
+        return self.values["clusterer.cluster_id"][0] if value == -1 else value
+
     def timing(self, key: str) -> float:
         """ping_interval_ms, ping_timeout_ms or node_timeout_s, with the preset applied."""
         explicit = self.values[f"clusterer.{key}"]
@@ -225,6 +230,11 @@ def validate(cfg: Config) -> None:
              f"interval ({ping:g} ms): every idle link would be probed")
     if cfg["clusterer.sync_packet_size"] > cfg["clusterer.max_frame_bytes"] // 2:
         fail("clusterer.sync_packet_size", "must be at most half of max_frame_bytes")
+    for name in ("usrloc.replication_cluster", "dialog.replication_cluster"):
+        cluster = cfg.replication_cluster(name)
+        if cluster and cluster not in cfg["clusterer.cluster_id"]:
+            fail(name, f"cluster {cluster} is not one of clusterer.cluster_id "
+                 f"({', '.join(map(str, cfg['clusterer.cluster_id']))})")
     me = cfg["clusterer.node_id"]
     for node_id, nhost, nport in cfg["clusterer.nodes"]:
         if node_id == me and (nhost, nport) != cfg["clusterer.bin_listen"]:

@@ -36,6 +36,15 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("clusterer", "unroutable_msgs", "messages dropped: no path to their destination"),
     ("clusterer", "node_up_events", "nodes that became reachable"),
     ("clusterer", "node_down_events", "nodes that became unreachable"),
+    ("clusterer", "repl_rows_sent", "rows sent by realtime replication (per destination)"),
+    ("clusterer", "repl_rows_applied", "replicated rows applied here"),
+    ("clusterer", "repl_rows_stale", "replicated rows older than what this node has"),
+    ("clusterer", "repl_rows_refused", "replicated rows refused: table full or too long"),
+    ("clusterer", "repl_gaps", "times a replication ring was full (repaired from the table)"),
+    ("clusterer", "syncs_done", "full syncs completed as receiver"),
+    ("clusterer", "syncs_donated", "full syncs served as donor"),
+    ("clusterer", "sync_failed", "full syncs that failed (donor lost, timeout, mismatch)"),
+    ("clusterer", "sync_corrupt_chunks", "sync chunks refused for a bad checksum or row"),
 )
 
 INDEX: dict[str, int] = {f"{g}:{n}": i for i, (g, n, _) in enumerate(COUNTERS)}

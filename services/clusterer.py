@@ -90,6 +90,8 @@ class Clusterer:
         self.mi_runner: Callable[[str, Any], Awaitable[Any]] | None = None
         self.on_sync_connection: Callable[[Connection], Awaitable[None]] | None = None
         self.on_recompute: Callable[[], None] | None = None  # after any topology change
+        self.on_link_up: list[Callable[[int], None]] = []  # a link connection registered
+        self.on_forget: list[Callable[[int], None]] = []  # a node was removed
         for node_id, host, port in cfg["clusterer.nodes"]:
             if node_id != self.me:
                 self._peer(node_id).url = (host, port)
@@ -244,6 +246,8 @@ class Clusterer:
             conn.send(encode(Header(Msg.LSA, 0, self.me, BROADCAST),
                              {"origin": origin, "seq": seq,
                               "lsa": {c: sorted(v) for c, v in lsa.items()}}))
+        for hook in self.on_link_up:
+            hook(hello.node_id)
         self._send_ping(peer, conn, now)
         self._evaluate(peer, now)
         self._flood_node(hello.node_id, exclude=hello.node_id)
@@ -490,6 +494,11 @@ class Clusterer:
             self._flood(Msg.LSA, {"origin": self.me, "seq": seq, "lsa": lsa}, exclude=None)
         self._recompute()
 
+    def flood_all(self, kind: Msg, payload: Any, exclude: int | None) -> None:
+        """Send a flooded message to every neighbour (but `exclude`); receivers forward
+        what is fresh to theirs (sequence numbers stop the echo)."""
+        self._flood(kind, payload, exclude)
+
     def _flood(self, kind: Msg, payload: Any, exclude: int | None) -> None:
         data = encode(Header(kind, 0, self.me, BROADCAST), payload)
         for node_id, conn in list(self.conns.items()):
@@ -620,6 +629,8 @@ class Clusterer:
         self.peers.pop(node_id, None)
         self.adverts.pop(node_id, None)
         self.flood.forget(node_id)
+        for hook in self.on_forget:
+            hook(node_id)
         self._advertise()
 
     # ---------------------------------------------------------------- status

@@ -84,6 +84,16 @@ class Connection:
         self.writer.writelines(parts)
         return True
 
+    async def recv(self, timeout: float) -> Frame:
+        """The next frame, for connections read in sequence (sync sessions). Raises
+        asyncio.TimeoutError, ConnectionError, or CorruptFrame."""
+        while not self.early:
+            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            if not data:
+                raise ConnectionError("closed by the other node")
+            self.early.extend(self.decoder.feed(data))
+        return self.early.pop(0)
+
     def buffered(self) -> int:
         transport = self.writer.transport
         return transport.get_write_buffer_size() if transport is not None else 0

@@ -48,7 +48,8 @@ import numpy as np
 from numba import njit
 
 from fastcluster.shm.atomics import unmanaged
-from fastcluster.shm.hashing import as_key, group_hash, hash_bytes, mix64
+from fastcluster.shm.hashing import as_key, group_hash, group_hash_of, hash_bytes, key_hash_of, \
+    mix64
 from fastcluster.shm.rows import RowLayout
 from fastcluster.shm.table import (
     E_BUSY,
@@ -603,10 +604,7 @@ def ul_remove(arena, ring, aor, aor_len, uri, uri_len, now_ms, me, proc, row):
 
 def contact_key_of(aor: bytes, uri: bytes, instance: bytes = b"", reg_id: int = 0) -> int:
     """The row key of a binding, from Python (tests, tools): mirrors _binding_key."""
-    group = int(group_hash(np.frombuffer(aor, np.uint8).copy(), 0, len(aor)))
-    data = np.frombuffer(instance or uri, dtype=np.uint8).copy()
+    group = group_hash_of(aor)
     if instance:
-        seed = np.uint64(group) ^ mix64(np.uint64(reg_id) + np.uint64(0x1D))
-    else:
-        seed = np.uint64(group)
-    return int(as_key(hash_bytes(data, 0, len(data), seed)))
+        return key_hash_of(instance, group ^ int(mix64(np.uint64(reg_id) + np.uint64(0x1D))))
+    return key_hash_of(uri, group)

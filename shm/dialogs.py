@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastcluster.shm.hashing import SEED_GROUP, as_key, hash_bytes, group_hash
+from fastcluster.shm.hashing import SEED_GROUP, group_hash_of, key_hash_of
 from fastcluster.shm.rows import RowLayout
 from fastcluster.shm.table import ST_LIVE, ST_TOMB
 
@@ -53,11 +53,8 @@ DLG_UNCONFIRMED, DLG_EARLY, DLG_CONFIRMED_NA, DLG_CONFIRMED, DLG_DELETED = 1, 2,
 
 def dialog_ids(callid: bytes, from_tag: bytes) -> tuple[int, int]:
     """(key, group) of a dialog."""
-    cid = np.frombuffer(callid, np.uint8).copy()
-    group = int(group_hash(cid, 0, len(callid)))
-    tag = np.frombuffer(from_tag, np.uint8).copy()
-    key = int(as_key(hash_bytes(tag, 0, len(from_tag), np.uint64(group) ^ SEED_GROUP)))
-    return key, group
+    group = group_hash_of(callid)
+    return key_hash_of(from_tag, group ^ int(SEED_GROUP)), group
 
 
 def pack_dialog(row: np.ndarray, row_size: int, *, strings: dict[str, bytes],

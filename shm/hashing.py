@@ -45,7 +45,26 @@ def group_hash(buf, off, n):
     return as_key(hash_bytes(buf, off, n, SEED_GROUP))
 
 
+@njit(cache=True)
+def _hash_seeded(buf, n, seed):
+    return as_key(hash_bytes(buf, 0, n, seed[0]))
+
+
+@njit(cache=True)
+def _group_of(buf, n):
+    return group_hash(buf, 0, n)
+
+
+def _array(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).copy() if data else np.zeros(1, np.uint8)
+
+
 def group_hash_of(data: bytes) -> int:
-    """Python entry point (MI lookups, tests)."""
-    arr = np.frombuffer(data, dtype=np.uint8).copy() if data else np.zeros(1, np.uint8)
-    return int(group_hash(arr, 0, len(data)))
+    """Python entry point (MI lookups, tools, tests)."""
+    return int(_group_of(_array(data), len(data)))
+
+
+def key_hash_of(data: bytes, seed: int) -> int:
+    """as_key(hash_bytes(data, seed)) from Python. The seed travels in an array: a
+    uint64 scalar above 2**63 passed straight to a kernel can be mistyped as int64."""
+    return int(_hash_seeded(_array(data), len(data), np.array([seed], dtype=np.uint64)))

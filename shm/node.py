@@ -9,6 +9,9 @@ workers.master (owner).
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from fastcluster.core.config import Config
@@ -56,9 +59,6 @@ class NodeMemory:
             Table.create(made["dialogs"].buf, DIALOG, cfg["dialog.capacity"],
                          cfg["dialog.record_bytes"], nprocs, node_id)
             R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"])
-            if cfg["core.shm_prefault"]:
-                for seg in made.values():
-                    seg.prefault()
             return cls(made)
         except BaseException:
             for seg in made.values():
@@ -77,6 +77,17 @@ class NodeMemory:
             for seg in segments.values():
                 seg.close()
             raise
+
+    def prefault(self, stop: Callable[[], bool] = lambda: False) -> float:
+        """Commit every page of every segment; returns the seconds it took."""
+        started = time.perf_counter()
+        for seg in self.segments.values():
+            seg.prefault(stop)
+        return time.perf_counter() - started
+
+    @property
+    def nbytes(self) -> int:
+        return sum(seg.size for seg in self.segments.values())
 
     def ring(self, slot: int) -> np.ndarray:
         return R.region(self.rings, slot)

@@ -139,38 +139,42 @@ def ring_push(ring, kind, row8, row_off, nbytes, version):
     return 1
 
 
-@njit(cache=True)
-def ring_drain(ring, out, out_off):
-    """Move whole entries from the ring into out[out_off:], padding skipped, as many as
-    fit (`out` must hold at least one entry). Returns the new out offset. Single
-    consumer (the cluster process)."""
+@njit(cache=True, inline="always")
+def ring_drain(ring, out_a, off_a, out_b, off_b):
+    """Move whole entries from the ring, table kind 1 into out_a[off_a:] and kind 2 into
+    out_b[off_b:], padding skipped, until the ring is empty or the next entry does not
+    fit its output (each output must hold at least one entry). Returns the new
+    (off_a, off_b). Single consumer (the cluster process)."""
     ring = unmanaged(ring)
-    out = unmanaged(out)
+    out_a = unmanaged(out_a)
+    out_b = unmanaged(out_b)
     w = ring[:RING_HEADER].view(np.int64)
     cap = w[W_CAPACITY]
     if cap == 0:
-        return out_off
+        return off_a, off_b
     data = ring[RING_HEADER:]
     tail = w[W_TAIL]
     head = atomic_load(w, W_HEAD)
-    room = out.shape[0] - out_off
     while tail < head:
         pos = tail & (cap - 1)
         length = ld32(data, pos)
-        if ld16(data, pos + 4) == 0:
-            tail += length
-            continue
-        if length > room:
-            break
-        out[out_off:out_off + length] = data[pos:pos + length]
-        out_off += length
-        room -= length
-        tail += length
+        kind = ld16(data, pos + 4)
+        if kind == 1:
+            if off_a + length > out_a.shape[0]:
+                break
+            out_a[off_a:off_a + length] = data[pos:pos + length]
+            off_a += length
+        elif kind == 2:
+            if off_b + length > out_b.shape[0]:
+                break
+            out_b[off_b:off_b + length] = data[pos:pos + length]
+            off_b += length
+        tail += length  # padding (kind 0) is just skipped
     atomic_store(w, W_TAIL, tail)
-    return out_off
+    return off_a, off_b
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ring_take_gap(ring):
     """Swap gap_version to 0 and return what it was (0: no gap to repair)."""
     w = ring[:RING_HEADER].view(np.int64)
@@ -188,3 +192,35 @@ def stats(ring: np.ndarray) -> dict[str, int]:
     return {"capacity": int(w[W_CAPACITY]), "pending_bytes": int(w[W_HEAD] - w[W_TAIL]),
             "pushed": int(w[W_PUSHED]), "gaps": int(w[W_GAPS]),
             "gap_version": int(w[W_GAP_VERSION])}
+
+
+@njit(cache=True)
+def rings_drain(seg, out_a, off_a, out_b, off_b):
+    """ring_drain over every ring of a rings segment. Returns (off_a, off_b, more):
+    more is 1 when an output filled up before the rings were empty."""
+    seg = unmanaged(seg)
+    nrings = ld32(seg, 12)
+    size = ld64(seg, 16)
+    more = 0
+    for i in range(nrings):
+        ring = seg[SEGMENT_HEADER + i * size:SEGMENT_HEADER + (i + 1) * size]
+        off_a, off_b = ring_drain(ring, out_a, off_a, out_b, off_b)
+        w = ring[:RING_HEADER].view(np.int64)
+        if w[W_TAIL] != atomic_load(w, W_HEAD):
+            more = 1
+    return off_a, off_b, more
+
+
+@njit(cache=True)
+def rings_take_gaps(seg):
+    """Swap every ring's gap_version to 0; return the lowest one seen (0: no gap)."""
+    seg = unmanaged(seg)
+    nrings = ld32(seg, 12)
+    size = ld64(seg, 16)
+    low = 0
+    for i in range(nrings):
+        ring = seg[SEGMENT_HEADER + i * size:SEGMENT_HEADER + (i + 1) * size]
+        gap = ring_take_gap(ring)
+        if gap != 0 and (low == 0 or gap < low):
+            low = gap
+    return low

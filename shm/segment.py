@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable
 
 import numpy as np
 import posix_ipc
@@ -60,12 +61,16 @@ class Segment:
             shm.close_fd()
         return cls(name, size, mapping, owner=False)
 
-    def prefault(self) -> None:
-        """Touch every page now (commit the memory; no first-touch faults later)."""
-        step = 1 << 24
+    def prefault(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Touch every page now (commit the memory; no first-touch faults later). The
+        numpy loop releases the GIL, so a thread can do it beside other work; `stop` is
+        asked between 64 MB pieces."""
+        step = 64 << 20
         for start in range(0, self.size, step):
-            chunk = self.buf[start:start + step]
-            chunk[::4096] = chunk[::4096]
+            if stop():
+                return
+            pages = self.buf[start:start + step:4096]
+            pages += 0  # in place reads and writes each page (a self-copy is skipped)
 
     def close(self) -> None:
         """Drop this process's mapping. Views into `buf` must be gone first."""

@@ -588,15 +588,29 @@ def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, pending)
     return result, dl, dt, df
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _prefetch_entry(ct, dl, buf, at, nbytes):
+    """Prefetch the slot of the entry at `at` (if it looks sane); return the next."""
+    if at + ENTRY_HEADER + R_GROUP + 8 > nbytes:
+        return nbytes
+    length = ld32(buf, at)
+    if length < ENTRY_HEADER:
+        return nbytes
+    t = ct if ld16(buf, at + 4) == ct.kind else dl
+    prefetch_slot(t, home_of(t, ldu64(buf, at + ENTRY_HEADER + R_GROUP)))
+    return at + length
+
+
+@njit(cache=True, nogil=True)
 def apply_entries(ct_arena, dl_arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring,
-                  counts):
+                  kind_mask, counts):
     """Apply a batch of wire entries (replication or sync chunk) to the contact and
-    dialog tables. counts: int64[8] accumulates [applied, stale, too_long, full, busy,
-    entries, checksum (wrapping sum of row_checksum), corrupt]. Returns the byte offset
-    reached: nbytes when done; less when an entry is corrupt (counts[7] = 1: drop the
-    frame) or a lock stayed busy (counts[4] grew: yield, then call again from that
-    offset)."""
+    dialog tables. Entries of a kind whose bit (1 << kind) is not in kind_mask (its
+    capability is disabled here) are skipped. counts: int64[9] accumulates [applied,
+    stale, too_long, full, busy, entries, checksum (wrapping sum of row_checksum),
+    corrupt, skipped]. Returns the byte offset reached: nbytes when done; less when an
+    entry is corrupt (counts[7] = 1: drop the frame) or a lock stayed busy (counts[4]
+    grew: yield, then call again from that offset). Releases the GIL."""
     ct = views(ct_arena)
     dl = views(dl_arena)
     buf = unmanaged(buf)
@@ -604,6 +618,10 @@ def apply_entries(ct_arena, dl_arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, 
     # pending counter deltas, [table][live, tomb, free]; published on every return
     pend = np.zeros((2, 3), dtype=np.int64)
     off = 0
+    # a cursor PREFETCH_AHEAD entries ahead asks for the slots those entries will touch
+    ahead = 0
+    for _ in range(PREFETCH_AHEAD):
+        ahead = _prefetch_entry(ct, dl, buf, ahead, nbytes)
     while off < nbytes:
         if nbytes - off < ENTRY_HEADER:
             counts[7] = 1
@@ -623,8 +641,11 @@ def apply_entries(ct_arena, dl_arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, 
             counts[7] = 1
             break
         nxt = off + length
-        if nxt + ENTRY_HEADER + R_GROUP + 8 <= nbytes:
-            prefetch_slot(t, home_of(t, ldu64(buf, nxt + ENTRY_HEADER + R_GROUP)))
+        if not (kind_mask >> kind) & 1:
+            counts[8] += 1
+            off = nxt
+            continue
+        ahead = _prefetch_entry(ct, dl, buf, ahead, nbytes)
         r, d_live, d_tomb, d_free = apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me,
                                                 proc, ring, pend[which, 0] + pend[which, 1])
         if r == E_BUSY:
@@ -759,7 +780,7 @@ def table_group(arena, group, ident, ident_len, live_only, out8, max_rows):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def table_scan(arena, start, live_only, out8, max_rows, out_slots):
     """Copy up to max_rows records from slot `start` on, in slot order (one record
     every row_size bytes of out8). Returns (next start slot (nslots when done), rows)."""
@@ -793,32 +814,55 @@ def gather_one(t, s, out, off):
     return length
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def table_gather(arena, start, out, max_bytes, counts):
-    """Sync donor: write records from slot `start` on as wire entries into out (up to
-    max_bytes). counts: int64[2] += [entries, checksum]. Returns (next slot, bytes)."""
+    """Sync donor: write records from slot `start` on as wire entries into out (at most
+    max_bytes), whole probe runs at a time when possible. counts: int64[2] +=
+    [entries, checksum]. Returns (next slot, bytes, covered): every record whose home
+    slot is below `covered` has been written by now (covered only moves at EMPTY slots,
+    since a run never crosses one; a single run larger than max_bytes is split and does
+    not advance it). Releases the GIL."""
     t = views(arena)
     out = unmanaged(out)
     s = start
     off = 0
+    covered = start
     need = (ENTRY_HEADER + t.body + 7) & ~7
     while s < t.nslots:
-        if t.keys[s] > K_FREE:
-            if off + need > max_bytes:
-                break
-            length = gather_one(t, s, out, off)
-            if length:
-                rb = off + ENTRY_HEADER
-                counts[0] += 1
-                counts[1] += np.int64(row_checksum(ldu64(out, rb + R_KEY),
-                                                   ld64(out, rb + R_VERSION),
-                                                   ld16(out, rb + R_ORIGIN)))
-                off += length
-        s += 1
-    return s, off
+        if t.keys[s] == K_EMPTY:
+            covered = s + 1
+            s += 1
+            continue
+        # the run from s to the next EMPTY slot
+        e = s
+        while e < t.nslots and t.keys[e] != K_EMPTY:
+            e += 1
+        records = 0
+        for p in range(s, e):
+            if t.keys[p] > K_FREE:
+                records += 1
+        if off + records * need > max_bytes and off > 0:
+            break  # the whole run in the next chunk
+        while s < e:
+            if t.keys[s] > K_FREE:
+                if off + need > max_bytes:
+                    return s, off, covered  # a run larger than a chunk: split it
+                length = gather_one(t, s, out, off)
+                if length:
+                    rb = off + ENTRY_HEADER
+                    counts[0] += 1
+                    counts[1] += np.int64(row_checksum(ldu64(out, rb + R_KEY),
+                                                       ld64(out, rb + R_VERSION),
+                                                       ld16(out, rb + R_ORIGIN)))
+                    off += length
+            s += 1
+        covered = e
+    if s >= t.nslots:
+        covered = t.nslots
+    return s, off, covered
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def table_since(arena, start, min_version, origin, out, max_bytes):
     """Gap repair: like table_gather, but only rows of `origin` with version >=
     min_version. Returns (next slot, bytes)."""
@@ -878,7 +922,7 @@ def table_expire(arena, first_region, nregions, now_s, tomb_ttl_s, me, out):
     return 0 if r >= nreg else r
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def table_digest(arena, live_only):
     """(records, digest): order-independent over (key, version, origin); equal on nodes
     holding the same data."""
@@ -893,7 +937,7 @@ def table_digest(arena, live_only):
     return n, d
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def table_count_groups(arena):
     """Distinct groups with at least one LIVE record (registered AORs)."""
     t = views(arena)
@@ -969,6 +1013,21 @@ def table_repair(arena, ring, pid, proc):
             freed += 1
     table_recount(arena)
     return fixed, freed
+
+
+def slot_of_position(nhome: int, position: int) -> int:
+    """First home slot of a 32-bit hash-space position (group >> 32): where a sync
+    resumes on any donor's table, whatever its size."""
+    return (position * nhome) >> 32
+
+
+def position_of_slot(nhome: int, slot: int) -> int:
+    """Smallest hash-space position whose home slot is >= slot (1 << 32 past the end):
+    a receiver that has every record whose home is below `slot` has every record below
+    this position."""
+    if slot >= nhome:
+        return 1 << 32
+    return -((-slot << 32) // nhome)
 
 
 def lock_word(pid: int, proc: int) -> int:

@@ -44,8 +44,11 @@ def warm_kernels() -> float:
     contacts.group(b"warm@x")
     list(contacts.rows())
     contacts.digest()
+    dialogs.digest()
     contacts.count_groups()
     contacts.remove(b"warm@x", b"", ring, me, 1)
+    C.contact_key_of(b"warm@x", b"sip:warm@x")
+    C.contact_key_of(b"warm@x", b"sip:warm@x", b"<urn:x>", 1)
 
     # dialogs: generic put
     drow = np.zeros(dialogs.row_size, dtype=np.uint8)
@@ -61,12 +64,15 @@ def warm_kernels() -> float:
 
     # replication and sync paths
     wire = np.zeros(1 << 16, dtype=np.uint8)
-    n = R.ring_drain(ring, wire, 0)
+    n, _ = R.ring_drain(ring, wire, 0, np.zeros(1 << 16, dtype=np.uint8), 0)
     R.ring_take_gap(ring)
-    counts = np.zeros(8, dtype=np.int64)
-    T.apply_entries(ct_buf, dl_buf, wire, n, now_s, 60, me, 1, R.no_ring(), counts)
+    R.rings_drain(ring_buf, wire, 0, np.zeros(1 << 16, dtype=np.uint8), 0)
+    R.rings_take_gaps(ring_buf)
+    counts = np.zeros(9, dtype=np.int64)
+    T.apply_entries(ct_buf, dl_buf, wire, n, now_s, 60, me, 1, R.no_ring(), 0b110, counts)
     gcounts = np.zeros(2, dtype=np.int64)
     T.table_gather(ct_buf, 0, wire, wire.shape[0], gcounts)
+    T.table_gather(dl_buf, 0, wire, wire.shape[0], gcounts)
     T.table_since(ct_buf, 0, 0, 1, wire, wire.shape[0])
 
     # timer and recovery

@@ -1,11 +1,13 @@
 """The cluster process: one asyncio loop that links this node to the others and serves
 the MI.
 
-Everything here must keep the loop responsive: heartbeats to other nodes are sent from
-this loop, so heavy work (big MI dumps, user scripts) runs elsewhere (threads, the
-script process) and table kernels work in bounded pieces. It publishes the live node set
-of every cluster to shared memory (shm.control views) so workers and the timer read it
-without asking. Neighbours: services.mi (MI server), services.clusterer (topology).
+It hosts the cluster layers -- topology (services.clusterer), capabilities, realtime
+replication and full sync -- and the MI server. Everything here must keep the loop
+responsive: heartbeats to other nodes are sent from this loop, so heavy work (big MI
+dumps, sync chunks) runs in threads (the kernels release the GIL) and user scripts run
+in their own process. The live node set and capability states of every cluster are
+published to shared memory (shm.control views) so workers and the timer read them
+without asking. Neighbours: services.* (the layers), workers.child.
 """
 from __future__ import annotations
 
@@ -14,9 +16,17 @@ import logging
 import signal
 from typing import Any
 
-from fastcluster.services import clusterer_mi, mi_core, usrloc  # noqa: F401  (MI commands)
+from fastcluster.services import (  # noqa: F401  (register MI commands)
+    clusterer_mi,
+    dialog,
+    mi_core,
+    usrloc,
+)
+from fastcluster.services.capabilities import Capabilities
 from fastcluster.services.clusterer import Clusterer
 from fastcluster.services.mi import MIServer, dispatch
+from fastcluster.services.replication import Applier, Replication
+from fastcluster.services.sync import SyncManager
 from fastcluster.shm import control as CT
 from fastcluster.workers.child import Child
 
@@ -36,6 +46,11 @@ class ClusterProcess(Child):
         self.clusterer = Clusterer(self.cfg, self.stats)
         self.clusterer.mi_runner = self.run_mi
         self.clusterer.on_recompute = self.publish_views
+        self.caps = Capabilities(self.cfg, self.clusterer, self.publish_views)
+        self.clusterer.on_forget.append(self.caps.forget)
+        applier = Applier(self, self.caps)
+        self.replication = Replication(self, self.clusterer, self.caps, applier)
+        self.sync = SyncManager(self, self.clusterer, self.caps, applier)
 
     def run(self) -> None:
         asyncio.run(self.main())
@@ -48,9 +63,13 @@ class ClusterProcess(Child):
         await self.mi.start()
         await self.clusterer.start(self.ctx.bin_sock)
         self.publish_views()
-        beat = asyncio.create_task(self._beat())
+        self.sync.start()
+        tasks = [asyncio.create_task(t) for t in (self._beat(), self.replication.run(),
+                                                   self.sync.run())]
         await self.stop_event.wait()
-        beat.cancel()
+        for task in tasks:
+            task.cancel()
+        self.replication.drain()  # the last changes still go out
         await self.clusterer.stop()
         await self.mi.close()
 
@@ -72,10 +91,11 @@ class ClusterProcess(Child):
         ctl = self.mem.control
         for index, cid in enumerate(cl.clusters[:CT.MAX_VIEWS]):
             entries = [(cl.me, CT.VIEW_ME | (CT.VIEW_UP | CT.VIEW_ENABLED
-                                             if cl.enabled(cid) else 0), 0)]
+                                             if cl.enabled(cid) else 0),
+                        self.caps.view_bits(cl.me))]
             for peer in sorted(cl.peers.values(), key=lambda p: p.node_id):
                 if cid in peer.clusters:
                     flags = (CT.VIEW_UP if cl.is_up(cid, peer.node_id) else 0) | (
                         0 if cid in cl.disabled.get(peer.node_id, ()) else CT.VIEW_ENABLED)
-                    entries.append((peer.node_id, flags, 0))
+                    entries.append((peer.node_id, flags, self.caps.view_bits(peer.node_id)))
             ctl.publish_view(index, cid, cl.me, entries[:CT.MAX_VIEW_NODES])

@@ -156,9 +156,9 @@ def test_several_clusters_are_separate(tmp_path) -> None:
         n.settings["clusterer"]["seeds"] = hub.bin_addr
         n.write_ini()
     nodes = [hub, a, b]
-    for n in nodes:
-        n.start()
     try:
+        for n in nodes:
+            n.start()
         wait_until(lambda: up_set(hub, 1) == {2} and up_set(hub, 2) == {3}, what="hub views")
         assert up_set(a, 1) == {1} and cluster_view(a, 2) == {}
         assert up_set(b, 2) == {1} and 2 not in cluster_view(b, 2)
@@ -184,22 +184,32 @@ def test_static_provisioning(tmp_path) -> None:
         stop_all(nodes)
 
 
-@pytest.fixture
-def cut_link():
-    """iptables rules dropping traffic between two loopback addresses, removed after."""
-    if os.geteuid() != 0 or shutil.which("iptables") is None:
-        pytest.skip("needs root and iptables to cut a loopback link")
-    rules: list[list[str]] = []
+class LinkCutter:
+    """iptables rules dropping TCP between loopback addresses; heal() removes them."""
 
-    def cut(a: str, b: str) -> None:
+    def __init__(self) -> None:
+        self.rules: list[list[str]] = []
+
+    def __call__(self, a: str, b: str) -> None:
         for src, dst in ((a, b), (b, a)):
             rule = ["INPUT", "-s", src, "-d", dst, "-p", "tcp", "-j", "DROP"]
             subprocess.run(["iptables", "-I", *rule], check=True)
-            rules.append(rule)
+            self.rules.append(rule)
 
-    yield cut
-    for rule in rules:
-        subprocess.run(["iptables", "-D", *rule], check=False)
+    def heal(self) -> None:
+        for rule in self.rules:
+            subprocess.run(["iptables", "-D", *rule], check=False)
+        self.rules.clear()
+
+
+@pytest.fixture
+def cut_link():
+    """Cut links between loopback addresses for a test (rules removed after it)."""
+    if os.geteuid() != 0 or shutil.which("iptables") is None:
+        pytest.skip("needs root and iptables to cut a loopback link")
+    cutter = LinkCutter()
+    yield cutter
+    cutter.heal()
 
 
 def test_relay_when_a_direct_link_is_cut(tmp_path, cut_link) -> None:

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+import posix_ipc
+
 from fastcluster.services.mi_client import MIError, call
 from tests.support import leaks
 
@@ -71,6 +73,7 @@ class Node:
         self.log_path = self.dir / "node.log"
         self.proc: subprocess.Popen | None = None
         self.pid = 0
+        self.killed = False  # SIGKILLed by the test: its shm names are ours to remove
 
     def write_ini(self) -> None:
         lines = []
@@ -90,6 +93,7 @@ class Node:
     def start(self, wait: bool = True, timeout: float = 60.0, args: list[str] | None = None
               ) -> Node:
         env = dict(os.environ)
+        self.killed = False
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "fastcluster.core.cli", "-c", str(self.ini)] + (args or []),
@@ -142,6 +146,7 @@ class Node:
             leaks.register(k)
         os.kill(self.pid, signal.SIGKILL)
         self.wait_exit(10)
+        self.killed = True
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
@@ -153,6 +158,9 @@ class Node:
         if self.proc is None or self.proc.poll() is not None:
             if self.proc is not None and not self._log.closed:
                 self._log.close()
+            if self.killed:  # what the next start of the instance would remove
+                for name in self.shm_names():
+                    posix_ipc.unlink_shared_memory("/" + name)
             return self.proc.returncode if self.proc else None
         for k in self.children():
             leaks.register(k)
@@ -195,6 +203,7 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", step: 
 def start_cluster(tmp, count: int, workers: int = 1, settings=None, hosts=None,
                   seed_index: int = 0) -> list[Node]:
     """count nodes, ids 1..count, every one but the seed joining through the seed."""
+    settings = {section: dict(values) for section, values in (settings or {}).items()}
     nodes = [Node(tmp, node_id=i + 1, workers=workers, settings=settings,
                   bin_host=hosts[i] if hosts else "127.0.0.1") for i in range(count)]
     seed = nodes[seed_index]
@@ -202,8 +211,45 @@ def start_cluster(tmp, count: int, workers: int = 1, settings=None, hosts=None,
         if n is not seed:
             n.settings["clusterer"]["seeds"] = seed.bin_addr
             n.write_ini()
-    for n in nodes:
-        n.start(wait=False)
-    for n in nodes:
-        n.wait_ready()
+    try:
+        for n in nodes:
+            n.start(wait=False)
+        for n in nodes:
+            n.wait_ready()
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
     return nodes
+
+
+def cap_state(node: Node, name: str = "usrloc-contact-repl") -> str:
+    for c in node.mi("clusterer_list_cap")["Clusters"]:
+        for cap in c["Capabilities"]:
+            if cap["name"] == name:
+                return cap["state"]
+    return "absent"
+
+
+def cap_entry(node: Node, name: str = "usrloc-contact-repl") -> dict:
+    for c in node.mi("clusterer_list_cap")["Clusters"]:
+        for cap in c["Capabilities"]:
+            if cap["name"] == name:
+                return cap
+    return {}
+
+
+def digests(nodes: list[Node], command: str = "ul_digest") -> list[dict]:
+    return [n.mi(command) for n in nodes]
+
+
+def all_equal(nodes: list[Node], command: str = "ul_digest") -> bool:
+    d = digests(nodes, command)
+    return all(x == d[0] for x in d)
+
+
+def wait_synced(nodes: list[Node], timeout: float = 30.0) -> None:
+    for n in nodes:
+        wait_until(lambda n=n: cap_state(n) == "synced" and
+                   cap_state(n, "dialog-dlg-repl") == "synced", timeout=timeout,
+                   what=f"node {n.node_id} synced")

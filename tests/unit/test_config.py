@@ -105,6 +105,16 @@ def test_reload_applies_reloadable_and_keeps_the_rest(tmp_path: pathlib.Path) ->
     assert cfg["core.workers"] == 2 and "core.workers" in ignored
 
 
+def test_replication_cluster_auto_and_checked() -> None:
+    cfg = load(cli={"clusterer.cluster_id": "7,3"}, environ={})
+    assert cfg.replication_cluster("usrloc.replication_cluster") == 7
+    assert load(cli={"usrloc.replication_cluster": "0"}, environ={}).replication_cluster(
+        "usrloc.replication_cluster") == 0
+    with pytest.raises(ConfigError) as err:
+        load(cli={"clusterer.cluster_id": "2", "dialog.replication_cluster": "1"}, environ={})
+    assert "not one of clusterer.cluster_id" in str(err.value)
+
+
 def test_secret_is_masked() -> None:
     cfg = load(cli={"clusterer.secret": "s3cr3t"}, environ={})
     assert cfg.public()["clusterer.secret"] == "***"
