@@ -317,15 +317,22 @@ class SyncManager:
         buffers = [np.zeros(chunk, dtype=np.uint8) for _ in range(window + 1)]
         started = time.monotonic()
 
-        async def read_acks() -> None:
+        async def read_acks() -> str:
+            """Collect acknowledgements; returns why the receiver stopped talking."""
             nonlocal acked
-            while True:
-                f = await conn.recv(self.timeout_s * 4)
-                if f.header.type == Msg.SYNC_ACK:
-                    acked = max(acked, int(f.payload["seq"]))
-                    ack_event.set()
-                elif f.header.type == Msg.SYNC_ABORT:
-                    raise ConnectionError("receiver gave up")
+            try:
+                while True:
+                    f = await conn.recv(self.timeout_s * 4)
+                    if f.header.type == Msg.SYNC_ACK:
+                        acked = max(acked, int(f.payload["seq"]))
+                        ack_event.set()
+                    elif f.header.type == Msg.SYNC_ABORT:
+                        return "the receiver gave up"
+            except (ConnectionError, OSError, asyncio.TimeoutError, CorruptFrame,
+                    KeyError, TypeError, ValueError) as exc:
+                return str(exc) or type(exc).__name__
+            finally:
+                ack_event.set()
 
         acks = asyncio.ensure_future(read_acks())
         try:
@@ -333,7 +340,7 @@ class SyncManager:
                 while seq - acked > window:
                     ack_event.clear()
                     if acks.done():
-                        acks.result()  # raises why the receiver went away
+                        raise ConnectionError(acks.result())
                     await asyncio.wait_for(ack_event.wait(), self.timeout_s)
                 out = buffers[seq % len(buffers)]
                 before = int(counts[0])
@@ -365,8 +372,6 @@ class SyncManager:
                      conn.peer_id, seq, time.monotonic() - started)
         finally:
             acks.cancel()
-            if acks.done() and not acks.cancelled():
-                acks.exception()  # the receiver hung up after the end marker: expected
 
 
 # ---------------------------------------------------------------- MI
