@@ -8,8 +8,9 @@ its own SO_REUSEPORT socket, which the kernel picks by hashing the source addres
 one upstream proxy lands on one worker. docs/transport.md has the measurements.
 With one listener the worker blocks in recvfrom (SO_RCVTIMEO wakes it to beat and look
 for reloads); with several, epoll with EPOLLEXCLUSIVE, then drains each ready socket.
-Counters are kept in Python ints and flushed to shm every FLUSH_EVERY datagrams and on
-idle wake-ups. Neighbours: services.registrar (the application), workers.child.
+Counters are kept in Python ints; the worker flushes them, beats and looks for reloads
+at least every IDLE_S, whether it is idle or busy (a steady trickle of datagrams never
+lets recvfrom time out, and must not starve the heartbeat). Neighbours: services.registrar (the application), workers.child.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import logging
 import select
 import socket
 import struct
+from time import monotonic
 
 from fastcluster.core.stats import COUNTERS
 from fastcluster.shm import control as CT
@@ -26,8 +28,8 @@ from fastcluster.workers.child import Child, SipSocket
 log = logging.getLogger("sip")
 
 IDLE_S = 0.2
-FLUSH_EVERY = 256
 MAX_DATAGRAM = 65535
+DRAIN_MAX = 64  # datagrams taken from one ready socket before looking at the clock
 
 
 class SipWorker(Child):
@@ -93,24 +95,21 @@ class SipWorker(Child):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
         recv = sock.recvfrom
         handle = self.app.handle
-        n = 0
+        due = monotonic() + IDLE_S
         while not self.stopping:
             try:
                 data, addr = recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError, socket.timeout):
-                self.idle()
-                n = 0
-                continue
+                data = None
             except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EINTR):
-                    self.idle()
-                    continue
-                raise
-            handle(data, addr, listener)
-            n += 1
-            if n >= FLUSH_EVERY:
+                if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                    raise
+                data = None
+            if data is not None:
+                handle(data, addr, listener)
+            if data is None or monotonic() >= due:
                 self.idle()
-                n = 0
+                due = monotonic() + IDLE_S
 
     def _run_many(self) -> None:
         ep = select.epoll()
@@ -121,26 +120,20 @@ class SipWorker(Child):
             ep.register(listener.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
             by_fd[listener.sock.fileno()] = listener
         handle = self.app.handle
-        n = 0
+        due = monotonic() + IDLE_S
         try:
             while not self.stopping:
-                events = ep.poll(IDLE_S)
-                if not events:
-                    self.idle()
-                    n = 0
-                    continue
-                for fd, _ in events:
+                for fd, _ in ep.poll(IDLE_S):
                     listener = by_fd[fd]
                     recv = listener.sock.recvfrom  # type: ignore[union-attr]
-                    while True:
+                    for _ in range(DRAIN_MAX):  # level-triggered: the rest waits a poll
                         try:
                             data, addr = recv(MAX_DATAGRAM)
                         except (BlockingIOError, InterruptedError):
                             break
                         handle(data, addr, listener)
-                        n += 1
-                if n >= FLUSH_EVERY:
+                if monotonic() >= due:
                     self.idle()
-                    n = 0
+                    due = monotonic() + IDLE_S
         finally:
             ep.close()

@@ -87,6 +87,31 @@ def test_crashed_child_is_respawned_and_stuck_child_is_replaced(tmp_path) -> Non
     assert node.shm_names() == []
 
 
+def test_a_steady_trickle_keeps_the_worker_beating_and_counting(tmp_path) -> None:
+    """Datagrams closer together than the worker's idle timeout never let recvfrom time
+    out: the worker must still beat (or the watchdog replaces it) and flush counters."""
+    node = Node(tmp_path, workers=1, settings={"core": {"child_timeout_s": 1.0}}).start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        worker = roles(node)["sip"][0]
+        options = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKt"
+                   b"\r\nFrom: <sip:t@x>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: trickle"
+                   b"\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        sent = 0
+        end = time.monotonic() + 3.0  # three heartbeat timeouts
+        while time.monotonic() < end:
+            sock.sendto(options, ("127.0.0.1", node.sip_port))
+            sent += 1
+            time.sleep(0.05)
+        counted = node.mi("get_statistics", statistics=["core:rcv_requests"])
+        assert counted["core:rcv_requests"] >= sent - 10  # flushed within ~IDLE_S
+        assert roles(node)["sip"] == [worker]
+        assert "stuck" not in node.log()
+    finally:
+        sock.close()
+        assert node.stop() == 0
+
+
 def test_kill9_master_then_restart_leaves_nothing(tmp_path) -> None:
     node = Node(tmp_path, workers=2).start()
     kids = node.children()
