@@ -25,10 +25,16 @@ def mix64(x: int) -> int:
 
 
 def hash_bytes(data: bytes, seed: int) -> int:
-    h = 0xCBF29CE484222325 ^ seed
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & M64
-    return mix64(h ^ len(data))
+    n = len(data)
+    if n >= 8:  # whole words, the last one ending at the last byte
+        words = [data[i:i + 8] for i in range(0, n - 8, 8)] + [data[n - 8:]]
+    else:
+        words = [data]  # zero-padded
+    h = seed ^ 0x9E3779B185EBCA87
+    for word in words:
+        h = (h + int.from_bytes(word, "little") * 0xC2B2AE3D27D4EB4F) & M64
+        h = (((h << 31) | (h >> 33)) & M64) * 0x9E3779B185EBCA87 & M64
+    return mix64(h ^ n)
 
 
 def row_checksum(key: int, version: int, origin: int) -> int:
