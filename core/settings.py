@@ -344,8 +344,21 @@ SETTINGS: tuple[Setting, ...] = (
     S("usrloc", "natping_interval_s", _int_range(0, 3600), "30",
       "Every NAT-ed contact is pinged once per interval by its partition's owner "
       "(0: no pinging).", unit="s", reloadable=True),
-    S("usrloc", "ping_partitions", _power_of_two_at_least(16, 65536), "4096",
-      "Partitions the contacts are hashed into for NAT pinging."),
+    S("usrloc", "natping_targets", _choice("nat", "all"), "nat",
+      "Which contacts are NAT-pinged: those flagged NAT at REGISTER, or all.",
+      reloadable=True),
+    S("usrloc", "natping_method", _choice("options", "keepalive"), "options",
+      "SIP OPTIONS (replies are counted and can remove dead contacts) or a CRLF CRLF "
+      "keep-alive datagram.", reloadable=True),
+    S("usrloc", "natping_from", _text, "sip:natping@fastcluster.invalid",
+      "From URI of the OPTIONS pings.", reloadable=True),
+    S("usrloc", "max_pings_lost", _int_range(0, 1000), "0",
+      "Remove a contact (replicated) after this many OPTIONS pings in a row got no "
+      "reply (0: never).", reloadable=True),
+    S("usrloc", "ping_partitions", _power_of_two_at_least(4096, 65536), "4096",
+      "Partitions the contacts are hashed into (by AOR) for NAT pinging; each partition "
+      "is pinged by one node. Must be the same on every node: a link to a node with "
+      "another value is refused."),
     # -- dialog
     S("dialog", "capacity", _int_range(16, 50_000_000), "100000",
       "Dialogs the shared table can hold."),

@@ -45,6 +45,13 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("clusterer", "syncs_donated", "full syncs served as donor"),
     ("clusterer", "sync_failed", "full syncs that failed (donor lost, timeout, mismatch)"),
     ("clusterer", "sync_corrupt_chunks", "sync chunks refused for a bad checksum or row"),
+    ("nathelper", "pings_sent", "NAT pings sent by this node"),
+    ("nathelper", "ping_replies", "replies to this node's OPTIONS pings"),
+    ("nathelper", "ping_cycles", "complete sweeps of the contact table"),
+    ("nathelper", "ticks_overrun", "timer ticks whose pinging took longer than the tick"),
+    ("nathelper", "contacts_removed", "contacts removed after usrloc.max_pings_lost misses"),
+    ("nathelper", "unreachable", "contacts not pinged: no address to send to"),
+    ("nathelper", "send_errors", "pings the socket refused to send"),
 )
 
 INDEX: dict[str, int] = {f"{g}:{n}": i for i, (g, n, _) in enumerate(COUNTERS)}

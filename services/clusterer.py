@@ -39,6 +39,11 @@ from fastcluster.services.topology import (
 
 log = logging.getLogger("clusterer")
 
+# Settings every node of a cluster must share: each node computes the NAT ping partition
+# map itself, and nodes that cut the contacts into different partitions would miss or
+# double pings. A link to a node with another value is refused, with the reason logged.
+AGREE = ("usrloc.ping_partitions",)
+
 
 class SendResult(IntEnum):
     """Outcome of a send, with OpenSIPS's clusterer API values."""
@@ -85,7 +90,8 @@ class Clusterer:
         self.tasks: set[asyncio.Task] = set()
         self.links = LinkManager(self.me, self.incarnation, self.url, frozenset(self.clusters),
                                  cfg["clusterer.secret"], cfg["clusterer.max_frame_bytes"],
-                                 self._check_peer, self._count)
+                                 self._check_peer, self._count,
+                                 {key: cfg[key] for key in AGREE})
         self.stopping = False
         self.mi_runner: Callable[[str, Any], Awaitable[Any]] | None = None
         self.on_sync_connection: Callable[[Connection], Awaitable[None]] | None = None
@@ -178,6 +184,11 @@ class Clusterer:
         if not hello.clusters & set(self.clusters):
             return f"no cluster in common (it has {sorted(hello.clusters)}, this node " \
                    f"{list(self.clusters)})"
+        for key in AGREE:
+            if hello.agree.get(key) != self.links.agree[key]:
+                return f"{key} differs: {self.links.agree[key]} here, " \
+                       f"{hello.agree.get(key)} on node {hello.node_id} (it must be the " \
+                       "same on every node)"
         if hello.purpose == "link":
             conn = self.conns.get(hello.node_id)
             peer = self.peers.get(hello.node_id)

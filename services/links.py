@@ -1,8 +1,8 @@
 """Authenticated TCP connections between nodes (asyncio): accept, dial, handshake, frames.
 
 Handshake (mutual, the secret never crosses the wire):
-    connector -> HELLO     {id, inc, url, clusters, purpose, nonce_c}
-    acceptor  -> CHALLENGE {id, inc, url, clusters, nonce_a, mac_a}
+    connector -> HELLO     {id, inc, url, clusters, agree, purpose, nonce_c}
+    acceptor  -> CHALLENGE {id, inc, url, clusters, agree, nonce_a, mac_a}
     connector -> AUTH      {mac_c}            (after checking mac_a)
     acceptor  -> WELCOME   {}                 (after checking mac_c)
 mac_x = HMAC-SHA256(secret, role | nonce_c | nonce_a | connector id | acceptor id).
@@ -47,6 +47,7 @@ class Hello:
     url: tuple[str, int]
     clusters: frozenset[int]
     purpose: str
+    agree: dict[str, Any]  # settings that must be equal on every node (clusterer.AGREE)
 
 
 def _mac(secret: bytes, role: bytes, nonce_c: bytes, nonce_a: bytes, id_c: int,
@@ -114,7 +115,7 @@ class LinkManager:
     def __init__(self, me: int, incarnation: int, url: tuple[str, int],
                  clusters: frozenset[int], secret: str, max_frame: int,
                  check_peer: Callable[[Hello], str | None],
-                 count: Callable[[str], None]) -> None:
+                 count: Callable[[str], None], agree: dict[str, Any]) -> None:
         """check_peer(hello) -> None to accept, or the reason to refuse (duplicate id,
         no cluster in common, this node disabled ...). count(statistic name) records
         refused links and corrupt frames."""
@@ -124,10 +125,12 @@ class LinkManager:
         self.check_peer = check_peer
         self.server: asyncio.base_events.Server | None = None
         self.count = count
+        self.agree = agree
 
     def _hello(self, purpose: str, nonce: bytes) -> dict[str, Any]:
         return {"id": self.me, "inc": self.incarnation, "url": list(self.url),
-                "clusters": sorted(self.clusters), "purpose": purpose, "nonce": nonce}
+                "clusters": sorted(self.clusters), "agree": self.agree, "purpose": purpose,
+                "nonce": nonce}
 
     @staticmethod
     def _parse_hello(p: Any) -> Hello:
@@ -135,7 +138,7 @@ class LinkManager:
             url = (str(p["url"][0]), int(p["url"][1]))
             hello = Hello(int(p["id"]), int(p["inc"]), url, frozenset(int(c) for c in
                                                                           p["clusters"]),
-                          str(p["purpose"]))
+                          str(p["purpose"]), dict(p.get("agree") or {}))
             nonce = p["nonce"]
         except (KeyError, TypeError, ValueError, IndexError):
             raise Refused("malformed handshake") from None

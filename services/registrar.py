@@ -32,8 +32,10 @@ from fastcluster.core.sip import (
     parse_uri,
 )
 from fastcluster.core.stats import INDEX
+from fastcluster.services.natping import parse_callid
 from fastcluster.services.usrloc import normalize_aor
 from fastcluster.shm import contacts as C
+from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
 from fastcluster.shm.tables import retry_busy
 
@@ -54,6 +56,7 @@ I_CLASS = [_I.get(f"sl:{c}xx_replies", I_SENT) for c in range(7)]
 I_ACCEPT, I_REJECT = _I["registrar:accepted_regs"], _I["registrar:rejected_regs"]
 I_TOO_LONG, I_FULL = _I["usrloc:refused_too_long"], _I["usrloc:refused_table_full"]
 I_COLLIDE, I_WAITS = _I["usrloc:key_collisions"], _I["usrloc:lock_waits"]
+I_PING_RPL = _I["nathelper:ping_replies"]
 
 # kernel result -> (status, reason, counter or -1)
 KERNEL_ERRORS = {
@@ -198,6 +201,10 @@ class SipApp:
             return
         if not msg.is_request:
             counts[I_RCV_RPL] += 1
+            ping = parse_callid(msg.call_id)
+            if ping is not None and msg.cseq_method == "OPTIONS":
+                counts[I_PING_RPL] += 1
+                P.mark_reply(self.table, ping[0], np.uint64(ping[1]), int(time.time()))
             return
         counts[I_RCV_REQ] += 1
         method = msg.method

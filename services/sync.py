@@ -30,7 +30,7 @@ import msgpack
 import numpy as np
 
 from fastcluster.core.stats import INDEX
-from fastcluster.core.wire import CorruptFrame, Frame, Header, Msg, encode, encode_parts
+from fastcluster.core.wire import CorruptFrame, Header, Msg, encode, encode_parts
 from fastcluster.services.capabilities import CAPS_BY_NAME, Capabilities, CapState, choose_donor
 from fastcluster.services.links import Connection, Refused
 from fastcluster.services.mi import MIError, command

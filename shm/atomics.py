@@ -180,22 +180,31 @@ def unmanaged(typingctx, arr):
     return sig, codegen
 
 
-@intrinsic
-def prefetch(typingctx, arr, idx):
-    """Hint the CPU to fetch arr[idx]'s cache line (for writing): batch kernels issue it
-    for the item they will touch a few iterations later, so misses overlap."""
-    if not isinstance(arr, types.Array):
-        return None
-    sig = types.void(arr, types.intp)
+def _prefetcher(write: int):
+    @intrinsic
+    def prefetch(typingctx, arr, idx):
+        if not isinstance(arr, types.Array):
+            return None
+        sig = types.void(arr, types.intp)
 
-    def codegen(context, builder, sig, args):
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
-        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), ir.IntType(32),
-                                               ir.IntType(32), ir.IntType(32)])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        i32 = ir.IntType(32)
-        builder.call(fn, [i8p, i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):
+            ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+            i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(),
+                                                   ir.IntType(32), ir.IntType(32),
+                                                   ir.IntType(32)])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            i32 = ir.IntType(32)
+            builder.call(fn, [i8p, i32(write), i32(3), i32(1)])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return prefetch
+
+
+# Hints to fetch arr[idx]'s cache line: batch kernels issue them for the item they will
+# touch a few iterations later, so the misses overlap. `prefetch` asks for the line in
+# a writable state (the kernel will store into it), `prefetch_read` for reading only.
+prefetch = _prefetcher(1)
+prefetch_read = _prefetcher(0)

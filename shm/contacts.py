@@ -31,7 +31,9 @@ Contact row (fixed part; the blob follows):
     88      ...   string blob (usrloc/dialog record_bytes)
 
 Binding identity (the row key): hash of (+sip.instance, reg-id) when the contact has a
-+sip.instance (RFC 5626), else of the normalised contact URI, seeded by the AOR hash.
++sip.instance (RFC 5626), else of the normalised contact URI, seeded by the AOR hash;
+its low PARTITION_BITS are the AOR hash's (the contact's ping partition, shm.partitions,
+is read from the key array without touching the row).
 
 REGISTER request buffer (`pack_register`): REQ_WORDS int64 words, the strings AOR,
 Call-ID, User-Agent, Path from byte REQ_STRINGS, then per contact (8-aligned) CON_WORDS
@@ -63,9 +65,7 @@ from fastcluster.shm.table import (
     R_EXPIRES,
     R_GROUP,
     R_KEY,
-    R_ORIGIN,
     R_STATE,
-    R_VERSION,
     ST_LIVE,
     ST_TOMB,
     blob_used,
@@ -104,6 +104,8 @@ CONTACT = RowLayout(
 )
 
 S_AOR, S_URI, S_CALLID, S_UA, S_PATH, S_INSTANCE = range(6)
+PARTITION_BITS = 16  # shm.control.MAX_PARTITIONS == 1 << PARTITION_BITS
+PARTITION_MASK = np.uint64((1 << PARTITION_BITS) - 1)
 FLAG_NAT = 1  # source address differs from the Contact (fix_nated_register)
 Q_NONE = 0xFFFF
 
@@ -244,14 +246,21 @@ def _con_offsets(req, ncontacts, out_offsets):
 
 
 @njit(cache=True, inline="always")
+def with_partition(h, group):
+    """A binding's key: its own hash with the low PARTITION_BITS taken from its AOR's
+    group hash, so the key array alone tells a contact's ping partition."""
+    return as_key((h & ~PARTITION_MASK) | (group & PARTITION_MASK))
+
+
+@njit(cache=True, inline="always")
 def _binding_key(req, cpos, group):
     cw = req[cpos:cpos + 8 * CON_WORDS].view(np.int64)
     uri_len, inst_len, reg_id = cw[0], cw[1], cw[4]
     b = cpos + 8 * CON_WORDS
     if inst_len > 0:
         seed = group ^ mix64(np.uint64(reg_id) + np.uint64(0x1D))
-        return as_key(hash_bytes(req, b + uri_len, inst_len, seed))
-    return as_key(hash_bytes(req, b, uri_len, group))
+        return with_partition(hash_bytes(req, b + uri_len, inst_len, seed), group)
+    return with_partition(hash_bytes(req, b, uri_len, group), group)
 
 
 @njit(cache=True, inline="always")
@@ -602,9 +611,33 @@ def ul_remove(arena, ring, aor, aor_len, uri, uri_len, now_ms, me, proc, row):
     return removed
 
 
+@njit(cache=True)
+def ul_remove_slot(arena, ring, slot, key, now_ms, me, proc, row):
+    """Remove the contact at `slot` if it still holds `key` (a NAT-pinged contact that
+    stopped answering): a replicated tombstone. Returns 1, 0 (gone already) or E_BUSY."""
+    t = views(arena)
+    ring, row = unmanaged(ring), unmanaged(row)
+    if slot < 0 or slot >= t.nslots or t.keys[slot] != np.uint64(key):
+        return 0
+    group = t.rows64[(rbase(t, slot) + R_GROUP) >> 3]
+    home = home_of(t, group)
+    lo = home >> t.shift
+    if not lock_region(t, lo, me):
+        return E_BUSY
+    f, free, hi, status = scan_locked(t, home, np.uint64(key), group, me, lo)
+    done = 0
+    if status == 0 and f == slot and r_state(t, f) == ST_LIVE:
+        _tombstone(t, ring, proc, f, row, now_ms // 1000, now_ms)
+        done = 1
+    unlock_regions(t, lo, hi)
+    return done
+
+
 def contact_key_of(aor: bytes, uri: bytes, instance: bytes = b"", reg_id: int = 0) -> int:
     """The row key of a binding, from Python (tests, tools): mirrors _binding_key."""
     group = group_hash_of(aor)
     if instance:
-        return key_hash_of(instance, group ^ int(mix64(np.uint64(reg_id) + np.uint64(0x1D))))
-    return key_hash_of(uri, group)
+        h = key_hash_of(instance, group ^ int(mix64(np.uint64(reg_id) + np.uint64(0x1D))))
+    else:
+        h = key_hash_of(uri, group)
+    return int(with_partition(np.uint64(h), np.uint64(group)))

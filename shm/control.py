@@ -30,6 +30,11 @@ Layout (little-endian, W = 8-byte word):
                              then MAX_VIEW_NODES uint64 entries:
                              bits 0-15 node id, 16-31 VIEW_* flags,
                              32-63 capability states (4 bits per capability)
+    ...     64 + 2 * MAX_PARTITIONS  partition map: W0 epoch (odd while written),
+                             W1 partitions, W2 when it changed (unix ms), W3..7 reserved,
+                             then the owner node id of each partition (uint16, 0: none)
+    ...     8*STATUS_WORDS*nprocs    status words per process slot (e.g. the timer's
+                             last NAT ping cycle: see services.natping)
 """
 from __future__ import annotations
 
@@ -48,6 +53,9 @@ MAX_VIEWS = 8  # clusters per node
 MAX_VIEW_NODES = 256  # nodes per cluster seen by workers and the timer
 VIEW_BYTES = 64 + 8 * MAX_VIEW_NODES
 VIEW_UP, VIEW_ME, VIEW_ENABLED = 1, 2, 4
+MAX_PARTITIONS = 65536
+PMAP_BYTES = 64 + 2 * MAX_PARTITIONS
+STATUS_WORDS = 16
 W_MAGIC, W_VERSION, W_NPROCS, W_NSTATS, W_NODE, W_MASTER, W_START = range(7)
 W_RELOAD_GEN, W_RELOAD_LEN, W_STOPPING = 7, 8, 9
 P_PID, P_ROLE, P_NUMBER, P_HEARTBEAT, P_STARTED, P_RESTARTS, P_STATE = range(7)
@@ -64,7 +72,7 @@ def nprocs_for(workers: int) -> int:
 
 def segment_size(nprocs: int) -> int:
     return (HEADER + 8 * SLOT_WORDS * nprocs + 8 * len(COUNTERS) * nprocs + RELOAD_BYTES
-            + VIEW_BYTES * MAX_VIEWS)
+            + VIEW_BYTES * MAX_VIEWS + PMAP_BYTES + 8 * STATUS_WORDS * nprocs)
 
 
 def monotonic_ms() -> int:
@@ -92,6 +100,12 @@ class Control:
         off += RELOAD_BYTES
         self.views = buf[off:off + VIEW_BYTES * MAX_VIEWS].view(np.int64).reshape(
             MAX_VIEWS, VIEW_BYTES // 8)
+        off += VIEW_BYTES * MAX_VIEWS
+        self.pmap_words = buf[off:off + 64].view(np.int64)
+        self.pmap = buf[off + 64:off + PMAP_BYTES].view(np.uint16)
+        off += PMAP_BYTES
+        self.status = buf[off:off + 8 * STATUS_WORDS * n].view(np.int64).reshape(
+            n, STATUS_WORDS)
         self.nprocs = n
 
     @staticmethod
@@ -164,6 +178,34 @@ class Control:
             if int(v[0]) == epoch:
                 return cluster, me, [(int(e) & 0xFFFF, (int(e) >> 16) & 0xFFFF,
                                       (int(e) >> 32) & 0xFFFFFFFF) for e in raw]
+
+    # -- partition map (the cluster process writes, the timer reads)
+
+    def publish_partitions(self, owners: np.ndarray) -> int:
+        """Write a new map (uint16 owner per partition); returns its epoch."""
+        w = self.pmap_words
+        w[0] += 1  # odd: readers retry
+        w[1] = owners.shape[0]
+        w[2] = int(time.time() * 1000)
+        self.pmap[:owners.shape[0]] = owners
+        w[0] += 1
+        return int(w[0])
+
+    @property
+    def partitions_epoch(self) -> int:
+        return int(self.pmap_words[0])
+
+    def read_partitions(self) -> tuple[int, np.ndarray]:
+        """(epoch, owners copy) as one consistent snapshot; epoch 0: never published."""
+        w = self.pmap_words
+        while True:
+            epoch = int(w[0])
+            if epoch & 1:
+                time.sleep(0)
+                continue
+            owners = self.pmap[:int(w[1])].copy()
+            if int(w[0]) == epoch:
+                return epoch, owners
 
     # -- reload area (master writes, children poll the generation)
 

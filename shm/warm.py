@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from fastcluster.shm import contacts as C
+from fastcluster.shm import partitions as P
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.dialogs import DIALOG, pack_dialog
@@ -41,6 +42,7 @@ def warm_kernels() -> float:
                     wildcard=False, recv_family=0, recv_port=0, recv_addr=bytes(16), sock=0,
                     flags=0, methods=0, contacts=[(b"sip:warm@x", b"", 60, -1, 0, -1, 0)])
     C.ul_register(ct_buf, ring, work, me, 1)
+    row = np.zeros(contacts.row_size, dtype=np.uint8)
     contacts.group(b"warm@x")
     list(contacts.rows())
     contacts.digest()
@@ -74,6 +76,19 @@ def warm_kernels() -> float:
     T.table_gather(ct_buf, 0, wire, wire.shape[0], gcounts)
     T.table_gather(dl_buf, 0, wire, wire.shape[0], gcounts)
     T.table_since(ct_buf, 0, 0, 1, wire, wire.shape[0])
+
+    # partitions and NAT pinging
+    owners = np.zeros(16, dtype=np.uint16)
+    P.compute_owners(np.array([1, 2], dtype=np.int64), 2, owners)
+    slots = np.zeros(8, dtype=np.int64)
+    n, _ = P.select_due(ct_buf, 0, 8, owners, owners, 1, np.zeros(0, np.uint8), slots, 8)
+    P.select_due(ct_buf, 0, 8, owners, owners, 1, np.ones(16, np.uint8), slots, 8)
+    P.ping_targets(ct_buf, slots, 0, n, now_s, True, 1, np.zeros(4096, np.uint8), 4096)
+    P.mark_ping(ct_buf, slots, 0)
+    P.mark_reply(ct_buf, 0, np.uint64(2), now_s)
+    P.missed_over(ct_buf, slots, 0, 1, slots)
+    P.count_owned(ct_buf, owners, 1, True, 1)
+    C.ul_remove_slot(ct_buf, ring, 0, np.uint64(2), now_s * 1000, me, 1, row)
 
     # timer and recovery
     contacts.expire(now_s, 60, me)

@@ -25,6 +25,7 @@ from fastcluster.services import (  # noqa: F401  (register MI commands)
 from fastcluster.services.capabilities import Capabilities
 from fastcluster.services.clusterer import Clusterer
 from fastcluster.services.mi import MIServer, dispatch
+from fastcluster.services.partitions import PartitionMap
 from fastcluster.services.replication import Applier, Replication
 from fastcluster.services.sync import SyncManager
 from fastcluster.shm import control as CT
@@ -51,6 +52,7 @@ class ClusterProcess(Child):
         applier = Applier(self, self.caps)
         self.replication = Replication(self, self.clusterer, self.caps, applier)
         self.sync = SyncManager(self, self.clusterer, self.caps, applier)
+        self.partitions = PartitionMap(self, self.caps)
 
     def run(self) -> None:
         asyncio.run(self.main())
@@ -87,6 +89,8 @@ class ClusterProcess(Child):
         return {k: v for k, v in reply.items() if k in ("result", "error")}
 
     def publish_views(self) -> None:
+        """Live nodes and capability states per cluster, and the ping partition map."""
+        self.partitions.update()
         cl = self.clusterer
         ctl = self.mem.control
         for index, cid in enumerate(cl.clusters[:CT.MAX_VIEWS]):

@@ -1,5 +1,5 @@
 """The timer process: expiry of contacts and dialogs (locally, by their absolute expiry
-time: expiry is never replicated) and, later, NAT pinging of this node's partitions.
+time: expiry is never replicated) and NAT pinging of this node's partitions.
 
 Each tick handles a slice of the lock regions, so no lock is held long and a pass over
 a large table is spread over `EXPIRY_PASS_S`. Neighbours: shm.tables (expire kernel),
@@ -25,7 +25,16 @@ class TimerProcess(Child):
     title = "timer"
 
     def boot(self) -> None:
+        from fastcluster.services.natping import NatPinger
+
+        for sock in (self.ctx.mi_sock, self.ctx.bin_sock):
+            if sock is not None:
+                sock.close()
         self.cursors = {"contacts": 0, "dialogs": 0}
+        self.pinger = NatPinger(self, TICK_S)
+
+    def apply_reload(self) -> None:
+        self.pinger.apply_config(self.cfg)
 
     def run(self) -> None:
         ticks_per_pass = max(1, int(EXPIRY_PASS_S / TICK_S))
@@ -44,4 +53,5 @@ class TimerProcess(Child):
                 if name == "contacts":
                     self.stats[INDEX["usrloc:expired_contacts"]] += expired
                     self.stats[INDEX["usrloc:purged_tombstones"]] += purged
+            self.pinger.tick(time.monotonic())
             time.sleep(max(0.0, TICK_S - (time.monotonic() - started)))

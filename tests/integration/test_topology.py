@@ -97,6 +97,23 @@ def test_duplicate_node_id_is_refused_on_both_sides(tmp_path) -> None:
         stop_all(nodes + [twin])
 
 
+def test_a_node_with_other_ping_partitions_is_refused(tmp_path) -> None:
+    """Nodes that cut the contacts into other partitions would miss or double NAT
+    pings: the link is refused, with the reason in both logs."""
+    nodes = start_cluster(tmp_path, 1)
+    odd = Node(tmp_path, node_id=2, workers=1,
+               settings={"usrloc": {"ping_partitions": 8192},
+                         "clusterer": {"seeds": nodes[0].bin_addr}})
+    try:
+        odd.start()
+        reason = "usrloc.ping_partitions differs"
+        wait_until(lambda: reason in nodes[0].log(), what="seed refuses")
+        wait_until(lambda: reason in odd.log(), what="newcomer told")
+        assert cluster_view(nodes[0]) == {} and cluster_view(odd) == {}
+    finally:
+        stop_all(nodes + [odd])
+
+
 def test_corrupt_frames_drop_only_that_connection(tmp_path) -> None:
     nodes = start_cluster(tmp_path, 2)
     try:

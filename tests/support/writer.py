@@ -11,6 +11,7 @@ slot's lock word, undo area and replication ring, exactly as a node process woul
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from fastcluster.shm import control as CT
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
-from fastcluster.shm.contacts import CONTACT
+from fastcluster.shm.contacts import CONTACT, FLAG_NAT
 from fastcluster.shm.dialogs import pack_dialog
 from fastcluster.shm.node import NodeMemory
 
@@ -47,9 +48,11 @@ class Writer:
         return table.put(row, self.ring, self.me, SLOT)
 
     def load_contacts(self, count: int, seed: int = 1, origin: int = 99,
-                      version_ms: int | None = None, batch: int = 100_000) -> int:
+                      version_ms: int | None = None, batch: int = 100_000,
+                      received: tuple[str, int] | None = None) -> int:
         """Apply `count` synthetic contacts (well-formed rows with 60 bytes of strings,
-        made by node `origin`); the same seed gives the same rows on every node."""
+        made by node `origin`); the same seed gives the same rows on every node. With
+        `received` (an IPv4 address and port) they are NAT-ed contacts reached there."""
         version = (version_ms or int(time.time() * 1000)) << 16
         expires = int(time.time()) + 3600
         length = (8 + CONTACT.fixed_size + 60 + 7) & ~7
@@ -66,6 +69,10 @@ class Writer:
             fixed["version"], fixed["origin"], fixed["state"] = version, origin, T.ST_LIVE
             fixed["expires"], fixed["cseq"], fixed["q"] = expires, 1, 0xFFFF
             fixed["lens"] = [20, 30, 10, 0, 0, 0]
+            if received is not None:
+                fixed["flags"], fixed["recv_family"] = FLAG_NAT, 4
+                fixed["recv_port"] = received[1]
+                fixed["recv_addr"] = socket.inet_aton(received[0]) + bytes(12)
             buf[:, 8:8 + CONTACT.fixed_size] = fixed.view(np.uint8).reshape(n, -1)
             blob = 8 + CONTACT.fixed_size
             buf[:, blob:blob + 60] = ord("x")

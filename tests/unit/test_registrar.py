@@ -2,79 +2,10 @@
 SipApp, the code a worker runs, over an in-memory contact table."""
 from __future__ import annotations
 
-import types
-
-import numpy as np
 import pytest
 
-from fastcluster.core.config import load
-from fastcluster.core.sip import parse_message
-from fastcluster.core.stats import COUNTERS, INDEX
-from fastcluster.services.registrar import SipApp
-from fastcluster.shm import ring as R
-from fastcluster.shm import table as T
-from fastcluster.shm.contacts import CONTACT, FLAG_NAT
-from fastcluster.shm.tables import ContactTable, Table
-
-SRC = ("192.0.2.10", 5070)
-
-
-class FakeSocket:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple]] = []
-
-    def sendto(self, data: bytes, addr: tuple) -> None:
-        self.sent.append((data, addr))
-
-
-class Harness:
-    def __init__(self, capacity: int = 1000, record_bytes: int = 256, **usrloc) -> None:
-        cli = {f"usrloc.{k}": str(v) for k, v in usrloc.items()}
-        cfg = load(cli=cli, environ={})
-        buf = np.zeros(Table.size_for(CONTACT, capacity, record_bytes, 4), dtype=np.uint8)
-        self.table = Table.create(buf, CONTACT, capacity, record_bytes, 4, node_id=1)
-        assert isinstance(self.table, ContactTable)
-        seg = np.zeros(R.segment_size(4, 1 << 20), dtype=np.uint8)
-        R.init_segment(seg, 4, 1 << 20)
-        self.ring = R.region(seg, 3)
-        worker = types.SimpleNamespace(
-            mem=types.SimpleNamespace(contacts=self.table), ring=self.ring,
-            me=T.lock_word(1, 3), slot=3, cfg=cfg, pid=1)
-        self.counts = [0] * len(COUNTERS)
-        self.app = SipApp(worker, self.counts)
-        self.sock = FakeSocket()
-        self.listener = types.SimpleNamespace(sock=self.sock, index=0)
-
-    def send(self, text: str, src: tuple = SRC) -> str | None:
-        data = text.replace("\n", "\r\n").encode()
-        before = len(self.sock.sent)
-        self.app.handle(data, src, self.listener)
-        if len(self.sock.sent) == before:
-            return None
-        return self.sock.sent[-1][0].decode()
-
-    def contacts(self, aor: str) -> list[dict]:
-        return self.table.group(aor.encode())
-
-    def count(self, name: str) -> int:
-        return self.counts[INDEX[name]]
-
-
-def register(aor: str = "alice@example.com", cseq: int = 1, callid: str = "cid-1",
-             contacts: list[str] | None = None, expires: int | None = None,
-             extra: str = "") -> str:
-    lines = [f"REGISTER sip:example.com SIP/2.0",
-             "Via: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-1;rport",
-             f"From: <sip:{aor}>;tag=t1", f"To: <sip:{aor}>", f"Call-ID: {callid}",
-             f"CSeq: {cseq} REGISTER", "Max-Forwards: 70"]
-    lines += [f"Contact: {c}" for c in (contacts if contacts is not None else
-                                         ["<sip:alice@192.0.2.10:5070>"])]
-    if expires is not None:
-        lines.append(f"Expires: {expires}")
-    if extra:
-        lines += extra.strip().split("\n")
-    lines += ["Content-Length: 0", "", ""]
-    return "\n".join(lines)
+from fastcluster.shm.contacts import FLAG_NAT
+from tests.support.registrar import Harness, register
 
 
 def status(reply: str | None) -> int:

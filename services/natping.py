@@ -1,0 +1,271 @@
+"""NAT pinging of this node's partitions (what OpenSIPS nathelper does), in the timer.
+
+Every tick the pinger sweeps the next slice of the contact table, so the whole table is
+covered once per natping_interval_s with a flat load; a kernel picks the live,
+NAT-flagged (or all) contacts whose partition this node owns, and each gets a SIP
+OPTIONS (or a CRLF CRLF keep-alive) from the listener it registered through, to its
+received address. When the partition map changes the partitions gained are pinged at
+once, and for OVERLAP_S the partitions just lost are still pinged: while nodes' views
+disagree a duplicate ping is better than a missed one. Replies are matched by the SIP
+workers (Call-ID fcping-<node>-<slot>-<key>) and reset the contact's missed count; with
+usrloc.max_pings_lost > 0 a contact that misses more in a row is removed (replicated).
+Neighbours: shm.partitions (kernels), services.partitions (the map), workers.timer,
+services.registrar (replies).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+import numpy as np
+
+from fastcluster.core.config import Config
+from fastcluster.core.stats import INDEX
+from fastcluster.shm import contacts as C
+from fastcluster.shm import partitions as P
+from fastcluster.shm import table as T
+from fastcluster.shm.control import Control
+from fastcluster.shm.tables import retry_busy
+
+log = logging.getLogger("natping")
+
+OVERLAP_S = 1.0
+BATCH = 4096
+CALLID_PREFIX = "fcping-"
+KEY_MASK = (1 << 64) - 1
+KEEPALIVE = b"\r\n\r\n"
+ENTRY = struct.Struct("<6q")  # a ping target's words (shm.partitions.ping_targets)
+# status words of the timer's slot (shm.control status area)
+(S_CYCLES, S_LAST_PINGS, S_LAST_SECONDS_US, S_LAST_END_MS, S_CURRENT_PINGS, S_OVERRUNS,
+ S_OWNED) = range(7)
+
+
+def cycle_status(control: Control) -> dict[str, Any]:
+    """The timer's ping cycle figures, for the MI."""
+    from fastcluster.shm.control import SLOT_TIMER
+
+    w = control.status[SLOT_TIMER]
+    return {"cycles": int(w[S_CYCLES]), "pings": int(w[S_LAST_PINGS]),
+            "seconds": round(int(w[S_LAST_SECONDS_US]) / 1e6, 3),
+            "ended_ms": int(w[S_LAST_END_MS]), "pings_this_cycle": int(w[S_CURRENT_PINGS]),
+            "ticks_overrun": int(w[S_OVERRUNS])}
+
+
+def parse_callid(callid: str) -> tuple[int, int] | None:
+    """(slot, key) of one of our ping Call-IDs, or None."""
+    if not callid.startswith(CALLID_PREFIX):
+        return None
+    parts = callid[len(CALLID_PREFIX):].split("-")
+    if len(parts) != 3:
+        return None
+    try:
+        return int(parts[1]), int(parts[2], 16)
+    except ValueError:
+        return None
+
+
+class NatPinger:
+    def __init__(self, timer: Any, tick_s: float) -> None:
+        self.timer = timer
+        self.mem = timer.mem
+        self.table = timer.mem.contacts
+        self.stats = timer.stats
+        self.status = timer.mem.control.status[timer.slot]
+        self.tick_s = tick_s
+        self.node = timer.cfg["clusterer.node_id"]
+        self.listeners = timer.ctx.sip
+        # per listener index: the socket pings leave from and the start of their Via
+        # (-1: any listener, for contacts whose listener is gone after a restart)
+        self.vias: dict[int, tuple[socket.socket, str]] = {}
+        for s in self.listeners:
+            sock = s.sock
+            if sock is None:  # reuseport: send from the listener's address, any port
+                sock = socket.socket(s.family, socket.SOCK_DGRAM)
+                sock.bind((s.host, 0))
+            host, port = sock.getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            self.vias[s.index] = (sock, f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK"
+                                        f"{self.node:x}p{os.getpid():x}p")
+        if self.vias:
+            self.vias[-1] = next(iter(self.vias.values()))
+        self.epoch = -1
+        self.owners = np.zeros(0, dtype=np.uint16)
+        self.owners_old = np.zeros(0, dtype=np.uint16)
+        self.overlap_until = 0.0
+        self.cursor = 0
+        self.cycle_started = time.monotonic()
+        self.cycle_pings = 0
+        self.slots = np.zeros(BATCH, dtype=np.int64)
+        # room for many pings, and always for one whatever its URI length
+        self.targets = np.zeros(BATCH * 512 + self.table.row_size, dtype=np.uint8)
+        self.row = np.zeros(self.table.row_size, dtype=np.uint8)
+        h = self.table.buf[:T.HEADER_SIZE].view(np.int64)
+        self.keys = self.table.buf[int(h[T.H_OFF_KEYS]):int(h[T.H_OFF_KEYS]) +
+                                   8 * self.table.nslots].view(np.uint64)
+        self.branch = 0
+        self.no_gain = np.zeros(0, dtype=np.uint8)
+        self.apply_config(timer.cfg)
+
+    def apply_config(self, cfg: Config) -> None:
+        self.interval_s = cfg["usrloc.natping_interval_s"]
+        self.nat_only = cfg["usrloc.natping_targets"] == "nat"
+        self.keepalive = cfg["usrloc.natping_method"] == "keepalive"
+        self.from_uri = cfg["usrloc.natping_from"]
+        self.max_lost = cfg["usrloc.max_pings_lost"]
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.stats[INDEX[name]] += n
+
+    # ---------------------------------------------------------------- the map
+
+    def refresh_map(self, now: float) -> None:
+        control = self.mem.control
+        if control.partitions_epoch == self.epoch:
+            if self.overlap_until and now >= self.overlap_until:
+                self.owners_old = self.owners
+                self.overlap_until = 0.0
+            return
+        epoch, owners = control.read_partitions()
+        if epoch == 0 or owners.shape[0] == 0:
+            return
+        first = self.epoch < 0
+        old = self.owners if self.owners.shape == owners.shape else np.zeros_like(owners)
+        self.epoch, self.owners = epoch, owners
+        self.status[S_OWNED] = int(np.count_nonzero(owners == self.node))
+        if first:
+            self.owners_old = owners
+            return
+        self.owners_old = old  # keep pinging what was ours for a little while
+        self.overlap_until = now + OVERLAP_S
+        gained = ((owners == self.node) & (old != self.node)).astype(np.uint8)
+        if gained.any() and self.interval_s:
+            n = self._sweep(0, self.table.nslots, gained)
+            log.info("partition map %d: %d partitions gained, %d contacts pinged at once",
+                     epoch, int(gained.sum()), n)
+
+    # ---------------------------------------------------------------- ticks
+
+    def tick(self, now: float) -> None:
+        started = time.monotonic()
+        self.refresh_map(now)
+        if not self.interval_s or self.owners.shape[0] == 0:
+            return
+        nslots = self.table.nslots
+        per_tick = max(1, -(-nslots * self.tick_s // self.interval_s))
+        end = min(nslots, int(self.cursor + per_tick))
+        self.cycle_pings += self._sweep(self.cursor, end, self.no_gain)
+        self.cursor = end
+        self.status[S_CURRENT_PINGS] = self.cycle_pings
+        if self.cursor >= nslots:
+            elapsed = time.monotonic() - self.cycle_started
+            self.status[S_LAST_PINGS] = self.cycle_pings
+            self.status[S_LAST_SECONDS_US] = int(elapsed * 1e6)
+            self.status[S_LAST_END_MS] = int(time.time() * 1000)
+            self.status[S_CYCLES] += 1
+            self._count("nathelper:ping_cycles")
+            self.cursor = 0
+            self.cycle_pings = 0
+            self.cycle_started = time.monotonic()
+        if time.monotonic() - started > self.tick_s:
+            self.status[S_OVERRUNS] += 1
+            self._count("nathelper:ticks_overrun")
+
+    def _sweep(self, first: int, end: int, gained: np.ndarray) -> int:
+        """Ping every due contact of slots [first, end); returns how many pings."""
+        sent = 0
+        s = first
+        while s < end:
+            n, s = P.select_due(self.table.buf, s, end, self.owners, self.owners_old,
+                                self.node, gained, self.slots, BATCH)
+            n, s = int(n), int(s)
+            i = 0
+            while i < n:  # several rounds only when the URIs fill self.targets
+                count, used, i = P.ping_targets(self.table.buf, self.slots, i, n,
+                                                int(time.time()), self.nat_only, C.FLAG_NAT,
+                                                self.targets, self.targets.shape[0])
+                sent += self._send(int(count), int(used))
+                i = int(i)
+        return sent
+
+    def _send(self, count: int, used: int) -> int:
+        """Send the pings of the first `count` entries (`used` bytes) of self.targets."""
+        sent = 0
+        data = self.targets[:used].tobytes()
+        off = 0
+        pinged = []
+        keepalive = self.keepalive
+        for _ in range(count):
+            slot, key, family, port, sock_index, ulen = ENTRY.unpack_from(data, off)
+            uri = data[off + 64:off + 64 + ulen].decode("utf-8", "replace")
+            dest = _destination(family, data[off + 48:off + 64], port, uri)
+            off += 64 + ((ulen + 7) & ~7)
+            via = self.vias.get(sock_index) or self.vias.get(-1)
+            if dest is None or via is None:
+                self._count("nathelper:unreachable")
+                continue
+            sock, head = via
+            if keepalive:
+                msg = KEEPALIVE
+            else:
+                self.branch += 1
+                msg = (f"OPTIONS {uri} SIP/2.0\r\n{head}{self.branch:x}\r\n"
+                       f"From: <{self.from_uri}>;tag={self.node:x}.{self.branch:x}\r\n"
+                       f"To: <{uri}>\r\n"
+                       f"Call-ID: {CALLID_PREFIX}{self.node}-{slot}-{key & KEY_MASK:x}\r\n"
+                       "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                       ).encode()
+            try:
+                sock.sendto(msg, dest)
+                sent += 1
+                pinged.append(slot)
+            except OSError:
+                self._count("nathelper:send_errors")
+        if pinged:
+            slots = np.array(pinged, dtype=np.int64)
+            worst = int(P.mark_ping(self.table.buf, slots, len(pinged)))
+            if self.max_lost and not keepalive and worst > self.max_lost:
+                self._remove_lost(slots)
+        self._count("nathelper:pings_sent", sent)
+        return sent
+
+    def _remove_lost(self, slots: np.ndarray) -> None:
+        out = np.zeros(slots.shape[0], dtype=np.int64)
+        m = int(P.missed_over(self.table.buf, slots, slots.shape[0], self.max_lost, out))
+        for slot in out[:m].tolist():
+            key = int(self.keys[slot])
+            if key <= 1:
+                continue
+            done = retry_busy(lambda: C.ul_remove_slot(
+                self.table.buf, self.timer.ring, slot, np.uint64(key),
+                int(time.time() * 1000), self.timer.me, self.timer.slot, self.row))
+            if done == 1:
+                self._count("nathelper:contacts_removed")
+                log.info("contact in slot %d removed: no answer to %d pings", slot,
+                         self.max_lost + 1)
+
+
+
+def _destination(family: int, raw: bytes, port: int, uri: str) -> tuple | None:
+    """Where a ping goes: the received address, else the URI's host if it is an IP."""
+    if family == 4:
+        return (socket.inet_ntop(socket.AF_INET, raw[:4]), port)
+    if family == 6:
+        return (socket.inet_ntop(socket.AF_INET6, raw), port, 0, 0)
+    rest = uri.split(":", 1)[-1].split(";", 1)[0].split("?", 1)[0]
+    hostport = rest.rsplit("@", 1)[-1]
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = hostport.partition(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a host name: not resolved by the pinger
+    p = int(port_text) if port_text.isdigit() else 5060
+    return (str(ip), p) if ip.version == 4 else (str(ip), p, 0, 0)
