@@ -82,6 +82,12 @@ class Config:
         return f"/fastcluster.{self.instance}."
 
     @property
+    def script_address(self) -> str:
+        """Abstract unix socket (no file to clean up) on which the cluster process takes
+        the script process's connection; unique per instance, like the shm names."""
+        return f"\0fastcluster.{self.instance}.script"
+
+    @property
     def run_dir(self) -> str:
         if self.values["core.run_dir"]:
             return self.values["core.run_dir"]
@@ -228,6 +234,9 @@ def validate(cfg: Config) -> None:
     if timeout < ping:
         fail("clusterer.ping_timeout_ms", f"{timeout:g} ms is shorter than the ping "
              f"interval ({ping:g} ms): every idle link would be probed")
+    if cfg["script.max_message_bytes"] + 4096 > cfg["clusterer.max_frame_bytes"]:
+        fail("script.max_message_bytes", "must leave 4096 bytes of clusterer.max_frame_bytes "
+             "for framing")
     if cfg["clusterer.sync_packet_size"] > cfg["clusterer.max_frame_bytes"] // 2:
         fail("clusterer.sync_packet_size", "must be at most half of max_frame_bytes")
     for name in ("usrloc.replication_cluster", "dialog.replication_cluster"):

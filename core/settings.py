@@ -371,7 +371,23 @@ SETTINGS: tuple[Setting, ...] = (
       "How long an ended dialog is kept as a tombstone.", unit="s"),
     # -- script
     S("script", "module", _text, "",
-      "Path of the user's Python script (empty: none)."),
+      "Path of the user's Python script (empty: none). It runs in its own process; see "
+      "docs/scripting.md for its hooks and API."),
+    S("script", "hook_timeout_s", _float_range(0.01, 3600), "2",
+      "A script hook still running after this long is abandoned: the events after it "
+      "go to a fresh hook thread (the stuck one is logged and counted).", unit="s",
+      reloadable=True),
+    S("script", "mi_timeout_s", _float_range(0.01, 3600), "5",
+      "How long an MI command defined by the script may take before the MI answers "
+      "with a timeout error.", unit="s", reloadable=True),
+    S("script", "max_message_bytes", _int_range(16, 16 << 20), "65536",
+      "Largest cluster message a script may send (msgpack-encoded size); larger ones "
+      "are refused with MessageTooLarge.", unit="bytes"),
+    S("script", "queue_bytes", _int_range(1 << 16, 1 << 30), "16777216",
+      "Messages for the script that may wait, in the cluster process, while the script "
+      "is busy or restarting; beyond it new ones are dropped and counted "
+      "(script:dropped_msgs), so a slow script never holds up the cluster.",
+      unit="bytes"),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

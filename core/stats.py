@@ -52,6 +52,15 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("nathelper", "contacts_removed", "contacts removed after usrloc.max_pings_lost misses"),
     ("nathelper", "unreachable", "contacts not pinged: no address to send to"),
     ("nathelper", "send_errors", "pings the socket refused to send"),
+    ("script", "requests_sent", "requests the script sent (per destination node)"),
+    ("script", "replies_sent", "replies the script sent"),
+    ("script", "requests_received", "requests delivered to the script's on_request"),
+    ("script", "replies_received", "replies delivered to the script (hook or waiter)"),
+    ("script", "refused_msgs", "messages the API refused (too large, not msgpack-able)"),
+    ("script", "hook_errors", "hook calls that raised (logged with their traceback)"),
+    ("script", "hooks_abandoned", "hook calls still running after script.hook_timeout_s"),
+    ("script", "dropped_msgs", "messages for the script dropped: not connected, or "
+                               "script.queue_bytes waiting already"),
 )
 
 INDEX: dict[str, int] = {f"{g}:{n}": i for i, (g, n, _) in enumerate(COUNTERS)}

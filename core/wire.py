@@ -52,11 +52,13 @@ class Msg(IntEnum):
     SYNC_ACK = 21      # receiver -> donor: applied up to chunk N (flow control)
     SYNC_END = 22      # donor -> receiver: count and checksum of everything sent
     SYNC_ABORT = 23    # either side gives up (reason)
-    SCRIPT_REQ = 24    # user script request (cluster_send_req / broadcast)
-    SCRIPT_RPL = 25    # user script reply (cluster_send_rpl)
+    SCRIPT_REQ = 24    # user script requests (cluster_send_req / broadcast): raw payload,
+    SCRIPT_RPL = 25    # and replies (cluster_send_rpl): a msgpack stream of [tag, msg]
+    SCRIPT_CTL = 26    # local only, cluster process <-> script process: node events,
+    #                    cluster snapshot, script MI commands (never sent between nodes)
 
 
-RAW_PAYLOAD = frozenset({Msg.REPL, Msg.SYNC_CHUNK})
+RAW_PAYLOAD = frozenset({Msg.REPL, Msg.SYNC_CHUNK, Msg.SCRIPT_REQ, Msg.SCRIPT_RPL})
 
 
 class CorruptFrame(Exception):
@@ -144,22 +146,27 @@ class Decoder:
         self.buf = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
-        self.buf += data
+        buf = self.buf
+        buf += data
         out = []
-        while len(self.buf) >= _PREFIX.size:
-            length, head_len = _PREFIX.unpack_from(self.buf)
-            if length > self.max_frame:
-                raise CorruptFrame(f"frame of {length} bytes exceeds {self.max_frame}")
-            if head_len > MAX_HEADER or head_len + 2 > length or head_len == 0:
-                raise CorruptFrame("bad header length")
-            total = 4 + length
-            if len(self.buf) < total:
-                break
-            head = bytes(self.buf[6:6 + head_len])
-            body = bytes(self.buf[6 + head_len:total])
-            del self.buf[:total]
-            header = _decode_header(head)
-            out.append(Frame(header, decode_payload(header.type, body, self.max_frame), body))
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= _PREFIX.size:
+                length, head_len = _PREFIX.unpack_from(buf, pos)
+                if length > self.max_frame:
+                    raise CorruptFrame(f"frame of {length} bytes exceeds {self.max_frame}")
+                if head_len > MAX_HEADER or head_len + 2 > length or head_len == 0:
+                    raise CorruptFrame("bad header length")
+                total = 4 + length
+                if end - pos < total:
+                    break
+                header = _decode_header(bytes(buf[pos + 6:pos + 6 + head_len]))
+                body = bytes(buf[pos + 6 + head_len:pos + total])
+                pos += total
+                out.append(Frame(header, decode_payload(header.type, body, self.max_frame),
+                                 body))
+        finally:
+            del buf[:pos]  # once per feed: many small frames cost no quadratic moves
         return out
 
     @property

@@ -68,6 +68,7 @@ class Clusterer:
         self.me: int = cfg["clusterer.node_id"]
         self.clusters: tuple[int, ...] = cfg["clusterer.cluster_id"]
         self.url: tuple[str, int] = cfg["clusterer.bin_listen"]
+        self.sip = tuple((host, port) for _, host, port in cfg["sip.listen"])
         self.incarnation = int.from_bytes(os.urandom(6), "big") << 16 | (os.getpid() & 0xFFFF)
         self.timing = Timing(cfg.timing("ping_interval_ms"), cfg.timing("ping_timeout_ms"),
                              cfg.timing("node_timeout_s") * 1000)
@@ -140,12 +141,13 @@ class Clusterer:
 
     def my_desc(self) -> dict[str, Any]:
         return {"id": self.me, "inc": self.incarnation, "url": list(self.url),
-                "clusters": list(self.clusters), "disabled": sorted(self.disabled[self.me]),
-                "seq": self.my_desc_seq}
+                "sip": [list(a) for a in self.sip], "clusters": list(self.clusters),
+                "disabled": sorted(self.disabled[self.me]), "seq": self.my_desc_seq}
 
     def peer_desc(self, peer: Peer) -> dict[str, Any]:
         return {"id": peer.node_id, "inc": peer.incarnation,
-                "url": list(peer.url) if peer.url else None, "clusters": sorted(peer.clusters),
+                "url": list(peer.url) if peer.url else None,
+                "sip": [list(a) for a in peer.sip], "clusters": sorted(peer.clusters),
                 "disabled": sorted(self.disabled.get(peer.node_id, ())),
                 "seq": self.desc_seq.get(peer.node_id, 0)}
 
@@ -581,6 +583,7 @@ class Clusterer:
             if not (node_id in self.conns and peer.url):
                 peer.url = (str(d["url"][0]), int(d["url"][1]))
             peer.clusters = frozenset(int(c) for c in d["clusters"])
+            peer.sip = tuple((str(a[0]), int(a[1])) for a in d.get("sip") or ())
             if d.get("inc") and node_id not in self.conns and \
                     int(d["inc"]) != peer.incarnation:
                 peer.incarnation = int(d["inc"])

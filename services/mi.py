@@ -43,11 +43,23 @@ class Command:
     handler: Callable[..., Any]
     heavy: bool
     doc: str
+    # Declared params (commands defined by the user script, whose handler here only
+    # forwards): names, and those without a default. None: read from the handler.
+    declared: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     @property
     def params(self) -> list[str]:
+        if self.declared is not None:
+            return list(self.declared[0])
         sig = inspect.signature(self.handler)
         return [p for p in list(sig.parameters)[1:] if not p.startswith("_")]
+
+    @property
+    def required(self) -> list[str]:
+        if self.declared is not None:
+            return list(self.declared[1])
+        return [p.name for p in list(inspect.signature(self.handler).parameters.values())[1:]
+                if p.default is inspect.Parameter.empty]
 
 
 REGISTRY: dict[str, Command] = {}
@@ -64,6 +76,18 @@ def command(name: str, *, heavy: bool = False, aliases: tuple[str, ...] = ()) ->
         return fn
 
     return wrap
+
+
+def register(cmd: Command) -> str | None:
+    """Add a command at run time (the script's); the reason if the name is taken."""
+    if cmd.name in REGISTRY:
+        return f"MI command {cmd.name} already exists"
+    REGISTRY[cmd.name] = cmd
+    return None
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
 
 
 def _bind_params(cmd: Command, params: Any) -> dict[str, Any]:
@@ -94,8 +118,7 @@ async def dispatch(node: Any, request: Any) -> dict[str, Any] | None:
         if cmd is None:
             raise MIError(METHOD_NOT_FOUND, f"Method not found: {request['method']}")
         kwargs = _bind_params(cmd, request.get("params"))
-        missing = [p.name for p in list(inspect.signature(cmd.handler).parameters.values())[1:]
-                   if p.default is inspect.Parameter.empty and p.name not in kwargs]
+        missing = [p for p in cmd.required if p not in kwargs]
         if missing:
             raise MIError(INVALID_PARAMS, f"missing param(s): {', '.join(missing)}")
         if cmd.heavy:

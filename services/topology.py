@@ -30,6 +30,7 @@ class Peer:
     """What this node knows of another node (one per node id, shared by clusters)."""
     node_id: int
     url: tuple[str, int] | None = None  # its bin_listen
+    sip: tuple[tuple[str, int], ...] = ()  # its SIP listeners (cluster_check_addr)
     clusters: frozenset[int] = frozenset()
     incarnation: int = 0
     enabled: bool = True

@@ -60,7 +60,20 @@ class NodeContext:
     mi_sock: socket.socket | None
     bin_sock: socket.socket | None
     master_pid: int
+    script_sock: socket.socket | None = None  # listening; the script process connects
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def close_sockets(self, keep: tuple[str, ...] = ()) -> None:
+        """Close the inherited sockets this process does not use (sip, mi, bin,
+        script), so a port is held only by the processes that serve it."""
+        if "sip" not in keep:
+            for s in self.sip:
+                if s.sock is not None:
+                    s.sock.close()
+        for name in ("mi", "bin", "script"):
+            sock = getattr(self, f"{name}_sock")
+            if name not in keep and sock is not None:
+                sock.close()
 
 
 class Child:

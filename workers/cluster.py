@@ -5,7 +5,7 @@ It hosts the cluster layers -- topology (services.clusterer), capabilities, real
 replication and full sync -- and the MI server. Everything here must keep the loop
 responsive: heartbeats to other nodes are sent from this loop, so heavy work (big MI
 dumps, sync chunks) runs in threads (the kernels release the GIL) and user scripts run
-in their own process. The live node set and capability states of every cluster are
+in their own process (services.script_bridge carries their messages). The live node set and capability states of every cluster are
 published to shared memory (shm.control views) so workers and the timer read them
 without asking. Neighbours: services.* (the layers), workers.child.
 """
@@ -27,6 +27,7 @@ from fastcluster.services.clusterer import Clusterer
 from fastcluster.services.mi import MIServer, dispatch
 from fastcluster.services.partitions import PartitionMap
 from fastcluster.services.replication import Applier, Replication
+from fastcluster.services.script_bridge import ScriptBridge
 from fastcluster.services.sync import SyncManager
 from fastcluster.shm import control as CT
 from fastcluster.workers.child import Child
@@ -41,9 +42,7 @@ class ClusterProcess(Child):
     title = "cluster"
 
     def boot(self) -> None:
-        for s in self.ctx.sip:  # this process never reads SIP traffic
-            if s.sock is not None:
-                s.sock.close()
+        self.ctx.close_sockets(keep=("mi", "bin", "script"))
         self.clusterer = Clusterer(self.cfg, self.stats)
         self.clusterer.mi_runner = self.run_mi
         self.clusterer.on_recompute = self.publish_views
@@ -53,6 +52,7 @@ class ClusterProcess(Child):
         self.replication = Replication(self, self.clusterer, self.caps, applier)
         self.sync = SyncManager(self, self.clusterer, self.caps, applier)
         self.partitions = PartitionMap(self, self.caps)
+        self.script = ScriptBridge(self, self.clusterer)
 
     def run(self) -> None:
         asyncio.run(self.main())
@@ -63,6 +63,7 @@ class ClusterProcess(Child):
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         self.mi = MIServer(self, self.ctx.mi_sock)
         await self.mi.start()
+        await self.script.start()
         await self.clusterer.start(self.ctx.bin_sock)
         self.publish_views()
         self.sync.start()
@@ -73,6 +74,7 @@ class ClusterProcess(Child):
             task.cancel()
         self.replication.drain()  # the last changes still go out
         await self.clusterer.stop()
+        await self.script.close()
         await self.mi.close()
 
     async def _beat(self) -> None:
@@ -89,8 +91,10 @@ class ClusterProcess(Child):
         return {k: v for k, v in reply.items() if k in ("result", "error")}
 
     def publish_views(self) -> None:
-        """Live nodes and capability states per cluster, and the ping partition map."""
+        """Live nodes and capability states per cluster, the ping partition map, and the
+        script's cluster snapshot."""
         self.partitions.update()
+        self.script.push_snapshot()
         cl = self.clusterer
         ctl = self.mem.control
         for index, cid in enumerate(cl.clusters[:CT.MAX_VIEWS]):

@@ -122,6 +122,11 @@ class Master:
         bin_host, bin_port = self.cfg["clusterer.bin_listen"]
         bin_sock = _bind(socket.AF_INET6 if ":" in bin_host else socket.AF_INET,
                          socket.SOCK_STREAM, bin_host, bin_port, "clusterer bin")
+        script_sock = None
+        if self.cfg["script.module"]:
+            script_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            script_sock.bind(self.cfg.script_address)
+            script_sock.listen(4)
         seconds = warm_kernels()
         log.info("kernels ready in %.2f s", seconds)
         mem = NodeMemory.create(self.cfg, self.pid)
@@ -129,7 +134,7 @@ class Master:
             log.info("shared memory committed: %d MB in %.2f s", mem.nbytes >> 20,
                      mem.prefault())
         mem.control.set_slot(CT.SLOT_MASTER, self.pid, CT.ROLE_MASTER, 0)
-        self.ctx = NodeContext(self.cfg, mem, sip, mi_sock, bin_sock, self.pid)
+        self.ctx = NodeContext(self.cfg, mem, sip, mi_sock, bin_sock, self.pid, script_sock)
         self._install_signals()
         for state in self._plan():
             self.children[state.slot] = state
@@ -345,12 +350,7 @@ class Master:
                 deadline = float("inf")
             time.sleep(0.01)
         if self.ctx is not None:
-            for s in self.ctx.sip:
-                if s.sock is not None:
-                    s.sock.close()
-            for sock in (self.ctx.mi_sock, self.ctx.bin_sock):
-                if sock is not None:
-                    sock.close()
+            self.ctx.close_sockets()
             mem = self.ctx.mem
             mem.unlink()
             mem.close()

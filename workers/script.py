@@ -3,7 +3,10 @@ cluster process, so a slow, raising or hanging hook never delays heartbeats.
 
 It loads the module at boot: a script that fails to import is a boot failure, and the
 master stops the node with the script's traceback instead of respawning it in a loop.
-Neighbours: services.script (the API scripts call), workers.cluster (delivers events).
+Then it connects to the cluster process (and reconnects whenever that one restarts),
+and its main thread beats, applies reloads and abandons hooks that run too long while
+the runtime's threads read messages and call the hooks. Neighbours: services.script
+(the API and runtime), services.script_bridge (the cluster side).
 """
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ import sys
 import time
 from types import ModuleType
 
+from fastcluster.services import script as api
 from fastcluster.shm import control as CT
 from fastcluster.workers.child import Child
 
 log = logging.getLogger("script")
 
-IDLE_S = 0.1
+IDLE_S = 0.05
+RECONNECT_S = 0.2
 
 
 def load_script(path: str) -> ModuleType:
@@ -42,17 +47,28 @@ class ScriptProcess(Child):
     title = "script"
 
     def boot(self) -> None:
-        for s in self.ctx.sip:
-            if s.sock is not None:
-                s.sock.close()
-        for sock in (self.ctx.mi_sock, self.ctx.bin_sock):
-            if sock is not None:
-                sock.close()
+        self.ctx.close_sockets()
+        api.MI_COMMANDS.clear()
         self.module = load_script(self.cfg["script.module"])
-        log.info("script %s loaded", self.cfg["script.module"])
+        self.runtime = api.Runtime(self, self.module)
+        api._runtime = self.runtime
+        hooks = [h for h in api.HOOKS if self.runtime.hooks[h] is not None]
+        log.info("script %s loaded: hooks %s, MI commands %s", self.cfg["script.module"],
+                 ", ".join(hooks) or "none", ", ".join(api.MI_COMMANDS) or "none")
 
     def run(self) -> None:
-        while not self.stopping:
-            self.beat()
-            self.check_reload()
-            time.sleep(IDLE_S)
+        rt = self.runtime
+        rt.start_hooks()
+        next_try = 0.0
+        try:
+            while not self.stopping:
+                self.beat()
+                self.check_reload()
+                now = time.monotonic()
+                if not rt.connected.is_set() and now >= next_try:
+                    rt.connect()
+                    next_try = now + RECONNECT_S
+                rt.watch()
+                time.sleep(IDLE_S)
+        finally:
+            rt.close()

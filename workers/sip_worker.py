@@ -43,9 +43,7 @@ class SipWorker(Child):
     def boot(self) -> None:
         from fastcluster.services.registrar import SipApp
 
-        for sock in (self.ctx.mi_sock, self.ctx.bin_sock):
-            if sock is not None:
-                sock.close()
+        self.ctx.close_sockets(keep=("sip",))
         self.listeners: list[SipSocket] = []
         for s in self.ctx.sip:
             if s.sock is None:  # reuseport: a socket of our own

@@ -27,9 +27,7 @@ class TimerProcess(Child):
     def boot(self) -> None:
         from fastcluster.services.natping import NatPinger
 
-        for sock in (self.ctx.mi_sock, self.ctx.bin_sock):
-            if sock is not None:
-                sock.close()
+        self.ctx.close_sockets(keep=("sip",))
         self.cursors = {"contacts": 0, "dialogs": 0}
         self.pinger = NatPinger(self, TICK_S)
 

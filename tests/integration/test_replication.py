@@ -5,7 +5,6 @@ import socket
 
 import pytest
 
-from tests.integration.test_topology import cut_link  # noqa: F401  (fixture)
 from tests.support import sipp
 from tests.support.nodes import (
     Node,

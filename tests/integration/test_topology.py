@@ -3,11 +3,8 @@ corrupt frames, leave, status, removal, several clusters, the view in shared mem
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 
-import pytest
 
 from fastcluster.core.wire import Header, Msg, encode
 from fastcluster.shm.control import VIEW_UP
@@ -199,34 +196,6 @@ def test_static_provisioning(tmp_path) -> None:
             wait_until(lambda n=n: len(up_set(n)) == 2, what="static mesh")
     finally:
         stop_all(nodes)
-
-
-class LinkCutter:
-    """iptables rules dropping TCP between loopback addresses; heal() removes them."""
-
-    def __init__(self) -> None:
-        self.rules: list[list[str]] = []
-
-    def __call__(self, a: str, b: str) -> None:
-        for src, dst in ((a, b), (b, a)):
-            rule = ["INPUT", "-s", src, "-d", dst, "-p", "tcp", "-j", "DROP"]
-            subprocess.run(["iptables", "-I", *rule], check=True)
-            self.rules.append(rule)
-
-    def heal(self) -> None:
-        for rule in self.rules:
-            subprocess.run(["iptables", "-D", *rule], check=False)
-        self.rules.clear()
-
-
-@pytest.fixture
-def cut_link():
-    """Cut links between loopback addresses for a test (rules removed after it)."""
-    if os.geteuid() != 0 or shutil.which("iptables") is None:
-        pytest.skip("needs root and iptables to cut a loopback link")
-    cutter = LinkCutter()
-    yield cutter
-    cutter.heal()
 
 
 def test_relay_when_a_direct_link_is_cut(tmp_path, cut_link) -> None:

@@ -1,0 +1,569 @@
+"""The API a user script calls, and the runtime behind it (in the script process).
+
+A script is a Python module named by `[script] module` (docs/scripting.md has a full
+guide). It may define hooks, each optional, called with OpenSIPS's event parameters:
+
+    def on_request(cluster_id, src_id, msg, tag)    # E_CLUSTERER_REQ_RECEIVED
+    def on_reply(cluster_id, src_id, msg, tag)      # E_CLUSTERER_RPL_RECEIVED
+    def on_node_state(cluster_id, node_id, up)      # E_CLUSTERER_NODE_STATE_CHANGED
+
+and MI commands (`@mi_command("name")`, called as handler(**params)). It calls:
+
+    cluster_send_req(cluster_id, dst_node, msg)       -> tag (str) or a SendResult
+    cluster_broadcast_req(cluster_id, msg, include_self=False) -> tag or a SendResult
+    cluster_send_rpl(cluster_id, dst_node, msg, tag)  -> SendResult
+    cluster_check_addr(cluster_id, ip, addr_type="sip") -> bool
+    request(cluster_id, msg, dst_node=None, timeout=1.0, include_self=False) -> Replies
+    node_id(), cluster_nodes(cluster_id), statistics(names)
+
+A message is any msgpack-able value (str, bytes, int, float, bool, None, lists, dicts) of
+at most script.max_message_bytes once encoded; anything else raises MessageTooLarge or
+TypeError and nothing is sent. Result codes are OpenSIPS's (services.clusterer.SendResult):
+SUCCESS sent; CURR_DISABLED this node is disabled in the cluster; DEST_DOWN the
+destination (for a broadcast: every node) is unreachable; SEND_ERR unknown cluster or
+node, or the cluster process is not there. The answer comes from the cluster view the
+cluster process last sent; a message that finds no route after all is dropped there and
+counted (clusterer:unroutable_msgs), like OpenSIPS.
+
+Runtime: one connection to the cluster process (a unix stream, core.wire frames). Sends
+are combined: a caller that finds the connection busy leaves its message to the thread
+that holds it, so a burst becomes a few large writes, one frame per destination carrying
+many messages. A reader thread feeds one hook thread, in arrival order (so in order per
+source); a hook that raises is logged with its traceback; one that runs past
+script.hook_timeout_s is abandoned to its thread and a fresh hook thread takes the next
+events. Replies someone waits for (request()) go to the waiter, not to on_reply. MI
+calls run in a small thread pool. Neighbours: workers.script (the process),
+services.script_bridge (the cluster side), examples/cluster_stats.py.
+"""
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import itertools
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+
+from fastcluster.core.config import Config
+from fastcluster.core.stats import INDEX
+from fastcluster.core.wire import CorruptFrame, Decoder, Header, Msg, encode
+from fastcluster.services.clusterer import SendResult
+
+log = logging.getLogger("script")
+
+HOOKS = ("on_request", "on_reply", "on_node_state")
+QUEUE_EVENTS = 100_000  # events waiting for the hook thread before the reader waits
+FRAME_ITEMS_BYTES = 256 << 10  # messages packed together in one frame, at most
+MAX_ABANDONED = 8  # hung hook threads before the process gives up (and is respawned)
+SEND_TIMEOUT_S = 2.0  # a cluster process that reads nothing for this long is gone
+FRAME = -1  # a pending entry that is a complete frame (control messages)
+FIXARRAY_2 = b"\x92"  # msgpack: an array of two elements follows
+
+__all__ = ["MessageTooLarge", "Replies", "ScriptMIError", "SendResult",
+           "cluster_broadcast_req", "cluster_check_addr", "cluster_nodes", "cluster_send_req",
+           "cluster_send_rpl", "mi_command", "node_id", "request", "statistics"]
+
+
+class MessageTooLarge(ValueError):
+    """A message longer than script.max_message_bytes once encoded: not sent."""
+
+
+class Replies(dict):
+    """{node_id: reply} from request(); `asked` the nodes the request went to."""
+
+    def __init__(self, asked: list[int]) -> None:
+        super().__init__()
+        self.asked = asked
+
+    @property
+    def missing(self) -> list[int]:
+        return [n for n in self.asked if n not in self]
+
+
+# ---------------------------------------------------------------- MI commands
+
+MI_COMMANDS: dict[str, Callable[..., Any]] = {}
+
+
+def mi_command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an MI command run by the script: handler(**params) -> JSON-able result.
+    Raise MIError-like errors with `raise ScriptMIError(code, message)`."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        MI_COMMANDS[name] = fn
+        return fn
+
+    return wrap
+
+
+class ScriptMIError(Exception):
+    """Raised by a script MI handler: the MI answers {"code": code, "message": ...}."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def describe_commands() -> list[dict[str, Any]]:
+    """What the cluster process needs to offer the script's MI commands."""
+    out = []
+    for name, fn in MI_COMMANDS.items():
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        out.append({"name": name, "doc": (fn.__doc__ or "").strip().split("\n")[0],
+                    "params": [p.name for p in params],
+                    "required": [p.name for p in params if p.default is p.empty]})
+    return out
+
+
+# ---------------------------------------------------------------- the runtime
+
+class _Waiter:
+    def __init__(self, expected: set[int]) -> None:
+        self.expected = expected
+        self.replies: dict[int, Any] = {}
+        self.done = threading.Event()
+
+    def add(self, node: int, msg: Any) -> None:
+        self.replies.setdefault(node, msg)
+        if self.expected <= set(self.replies):
+            self.done.set()
+
+
+class Runtime:
+    """Everything the API needs; one per script process (module global `_runtime`)."""
+
+    def __init__(self, proc: Any, module: Any) -> None:
+        self.proc = proc
+        self.me: int = proc.cfg["clusterer.node_id"]
+        self.address = proc.cfg.script_address
+        self.max_frame = proc.cfg["clusterer.max_frame_bytes"]
+        self.hooks = {name: getattr(module, name, None) for name in HOOKS}
+        self.sock: socket.socket | None = None
+        self.snapshot: dict[int, dict[str, Any]] = {}  # cluster -> {enabled, nodes}
+        self.pending: list[tuple[int, int, int, bytes]] = []  # kind, cluster, dst, item
+        self.pending_lock = threading.Lock()
+        self.out_lock = threading.Lock()
+        self.count_lock = threading.Lock()
+        self.events: queue.Queue = queue.Queue(QUEUE_EVENTS)
+        self.waiters: dict[str, _Waiter] = {}
+        self.tag_prefix = os.urandom(4).hex()
+        self.tags = itertools.count(1)
+        self.runner: _HookRunner | None = None
+        self.abandoned: list[_HookRunner] = []
+        self.mi_pool = ThreadPoolExecutor(4, thread_name_prefix="script-mi")
+        self.reader: threading.Thread | None = None
+        self.connected = threading.Event()
+        for name, fn in self.hooks.items():
+            if fn is not None and not callable(fn):
+                raise TypeError(f"script hook {name} is not a function")
+
+    @property
+    def cfg(self) -> Config:
+        return self.proc.cfg  # follows reloads
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.count_lock:
+            self.proc.stats[INDEX[name]] += n
+
+    # -- connection
+
+    def connect(self) -> bool:
+        """(Re)connect to the cluster process; True when connected."""
+        if self.connected.is_set():
+            return True
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.address)
+        except OSError as exc:
+            sock.close()
+            log.debug("cluster process not reachable yet: %s", exc)
+            return False
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        _timeval(SEND_TIMEOUT_S))
+        self.sock = sock
+        self.connected.set()
+        self.control({"hello": os.getpid(), "mi": describe_commands()})
+        self.reader = threading.Thread(target=self._read, args=(sock,), name="script-reader",
+                                       daemon=True)
+        self.reader.start()
+        return True
+
+    def _lost(self, sock: socket.socket, why: str) -> None:
+        if self.sock is sock and self.connected.is_set():
+            log.warning("connection to the cluster process lost (%s): reconnecting", why)
+            self.connected.clear()
+            self.snapshot = {}
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self._lost(self.sock, "stopping")
+        self.mi_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- sending
+
+    def control(self, payload: dict[str, Any]) -> None:
+        """A control message for the cluster process (in order with the messages)."""
+        frame = encode(Header(Msg.SCRIPT_CTL, 0, self.me, self.me), payload)
+        with self.pending_lock:
+            self.pending.append((FRAME, 0, 0, frame))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what is pending. Whoever holds the connection writes everything queued
+        meanwhile, and looks again after releasing it, so nothing is left behind."""
+        while self.pending:
+            if not self.out_lock.acquire(blocking=False):
+                return
+            try:
+                with self.pending_lock:
+                    items, self.pending = self.pending, []
+                sock = self.sock
+                if sock is None or not self.connected.is_set():
+                    self.count("script:dropped_msgs", len(items))
+                    continue
+                try:
+                    sock.sendall(b"".join(self._frames(items)))
+                except OSError as exc:  # a timeout may have cut a frame: stream lost
+                    self.count("script:dropped_msgs", len(items))
+                    self._lost(sock, f"send: {exc}")
+            finally:
+                self.out_lock.release()
+
+    def _frames(self, items: list[tuple[int, int, int, bytes]]) -> list[bytes]:
+        """One frame per run of messages to the same destination."""
+        frames: list[bytes] = []
+        run: list[bytes] = []
+        size = 0
+        key: tuple[int, int, int] | None = None
+
+        def close_run() -> None:
+            if run and key is not None:
+                frames.append(encode(Header(Msg(key[0]), key[1], self.me, key[2]),
+                                     raw=b"".join(run)))
+
+        for kind, cluster, dst, item in items:
+            if kind == FRAME:
+                close_run()
+                frames.append(item)
+                key, run, size = None, [], 0
+                continue
+            if (kind, cluster, dst) != key or size + len(item) > FRAME_ITEMS_BYTES:
+                close_run()
+                key, run, size = (kind, cluster, dst), [], 0
+            run.append(item)
+            size += len(item)
+        close_run()
+        return frames
+
+    def pack(self, tag: str, msg: Any) -> bytes:
+        """The wire item [tag, msg]; refuses what cannot be sent, before sending."""
+        try:
+            body = msgpack.packb(msg, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.count("script:refused_msgs")
+            raise TypeError(f"a cluster message must be msgpack-able (str, bytes, int, "
+                            f"float, bool, None, lists, dicts): {exc}") from None
+        limit = self.cfg["script.max_message_bytes"]
+        if len(body) > limit:
+            self.count("script:refused_msgs")
+            raise MessageTooLarge(f"cluster message of {len(body)} bytes (msgpack) exceeds "
+                                  f"script.max_message_bytes ({limit})")
+        return FIXARRAY_2 + msgpack.packb(tag) + body
+
+    def queue_items(self, kind: Msg, cluster: int, dsts: list[int], item: bytes) -> None:
+        local = self.me in dsts
+        remote = [d for d in dsts if d != self.me]
+        if remote:
+            with self.pending_lock:
+                self.pending.extend((int(kind), cluster, d, item) for d in remote)
+            self._flush()
+        if local:  # to this node itself: straight to its own hooks
+            self._deliver(kind, cluster, self.me, item)
+        self.count("script:requests_sent" if kind == Msg.SCRIPT_REQ else
+                   "script:replies_sent", len(dsts))
+
+    def route(self, cluster: int, dst: int | None) -> SendResult:
+        """Result code for a send to dst (None: a broadcast), from the cluster view."""
+        view = self.snapshot.get(cluster)
+        if view is None:
+            return SendResult.SEND_ERR  # unknown cluster, or no cluster process yet
+        if not view["enabled"]:
+            return SendResult.CURR_DISABLED
+        nodes = view["nodes"]
+        if dst is None:
+            return SendResult.SUCCESS if self.up_nodes(cluster) else SendResult.DEST_DOWN
+        if dst == self.me:
+            return SendResult.SUCCESS
+        if dst not in nodes:
+            return SendResult.SEND_ERR
+        return SendResult.SUCCESS if nodes[dst]["up"] else SendResult.DEST_DOWN
+
+    def up_nodes(self, cluster: int) -> list[int]:
+        view = self.snapshot.get(cluster)
+        return sorted(n for n, d in view["nodes"].items() if d["up"] and n != self.me) \
+            if view else []
+
+    def new_tag(self, cluster: int) -> str:
+        return f"{cluster}-{self.me}-{self.tag_prefix}{next(self.tags):016x}"
+
+    # -- receiving
+
+    def _read(self, sock: socket.socket) -> None:
+        decoder = Decoder(self.max_frame)
+        while True:
+            try:
+                data = sock.recv(1 << 18)
+            except OSError as exc:
+                self._lost(sock, f"recv: {exc}")
+                return
+            if not data:
+                self._lost(sock, "closed by the cluster process")
+                return
+            try:
+                frames = decoder.feed(data)
+            except CorruptFrame as exc:
+                self._lost(sock, f"corrupt frame: {exc}")
+                return
+            for frame in frames:
+                h = frame.header
+                if h.type in (Msg.SCRIPT_REQ, Msg.SCRIPT_RPL):
+                    self._deliver(h.type, h.cluster, h.source, frame.payload)
+                elif h.type == Msg.SCRIPT_CTL and isinstance(frame.payload, dict):
+                    self._control(frame.payload)
+
+    def _deliver(self, kind: Msg, cluster: int, source: int, raw: bytes) -> None:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                    max_buffer_size=max(len(raw), 1 << 16))
+        unpacker.feed(raw)
+        try:
+            for item in unpacker:
+                if not (isinstance(item, list) and len(item) == 2 and
+                        isinstance(item[0], str)):
+                    log.warning("malformed script message from node %d dropped", source)
+                    continue
+                tag, msg = item
+                if kind == Msg.SCRIPT_RPL:
+                    self.count("script:replies_received")
+                    waiter = self.waiters.get(tag)
+                    if waiter is not None:
+                        waiter.add(source, msg)
+                        continue
+                    self._event("on_reply", (cluster, source, msg, tag))
+                else:
+                    self.count("script:requests_received")
+                    self._event("on_request", (cluster, source, msg, tag))
+        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+            log.warning("undecodable script messages from node %d dropped: %s", source, exc)
+
+    def _event(self, hook: str, args: tuple) -> None:
+        if self.hooks[hook] is not None:
+            self.events.put((hook, args))
+
+    def _control(self, p: dict[str, Any]) -> None:
+        if "snapshot" in p:
+            self.snapshot = {int(c): {"enabled": bool(v["enabled"]),
+                                      "nodes": {int(n): d for n, d in v["nodes"].items()}}
+                             for c, v in p["snapshot"].items()}
+        if "event" in p:
+            cluster, node, up = p["event"]
+            self._event("on_node_state", (int(cluster), int(node), bool(up)))
+        if "mi_call" in p:
+            call_id, name, params = p["mi_call"]
+            self.mi_pool.submit(self._mi_call, call_id, name, params or {})
+
+    def _mi_call(self, call_id: int, name: str, params: dict[str, Any]) -> None:
+        fn = MI_COMMANDS.get(name)
+        try:
+            if fn is None:
+                raise ScriptMIError(404, f"the script has no MI command {name}")
+            reply: dict[str, Any] = {"mi_reply": [call_id, True, fn(**params)]}
+            msgpack.packb(reply, use_bin_type=True)
+        except ScriptMIError as exc:
+            reply = {"mi_reply": [call_id, False, {"code": exc.code, "message": exc.message}]}
+        except Exception as exc:  # noqa: BLE001 - reported to the MI caller, logged here
+            log.exception("script MI command %s failed", name)
+            reply = {"mi_reply": [call_id, False, {"code": 500, "message":
+                                                    f"{type(exc).__name__}: {exc}"}]}
+        self.control(reply)
+
+    # -- hooks
+
+    def start_hooks(self) -> None:
+        self.runner = _HookRunner(self)
+
+    def watch(self) -> None:
+        """Called by the process's main loop: abandon a hook past its time."""
+        runner = self.runner
+        if runner is None:
+            return
+        started, what = runner.current
+        timeout = self.cfg["script.hook_timeout_s"]
+        if started and time.monotonic() - started > timeout:
+            runner.abandon()
+            self.count("script:hooks_abandoned")
+            self.abandoned = [r for r in self.abandoned if r.thread.is_alive()] + [runner]
+            log.error("script hook %s still running after %.1f s: abandoned (it keeps its "
+                      "thread; the next events go to a new hook thread)", what, timeout)
+            if len(self.abandoned) > MAX_ABANDONED:
+                raise RuntimeError(f"{len(self.abandoned)} script hooks hang: restarting "
+                                   "the script process")
+            self.runner = _HookRunner(self)
+
+
+class _HookRunner:
+    """One thread calling hooks in order; abandoned (not killed) when one hangs."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.current: tuple[float, str] = (0.0, "")
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._run, name="script-hooks", daemon=True)
+        self.thread.start()
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+    def _run(self) -> None:
+        rt = self.rt
+        while not self.abandoned:
+            hook, args = rt.events.get()
+            self.current = (time.monotonic(), f"{hook}{args!r:.200}")
+            try:
+                rt.hooks[hook](*args)
+            except Exception:  # noqa: BLE001 - a script bug must not stop the node
+                rt.count("script:hook_errors")
+                log.exception("script hook %s raised", hook)
+            self.current = (0.0, "")
+
+
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+
+
+# ---------------------------------------------------------------- the API
+
+_runtime: Runtime | None = None
+
+
+def _rt() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("the cluster script API works only in the script process of a "
+                           "node ([script] module)")
+    return _runtime
+
+
+def node_id() -> int:
+    """This node's id."""
+    return _rt().me
+
+
+def cluster_nodes(cluster_id: int) -> list[int]:
+    """The other nodes of the cluster that are reachable now."""
+    return _rt().up_nodes(cluster_id)
+
+
+def cluster_send_req(cluster_id: int, dst_node: int, msg: Any) -> str | SendResult:
+    """Send a request to one node: its tag (str), or the SendResult that stopped it."""
+    rt = _rt()
+    result = rt.route(cluster_id, dst_node)
+    if result != SendResult.SUCCESS:
+        return result
+    tag = rt.new_tag(cluster_id)
+    rt.queue_items(Msg.SCRIPT_REQ, cluster_id, [dst_node], rt.pack(tag, msg))
+    return tag
+
+
+def cluster_broadcast_req(cluster_id: int, msg: Any,
+                          include_self: bool = False) -> str | SendResult:
+    """Send a request to every reachable node of the cluster (and to this node's own
+    on_request with include_self): one tag for all, or the SendResult that stopped it."""
+    rt = _rt()
+    result = rt.route(cluster_id, None)
+    if result == SendResult.DEST_DOWN and include_self:
+        result = SendResult.SUCCESS
+    if result != SendResult.SUCCESS:
+        return result
+    tag = rt.new_tag(cluster_id)
+    dsts = rt.up_nodes(cluster_id) + ([rt.me] if include_self else [])
+    rt.queue_items(Msg.SCRIPT_REQ, cluster_id, dsts, rt.pack(tag, msg))
+    return tag
+
+
+def cluster_send_rpl(cluster_id: int, dst_node: int, msg: Any, tag: str) -> SendResult:
+    """Answer a request: send msg to dst_node with the request's tag."""
+    if not tag:
+        raise ValueError("cluster_send_rpl needs the tag of the request it answers")
+    rt = _rt()
+    result = rt.route(cluster_id, dst_node)
+    if result == SendResult.SUCCESS:
+        rt.queue_items(Msg.SCRIPT_RPL, cluster_id, [dst_node], rt.pack(tag, msg))
+    return result
+
+
+def cluster_check_addr(cluster_id: int, ip: str, addr_type: str = "sip") -> bool:
+    """Whether ip is an address of a node of the cluster (this node included): one of
+    its SIP listeners (addr_type "sip", the default) or its bin_listen ("bin")."""
+    if addr_type not in ("sip", "bin"):
+        raise ValueError('addr_type must be "sip" or "bin"')
+    try:
+        wanted = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    view = _rt().snapshot.get(cluster_id)
+    if view is None:
+        return False
+    for node in view["nodes"].values():
+        for host in node[addr_type]:
+            try:
+                if ipaddress.ip_address(host) == wanted:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def request(cluster_id: int, msg: Any, dst_node: int | None = None, timeout: float = 1.0,
+            include_self: bool = False) -> Replies:
+    """Send a request (to dst_node, or to every reachable node) and wait up to timeout
+    seconds for the replies: {node: reply}, with .asked and .missing. Their replies go
+    here, not to on_reply. For MI handlers and hooks that need an answer."""
+    rt = _rt()
+    if dst_node is None:
+        dsts = rt.up_nodes(cluster_id) + ([rt.me] if include_self else [])
+    else:
+        dsts = [dst_node] if rt.route(cluster_id, dst_node) == SendResult.SUCCESS else []
+    replies = Replies(dsts)
+    if not dsts or (dst_node is None and rt.route(cluster_id, None) ==
+                    SendResult.CURR_DISABLED):
+        return replies
+    tag = rt.new_tag(cluster_id)
+    waiter = _Waiter(set(dsts))
+    rt.waiters[tag] = waiter
+    try:
+        rt.queue_items(Msg.SCRIPT_REQ, cluster_id, dsts, rt.pack(tag, msg))
+        waiter.done.wait(timeout)
+    finally:
+        rt.waiters.pop(tag, None)
+    replies.update(waiter.replies)
+    return replies
+
+
+def statistics(names: list[str] | str | None = None) -> dict[str, int]:
+    """This node's statistics, as the MI get_statistics gives them."""
+    from fastcluster.services.mi_core import mi_get_statistics
+
+    return mi_get_statistics(_rt().proc, names)

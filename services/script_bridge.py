@@ -1,0 +1,224 @@
+"""The cluster process's side of the user script: messages between the script process and
+the other nodes, node events, and the MI commands the script defines.
+
+The script process connects to an abstract unix socket the master bound (only a child
+of this node's master is accepted: SO_PEERCRED). Both directions carry core.wire frames:
+SCRIPT_REQ / SCRIPT_RPL frames from the script are routed like any cluster message (to
+the destination or its next hop; relays forward them untouched), and those that arrive
+for this node go to the script as they are. The payload, a msgpack stream of [tag, msg],
+is never decoded here. SCRIPT_CTL frames carry the cluster snapshot the script answers
+its API calls from, node state events, and MI calls and their results. The cluster loop
+never waits for the script: what the script has not read yet is bounded by
+script.queue_bytes, past which messages are dropped and counted. Neighbours:
+services.script (the script side), services.clusterer (routing, node events),
+services.mi (dynamic commands), workers.cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import struct
+from typing import Any
+
+import msgpack
+
+from fastcluster.core.stats import INDEX
+from fastcluster.core.wire import CorruptFrame, Decoder, Frame, Header, Msg, encode
+from fastcluster.services import mi
+from fastcluster.services.clusterer import Clusterer, SendResult
+
+log = logging.getLogger("script")
+
+READ_CHUNK = 1 << 18
+
+
+class ScriptBridge:
+    def __init__(self, proc: Any, clusterer: Clusterer) -> None:
+        self.proc = proc
+        self.cl = clusterer
+        self.listen_sock: socket.socket | None = proc.ctx.script_sock
+        self.writer: asyncio.StreamWriter | None = None
+        self.last_snapshot = b""
+        self.commands: list[str] = []  # MI commands registered for the script
+        self.calls: dict[int, asyncio.Future] = {}
+        self.call_ids = itertools.count(1)
+        self.server: asyncio.base_events.Server | None = None
+        if self.listen_sock is not None:
+            clusterer.handlers[Msg.SCRIPT_REQ] = self.from_node
+            clusterer.handlers[Msg.SCRIPT_RPL] = self.from_node
+            clusterer.subscribers.append(self.on_node_event)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.proc.stats[INDEX[name]] += n
+
+    async def start(self) -> None:
+        if self.listen_sock is not None:
+            self.server = await asyncio.start_unix_server(self._client, sock=self.listen_sock)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.server is not None:
+            self.server.close()
+
+    # -- the script's connection
+
+    def _trusted(self, sock: socket.socket) -> str | None:
+        """None if the peer is a process of this node, else why it is refused."""
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
+                                                          socket.SO_PEERCRED, 12))
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            ppid = -1
+        if uid != os.getuid() or ppid != self.proc.ctx.master_pid:
+            return f"pid {pid} (uid {uid}) is not a process of this node"
+        return None
+
+    async def _client(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        why = self._trusted(writer.get_extra_info("socket"))
+        if why is not None:
+            log.warning("script connection refused: %s", why)
+            writer.close()
+            return
+        if self.writer is not None:
+            self.writer.close()  # a new script process replaces the old one
+        self.writer = writer
+        self.last_snapshot = b""
+        self.push_snapshot()
+        decoder = Decoder(self.proc.cfg["clusterer.max_frame_bytes"])
+        reason = "closed"
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    self._from_script(frame)
+        except CorruptFrame as exc:
+            reason = f"corrupt frame: {exc}"
+        except (ConnectionError, OSError) as exc:
+            reason = str(exc)
+        except asyncio.CancelledError:
+            reason = "the cluster process stops"  # not re-raised: nothing waits for it
+        finally:
+            if self.writer is writer:
+                self.writer = None
+                log.info("script process disconnected (%s)", reason)
+                for fut in self.calls.values():
+                    if not fut.done():
+                        fut.set_result((False, {"code": 503, "message":
+                                                "the script process went away"}))
+            writer.close()
+
+    def _from_script(self, frame: Frame) -> None:
+        h = frame.header
+        if h.type in (Msg.SCRIPT_REQ, Msg.SCRIPT_RPL):
+            if self.cl.send(h.cluster, h.destination, h.type, raw=frame.raw) != \
+                    SendResult.SUCCESS:
+                self._count("clusterer:unroutable_msgs")
+        elif h.type == Msg.SCRIPT_CTL and isinstance(frame.payload, dict):
+            p = frame.payload
+            if "hello" in p:
+                log.info("script process %s connected", p["hello"])
+                self._register(p.get("mi") or [])
+            if "mi_reply" in p:
+                call_id, ok, value = p["mi_reply"]
+                fut = self.calls.pop(int(call_id), None)
+                if fut is not None and not fut.done():
+                    fut.set_result((bool(ok), value))
+        else:
+            log.warning("unexpected %s frame from the script process", h.type.name)
+
+    def _send(self, data: bytes) -> bool:
+        w = self.writer
+        if w is None or w.is_closing():
+            return False
+        if w.transport.get_write_buffer_size() > self.proc.cfg["script.queue_bytes"]:
+            return False
+        w.write(data)
+        return True
+
+    def _control(self, payload: dict[str, Any]) -> bool:
+        return self._send(encode(Header(Msg.SCRIPT_CTL, 0, self.cl.me, self.cl.me), payload))
+
+    # -- from the other nodes
+
+    def from_node(self, frame: Frame, conn: Any) -> None:
+        if not self._send(encode(frame.header, raw=frame.raw)):
+            self._count("script:dropped_msgs")
+
+    # -- cluster state for the script's API
+
+    def snapshot(self) -> dict[int, Any]:
+        cl = self.cl
+        out: dict[int, Any] = {}
+        for cid in cl.clusters:
+            nodes = {cl.me: {"up": True, "bin": [cl.url[0]], "sip": [a[0] for a in cl.sip]}}
+            for peer in cl.peers.values():
+                if cid in peer.clusters:
+                    nodes[peer.node_id] = {
+                        "up": cl.is_up(cid, peer.node_id),
+                        "bin": [peer.url[0]] if peer.url else [],
+                        "sip": [a[0] for a in peer.sip]}
+            out[cid] = {"enabled": cl.enabled(cid), "nodes": nodes}
+        return out
+
+    def push_snapshot(self) -> None:
+        """Send the snapshot if it changed (called after every topology change)."""
+        if self.writer is None:
+            return
+        snap = self.snapshot()
+        packed = msgpack.packb(snap)
+        if packed != self.last_snapshot and self._control({"snapshot": snap}):
+            self.last_snapshot = packed
+
+    def on_node_event(self, cluster: int, node: int, up: bool) -> None:
+        self.push_snapshot()  # the hook then sees the new state through the API
+        if self.writer is not None and not self._control({"event": [cluster, node, up]}):
+            self._count("script:dropped_msgs")
+
+    # -- MI commands defined by the script
+
+    def _register(self, described: list[dict[str, Any]]) -> None:
+        for name in self.commands:
+            mi.unregister(name)
+        self.commands = []
+        for d in described:
+            name = str(d["name"])
+            cmd = mi.Command(name, self._proxy(name), False, str(d.get("doc", "")),
+                             (tuple(d.get("params", ())), tuple(d.get("required", ()))))
+            refused = mi.register(cmd)
+            if refused:
+                log.error("script MI command %s not added: %s", name, refused)
+            else:
+                self.commands.append(name)
+        if self.commands:
+            log.info("script MI commands: %s", ", ".join(self.commands))
+
+    def _proxy(self, name: str):
+        async def call(_node: Any, /, **params: Any) -> Any:
+            call_id = next(self.call_ids)
+            fut = asyncio.get_running_loop().create_future()
+            self.calls[call_id] = fut
+            if not self._control({"mi_call": [call_id, name, params]}):
+                self.calls.pop(call_id, None)
+                raise mi.MIError(503, "the script process is not running")
+            timeout = self.proc.cfg["script.mi_timeout_s"]
+            try:
+                ok, value = await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise mi.MIError(408, f"the script's {name} did not answer within "
+                                      f"{timeout:g} s (script.mi_timeout_s)") from None
+            finally:
+                self.calls.pop(call_id, None)
+            if not ok:
+                raise mi.MIError(int(value.get("code", 500)), str(value.get("message")))
+            return value
+
+        return call
