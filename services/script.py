@@ -25,24 +25,27 @@ node, or the cluster process is not there. The answer comes from the cluster vie
 cluster process last sent; a message that finds no route after all is dropped there and
 counted (clusterer:unroutable_msgs), like OpenSIPS.
 
-Runtime: one connection to the cluster process (a unix stream, core.wire frames). Sends
-are combined: a caller that finds the connection busy leaves its message to the thread
-that holds it, so a burst becomes a few large writes, one frame per destination carrying
-many messages. A reader thread feeds one hook thread, in arrival order (so in order per
-source); a hook that raises is logged with its traceback; one that runs past
-script.hook_timeout_s is abandoned to its thread and a fresh hook thread takes the next
-events. Replies someone waits for (request()) go to the waiter, not to on_reply. MI
+Runtime: one connection to the cluster process (a unix stream, core.wire frames). A lone
+message is written at once; a burst (messages less than BURST_GAP_S apart) is left to a
+flusher thread that writes all that is queued together, one frame per destination
+carrying many messages. One reader thread reads the connection and calls the hooks in
+arrival order (so in order per source), without a hand-over to another thread (each
+costs tens of microseconds of round trip). A hook that raises is logged with its
+traceback; one that runs past script.hook_timeout_s is abandoned to its thread and a
+new reader takes over the connection. Replies someone waits for (request()) go to the
+waiter, not to on_reply; a hook that waits reads the connection itself meanwhile. MI
 calls run in a small thread pool. Neighbours: workers.script (the process),
 services.script_bridge (the cluster side), examples/cluster_stats.py.
 """
 from __future__ import annotations
 
+import collections
 import inspect
 import ipaddress
 import itertools
 import logging
 import os
-import queue
+import select
 import socket
 import struct
 import threading
@@ -61,11 +64,11 @@ from fastcluster.services.clusterer import SendResult
 log = logging.getLogger("script")
 
 HOOKS = ("on_request", "on_reply", "on_node_state")
-QUEUE_EVENTS = 100_000  # events waiting for the hook thread before the reader waits
 FRAME_ITEMS_BYTES = 256 << 10  # messages packed together in one frame, at most
 MAX_ABANDONED = 8  # hung hook threads before the process gives up (and is respawned)
 SEND_TIMEOUT_S = 2.0  # a cluster process that reads nothing for this long is gone
 FRAME = -1  # a pending entry that is a complete frame (control messages)
+BURST_GAP_S = 100e-6  # messages closer than this form a burst: written by the flusher
 FIXARRAY_2 = b"\x92"  # msgpack: an array of two elements follows
 
 __all__ = ["MessageTooLarge", "Replies", "ScriptMIError", "SendResult",
@@ -153,15 +156,18 @@ class Runtime:
         self.pending: list[tuple[int, int, int, bytes]] = []  # kind, cluster, dst, item
         self.pending_lock = threading.Lock()
         self.out_lock = threading.Lock()
+        self.read_lock = threading.Lock()
+        self.last_queued = 0.0
+        self.flush_wanted = threading.Event()
         self.count_lock = threading.Lock()
-        self.events: queue.Queue = queue.Queue(QUEUE_EVENTS)
+        self.backlog: collections.deque = collections.deque()  # hook calls to make
         self.waiters: dict[str, _Waiter] = {}
         self.tag_prefix = os.urandom(4).hex()
         self.tags = itertools.count(1)
-        self.runner: _HookRunner | None = None
-        self.abandoned: list[_HookRunner] = []
+        self.abandoned: list[_Reader] = []
         self.mi_pool = ThreadPoolExecutor(4, thread_name_prefix="script-mi")
-        self.reader: threading.Thread | None = None
+        threading.Thread(target=self._flusher, name="script-flusher", daemon=True).start()
+        self.reader: _Reader | None = None
         self.connected = threading.Event()
         for name, fn in self.hooks.items():
             if fn is not None and not callable(fn):
@@ -193,9 +199,7 @@ class Runtime:
         self.sock = sock
         self.connected.set()
         self.control({"hello": os.getpid(), "mi": describe_commands()})
-        self.reader = threading.Thread(target=self._read, args=(sock,), name="script-reader",
-                                       daemon=True)
-        self.reader.start()
+        self.reader = _Reader(self, sock, Decoder(self.max_frame))
         return True
 
     def _lost(self, sock: socket.socket, why: str) -> None:
@@ -221,6 +225,26 @@ class Runtime:
         with self.pending_lock:
             self.pending.append((FRAME, 0, 0, frame))
         self._flush()
+
+    def _queued(self) -> None:
+        """Something was added to pending: write it now, unless it is part of a burst (the
+        previous message came less than BURST_GAP_S ago). A burst is left to the flusher
+        thread, which runs when the sender pauses or the interpreter switches threads and
+        then writes everything queued at once: a few large frames instead of one write
+        per message. A lone message (a request, its reply) goes at once."""
+        now = time.monotonic()
+        burst = now - self.last_queued < BURST_GAP_S
+        self.last_queued = now
+        if not burst:
+            self._flush()
+        elif not self.flush_wanted.is_set():
+            self.flush_wanted.set()
+
+    def _flusher(self) -> None:
+        while True:
+            self.flush_wanted.wait()
+            self.flush_wanted.clear()
+            self._flush()
 
     def _flush(self) -> None:
         """Write what is pending. Whoever holds the connection writes everything queued
@@ -285,14 +309,11 @@ class Runtime:
         return FIXARRAY_2 + msgpack.packb(tag) + body
 
     def queue_items(self, kind: Msg, cluster: int, dsts: list[int], item: bytes) -> None:
-        local = self.me in dsts
-        remote = [d for d in dsts if d != self.me]
-        if remote:
-            with self.pending_lock:
-                self.pending.extend((int(kind), cluster, d, item) for d in remote)
-            self._flush()
-        if local:  # to this node itself: straight to its own hooks
-            self._deliver(kind, cluster, self.me, item)
+        """Queue one message to each of dsts (this node's own come back through the
+        cluster process, in order with the rest)."""
+        with self.pending_lock:
+            self.pending.extend((int(kind), cluster, d, item) for d in dsts)
+        self._queued()
         self.count("script:requests_sent" if kind == Msg.SCRIPT_REQ else
                    "script:replies_sent", len(dsts))
 
@@ -322,28 +343,15 @@ class Runtime:
 
     # -- receiving
 
-    def _read(self, sock: socket.socket) -> None:
-        decoder = Decoder(self.max_frame)
-        while True:
-            try:
-                data = sock.recv(1 << 18)
-            except OSError as exc:
-                self._lost(sock, f"recv: {exc}")
-                return
-            if not data:
-                self._lost(sock, "closed by the cluster process")
-                return
-            try:
-                frames = decoder.feed(data)
-            except CorruptFrame as exc:
-                self._lost(sock, f"corrupt frame: {exc}")
-                return
-            for frame in frames:
-                h = frame.header
-                if h.type in (Msg.SCRIPT_REQ, Msg.SCRIPT_RPL):
-                    self._deliver(h.type, h.cluster, h.source, frame.payload)
-                elif h.type == Msg.SCRIPT_CTL and isinstance(frame.payload, dict):
-                    self._control(frame.payload)
+    def dispatch(self, frames: list[Any]) -> None:
+        """Frames read from the cluster process: replies to their waiters, hook calls to
+        the backlog, control messages applied."""
+        for frame in frames:
+            h = frame.header
+            if h.type in (Msg.SCRIPT_REQ, Msg.SCRIPT_RPL):
+                self._deliver(h.type, h.cluster, h.source, frame.payload)
+            elif h.type == Msg.SCRIPT_CTL and isinstance(frame.payload, dict):
+                self._control(frame.payload)
 
     def _deliver(self, kind: Msg, cluster: int, source: int, raw: bytes) -> None:
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
@@ -371,7 +379,7 @@ class Runtime:
 
     def _event(self, hook: str, args: tuple) -> None:
         if self.hooks[hook] is not None:
-            self.events.put((hook, args))
+            self.backlog.append((hook, args))
 
     def _control(self, p: dict[str, Any]) -> None:
         if "snapshot" in p:
@@ -402,52 +410,108 @@ class Runtime:
 
     # -- hooks
 
-    def start_hooks(self) -> None:
-        self.runner = _HookRunner(self)
-
     def watch(self) -> None:
         """Called by the process's main loop: abandon a hook past its time."""
-        runner = self.runner
-        if runner is None:
+        reader = self.reader
+        if reader is None:
             return
-        started, what = runner.current
         timeout = self.cfg["script.hook_timeout_s"]
-        if started and time.monotonic() - started > timeout:
-            runner.abandon()
-            self.count("script:hooks_abandoned")
-            self.abandoned = [r for r in self.abandoned if r.thread.is_alive()] + [runner]
-            log.error("script hook %s still running after %.1f s: abandoned (it keeps its "
-                      "thread; the next events go to a new hook thread)", what, timeout)
-            if len(self.abandoned) > MAX_ABANDONED:
-                raise RuntimeError(f"{len(self.abandoned)} script hooks hang: restarting "
-                                   "the script process")
-            self.runner = _HookRunner(self)
+        with reader.lock:
+            started, what = reader.current
+            if not started or time.monotonic() - started <= timeout:
+                return
+            reader.abandoned = True
+        self.reader = _Reader(self, reader.sock, reader.decoder)
+        self.count("script:hooks_abandoned")
+        self.abandoned = [r for r in self.abandoned if r.thread.is_alive()] + [reader]
+        log.error("script hook %s still running after %.1f s: abandoned (it keeps its "
+                  "thread; a new reader thread takes the next events)", what, timeout)
+        if len(self.abandoned) > MAX_ABANDONED:
+            raise RuntimeError(f"{len(self.abandoned)} script hooks hang: restarting "
+                               "the script process")
+
+    def pump(self, until: threading.Event, timeout: float) -> None:
+        """Wait for `until`; in the reader thread (a hook waiting for replies), read the
+        connection meanwhile, queueing the hook calls that arrive for later."""
+        reader = self.reader
+        if reader is None or threading.current_thread() is not reader.thread:
+            until.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while not until.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.reader is not reader:  # abandoned meanwhile: the new reader reads
+                until.wait(left)
+                return
+            if not reader.read(min(left, 0.05)):
+                return
 
 
-class _HookRunner:
-    """One thread calling hooks in order; abandoned (not killed) when one hangs."""
+class _Reader:
+    """The thread that reads the connection and calls the hooks, in arrival order (so
+    in order per source). A hook that raises is logged with its traceback. One that runs
+    past script.hook_timeout_s is abandoned (Runtime.watch): a new reader takes over
+    the connection, its decoder and the backlog, and this thread ends when, if ever,
+    the hook returns. Reads are serialised by the runtime's read_lock, so a hook that
+    was reading while it waited for replies (pump) never splits the stream."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.current: tuple[float, str] = (0.0, "")
+    def __init__(self, rt: Runtime, sock: socket.socket, decoder: Decoder) -> None:
+        self.rt, self.sock, self.decoder = rt, sock, decoder
+        self.lock = threading.Lock()
         self.abandoned = False
-        self.thread = threading.Thread(target=self._run, name="script-hooks", daemon=True)
+        self.current: tuple[float, str] = (0.0, "")
+        self.thread = threading.Thread(target=self._run, name="script-reader", daemon=True)
         self.thread.start()
 
-    def abandon(self) -> None:
-        self.abandoned = True
-
     def _run(self) -> None:
+        while self._hooks() and self.read(None):
+            pass
+
+    def _hooks(self) -> bool:
+        """Call the hooks in the backlog; False once this reader is abandoned."""
         rt = self.rt
-        while not self.abandoned:
-            hook, args = rt.events.get()
-            self.current = (time.monotonic(), f"{hook}{args!r:.200}")
+        while True:
+            with self.lock:
+                if self.abandoned:
+                    return False
+                if not rt.backlog:
+                    return True
+                hook, args = rt.backlog.popleft()
+                self.current = (time.monotonic(), f"{hook}{args!r:.200}")
             try:
                 rt.hooks[hook](*args)
             except Exception:  # noqa: BLE001 - a script bug must not stop the node
                 rt.count("script:hook_errors")
                 log.exception("script hook %s raised", hook)
-            self.current = (0.0, "")
+            finally:
+                self.current = (0.0, "")
+
+    def read(self, timeout: float | None) -> bool:
+        """Read once (waiting at most timeout seconds, None: no limit) and dispatch what
+        arrived; False when the connection is gone or this reader was replaced."""
+        with self.rt.read_lock:
+            if timeout is None and self.rt.backlog:
+                return True  # hook calls a pumping hook queued: those first
+            sock = self.sock
+            try:
+                if timeout is not None and not select.select([sock], [], [], timeout)[0]:
+                    return True
+                data = sock.recv(1 << 18)
+            except (OSError, ValueError) as exc:
+                self.rt._lost(sock, f"recv: {exc}")
+                return False
+            if not data:
+                self.rt._lost(sock, "closed by the cluster process")
+                return False
+            try:
+                frames = self.decoder.feed(data)
+            except CorruptFrame as exc:
+                self.rt._lost(sock, f"corrupt frame: {exc}")
+                return False
+        self.rt.dispatch(frames)
+        return True
 
 
 def _timeval(seconds: float) -> bytes:
@@ -555,7 +619,7 @@ def request(cluster_id: int, msg: Any, dst_node: int | None = None, timeout: flo
     rt.waiters[tag] = waiter
     try:
         rt.queue_items(Msg.SCRIPT_REQ, cluster_id, dsts, rt.pack(tag, msg))
-        waiter.done.wait(timeout)
+        rt.pump(waiter.done, timeout)
     finally:
         rt.waiters.pop(tag, None)
     replies.update(waiter.replies)

@@ -58,7 +58,6 @@ class ScriptProcess(Child):
 
     def run(self) -> None:
         rt = self.runtime
-        rt.start_hooks()
         next_try = 0.0
         try:
             while not self.stopping:

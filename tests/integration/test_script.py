@@ -87,6 +87,9 @@ def test_round_trip_broadcast_and_result_codes(tmp_path) -> None:
         for n in nodes:
             wait_until(lambda n=n: [e for e in events(n, "request") if e[4] == stag],
                        what=f"include_self broadcast at node {n.node_id}")
+        # a hook that itself waits for another node's reply
+        got = n1.mi("probe_request", cluster=1, node=2, msg={"ask": 3})
+        assert got["replies"] == {"2": {"asked": {"3": {"echo": "asked", "node": 3}}}}
         # request() to all nodes
         got = n3.mi("probe_request", cluster=1, msg={"echo": 7})
         assert got == {"replies": {"1": {"echo": 7, "node": 1}, "2": {"echo": 7, "node": 2}},

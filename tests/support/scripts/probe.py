@@ -2,7 +2,9 @@
 demand (raises, hangs) so tests can check the node keeps going.
 
 Requests: {"echo": x} -> reply {"echo": x, "node": me}; {"raise": text} -> the hook
-raises; {"hang": seconds} -> the hook sleeps that long, then records it finished.
+raises; {"hang": seconds} -> the hook sleeps that long, then records it finished;
+{"ask": node} -> the hook itself sends {"echo": "asked"} to node, waits for the reply
+and answers with it.
 MI: probe_events, probe_send, probe_broadcast, probe_request, probe_check, probe_big,
 probe_snapshot, probe_burst, probe_fail, probe_sleep.
 """
@@ -38,6 +40,11 @@ def on_request(cluster_id, src_id, msg, tag):
         record("hang-finished", msg["hang"])
         return
     if isinstance(msg, dict) and "seq" in msg:
+        return
+    if isinstance(msg, dict) and "ask" in msg:  # a hook that waits for another node
+        got = request(cluster_id, {"echo": "asked"}, dst_node=msg["ask"], timeout=2.0)
+        cluster_send_rpl(cluster_id, src_id, {"asked": {str(k): v for k, v in got.items()}},
+                         tag)
         return
     if isinstance(msg, dict) and "echo" in msg:
         cluster_send_rpl(cluster_id, src_id, {"echo": msg["echo"], "node": node_id()}, tag)
