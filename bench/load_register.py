@@ -23,23 +23,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
+from bench.cpu import cpu_seconds  # noqa: E402
 from tests.support import sipp  # noqa: E402
 from tests.support.nodes import Node, start_cluster, wait_until  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total / TICK
-
 
 def node_pids(node: Node) -> list[int]:
     return [p["PID"] for p in node.mi("ps")["Processes"]]
@@ -60,7 +46,7 @@ def run(users: int, workers: int, dispatch: str, limit: int, rate: int, replicas
     try:
         pids = [p for n in nodes for p in node_pids(n)]
         target = ("127.0.0.1", nodes[0].sip_port)
-        cpu0 = cpu_seconds(pids)
+        cpu0 = cpu_seconds(*pids)
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         each = users // sipps
@@ -75,10 +61,10 @@ def run(users: int, workers: int, dispatch: str, limit: int, rate: int, replicas
         failed = sum(r.failed for r in results)
         # aggregate rate: all REGISTERs over the longest sipp's own run time
         rate_seen = ok / max(r.successful / r.rate if r.rate else wall for r in results)
-        cpu = cpu_seconds(pids) - cpu0
+        cpu = cpu_seconds(*pids) - cpu0
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # sipp: the only children reaped
         sipp_cpu = kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime
-        per_node = [cpu_seconds(node_pids(n)) for n in nodes]
+        per_node = [cpu_seconds(*node_pids(n)) for n in nodes]
         lag_s = 0.0
         if replicas:
             t0 = time.monotonic()

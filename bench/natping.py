@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
 from tests.support import leaks  # noqa: E402
+from bench.cpu import cpu_seconds  # noqa: E402
 from tests.support.nodes import Node, wait_synced, wait_until  # noqa: E402
 from tests.support.writer import Writer  # noqa: E402
 
@@ -45,11 +46,6 @@ def sink(sock: socket.socket, counts, stop, start: float) -> None:
         if i < n:
             counts[i] += 1
 
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -20,12 +20,12 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
+from bench.cpu import cpu_seconds  # noqa: E402
 from tests.support.nodes import start_cluster, wait_until  # noqa: E402
 
 SCRIPT = str(REPO / "bench" / "scripts" / "pingpong.py")
@@ -34,11 +34,6 @@ SCRIPT = str(REPO / "bench" / "scripts" / "pingpong.py")
 def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))]
 
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
