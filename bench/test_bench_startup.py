@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from fastcluster.services.mi_client import call
+from fastcluster.services.mi.client import call
 from tests.support.nodes import Node
 
 

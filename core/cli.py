@@ -114,7 +114,7 @@ def _cmd_mi(argv: Sequence[str]) -> int:
             params[name] = json.loads(text)
         except ValueError:
             params[name] = text
-    from fastcluster.services.mi_client import MIError, call
+    from fastcluster.services.mi.client import MIError, call
 
     try:
         result = call(ns.mi_url, ns.command, params, timeout=ns.timeout)

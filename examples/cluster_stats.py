@@ -12,7 +12,7 @@ and the command answers them per node, summed, and which nodes did not answer wi
 timeout. Gauges such as usrloc:registered_contacts are summed too: on a cluster that
 replicates contacts every node holds all of them, so read those per node.
 """
-from fastcluster.services.mi import MIError
+from fastcluster.services.mi.registry import MIError
 from fastcluster.services.script import (
     ScriptMIError,
     cluster_send_rpl,

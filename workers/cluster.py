@@ -16,19 +16,15 @@ import logging
 import signal
 from typing import Any
 
-from fastcluster.services import (  # noqa: F401  (register MI commands)
-    clusterer_mi,
-    dialog,
-    mi_core,
-    usrloc,
-)
-from fastcluster.services.capabilities import Capabilities
-from fastcluster.services.clusterer import Clusterer
-from fastcluster.services.mi import MIServer, dispatch
-from fastcluster.services.partitions import PartitionMap
-from fastcluster.services.replication import Applier, Replication
-from fastcluster.services.script_bridge import ScriptBridge
-from fastcluster.services.sync import SyncManager
+from fastcluster.services.mi import clusterer_cmds, core_cmds  # noqa: F401  (MI commands)
+from fastcluster.services.sip import dialog, usrloc  # noqa: F401  (MI commands)
+from fastcluster.services.cluster.capabilities import Capabilities
+from fastcluster.services.cluster.node import Clusterer
+from fastcluster.services.mi.registry import MIServer, dispatch
+from fastcluster.services.cluster.partitions import PartitionMap
+from fastcluster.services.cluster.replication import Applier, Replication
+from fastcluster.services.script.bridge import ScriptBridge
+from fastcluster.services.cluster.sync import SyncManager
 from fastcluster.shm import control as CT
 from fastcluster.workers.child import Child
 

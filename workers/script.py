@@ -18,6 +18,7 @@ import time
 from types import ModuleType
 
 from fastcluster.services import script as api
+from fastcluster.services.script.runtime import Runtime
 from fastcluster.shm import control as CT
 from fastcluster.workers.child import Child
 
@@ -50,7 +51,7 @@ class ScriptProcess(Child):
         self.ctx.close_sockets()
         api.MI_COMMANDS.clear()
         self.module = load_script(self.cfg["script.module"])
-        self.runtime = api.Runtime(self, self.module)
+        self.runtime = Runtime(self, self.module)
         api._runtime = self.runtime
         hooks = [h for h in api.HOOKS if self.runtime.hooks[h] is not None]
         log.info("script %s loaded: hooks %s, MI commands %s", self.cfg["script.module"],

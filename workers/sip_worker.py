@@ -41,7 +41,7 @@ class SipWorker(Child):
         return f"sip worker {self.number}"
 
     def boot(self) -> None:
-        from fastcluster.services.registrar import SipApp
+        from fastcluster.services.sip.registrar import SipApp
 
         self.ctx.close_sockets(keep=("sip",))
         self.listeners: list[SipSocket] = []

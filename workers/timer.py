@@ -25,7 +25,7 @@ class TimerProcess(Child):
     title = "timer"
 
     def boot(self) -> None:
-        from fastcluster.services.natping import NatPinger
+        from fastcluster.services.sip.natping import NatPinger
 
         self.ctx.close_sockets(keep=("sip",))
         self.cursors = {"contacts": 0, "dialogs": 0}

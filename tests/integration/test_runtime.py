@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fastcluster.services.mi_client import MIError
+from fastcluster.services.mi.client import MIError
 from tests.support import leaks
 from tests.support.nodes import Node
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fastcluster.services.mi_client import MIError
+from fastcluster.services.mi.client import MIError
 from tests.support.nodes import Node, cluster_view, start_cluster, up_set, wait_until
 
 PROBE = str(pathlib.Path(__file__).resolve().parent.parent / "support" / "scripts" /

@@ -17,9 +17,9 @@ import pytest
 from fastcluster.core.config import load
 from fastcluster.core.stats import COUNTERS
 from fastcluster.core.wire import Header, Msg, encode, encode_parts
-from fastcluster.services.capabilities import Capabilities, CapState
-from fastcluster.services.clusterer import Clusterer
-from fastcluster.services.sync import chunk_payload
+from fastcluster.services.cluster.capabilities import Capabilities, CapState
+from fastcluster.services.cluster.node import Clusterer
+from fastcluster.services.cluster.sync import chunk_payload
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT

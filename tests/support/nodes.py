@@ -18,7 +18,7 @@ from typing import Any
 
 import posix_ipc
 
-from fastcluster.services.mi_client import MIError, call
+from fastcluster.services.mi.client import MIError, call
 from tests.support import leaks
 
 _seq = itertools.count(1)

@@ -8,7 +8,7 @@ import numpy as np
 
 from fastcluster.core.config import load
 from fastcluster.core.stats import COUNTERS, INDEX
-from fastcluster.services.registrar import SipApp
+from fastcluster.services.sip.registrar import SipApp
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT

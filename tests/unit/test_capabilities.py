@@ -6,8 +6,8 @@ import zlib
 import pytest
 
 from fastcluster.core.wire import CorruptFrame
-from fastcluster.services.capabilities import CapState, choose_donor
-from fastcluster.services.sync import chunk_payload, split_chunk
+from fastcluster.services.cluster.capabilities import CapState, choose_donor
+from fastcluster.services.cluster.sync import chunk_payload, split_chunk
 
 
 @pytest.mark.parametrize("case, candidates, exclude, expected", [

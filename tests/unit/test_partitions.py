@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fastcluster.services.natping import CALLID_PREFIX, parse_callid
+from fastcluster.services.sip.natping import CALLID_PREFIX, parse_callid
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT, FLAG_NAT, contact_key_of

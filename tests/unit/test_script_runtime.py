@@ -13,7 +13,8 @@ import pytest
 
 from fastcluster.core.stats import INDEX
 from fastcluster.core.wire import Decoder, Header, Msg, encode
-from fastcluster.services import script as api
+from fastcluster.services import script
+from fastcluster.services.script import runtime as api
 
 
 class Cfg(dict):
@@ -69,7 +70,7 @@ def test_a_long_run_is_split_into_bounded_frames(rt) -> None:
 
 
 def test_oversize_and_unpackable_messages_are_refused_and_counted(rt) -> None:
-    with pytest.raises(api.MessageTooLarge, match="script.max_message_bytes"):
+    with pytest.raises(script.MessageTooLarge, match="script.max_message_bytes"):
         rt.pack("t", "x" * 1000)
     with pytest.raises(TypeError, match="msgpack-able"):
         rt.pack("t", object())
@@ -87,7 +88,7 @@ def test_malformed_items_are_dropped_alone(rt) -> None:
 
 
 def test_replies_go_to_their_waiter_and_hooks_run_in_order(rt) -> None:
-    waiter = api._Waiter({2})
+    waiter = api.Waiter({2})
     rt.waiters["w"] = waiter
     rt._deliver(Msg.SCRIPT_RPL, 1, 2, rt.pack("w", "for the waiter") +
                 rt.pack("other", "for on_reply"))

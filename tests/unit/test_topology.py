@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastcluster.services.topology import (
+from fastcluster.services.cluster.topology import (
     FloodFilter,
     Link,
     Peer,

@@ -31,10 +31,10 @@ import numpy as np
 
 from fastcluster.core.stats import INDEX
 from fastcluster.core.wire import CorruptFrame, Header, Msg, encode, encode_parts
-from fastcluster.services.capabilities import CAPS_BY_NAME, Capabilities, CapState, choose_donor
-from fastcluster.services.links import Connection, Refused
-from fastcluster.services.mi import MIError, command
-from fastcluster.services.replication import Applier
+from fastcluster.services.cluster.capabilities import CAPS_BY_NAME, Capabilities, CapState, choose_donor
+from fastcluster.services.cluster.links import Connection, Refused
+from fastcluster.services.mi.registry import MIError, command
+from fastcluster.services.cluster.replication import Applier
 from fastcluster.shm import table as T
 
 log = logging.getLogger("sync")

@@ -27,8 +27,9 @@ import msgpack
 
 from fastcluster.core.stats import INDEX
 from fastcluster.core.wire import CorruptFrame, Decoder, Frame, Header, Msg, encode
-from fastcluster.services import mi
-from fastcluster.services.clusterer import Clusterer, SendResult
+from fastcluster.services.mi import registry as mi
+from fastcluster.services.cluster.api import SendResult
+from fastcluster.services.cluster.node import Clusterer
 
 log = logging.getLogger("script")
 

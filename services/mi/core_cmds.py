@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version as dist_version
 from typing import Any
 
 from fastcluster.core.stats import COUNTERS
-from fastcluster.services.mi import REGISTRY, MIError, command
+from fastcluster.services.mi.registry import REGISTRY, MIError, command
 from fastcluster.shm import control as CT
 
 # Gauges: name -> function(node) computed on demand (never stored).

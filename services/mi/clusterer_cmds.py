@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastcluster.services.mi import INVALID_PARAMS, MIError, command
-from fastcluster.services.topology import Link
+from fastcluster.services.mi.registry import INVALID_PARAMS, MIError, command
+from fastcluster.services.cluster.topology import Link
 
 REMOTE_MI_TIMEOUT_S = 10.0
 

@@ -10,7 +10,7 @@ import ipaddress
 import time
 from typing import Any
 
-from fastcluster.services.mi import MIError, command
+from fastcluster.services.mi.registry import MIError, command
 from fastcluster.shm.contacts import FLAG_NAT, Q_NONE
 
 DOMAIN = "location"  # OpenSIPS's usrloc table name, kept for tools that expect it

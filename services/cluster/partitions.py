@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from fastcluster.services.capabilities import CapState
-from fastcluster.services.mi import command
+from fastcluster.services.cluster.capabilities import CapState
+from fastcluster.services.mi.registry import command
 from fastcluster.shm import partitions as P
 from fastcluster.shm.contacts import FLAG_NAT
 
@@ -62,7 +62,7 @@ class PartitionMap:
 @command("ul_ping_partitions", heavy=True)
 def mi_ul_ping_partitions(node: Any) -> dict[str, Any]:
     """This node's ping partitions, the contacts in them, and the last ping cycle."""
-    from fastcluster.services.natping import cycle_status
+    from fastcluster.services.sip.natping import cycle_status
 
     epoch, owners = node.mem.control.read_partitions()
     me = node.clusterer.me

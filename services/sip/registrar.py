@@ -32,8 +32,8 @@ from fastcluster.core.sip import (
     parse_uri,
 )
 from fastcluster.core.stats import INDEX
-from fastcluster.services.natping import parse_callid
-from fastcluster.services.usrloc import normalize_aor
+from fastcluster.services.sip.natping import parse_callid
+from fastcluster.services.sip.usrloc import normalize_aor
 from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T

@@ -26,8 +26,8 @@ import numpy as np
 
 from fastcluster.core.stats import INDEX
 from fastcluster.core.wire import Frame, Msg
-from fastcluster.services.capabilities import CAPS_BY_KIND, CAPS_BY_NAME, Capabilities
-from fastcluster.services.clusterer import SendResult
+from fastcluster.services.cluster.capabilities import CAPS_BY_KIND, CAPS_BY_NAME, Capabilities
+from fastcluster.services.cluster.api import SendResult
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 

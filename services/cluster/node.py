@@ -18,14 +18,14 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from enum import IntEnum
 from typing import Any
 
 from fastcluster.core.config import Config
 from fastcluster.core.stats import INDEX
 from fastcluster.core.wire import BROADCAST, Frame, Header, Msg, encode
-from fastcluster.services.links import Connection, Hello, LinkManager, Refused
-from fastcluster.services.topology import (
+from fastcluster.services.cluster.api import SendResult
+from fastcluster.services.cluster.links import Connection, Hello, LinkManager, Refused
+from fastcluster.services.cluster.topology import (
     FloodFilter,
     Link,
     Peer,
@@ -43,14 +43,6 @@ log = logging.getLogger("clusterer")
 # map itself, and nodes that cut the contacts into different partitions would miss or
 # double pings. A link to a node with another value is refused, with the reason logged.
 AGREE = ("usrloc.ping_partitions",)
-
-
-class SendResult(IntEnum):
-    """Outcome of a send, with OpenSIPS's clusterer API values."""
-    SUCCESS = 0
-    CURR_DISABLED = 1  # this node is disabled in that cluster
-    DEST_DOWN = -1  # destination (or every node) unreachable
-    SEND_ERR = -2
 
 
 NodeEvent = Callable[[int, int, bool], None]  # (cluster, node, reachable)

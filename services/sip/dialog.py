@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastcluster.services.mi import command
+from fastcluster.services.mi.registry import command
 
 
 @command("dlg_digest", heavy=True)

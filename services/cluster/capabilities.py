@@ -20,8 +20,8 @@ from typing import Any
 
 from fastcluster.core.config import Config
 from fastcluster.core.wire import BROADCAST, Frame, Header, Msg, encode
-from fastcluster.services.mi import MIError, command
-from fastcluster.services.topology import FloodFilter, Link, Sequencer
+from fastcluster.services.mi.registry import MIError, command
+from fastcluster.services.cluster.topology import FloodFilter, Link, Sequencer
 
 log = logging.getLogger("caps")
 

@@ -1,0 +1,1 @@
+"""fastcluster.services.mi."""
