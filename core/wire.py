@@ -7,58 +7,26 @@
 A decoder never raises anything but `CorruptFrame` for any input; the link that sent a
 corrupt frame is dropped, nothing else. Sizes are bounded (`MAX_HEADER`, the frame
 limit given by [clusterer] max_frame_bytes). Message types are numbers that are never
-reused or renumbered; each has a name and says whether its payload is raw bytes.
+reused or renumbered; they and their payload schemas are declared in core.messages.
 Neighbours: services.links (framing on sockets), services.topology and the other cluster
 layers (payload meaning), tests/unit/test_wire.py (round trips, golden bytes, fuzz).
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 import msgpack
+
+from fastcluster.core.messages import RAW_PAYLOAD, Msg, to_wire
 
 PROTOCOL = 1
 MAX_HEADER = 256
 DEFAULT_TTL = 16  # hops a relayed message may still take
 BROADCAST = 0  # destination of a message for every node of the cluster
 _PREFIX = struct.Struct("<IH")
-
-
-class Msg(IntEnum):
-    """Message types. Append only: a number, once released, keeps its meaning forever."""
-    HELLO = 1          # connector -> acceptor: who I am, my nonce
-    CHALLENGE = 2      # acceptor: who I am, my nonce, proof I know the secret
-    AUTH = 3           # connector: proof I know the secret
-    WELCOME = 4        # acceptor: link authenticated
-    REFUSE = 5         # either side: reason, then the connection is closed
-    PING = 6           # heartbeat on an idle link
-    PONG = 7
-    NODES = 8          # node descriptions (join, adoption, flooding)
-    LSA = 9            # link-state advertisement: a node's Up neighbours, with a sequence
-    PROBE_REQ = 10     # "can you reach node X?" (indirect probe before declaring it down)
-    PROBE_RPL = 11
-    LEAVE = 12         # a node stops gracefully: mark it down at once
-    REMOVE = 13        # clusterer_remove_node: forget a node everywhere
-    SET_STATUS = 14    # clusterer_set_status on a remote node
-    MI_REQ = 15        # run an MI command on a node (cluster_send_mi / broadcast)
-    MI_RPL = 16
-    CAPS = 17          # capability states of a node (flooded)
-    REPL = 18          # realtime replication: raw row entries
-    SYNC_REQ = 19      # receiver -> donor: send me capability X from position P
-    SYNC_CHUNK = 20    # donor -> receiver: raw row entries (payload raw)
-    SYNC_ACK = 21      # receiver -> donor: applied up to chunk N (flow control)
-    SYNC_END = 22      # donor -> receiver: count and checksum of everything sent
-    SYNC_ABORT = 23    # either side gives up (reason)
-    SCRIPT_REQ = 24    # user script requests (cluster_send_req / broadcast): raw payload,
-    SCRIPT_RPL = 25    # and replies (cluster_send_rpl): a msgpack stream of [tag, msg]
-    SCRIPT_CTL = 26    # local only, cluster process <-> script process: node events,
-    #                    cluster snapshot, script MI commands (never sent between nodes)
-
-
-RAW_PAYLOAD = frozenset({Msg.REPL, Msg.SYNC_CHUNK, Msg.SCRIPT_REQ, Msg.SCRIPT_RPL})
 
 
 class CorruptFrame(Exception):
@@ -88,7 +56,10 @@ class Frame:
 
 
 def encode(header: Header, payload: Any = None, raw: bytes | None = None) -> bytes:
-    """One frame. `payload` is msgpack-encoded unless `raw` bytes are given."""
+    """One frame. `payload` (a core.messages payload, or any msgpack-able value) is
+    msgpack-encoded unless `raw` bytes are given."""
+    if dataclasses.is_dataclass(payload):
+        payload = to_wire(payload)
     head = msgpack.packb([header.protocol, int(header.type), header.cluster, header.source,
                           header.destination, header.sequence, header.ttl])
     body = raw if raw is not None else msgpack.packb(payload, use_bin_type=True)

@@ -70,8 +70,10 @@ from fastcluster.shm.table import (
     ST_TOMB,
     blob_used,
     bytes_equal,
+    hlc_version,
     home_of,
     lock_region,
+    next_version,
     publish_counts,
     r_state,
     rbase,
@@ -513,12 +515,11 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
                 written += 1
             continue
         _build_row(t, row, req, cpos, keys[i], group, now_s)
-        version = now_ms << 16
+        version = hlc_version(now_ms)
         target = free
         if f >= 0:
             target = f
-            if r_version(t, f) >= version:
-                version = r_version(t, f) + 1
+            version = next_version(now_ms, r_version(t, f))
         d_live, d_tomb, d_free = write_row(t, ring, proc, target, row, 0,
                                            t.fixed + blob_used(t, row, 0), keys[i], version)
         publish_counts(t, d_live, d_tomb, d_free)
@@ -549,9 +550,7 @@ def _tombstone(t, ring, proc, s, row, now_s, now_ms):
     expires becomes the deletion time)."""
     base = rbase(t, s)
     row[:t.body] = t.rows8[base:base + t.body]
-    version = now_ms << 16
-    if r_version(t, s) >= version:
-        version = r_version(t, s) + 1
+    version = next_version(now_ms, r_version(t, s))
     row[R_STATE] = ST_TOMB
     row[R_EXPIRES:R_EXPIRES + 4].view(np.uint32)[0] = now_s
     d_live, d_tomb, d_free = write_row(t, ring, proc, s, row, 0,

@@ -17,32 +17,33 @@ import numpy as np
 from fastcluster.core.config import Config
 from fastcluster.shm import control as CT
 from fastcluster.shm import ring as R
-from fastcluster.shm.contacts import CONTACT
-from fastcluster.shm.dialogs import DIALOG
 from fastcluster.shm.segment import Segment
-from fastcluster.shm.tables import ContactTable, Table
+from fastcluster.shm.tables import TABLE_INDEX, TABLES, ContactTable, Table
 
-PARTS = ("control", "contacts", "dialogs", "rings")
+PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings",)
 
 
 def part_sizes(cfg: Config) -> dict[str, int]:
     nprocs = CT.nprocs_for(cfg["core.workers"])
-    return {
-        "control": CT.segment_size(nprocs),
-        "contacts": Table.size_for(CONTACT, cfg["usrloc.capacity"],
-                                   cfg["usrloc.record_bytes"], nprocs),
-        "dialogs": Table.size_for(DIALOG, cfg["dialog.capacity"],
-                                  cfg["dialog.record_bytes"], nprocs),
-        "rings": R.segment_size(nprocs, cfg["clusterer.repl_ring_bytes"]),
-    }
+    sizes = {"control": CT.segment_size(nprocs)}
+    for spec in TABLES:
+        sizes[spec.name] = Table.size_for(spec.layout, spec.setting(cfg, "capacity"),
+                                          spec.setting(cfg, "record_bytes"), nprocs)
+    sizes["rings"] = R.segment_size(nprocs, cfg["clusterer.repl_ring_bytes"], len(TABLES))
+    return sizes
 
 
 class NodeMemory:
+    contacts: ContactTable
+    dialogs: Table
+
     def __init__(self, segments: dict[str, Segment]) -> None:
         self.segments = segments
         self.control = CT.Control(segments["control"].buf)
-        self.contacts = ContactTable(segments["contacts"].buf)
-        self.dialogs = Table(segments["dialogs"].buf, DIALOG)
+        self.tables: dict[str, Table] = {}
+        for spec in TABLES:
+            self.tables[spec.name] = spec.open(segments[spec.name].buf)
+            setattr(self, spec.name, self.tables[spec.name])
         self.rings = segments["rings"].buf
 
     @classmethod
@@ -54,11 +55,11 @@ class NodeMemory:
             for part, size in part_sizes(cfg).items():
                 made[part] = Segment.create(cfg.shm_prefix + part, size)
             CT.Control.init(made["control"].buf, nprocs, node_id, master_pid)
-            Table.create(made["contacts"].buf, CONTACT, cfg["usrloc.capacity"],
-                         cfg["usrloc.record_bytes"], nprocs, node_id)
-            Table.create(made["dialogs"].buf, DIALOG, cfg["dialog.capacity"],
-                         cfg["dialog.record_bytes"], nprocs, node_id)
-            R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"])
+            for spec in TABLES:
+                Table.create(made[spec.name].buf, spec.layout, spec.setting(cfg, "capacity"),
+                             spec.setting(cfg, "record_bytes"), nprocs, node_id)
+            R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"],
+                           len(TABLES))
             return cls(made)
         except BaseException:
             for seg in made.values():
@@ -89,11 +90,15 @@ class NodeMemory:
     def nbytes(self) -> int:
         return sum(seg.size for seg in self.segments.values())
 
-    def ring(self, slot: int) -> np.ndarray:
-        return R.region(self.rings, slot)
+    def ring(self, slot: int, table: str) -> np.ndarray:
+        """Process slot's replication ring for a table (by TableSpec name)."""
+        return R.region(self.rings, slot, TABLE_INDEX[table])
 
     def close(self) -> None:
-        self.control = self.contacts = self.dialogs = None  # type: ignore[assignment]
+        self.control = None  # type: ignore[assignment]
+        for spec in TABLES:
+            setattr(self, spec.name, None)
+        self.tables = {}
         self.rings = np.zeros(0, np.uint8)
         for seg in self.segments.values():
             seg.close()

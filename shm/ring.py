@@ -1,8 +1,10 @@
-"""Replication rings: one bounded single-producer/single-consumer byte ring per process.
+"""Replication rings: one bounded single-producer/single-consumer byte ring per process and
+replicated table.
 
 Every process that changes a shared table (SIP workers, the timer, the cluster process
-for MI edits) pushes each changed row into its own ring, from inside the table kernel;
-the cluster process drains all rings in batches and sends them to the other nodes.
+for MI edits) pushes each changed row into its own ring of that table, from inside the
+table kernel; the cluster process drains a table's rings in batches and sends them to
+the other nodes.
 A full ring never blocks the writer and never grows: the row stays in the table, the
 ring records the lowest version it could not carry (`gap_version`) and counts it, and
 the cluster process repairs the gap by re-sending the table's own rows from that
@@ -14,10 +16,11 @@ Rings segment layout (all integers little-endian):
     offset  size  field
     0       8     magic  b"FCRINGS1"
     8       4     layout version (RING_LAYOUT_VERSION)
-    12      4     number of rings
+    12      4     number of rings (process slots x tables)
     16      8     bytes per ring region (RING_HEADER + capacity)
-    24      232   reserved (zero)
-    256     ...   ring regions, one per process slot, each:
+    24      4     tables: the ring of process slot p for table t is region p * tables + t
+    28      228   reserved (zero)
+    256     ...   ring regions, each:
 
     ring region
     0       8     head: bytes ever written (producer; release-store after the data)
@@ -32,7 +35,7 @@ Rings segment layout (all integers little-endian):
 
     entry
     0       4     length of the whole entry in bytes, padding included
-    4       2     table kind (1 contacts, 2 dialogs; 0 = padding to the end of the ring)
+    4       2     table kind (shm.rows RowLayout.kind; 0 = padding to the end of the ring)
     6       2     reserved
     8       ...   row bytes: the fixed part and the used part of the string blob
 """
@@ -45,7 +48,7 @@ from fastcluster.shm.atomics import atomic_cas, atomic_load, atomic_store, unman
 from fastcluster.shm.raw import ld16, ld32, ld64, st16, st32
 
 RING_MAGIC = int.from_bytes(b"FCRINGS1", "little")
-RING_LAYOUT_VERSION = 1
+RING_LAYOUT_VERSION = 2
 SEGMENT_HEADER = 256
 RING_HEADER = 256
 ENTRY_HEADER = 8
@@ -53,17 +56,19 @@ ENTRY_HEADER = 8
 W_HEAD, W_TAIL, W_GAP_VERSION, W_GAPS, W_CAPACITY, W_PUSHED = 0, 8, 16, 17, 18, 19
 
 
-def segment_size(nrings: int, capacity: int) -> int:
+def segment_size(nprocs: int, capacity: int, ntables: int = 1) -> int:
     if capacity & (capacity - 1):
         raise ValueError("ring capacity must be a power of two")
-    return SEGMENT_HEADER + nrings * (RING_HEADER + capacity)
+    return SEGMENT_HEADER + nprocs * ntables * (RING_HEADER + capacity)
 
 
-def init_segment(buf: np.ndarray, nrings: int, capacity: int) -> None:
+def init_segment(buf: np.ndarray, nprocs: int, capacity: int, ntables: int = 1) -> None:
     head = buf[:SEGMENT_HEADER].view(np.uint64)
     head[1] = 0
+    nrings = nprocs * ntables
     buf[8:12].view(np.uint32)[0] = RING_LAYOUT_VERSION
     buf[12:16].view(np.uint32)[0] = nrings
+    buf[24:28].view(np.uint32)[0] = ntables
     head[2] = RING_HEADER + capacity
     for i in range(nrings):
         start = SEGMENT_HEADER + i * (RING_HEADER + capacity)
@@ -71,15 +76,20 @@ def init_segment(buf: np.ndarray, nrings: int, capacity: int) -> None:
     head[0] = RING_MAGIC  # last: a reader seeing the magic sees a complete header
 
 
-def region(buf: np.ndarray, index: int) -> np.ndarray:
-    """The ring region of process slot `index` (a view; what the kernels take)."""
+def region(buf: np.ndarray, slot: int, table: int = 0) -> np.ndarray:
+    """The ring region of process slot `slot` for table index `table` (a view; what the
+    kernels take)."""
     header = buf[:SEGMENT_HEADER]
     if int(header.view(np.uint64)[0]) != RING_MAGIC:
         raise ValueError("not a rings segment (bad magic)")
+    if int(header[8:12].view(np.uint32)[0]) != RING_LAYOUT_VERSION:
+        raise ValueError("rings segment layout version mismatch")
     nrings = int(header[12:16].view(np.uint32)[0])
+    ntables = int(header[24:28].view(np.uint32)[0])
     size = int(header.view(np.uint64)[2])
-    if not 0 <= index < nrings:
-        raise IndexError(f"ring {index} outside 0..{nrings - 1}")
+    index = slot * ntables + table
+    if not 0 <= table < ntables or not 0 <= index < nrings:
+        raise IndexError(f"ring of slot {slot}, table {table} outside the segment")
     start = SEGMENT_HEADER + index * size
     return buf[start:start + size]
 
@@ -140,38 +150,30 @@ def ring_push(ring, kind, row8, row_off, nbytes, version):
 
 
 @njit(cache=True, inline="always")
-def ring_drain(ring, out_a, off_a, out_b, off_b):
-    """Move whole entries from the ring, table kind 1 into out_a[off_a:] and kind 2 into
-    out_b[off_b:], padding skipped, until the ring is empty or the next entry does not
-    fit its output (each output must hold at least one entry). Returns the new
-    (off_a, off_b). Single consumer (the cluster process)."""
+def ring_drain(ring, out, off):
+    """Move whole entries from the ring into out[off:], padding skipped, until the ring
+    is empty or the next entry does not fit (out must hold at least one entry). Returns
+    the new offset. Single consumer (the cluster process)."""
     ring = unmanaged(ring)
-    out_a = unmanaged(out_a)
-    out_b = unmanaged(out_b)
+    out = unmanaged(out)
     w = ring[:RING_HEADER].view(np.int64)
     cap = w[W_CAPACITY]
     if cap == 0:
-        return off_a, off_b
+        return off
     data = ring[RING_HEADER:]
     tail = w[W_TAIL]
     head = atomic_load(w, W_HEAD)
     while tail < head:
         pos = tail & (cap - 1)
         length = ld32(data, pos)
-        kind = ld16(data, pos + 4)
-        if kind == 1:
-            if off_a + length > out_a.shape[0]:
+        if ld16(data, pos + 4) != 0:  # padding (kind 0) is just skipped
+            if off + length > out.shape[0]:
                 break
-            out_a[off_a:off_a + length] = data[pos:pos + length]
-            off_a += length
-        elif kind == 2:
-            if off_b + length > out_b.shape[0]:
-                break
-            out_b[off_b:off_b + length] = data[pos:pos + length]
-            off_b += length
-        tail += length  # padding (kind 0) is just skipped
+            out[off:off + length] = data[pos:pos + length]
+            off += length
+        tail += length
     atomic_store(w, W_TAIL, tail)
-    return off_a, off_b
+    return off
 
 
 @njit(cache=True, inline="always")
@@ -195,30 +197,33 @@ def stats(ring: np.ndarray) -> dict[str, int]:
 
 
 @njit(cache=True)
-def rings_drain(seg, out_a, off_a, out_b, off_b):
-    """ring_drain over every ring of a rings segment. Returns (off_a, off_b, more):
-    more is 1 when an output filled up before the rings were empty."""
+def rings_drain(seg, table, out, off):
+    """ring_drain over the rings of one table (every process slot's). Returns (off,
+    more): more is 1 when the output filled up before those rings were empty."""
     seg = unmanaged(seg)
     nrings = ld32(seg, 12)
     size = ld64(seg, 16)
+    ntables = ld32(seg, 24)
     more = 0
-    for i in range(nrings):
+    for i in range(table, nrings, ntables):
         ring = seg[SEGMENT_HEADER + i * size:SEGMENT_HEADER + (i + 1) * size]
-        off_a, off_b = ring_drain(ring, out_a, off_a, out_b, off_b)
+        off = ring_drain(ring, out, off)
         w = ring[:RING_HEADER].view(np.int64)
         if w[W_TAIL] != atomic_load(w, W_HEAD):
             more = 1
-    return off_a, off_b, more
+    return off, more
 
 
 @njit(cache=True)
-def rings_take_gaps(seg):
-    """Swap every ring's gap_version to 0; return the lowest one seen (0: no gap)."""
+def rings_take_gaps(seg, table):
+    """Swap the gap_version of every ring of one table to 0; return the lowest one seen
+    (0: no gap)."""
     seg = unmanaged(seg)
     nrings = ld32(seg, 12)
     size = ld64(seg, 16)
+    ntables = ld32(seg, 24)
     low = 0
-    for i in range(nrings):
+    for i in range(table, nrings, ntables):
         ring = seg[SEGMENT_HEADER + i * size:SEGMENT_HEADER + (i + 1) * size]
         gap = ring_take_gap(ring)
         if gap != 0 and (low == 0 or gap < low):

@@ -134,6 +134,15 @@ E_STALE = -7  # a remote row not newer than ours
 
 SPINS = 4096
 
+# apply_entries accumulates into counts[APPLY_COUNTS] (int64), at these indexes:
+(AC_APPLIED, AC_STALE, AC_TOO_LONG, AC_FULL, AC_BUSY, AC_ENTRIES, AC_CHECKSUM,
+ AC_CORRUPT) = range(8)
+APPLY_COUNTS = 8
+# table_gather accumulates into counts[GATHER_COUNTS]: entries written, their checksum
+GC_ENTRIES, GC_CHECKSUM = range(2)
+GATHER_COUNTS = 2
+HLC_SHIFT = 16  # a version is wall-clock ms << HLC_SHIFT | counter (shm.rows)
+
 Tbl = namedtuple("Tbl", "h keys locks undo8 undo64 rows8 rows16 rows32 rows64 nslots nhome "
                         "row body fixed shift lens_off nlens kind node_id capacity usz")
 
@@ -298,6 +307,25 @@ def prefetch_slot(t, s):
     prefetch(t.locks, (s >> t.shift) * LOCK_STRIDE)
     for off in range((s * t.row) & ~63, s * t.row + ROW_HEAD + t.fixed + 128, 64):
         prefetch(t.rows8, off)
+
+
+@njit(cache=True, inline="always")
+def hlc_version(now_ms):
+    """The smallest version a write at wall-clock time now_ms may carry; a write that
+    finds a version at least as high takes that version + 1 instead."""
+    return np.int64(now_ms) << HLC_SHIFT
+
+
+@njit(cache=True, inline="always")
+def next_version(now_ms, stored):
+    """Version of a local write over a record whose version is `stored` (0: none)."""
+    v = hlc_version(now_ms)
+    return v if v > stored else stored + 1
+
+
+def version_ms(version: int) -> int:
+    """Wall-clock ms a version was made at (its high bits)."""
+    return int(version) >> HLC_SHIFT
 
 
 @njit(cache=True, inline="always")
@@ -474,10 +502,9 @@ def put_row(t, ring, row8, at, now_ms, me, proc, pending):
     result = status
     dl = dt = df = 0
     if status == 0:
-        version = now_ms << 16
+        version = hlc_version(now_ms)
         if found >= 0:
-            if r_version(t, found) >= version:
-                version = r_version(t, found) + 1
+            version = next_version(now_ms, r_version(t, found))
             target = found
         elif row8[at + R_STATE] == ST_TOMB:
             target = E_NOT_FOUND
@@ -589,89 +616,71 @@ def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, pending)
 
 
 @njit(cache=True, inline="always")
-def _prefetch_entry(ct, dl, buf, at, nbytes):
+def _prefetch_entry(t, buf, at, nbytes):
     """Prefetch the slot of the entry at `at` (if it looks sane); return the next."""
     if at + ENTRY_HEADER + R_GROUP + 8 > nbytes:
         return nbytes
     length = ld32(buf, at)
     if length < ENTRY_HEADER:
         return nbytes
-    t = ct if ld16(buf, at + 4) == ct.kind else dl
     prefetch_slot(t, home_of(t, ldu64(buf, at + ENTRY_HEADER + R_GROUP)))
     return at + length
 
 
 @njit(cache=True, nogil=True)
-def apply_entries(ct_arena, dl_arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring,
-                  kind_mask, counts):
-    """Apply a batch of wire entries (replication or sync chunk) to the contact and
-    dialog tables. Entries of a kind whose bit (1 << kind) is not in kind_mask (its
-    capability is disabled here) are skipped. counts: int64[9] accumulates [applied,
-    stale, too_long, full, busy, entries, checksum (wrapping sum of row_checksum),
-    corrupt, skipped]. Returns the byte offset reached: nbytes when done; less when an
-    entry is corrupt (counts[7] = 1: drop the frame) or a lock stayed busy (counts[4]
-    grew: yield, then call again from that offset). Releases the GIL."""
-    ct = views(ct_arena)
-    dl = views(dl_arena)
+def apply_entries(arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring, counts):
+    """Apply a batch of wire entries (replication or sync chunk) of this table, each only
+    if its (version, origin) is newer than ours. counts: int64[APPLY_COUNTS]
+    accumulates (indexes AC_*) applied, stale, too long, table full, busy, entries,
+    checksum (wrapping sum of row_checksum), corrupt. Returns the byte offset reached:
+    nbytes when done; less when an entry is corrupt or of another table (counts
+    [AC_CORRUPT] = 1: drop the frame) or a lock stayed busy (counts[AC_BUSY] grew:
+    yield, then call again from that offset). Releases the GIL."""
+    t = views(arena)
     buf = unmanaged(buf)
     ring = unmanaged(ring)
-    # pending counter deltas, [table][live, tomb, free]; published on every return
-    pend = np.zeros((2, 3), dtype=np.int64)
+    d_live = d_tomb = d_free = 0  # counter deltas, published on every return
     off = 0
     # a cursor PREFETCH_AHEAD entries ahead asks for the slots those entries will touch
     ahead = 0
     for _ in range(PREFETCH_AHEAD):
-        ahead = _prefetch_entry(ct, dl, buf, ahead, nbytes)
+        ahead = _prefetch_entry(t, buf, ahead, nbytes)
     while off < nbytes:
         if nbytes - off < ENTRY_HEADER:
-            counts[7] = 1
+            counts[AC_CORRUPT] = 1
             break
         length = ld32(buf, off)
-        kind = ld16(buf, off + 4)
-        if length < ENTRY_HEADER or length & 7 or off + length > nbytes:
-            counts[7] = 1
+        if length < ENTRY_HEADER or length & 7 or off + length > nbytes or \
+                ld16(buf, off + 4) != t.kind:
+            counts[AC_CORRUPT] = 1
             break
-        if kind == ct.kind:
-            t = ct
-            which = 0
-        elif kind == dl.kind:
-            t = dl
-            which = 1
-        else:
-            counts[7] = 1
-            break
-        nxt = off + length
-        if not (kind_mask >> kind) & 1:
-            counts[8] += 1
-            off = nxt
-            continue
-        ahead = _prefetch_entry(ct, dl, buf, ahead, nbytes)
-        r, d_live, d_tomb, d_free = apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me,
-                                                proc, ring, pend[which, 0] + pend[which, 1])
+        ahead = _prefetch_entry(t, buf, ahead, nbytes)
+        r, dl, dt, df = apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring,
+                                    d_live + d_tomb)
         if r == E_BUSY:
-            counts[4] += 1
+            counts[AC_BUSY] += 1
             break  # the caller yields, then calls again from `off`
         if r == E_CORRUPT:
-            counts[7] = 1
+            counts[AC_CORRUPT] = 1
             break
-        pend[which, 0] += d_live
-        pend[which, 1] += d_tomb
-        pend[which, 2] += d_free
+        d_live += dl
+        d_tomb += dt
+        d_free += df
         rb = off + ENTRY_HEADER
-        counts[5] += 1
-        counts[6] += np.int64(row_checksum(ldu64(buf, rb + R_KEY), ld64(buf, rb + R_VERSION),
-                                           ld16(buf, rb + R_ORIGIN)))
+        counts[AC_ENTRIES] += 1
+        counts[AC_CHECKSUM] += np.int64(row_checksum(ldu64(buf, rb + R_KEY),
+                                                     ld64(buf, rb + R_VERSION),
+                                                     ld16(buf, rb + R_ORIGIN)))
         if r >= 0:
-            counts[0] += 1
+            counts[AC_APPLIED] += 1
         elif r == E_STALE:
-            counts[1] += 1
+            counts[AC_STALE] += 1
         elif r == E_TOO_LONG:
-            counts[2] += 1
+            counts[AC_TOO_LONG] += 1
         elif r == E_FULL:
-            counts[3] += 1
-        off = nxt
-    publish_counts(ct, pend[0, 0], pend[0, 1], pend[0, 2])
-    publish_counts(dl, pend[1, 0], pend[1, 1], pend[1, 2])
+            counts[AC_FULL] += 1
+        off += length
+    publish_counts(t, d_live, d_tomb, d_free)
     return off
 
 
@@ -817,8 +826,8 @@ def gather_one(t, s, out, off):
 @njit(cache=True, nogil=True)
 def table_gather(arena, start, out, max_bytes, counts):
     """Sync donor: write records from slot `start` on as wire entries into out (at most
-    max_bytes), whole probe runs at a time when possible. counts: int64[2] +=
-    [entries, checksum]. Returns (next slot, bytes, covered): every record whose home
+    max_bytes), whole probe runs at a time when possible. counts: int64[GATHER_COUNTS]
+    += entries, checksum (indexes GC_*). Returns (next slot, bytes, covered): every record whose home
     slot is below `covered` has been written by now (covered only moves at EMPTY slots,
     since a run never crosses one; a single run larger than max_bytes is split and does
     not advance it). Releases the GIL."""
@@ -850,8 +859,8 @@ def table_gather(arena, start, out, max_bytes, counts):
                 length = gather_one(t, s, out, off)
                 if length:
                     rb = off + ENTRY_HEADER
-                    counts[0] += 1
-                    counts[1] += np.int64(row_checksum(ldu64(out, rb + R_KEY),
+                    counts[GC_ENTRIES] += 1
+                    counts[GC_CHECKSUM] += np.int64(row_checksum(ldu64(out, rb + R_KEY),
                                                        ld64(out, rb + R_VERSION),
                                                        ld16(out, rb + R_ORIGIN)))
                     off += length

@@ -1,5 +1,10 @@
-"""Python side of the shared tables: typed wrappers that call the kernels, retry busy
-locks, and decode rows for the MI.
+"""The replicated tables, declared once (TABLES), and their Python side: typed wrappers
+that call the kernels, retry busy locks, and decode rows for the MI.
+
+A `TableSpec` names everything a table needs; the segments (shm.node), the rings (one per
+process and table), replication and full sync (services.cluster.replication), expiry
+(workers.timer), crash repair (workers.master) and kernel warm-up (shm.warm) all loop
+over TABLES. Adding a table is one declaration here plus its row layout and kernels.
 
 Kernels never validate; these wrappers do, at the boundary. A busy lock (E_BUSY) is
 retried after yielding the CPU: a holder that died is repaired by the master within
@@ -12,11 +17,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fastcluster.shm import contacts as C
 from fastcluster.shm import table as T
+from fastcluster.shm.dialogs import DIALOG
 from fastcluster.shm.hashing import group_hash_of
 from fastcluster.shm.rows import RowLayout
 
@@ -59,7 +67,7 @@ class Table:
                nprocs: int, node_id: int) -> Table:
         T.init_table(buf, layout.kind, capacity, layout.row_size(record_bytes),
                      layout.fixed_size, layout.lens_off, len(layout.strings), nprocs, node_id)
-        return Table(buf, layout) if layout.kind != C.KIND_CONTACTS else ContactTable(buf)
+        return SPEC_BY_KIND[layout.kind].open(buf)
 
     @staticmethod
     def size_for(layout: RowLayout, capacity: int, record_bytes: int, nprocs: int) -> int:
@@ -113,8 +121,8 @@ class Table:
 
 
 class ContactTable(Table):
-    def __init__(self, buf: np.ndarray) -> None:
-        super().__init__(buf, C.CONTACT)
+    def __init__(self, buf: np.ndarray, layout: RowLayout = C.CONTACT) -> None:
+        super().__init__(buf, layout)
 
     def remove(self, aor: bytes, uri: bytes, ring: np.ndarray, me: int, proc: int) -> int:
         """Turn the AOR's contacts (or the one with this URI) into tombstones."""
@@ -124,3 +132,34 @@ class ContactTable(Table):
         now = int(time.time() * 1000)
         return retry_busy(lambda: C.ul_remove(self.buf, ring, a, len(aor), u, len(uri), now,
                                               me, proc, row))
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One replicated table. Its settings are `[section] capacity, record_bytes,
+    tombstone_ttl_s, replication_cluster`; rows expire at their `expires` (LIVE) or
+    tombstone_ttl_s after it (TOMB), on every node alike (expiry is not replicated)."""
+    name: str  # NodeMemory attribute, shared-memory segment part, log name
+    layout: RowLayout  # row layout; layout.kind is the wire table id
+    section: str  # settings section
+    capability: str  # replication capability (OpenSIPS's name)
+    wrapper: type[Table] = Table
+
+    @property
+    def kind(self) -> int:
+        return self.layout.kind
+
+    def setting(self, cfg: Any, key: str) -> Any:
+        return cfg[f"{self.section}.{key}"]
+
+    def open(self, buf: np.ndarray) -> Table:
+        return self.wrapper(buf, self.layout)
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec("contacts", C.CONTACT, "usrloc", "usrloc-contact-repl", ContactTable),
+    TableSpec("dialogs", DIALOG, "dialog", "dialog-dlg-repl"),
+)
+SPEC_BY_NAME = {spec.name: spec for spec in TABLES}
+SPEC_BY_KIND = {spec.kind: spec for spec in TABLES}
+TABLE_INDEX = {spec.name: i for i, spec in enumerate(TABLES)}  # ring index of a table

@@ -66,16 +66,16 @@ def warm_kernels() -> float:
 
     # replication and sync paths
     wire = np.zeros(1 << 16, dtype=np.uint8)
-    n, _ = R.ring_drain(ring, wire, 0, np.zeros(1 << 16, dtype=np.uint8), 0)
+    n = R.ring_drain(ring, wire, 0)
     R.ring_take_gap(ring)
-    R.rings_drain(ring_buf, wire, 0, np.zeros(1 << 16, dtype=np.uint8), 0)
-    R.rings_take_gaps(ring_buf)
-    counts = np.zeros(9, dtype=np.int64)
-    T.apply_entries(ct_buf, dl_buf, wire, n, now_s, 60, me, 1, R.no_ring(), 0b110, counts)
-    gcounts = np.zeros(2, dtype=np.int64)
-    T.table_gather(ct_buf, 0, wire, wire.shape[0], gcounts)
-    T.table_gather(dl_buf, 0, wire, wire.shape[0], gcounts)
-    T.table_since(ct_buf, 0, 0, 1, wire, wire.shape[0])
+    R.rings_drain(ring_buf, 0, wire, 0)
+    R.rings_take_gaps(ring_buf, 0)
+    for buf in (ct_buf, dl_buf):  # the generic kernels, for every table of TABLES
+        counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+        T.apply_entries(buf, wire, n if buf is ct_buf else 0, now_s, 60, me, 1, R.no_ring(),
+                        counts)
+        T.table_gather(buf, 0, wire, wire.shape[0], np.zeros(T.GATHER_COUNTS, np.int64))
+        T.table_since(buf, 0, 0, 1, wire, wire.shape[0])
 
     # partitions and NAT pinging
     owners = np.zeros(16, dtype=np.uint16)

@@ -89,7 +89,8 @@ class Child:
         self.pid = os.getpid()
         self.me = T.lock_word(self.pid, slot)  # the value this process writes in locks
         self.stats = ctx.mem.control.stats[slot]
-        self.ring = ctx.mem.ring(slot)
+        # this process's replication ring of each table (it is their only producer)
+        self.rings = {name: ctx.mem.ring(slot, name) for name in ctx.mem.tables}
         self.stopping = False
         self._reload_gen = ctx.mem.control.reload_generation
 

@@ -1,13 +1,16 @@
 """The cluster process: one asyncio loop that links this node to the others and serves
-the MI.
+the MI. All the wiring of the cluster layers and their consumers happens here.
 
-It hosts the cluster layers -- topology (services.clusterer), capabilities, realtime
-replication and full sync -- and the MI server. Everything here must keep the loop
-responsive: heartbeats to other nodes are sent from this loop, so heavy work (big MI
-dumps, sync chunks) runs in threads (the kernels release the GIL) and user scripts run
-in their own process (services.script_bridge carries their messages). The live node set and capability states of every cluster are
-published to shared memory (shm.control views) so workers and the timer read them
-without asking. Neighbours: services.* (the layers), workers.child.
+It builds the cluster node (services.cluster.node: links, membership, heartbeats,
+routing), the capability and sync layers, and the narrow API (services.cluster.api) that
+every consumer binds to: table replication, the NAT ping partition map, the script
+bridge, remote MI and the MI commands. Everything here must keep the loop responsive:
+heartbeats to other nodes are sent from this loop, so heavy work (big MI dumps, sync
+chunks) runs in threads (the kernels release the GIL), handlers never block a link
+(services.cluster.dispatch) and user scripts run in their own process. The live node set
+and capability states of every cluster are published to shared memory (shm.control
+views) so workers and the timer read them without asking. Neighbours: services.cluster,
+services.mi, services.script.bridge, workers.child.
 """
 from __future__ import annotations
 
@@ -16,21 +19,31 @@ import logging
 import signal
 from typing import Any
 
-from fastcluster.services.mi import clusterer_cmds, core_cmds  # noqa: F401  (MI commands)
-from fastcluster.services.sip import dialog, usrloc  # noqa: F401  (MI commands)
+from fastcluster.core.messages import fingerprint
+from fastcluster.services.cluster.api import ClusterAPI
 from fastcluster.services.cluster.capabilities import Capabilities
-from fastcluster.services.cluster.node import Clusterer
-from fastcluster.services.mi.registry import MIServer, dispatch
+from fastcluster.services.cluster.node import ClusterNode
 from fastcluster.services.cluster.partitions import PartitionMap
-from fastcluster.services.cluster.replication import Applier, Replication
-from fastcluster.services.script.bridge import ScriptBridge
+from fastcluster.services.cluster.replication import Replication
 from fastcluster.services.cluster.sync import SyncManager
+from fastcluster.services.mi import clusterer_cmds, core_cmds, remote  # noqa: F401 (commands)
+from fastcluster.services.mi.registry import dispatch
+from fastcluster.services.mi.server import MIServer
+from fastcluster.services.script.bridge import ScriptBridge
+from fastcluster.services.sip import dialog, natping, usrloc  # noqa: F401  (MI commands)
 from fastcluster.shm import control as CT
+from fastcluster.shm.tables import SPEC_BY_NAME, TABLES
 from fastcluster.workers.child import Child
 
 log = logging.getLogger("cluster")
 
 BEAT_S = 0.1
+
+
+def build_fingerprint() -> str:
+    """Row layouts and message schemas: nodes of different builds never link."""
+    return fingerprint(*(f"{spec.name}:{spec.kind}:{spec.layout.dtype.descr}:"
+                         f"{spec.layout.strings}" for spec in TABLES))
 
 
 class ClusterProcess(Child):
@@ -39,16 +52,24 @@ class ClusterProcess(Child):
 
     def boot(self) -> None:
         self.ctx.close_sockets(keep=("mi", "bin", "script"))
-        self.clusterer = Clusterer(self.cfg, self.stats)
-        self.clusterer.mi_runner = self.run_mi
-        self.clusterer.on_recompute = self.publish_views
-        self.caps = Capabilities(self.cfg, self.clusterer, self.publish_views)
-        self.clusterer.on_forget.append(self.caps.forget)
-        applier = Applier(self, self.caps)
-        self.replication = Replication(self, self.clusterer, self.caps, applier)
-        self.sync = SyncManager(self, self.clusterer, self.caps, applier)
-        self.partitions = PartitionMap(self, self.caps)
-        self.script = ScriptBridge(self, self.clusterer)
+        self.sip_sockets = [s.label for s in self.ctx.sip]
+        self.node = ClusterNode(self.cfg, self.stats, build_fingerprint())
+        caps = Capabilities(self.node, self.publish_views)
+        self.sync = SyncManager(self.node, caps)
+        self.cluster = ClusterAPI(self.node, caps, self.sync)
+        self.replication = Replication(self, self.cluster)
+        self.partitions = PartitionMap(self.mem.control, self.cluster,
+                                       SPEC_BY_NAME["contacts"].capability,
+                                       self.cfg["usrloc.ping_partitions"])
+        self.script = ScriptBridge(self, self.cluster)
+        remote.attach(self.cluster, self.run_mi)
+        self.cluster.on_topology_change(self.publish_views)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.node.count(name, n)
+
+    def apply_reload(self) -> None:
+        self.node.apply_config(self.cfg)
 
     def run(self) -> None:
         asyncio.run(self.main())
@@ -60,7 +81,7 @@ class ClusterProcess(Child):
         self.mi = MIServer(self, self.ctx.mi_sock)
         await self.mi.start()
         await self.script.start()
-        await self.clusterer.start(self.ctx.bin_sock)
+        await self.node.start(self.ctx.bin_sock)
         self.publish_views()
         self.sync.start()
         tasks = [asyncio.create_task(t) for t in (self._beat(), self.replication.run(),
@@ -69,7 +90,7 @@ class ClusterProcess(Child):
         for task in tasks:
             task.cancel()
         self.replication.drain()  # the last changes still go out
-        await self.clusterer.stop()
+        await self.node.stop()
         await self.script.close()
         await self.mi.close()
 
@@ -91,15 +112,14 @@ class ClusterProcess(Child):
         script's cluster snapshot."""
         self.partitions.update()
         self.script.push_snapshot()
-        cl = self.clusterer
+        api = self.cluster
         ctl = self.mem.control
-        for index, cid in enumerate(cl.clusters[:CT.MAX_VIEWS]):
-            entries = [(cl.me, CT.VIEW_ME | (CT.VIEW_UP | CT.VIEW_ENABLED
-                                             if cl.enabled(cid) else 0),
-                        self.caps.view_bits(cl.me))]
-            for peer in sorted(cl.peers.values(), key=lambda p: p.node_id):
-                if cid in peer.clusters:
-                    flags = (CT.VIEW_UP if cl.is_up(cid, peer.node_id) else 0) | (
-                        0 if cid in cl.disabled.get(peer.node_id, ()) else CT.VIEW_ENABLED)
-                    entries.append((peer.node_id, flags, self.caps.view_bits(peer.node_id)))
-            ctl.publish_view(index, cid, cl.me, entries[:CT.MAX_VIEW_NODES])
+        for index, cid in enumerate(api.clusters[:CT.MAX_VIEWS]):
+            entries = [(api.me, CT.VIEW_ME | (CT.VIEW_UP | CT.VIEW_ENABLED
+                                              if api.enabled(cid) else 0),
+                        api.capability_bits(api.me))]
+            for view in api.nodes(cid):
+                flags = (CT.VIEW_UP if view.reachable else 0) | (
+                    CT.VIEW_ENABLED if view.enabled else 0)
+                entries.append((view.node_id, flags, api.capability_bits(view.node_id)))
+            ctl.publish_view(index, cid, api.me, entries[:CT.MAX_VIEW_NODES])

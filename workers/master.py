@@ -282,9 +282,8 @@ class Master:
         """Undo what a dead child left in flight in the tables, free its locks."""
         assert self.ctx is not None
         mem = self.ctx.mem
-        ring = mem.ring(state.slot)
-        for name, table in (("contacts", mem.contacts), ("dialogs", mem.dialogs)):
-            fixed, freed = table.repair(ring, pid, state.slot)
+        for name, table in mem.tables.items():
+            fixed, freed = table.repair(mem.ring(state.slot, name), pid, state.slot)
             if fixed or freed:
                 log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
                             {0: "no row in flight", 1: "torn row restored",

@@ -12,6 +12,7 @@ import time
 
 from fastcluster.core.stats import INDEX
 from fastcluster.shm import control as CT
+from fastcluster.shm.tables import TABLES
 from fastcluster.workers.child import Child
 
 log = logging.getLogger("timer")
@@ -28,7 +29,7 @@ class TimerProcess(Child):
         from fastcluster.services.sip.natping import NatPinger
 
         self.ctx.close_sockets(keep=("sip",))
-        self.cursors = {"contacts": 0, "dialogs": 0}
+        self.cursors = {spec.name: 0 for spec in TABLES}
         self.pinger = NatPinger(self, TICK_S)
 
     def apply_reload(self) -> None:
@@ -41,14 +42,14 @@ class TimerProcess(Child):
             self.beat()
             self.check_reload()
             now = int(time.time())
-            for name, table, ttl in (
-                    ("contacts", self.mem.contacts, self.cfg["usrloc.tombstone_ttl_s"]),
-                    ("dialogs", self.mem.dialogs, self.cfg["dialog.tombstone_ttl_s"])):
+            for spec in TABLES:
+                table = self.mem.tables[spec.name]
                 budget = -(-table.nregions // ticks_per_pass)
-                nxt, (expired, purged, _) = table.expire(now, ttl, self.me, budget,
-                                                         self.cursors[name])
-                self.cursors[name] = nxt
-                if name == "contacts":
+                nxt, (expired, purged, _) = table.expire(
+                    now, spec.setting(self.cfg, "tombstone_ttl_s"), self.me, budget,
+                    self.cursors[spec.name])
+                self.cursors[spec.name] = nxt
+                if spec.name == "contacts":
                     self.stats[INDEX["usrloc:expired_contacts"]] += expired
                     self.stats[INDEX["usrloc:purged_tombstones"]] += purged
             self.pinger.tick(time.monotonic())

@@ -1,13 +1,13 @@
-"""Capabilities: which node holds valid data of which replicated table.
+"""Capabilities: which node holds valid data of which replicated data set.
 
-Each capability (declared once in CAPS) replicates one shared table inside one cluster
-(`[usrloc] replication_cluster`, `[dialog] replication_cluster`; 0 switches it off).
-For every node and capability there is a state -- not synced, sync pending, sync in
-progress, synced (OpenSIPS's values) -- and an enabled flag; each node floods its own
-(CAPS, sequence-numbered) and every node knows every node's. A disabled capability
-neither sends nor accepts its data and is never a donor. The donor choice is a pure
-function (tested with tables). Neighbours: services.clusterer (flooding, topology),
-services.replication, services.sync, shm.control (published for workers and the timer).
+A consumer registers a capability (api.Capability) in one cluster. For every node and
+capability there is a state -- not synced, sync pending, sync in progress, synced
+(OpenSIPS's values) -- and an enabled flag; each node floods its own (CAPS,
+sequence-numbered) and every node knows every node's. A disabled capability neither
+sends nor accepts its data and is never a donor. Realtime batches of a capability go to
+the reachable nodes that have it (REPL, the first entry's table kind names the
+capability). The donor choice is a pure function (tested with tables).
+Neighbours: services.cluster.node (floods, routing), sync (states), api (the front).
 """
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastcluster.core.config import Config
-from fastcluster.core.wire import BROADCAST, Frame, Header, Msg, encode
-from fastcluster.services.mi.registry import MIError, command
-from fastcluster.services.cluster.topology import FloodFilter, Link, Sequencer
+from fastcluster.core.messages import Caps, Msg
+from fastcluster.core.wire import BROADCAST
+from fastcluster.services.cluster.api import Capability, SendResult
+from fastcluster.services.cluster.dispatch import Delivery, Mode
+from fastcluster.services.cluster.topology import Link, Sequencer
+
+if TYPE_CHECKING:
+    from fastcluster.services.cluster.node import ClusterNode
 
 log = logging.getLogger("caps")
 
@@ -38,20 +42,9 @@ class CapState(IntEnum):
                 1: "synced"}[self.value]
 
 
-@dataclass(frozen=True)
-class CapSpec:
-    name: str
-    kind: int  # the table's kind (wire table id)
-    table: str  # attribute of NodeMemory
-    cluster_setting: str
-
-
-CAPS: tuple[CapSpec, ...] = (
-    CapSpec("usrloc-contact-repl", 1, "contacts", "usrloc.replication_cluster"),
-    CapSpec("dialog-dlg-repl", 2, "dialogs", "dialog.replication_cluster"),
-)
-CAPS_BY_NAME = {c.name: c for c in CAPS}
-CAPS_BY_KIND = {c.kind: c for c in CAPS}
+# 4-bit codes of the states in the shared-memory views (0: unknown)
+VIEW_CODE = {CapState.NOT_SYNCED: 1, CapState.SYNC_PENDING: 2, CapState.SYNC_IN_PROGRESS: 3,
+             CapState.SYNCED: 4}
 
 
 @dataclass
@@ -59,6 +52,17 @@ class CapInfo:
     state: CapState = CapState.NOT_SYNCED
     enabled: bool = True
     donating: int = 0  # syncs this node is serving now (donor choice prefers idle ones)
+
+
+@dataclass(frozen=True)
+class CapView:
+    """A capability as the MI shows it: this node's state and every member's."""
+    name: str
+    cluster: int
+    state: CapState
+    enabled: bool
+    nodes: list[tuple[int, CapInfo | None, bool]]  # (node, its info, reachable)
+    sync: dict[str, Any] | None  # progress of a sync under way here
 
 
 def choose_donor(candidates: list[tuple[int, bool, int]], exclude: set[int]) -> int | None:
@@ -71,31 +75,33 @@ def choose_donor(candidates: list[tuple[int, bool, int]], exclude: set[int]) -> 
     return min(pool, key=lambda c: (not c[1], c[2], c[0]))[0]
 
 
-def cap_cluster(cfg: Config, spec: CapSpec) -> int:
-    return cfg.replication_cluster(spec.cluster_setting)
-
-
 class Capabilities:
-    def __init__(self, cfg: Config, clusterer: Any,
-                 on_change: Callable[[], None]) -> None:
-        self.cfg = cfg
-        self.cl = clusterer
+    def __init__(self, node: ClusterNode, on_change: Callable[[], None]) -> None:
+        self.node = node
         self.on_change = on_change
-        self.active = [c for c in CAPS if cap_cluster(cfg, c)]
-        self.local: dict[str, CapInfo] = {c.name: CapInfo() for c in self.active}
+        self.registered: dict[str, Capability] = {}
+        self.by_wire: dict[int, Capability] = {}
+        self.local: dict[str, CapInfo] = {}
         self.remote: dict[int, dict[str, CapInfo]] = {}
-        self.flood = FloodFilter()
         self.seq = Sequencer()
         self.my_seq = 0
-        self.sync_status: dict[str, dict[str, Any]] = {}  # filled by services.sync
-        clusterer.handlers[Msg.CAPS] = self.handle_caps
-        clusterer.on_link_up.append(self._send_all)
+        node.dispatcher.register(Msg.CAPS, self.handle_caps, Mode.INLINE)
+        node.dispatcher.register(Msg.REPL, self.handle_repl, Mode.ORDERED)
+        node.events.links.append(self._send_all)
+        node.events.forgets.append(self.forget)
+
+    def register(self, cap: Capability) -> None:
+        if cap.name in self.registered or cap.wire_id in self.by_wire:
+            raise RuntimeError(f"capability {cap.name} registered twice")
+        self.registered[cap.name] = cap
+        self.by_wire[cap.wire_id] = cap
+        self.local[cap.name] = CapInfo()
 
     def cluster_of(self, name: str) -> int:
-        return cap_cluster(self.cfg, CAPS_BY_NAME[name])
+        return self.registered[name].cluster
 
     def info(self, node: int, name: str) -> CapInfo | None:
-        if node == self.cl.me:
+        if node == self.node.me:
             return self.local.get(name)
         return self.remote.get(node, {}).get(name)
 
@@ -103,34 +109,41 @@ class Capabilities:
         info = self.local.get(name)
         return info is not None and info.enabled
 
-    def kind_mask(self) -> int:
-        """Bit (1 << kind) of every table this node accepts data for."""
-        mask = 0
-        for c in self.active:
-            if self.local[c.name].enabled:
-                mask |= 1 << c.kind
-        return mask
+    def synced_here(self, name: str) -> bool:
+        info = self.local.get(name)
+        return info is not None and info.enabled and info.state == CapState.SYNCED
 
     def peers_with(self, name: str) -> list[int]:
         """Reachable nodes of the capability's cluster that have it enabled."""
-        cluster = self.cluster_of(name)
         out = []
-        for node in self.cl.up_nodes(cluster):
+        for node in self.node.routing.up_nodes(self.cluster_of(name)):
             info = self.remote.get(node, {}).get(name)
             if info is None or info.enabled:  # unknown yet: send, the node filters
                 out.append(node)
         return out
 
     def donor_candidates(self, name: str) -> list[tuple[int, bool, int]]:
-        cluster = self.cluster_of(name)
         out = []
-        for node in self.cl.up_nodes(cluster):
+        for node in self.node.routing.up_nodes(self.cluster_of(name)):
             info = self.remote.get(node, {}).get(name)
             if info is not None and info.enabled and info.state == CapState.SYNCED:
-                peer = self.cl.peers.get(node)
+                peer = self.node.peers.get(node)
                 direct = peer is not None and peer.link == Link.UP
                 out.append((node, direct, info.donating))
         return out
+
+    def sharing_nodes(self, name: str) -> list[int]:
+        """Nodes that share the capability's work (NAT pinging): reachable, synced and
+        enabled; if none is synced yet (a cluster starting), those enabled -- someone
+        working beats nobody working. A node without the capability: itself alone."""
+        me = self.node.me
+        if name not in self.registered:
+            return [me]
+        nodes = [me] + self.node.routing.up_nodes(self.cluster_of(name))
+        enabled = [(n, i) for n, i in ((n, self.info(n, name)) for n in nodes)
+                   if i is not None and i.enabled]
+        synced = [n for n, i in enabled if i.state == CapState.SYNCED]
+        return sorted(synced or [n for n, _ in enabled])
 
     def set_local(self, name: str, state: CapState | None = None,
                   enabled: bool | None = None, donating_delta: int = 0) -> None:
@@ -147,106 +160,101 @@ class Capabilities:
         self._announce()
         self.on_change()
 
-    # -- flooding
+    # ---------------------------------------------------------------- realtime batches
 
-    def _payload(self) -> dict[str, Any]:
-        return {"origin": self.cl.me, "seq": self.my_seq,
-                "caps": {n: [int(i.state), i.enabled, i.donating]
-                         for n, i in self.local.items()}}
+    def replicate(self, name: str, rows: bytes, to: list[int] | None) -> list[int]:
+        if not self.enabled_here(name):
+            return []  # disabled here: this node sends nothing
+        cluster = self.cluster_of(name)
+        routing = self.node.routing
+        return [n for n in (self.peers_with(name) if to is None else to)
+                if routing.send(cluster, n, Msg.REPL, raw=rows) == SendResult.SUCCESS]
+
+    async def handle_repl(self, d: Delivery) -> None:
+        data = d.payload
+        kind = int.from_bytes(data[4:6], "little") if len(data) >= 8 else -1
+        cap = self.by_wire.get(kind)
+        if cap is None:
+            self.node.count("clusterer:bad_messages")
+            return
+        if not self.enabled_here(cap.name):
+            return  # disabled here: accepts nothing
+        if not await cap.apply_batch(data, d.source):
+            self.node.count("clusterer:corrupt_frames")
+            log.warning("corrupt replication rows from node %d: dropping that connection",
+                        d.source)
+            conn = self.node.conns.get(d.via)
+            if conn is not None:
+                conn.close()
+
+    # ---------------------------------------------------------------- flooding
+
+    def _payload(self, origin: int, seq: int, caps: dict[str, CapInfo]) -> Caps:
+        return Caps(origin, seq, {n: [int(i.state), int(i.enabled), i.donating]
+                                  for n, i in caps.items()})
 
     def _announce(self) -> None:
+        node = self.node
         self.my_seq = self.seq.next(int(time.time() * 1000))
-        self.flood.fresh(int(Msg.CAPS), self.cl.me, self.my_seq)
-        self.cl.flood_all(Msg.CAPS, self._payload(), exclude=None)
+        node.flood.fresh(int(Msg.CAPS), node.me, self.my_seq)
+        node.routing.flood(Msg.CAPS, self._payload(node.me, self.my_seq, self.local),
+                           exclude=None)
 
-    def _send_all(self, node: int) -> None:
+    def _send_all(self, peer: int) -> None:
         """A new link: tell that node every capability state we know."""
-        conn = self.cl.conns.get(node)
+        node = self.node
+        conn = node.conns.get(peer)
         if conn is None:
             return
         if self.my_seq == 0:
             self.my_seq = self.seq.next(int(time.time() * 1000))
-        conn.send(encode(Header(Msg.CAPS, 0, self.cl.me, BROADCAST), self._payload()))
+        node.send_on(conn, Msg.CAPS, self._payload(node.me, self.my_seq, self.local),
+                     dest=BROADCAST)
         for origin, caps in self.remote.items():
-            seq = self.flood.seen.get((int(Msg.CAPS), origin))
+            seq = node.flood.seen.get((int(Msg.CAPS), origin))
             if seq is not None:
-                conn.send(encode(Header(Msg.CAPS, 0, self.cl.me, BROADCAST), {
-                    "origin": origin, "seq": seq,
-                    "caps": {n: [int(i.state), i.enabled, i.donating]
-                             for n, i in caps.items()}}))
+                node.send_on(conn, Msg.CAPS, self._payload(origin, seq, caps), dest=BROADCAST)
 
-    def handle_caps(self, frame: Frame, conn: Any) -> None:
-        p = frame.payload
-        origin, seq = int(p["origin"]), int(p["seq"])
-        if origin == self.cl.me or not self.flood.fresh(int(Msg.CAPS), origin, seq):
+    def handle_caps(self, d: Delivery) -> None:
+        p: Caps = d.payload
+        node = self.node
+        if p.origin == node.me or not node.flood.fresh(int(Msg.CAPS), p.origin, p.seq):
             return
         caps = {}
-        for name, (state, enabled, donating) in p["caps"].items():
-            caps[str(name)] = CapInfo(CapState(int(state)), bool(enabled), int(donating))
-        self.remote[origin] = caps
-        self.cl.flood_all(Msg.CAPS, p, exclude=conn.peer_id if conn is not None else None)
+        for name, values in p.caps.items():
+            state, enabled, donating = (list(values) + [0, 0, 0])[:3]
+            try:
+                caps[name] = CapInfo(CapState(state), bool(enabled), int(donating))
+            except ValueError:
+                node.count("clusterer:bad_messages")
+                return
+        self.remote[p.origin] = caps
+        node.routing.flood(Msg.CAPS, p, exclude=d.via)
         self.on_change()
 
     def forget(self, node: int) -> None:
         self.remote.pop(node, None)
-        self.flood.forget(node)
+
+    # ---------------------------------------------------------------- views
 
     def view_bits(self, node: int) -> int:
         """Capability states packed for shm.control views: 4 bits per capability in
-        CAPS order: 0 unknown, 1 not synced, 2 pending, 3 in progress, 4 synced; bit 3
-        set when enabled."""
+        registration order (VIEW_CODE; 0 unknown), bit 3 set when enabled."""
         bits = 0
-        code = {CapState.NOT_SYNCED: 1, CapState.SYNC_PENDING: 2,
-                CapState.SYNC_IN_PROGRESS: 3, CapState.SYNCED: 4}
-        for i, spec in enumerate(CAPS):
-            info = self.info(node, spec.name)
+        for i, name in enumerate(self.registered):
+            info = self.info(node, name)
             if info is not None:
-                bits |= (code[info.state] | (8 if info.enabled else 0)) << (4 * i)
+                bits |= (VIEW_CODE[info.state] | (8 if info.enabled else 0)) << (4 * i)
         return bits
 
-
-# ---------------------------------------------------------------- MI
-
-
-@command("clusterer_list_cap")
-def mi_clusterer_list_cap(node: Any) -> dict[str, Any]:
-    """Every capability of every cluster: this node's state, each node's state, and the
-    progress of a sync under way (donor, records, percent, rate)."""
-    caps: Capabilities = node.caps
-    clusters: dict[int, list[dict[str, Any]]] = {}
-    for spec in caps.active:
-        cluster = caps.cluster_of(spec.name)
-        mine = caps.local[spec.name]
-        nodes = []
-        for n in sorted({caps.cl.me} | caps.cl.members(cluster)):
-            info = caps.info(n, spec.name)
-            nodes.append({"node_id": n, "state": info.state.text if info else "unknown",
-                          "enabled": ("yes" if info.enabled else "no") if info else "unknown",
-                          "reachable": n == caps.cl.me or caps.cl.is_up(cluster, n)})
-        item: dict[str, Any] = {"name": spec.name, "state": mine.state.text,
-                                "enabled": "yes" if mine.enabled else "no", "Nodes": nodes}
-        if spec.name in caps.sync_status:
-            item["sync"] = caps.sync_status[spec.name]
-        clusters.setdefault(cluster, []).append(item)
-    return {"Clusters": [{"cluster_id": c, "Capabilities": items}
-                         for c, items in sorted(clusters.items())]}
-
-
-@command("clusterer_set_cap_status")
-def mi_clusterer_set_cap_status(node: Any, cluster_id: Any, capability: str,
-                                status: Any) -> str:
-    """Enable (1) or disable (0) a capability on this node."""
-    caps: Capabilities = node.caps
-    spec = CAPS_BY_NAME.get(capability)
-    if spec is None or spec not in caps.active:
-        raise MIError(404, "Capability not found")
-    if caps.cluster_of(capability) != int(cluster_id):
-        raise MIError(404, "Capability not in that cluster")
-    if str(status) not in ("0", "1"):
-        raise MIError(400, "Bad value for 'status'")
-    enabled = str(status) == "1"
-    was = caps.local[capability].enabled
-    caps.set_local(capability, enabled=enabled)
-    if enabled and not was:  # it missed what changed while it was disabled
-        node.sync.request(capability, "capability enabled")
-    return "OK"
+    def views(self, progress: dict[str, dict[str, Any]]) -> list[CapView]:
+        node = self.node
+        out = []
+        for name, cap in self.registered.items():
+            mine = self.local[name]
+            members = sorted({node.me} | node.membership.members(cap.cluster))
+            out.append(CapView(name, cap.cluster, mine.state, mine.enabled,
+                               [(n, self.info(n, name),
+                                 n == node.me or node.routing.is_up(cap.cluster, n))
+                                for n in members], progress.get(name)))
+        return out

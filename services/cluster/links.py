@@ -8,10 +8,12 @@ Handshake (mutual, the secret never crosses the wire):
 mac_x = HMAC-SHA256(secret, role | nonce_c | nonce_a | connector id | acceptor id).
 Either side answers a failure with REFUSE {reason} and closes; nothing about the other
 node is believed before the handshake ends, so a wrong secret changes no state.
-A corrupt frame drops that connection only (counted). `purpose` separates the control
-link (heartbeats, topology, replication) from bulk sync connections, so a big sync never
-queues behind or in front of heartbeats. Neighbours: core.wire (codec),
-services.clusterer (what the frames mean).
+A corrupt frame drops that connection only (counted). Before the handshake ends a
+frame may be at most PRE_AUTH_FRAME bytes, so a stranger cannot make this node buffer
+more. `purpose` separates the control link (heartbeats, topology, replication) from
+bulk sync connections, so a big sync never queues behind or in front of heartbeats.
+Neighbours: core.wire (codec), core.messages (payloads), services.cluster.node (what
+the frames mean).
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastcluster.core.wire import CorruptFrame, Decoder, Frame, Header, Msg, encode, encode_parts
+from fastcluster.core.messages import Auth, BadMessage, Empty, Msg, Refuse, from_wire
+from fastcluster.core.messages import Hello as HelloMsg
+from fastcluster.core.wire import CorruptFrame, Decoder, Frame, Header, encode, encode_parts
 
 log = logging.getLogger("links")
 
@@ -33,6 +37,7 @@ HANDSHAKE_TIMEOUT_S = 3.0
 BAD_SECRET = "the cluster secret differs (authentication failed)"
 READ_CHUNK = 1 << 18
 PURPOSES = ("link", "sync")
+PRE_AUTH_FRAME = 16384  # largest frame accepted before the handshake ends
 
 
 class Refused(Exception):
@@ -47,7 +52,7 @@ class Hello:
     url: tuple[str, int]
     clusters: frozenset[int]
     purpose: str
-    agree: dict[str, Any]  # settings that must be equal on every node (clusterer.AGREE)
+    agree: dict[str, Any]  # settings and build facts equal on every node (node.AGREE)
 
 
 def _mac(secret: bytes, role: bytes, nonce_c: bytes, nonce_a: bytes, id_c: int,
@@ -108,7 +113,7 @@ class Connection:
             self.writer.close()
 
 
-FrameHandler = Callable[[Connection, Frame], Awaitable[None] | None]
+FrameHandler = Callable[[Connection, Frame], None]  # must not block: the link waits
 
 
 class LinkManager:
@@ -127,25 +132,23 @@ class LinkManager:
         self.count = count
         self.agree = agree
 
-    def _hello(self, purpose: str, nonce: bytes) -> dict[str, Any]:
-        return {"id": self.me, "inc": self.incarnation, "url": list(self.url),
-                "clusters": sorted(self.clusters), "agree": self.agree, "purpose": purpose,
-                "nonce": nonce}
+    def _hello(self, purpose: str, nonce: bytes, mac: bytes | None = None) -> HelloMsg:
+        return HelloMsg(self.me, self.incarnation, list(self.url), sorted(self.clusters),
+                        self.agree, purpose, nonce, mac)
 
     @staticmethod
-    def _parse_hello(p: Any) -> Hello:
+    def _parse_hello(frame: Frame, purpose: str | None = None) -> tuple[Hello, HelloMsg]:
         try:
-            url = (str(p["url"][0]), int(p["url"][1]))
-            hello = Hello(int(p["id"]), int(p["inc"]), url, frozenset(int(c) for c in
-                                                                          p["clusters"]),
-                          str(p["purpose"]), dict(p.get("agree") or {}))
-            nonce = p["nonce"]
-        except (KeyError, TypeError, ValueError, IndexError):
+            p = from_wire(HelloMsg, frame.payload)
+            url = (str(p.url[0]), int(p.url[1]))
+            hello = Hello(p.id, p.inc, url, frozenset(p.clusters), purpose or p.purpose,
+                          dict(p.agree))
+        except (BadMessage, TypeError, ValueError, IndexError):
             raise Refused("malformed handshake") from None
         if not 1 <= hello.node_id <= 65535 or hello.purpose not in PURPOSES or \
-                not isinstance(nonce, bytes) or len(nonce) != 16:
+                len(p.nonce) != 16:
             raise Refused("malformed handshake")
-        return hello
+        return hello, p
 
     # -- reading one frame during the handshake
 
@@ -174,10 +177,12 @@ class LinkManager:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        decoder = Decoder(self.max_frame)
+        decoder = Decoder(PRE_AUTH_FRAME)
         try:
-            return await asyncio.wait_for(self._connector(reader, writer, decoder, purpose),
+            conn = await asyncio.wait_for(self._connector(reader, writer, decoder, purpose),
                                           HANDSHAKE_TIMEOUT_S)
+            decoder.max_frame = self.max_frame
+            return conn
         except (Refused, CorruptFrame, asyncio.TimeoutError, OSError) as exc:
             writer.close()
             if isinstance(exc, asyncio.TimeoutError):
@@ -194,21 +199,21 @@ class LinkManager:
         frame = await self._read_frame(reader, decoder, queue)
         if frame.header.type == Msg.REFUSE:
             raise Refused(f"refused by the other node: {_reason(frame.payload)}")
-        if frame.header.type != Msg.CHALLENGE or not isinstance(frame.payload, dict):
+        if frame.header.type != Msg.CHALLENGE:
             raise Refused("expected CHALLENGE")
-        peer = self._parse_hello({**frame.payload, "purpose": purpose})
-        nonce_a = frame.payload["nonce"]
+        peer, challenge = self._parse_hello(frame, purpose)
+        nonce_a = challenge.nonce
         expect = _mac(self.secret, b"acceptor", nonce_c, nonce_a, self.me, peer.node_id)
-        if not hmac.compare_digest(expect, frame.payload.get("mac", b"") or b""):
-            self._send(writer, Msg.REFUSE, peer.node_id, {"reason": BAD_SECRET})
+        if not hmac.compare_digest(expect, challenge.mac or b""):
+            self._send(writer, Msg.REFUSE, peer.node_id, Refuse(BAD_SECRET))
             raise Refused(f"node {peer.node_id} at {_addr(peer.url)}: {BAD_SECRET}")
         reason = self.check_peer(peer)
         if reason:
-            self._send(writer, Msg.REFUSE, peer.node_id, {"reason": reason})
+            self._send(writer, Msg.REFUSE, peer.node_id, Refuse(reason))
             raise Refused(reason)
         self._send(writer, Msg.AUTH, peer.node_id,
-                   {"mac": _mac(self.secret, b"connector", nonce_c, nonce_a, self.me,
-                                peer.node_id)})
+                   Auth(_mac(self.secret, b"connector", nonce_c, nonce_a, self.me,
+                             peer.node_id)))
         frame = await self._read_frame(reader, decoder, queue)
         if frame.header.type == Msg.REFUSE:
             raise Refused(f"refused by node {peer.node_id}: {_reason(frame.payload)}")
@@ -226,11 +231,12 @@ class LinkManager:
             s = writer.get_extra_info("socket")
             if s is not None:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            decoder = Decoder(self.max_frame)
+            decoder = Decoder(PRE_AUTH_FRAME)
             where = writer.get_extra_info("peername")
             try:
                 conn = await asyncio.wait_for(self._acceptor(reader, writer, decoder),
                                               HANDSHAKE_TIMEOUT_S)
+                decoder.max_frame = self.max_frame
             except (Refused, CorruptFrame, asyncio.TimeoutError, OSError) as exc:
                 self.count("clusterer:refused_links")
                 if isinstance(exc, CorruptFrame):
@@ -248,29 +254,33 @@ class LinkManager:
                         decoder: Decoder) -> Connection:
         queue: list[Frame] = []
         frame = await self._read_frame(reader, decoder, queue)
-        if frame.header.type != Msg.HELLO or not isinstance(frame.payload, dict):
+        if frame.header.type != Msg.HELLO:
             raise Refused("expected HELLO")
-        peer = self._parse_hello(frame.payload)
-        nonce_c = frame.payload["nonce"]
+        peer, hello = self._parse_hello(frame)
+        nonce_c = hello.nonce
         nonce_a = os.urandom(16)
-        reply = self._hello(peer.purpose, nonce_a)
-        reply["mac"] = _mac(self.secret, b"acceptor", nonce_c, nonce_a, peer.node_id, self.me)
-        self._send(writer, Msg.CHALLENGE, peer.node_id, reply)
+        self._send(writer, Msg.CHALLENGE, peer.node_id, self._hello(
+            peer.purpose, nonce_a, _mac(self.secret, b"acceptor", nonce_c, nonce_a,
+                                        peer.node_id, self.me)))
         frame = await self._read_frame(reader, decoder, queue)
         if frame.header.type == Msg.REFUSE:
             raise Refused(f"node {peer.node_id} at {_addr(peer.url)}: "
                           f"{_reason(frame.payload)}")
-        if frame.header.type != Msg.AUTH or not isinstance(frame.payload, dict):
+        try:
+            auth = from_wire(Auth, frame.payload) if frame.header.type == Msg.AUTH else None
+        except BadMessage:
+            auth = None
+        if auth is None:
             raise Refused("expected AUTH")
         expect = _mac(self.secret, b"connector", nonce_c, nonce_a, peer.node_id, self.me)
-        if not hmac.compare_digest(expect, frame.payload.get("mac", b"") or b""):
-            self._send(writer, Msg.REFUSE, peer.node_id, {"reason": BAD_SECRET})
+        if not hmac.compare_digest(expect, auth.mac):
+            self._send(writer, Msg.REFUSE, peer.node_id, Refuse(BAD_SECRET))
             raise Refused(f"node {peer.node_id} at {_addr(peer.url)}: {BAD_SECRET}")
         reason = self.check_peer(peer)
         if reason:
-            self._send(writer, Msg.REFUSE, peer.node_id, {"reason": reason})
+            self._send(writer, Msg.REFUSE, peer.node_id, Refuse(reason))
             raise Refused(f"node {peer.node_id} at {_addr(peer.url)}: {reason}")
-        self._send(writer, Msg.WELCOME, peer.node_id, {})
+        self._send(writer, Msg.WELCOME, peer.node_id, Empty())
         return Connection(reader, writer, decoder, peer, initiator=False, early=queue)
 
     async def close(self) -> None:
@@ -284,18 +294,14 @@ class LinkManager:
         """Deliver frames until the connection ends; returns why it ended."""
         try:
             for frame in conn.early:
-                result = on_frame(conn, frame)
-                if result is not None:
-                    await result
+                on_frame(conn, frame)
             conn.early = []
             while True:
                 data = await conn.reader.read(READ_CHUNK)
                 if not data:
                     return "closed by the other node"
                 for frame in conn.decoder.feed(data):
-                    result = on_frame(conn, frame)
-                    if result is not None:
-                        await result
+                    on_frame(conn, frame)
         except CorruptFrame as exc:
             self.count("clusterer:corrupt_frames")
             log.warning("corrupt frame from node %d: %s; dropping that connection",

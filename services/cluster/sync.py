@@ -1,20 +1,20 @@
 """Full sync: a node with no data (or told to by the MI, or back from being cut off)
 pulls a whole table from a donor, in chunks, while realtime replication goes on.
 
-Receiver: picks a donor (services.capabilities.choose_donor), dials it on a separate
-`sync` connection (never queued behind heartbeats), asks SYNC_REQ {capability,
-position}, applies each SYNC_CHUNK in a thread (the kernel releases the GIL) and
-acknowledges it. A chunk is raw entries behind a small msgpack header {seq, rows, crc,
+Receiver: picks a donor (capabilities.choose_donor), dials it on a separate `sync`
+connection (never queued behind heartbeats), asks SYNC_REQ {capability, position},
+applies each SYNC_CHUNK through the capability's apply_chunk (table kernels run in a
+thread and release the GIL) and acknowledges it. A chunk is raw entries behind a small msgpack header {seq, rows, crc,
 covered}; `covered` is the hash-space position below which the receiver now has every
 record, so a sync that loses its donor (dead, or silent for sync_timeout_s) resumes
 from there with another donor, whatever that donor's table size. SYNC_END carries the
 rows sent in the session and their checksum; the receiver declares the capability
 synced only if both match what it received, never on a partial or corrupt sync.
-Donor: streams chunks gathered in a thread, at most sync_window unacknowledged, so
-neither side holds more than a few chunks in memory. A seed with no donor in sight
-becomes synced with its own data after seed_fallback_interval_s.
-Neighbours: services.capabilities (states, donor choice), services.replication
-(Applier), services.links (connections), shm.table (gather kernel).
+Donor: streams the chunks its capability's sync_source gathers, at most sync_window
+unacknowledged, so neither side holds more than a few chunks in memory. A seed with no
+donor in sight becomes synced with its own data after seed_fallback_interval_s.
+Neighbours: capabilities (states, donor choice), api (Capability: the data side),
+links (connections), services.cluster.replication (the tables' sources and appliers).
 """
 from __future__ import annotations
 
@@ -24,18 +24,20 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
 
-from fastcluster.core.stats import INDEX
-from fastcluster.core.wire import CorruptFrame, Header, Msg, encode, encode_parts
-from fastcluster.services.cluster.capabilities import CAPS_BY_NAME, Capabilities, CapState, choose_donor
+from fastcluster.core.messages import BadMessage, Msg, SyncAbort, SyncAck, SyncEnd, SyncReq, \
+    from_wire
+from fastcluster.core.wire import CorruptFrame, Header, encode, encode_parts
+from fastcluster.services.cluster.capabilities import Capabilities, CapState, choose_donor
 from fastcluster.services.cluster.links import Connection, Refused
-from fastcluster.services.mi.registry import MIError, command
-from fastcluster.services.cluster.replication import Applier
 from fastcluster.shm import table as T
+
+if TYPE_CHECKING:
+    from fastcluster.services.cluster.node import ClusterNode
 
 log = logging.getLogger("sync")
 
@@ -78,26 +80,29 @@ def split_chunk(raw: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 class SyncManager:
-    def __init__(self, proc: Any, clusterer: Any, caps: Capabilities, applier: Applier) -> None:
-        self.proc = proc
-        self.cfg = proc.cfg
-        self.cl = clusterer
+    def __init__(self, node: ClusterNode, caps: Capabilities) -> None:
+        self.node = node
+        self.cfg = node.cfg
         self.caps = caps
-        self.applier = applier
-        self.stats = proc.stats
-        self.want: dict[str, Want] = {c.name: Want() for c in caps.active}
+        self.want: dict[str, Want] = {}
+        self.progress: dict[str, dict[str, Any]] = {}  # syncs under way here, for the MI
         self.chunk_bytes = self.cfg["clusterer.sync_packet_size"]
         self.window = self.cfg["clusterer.sync_window"]
         self.timeout_s = self.cfg["clusterer.sync_timeout_s"]
         seed = self.cfg["clusterer.seed"]
         self.seed = seed == "yes" or (seed == "auto" and not self.cfg["clusterer.seeds"])
-        self.had_peers: dict[str, bool] = {c.name: False for c in caps.active}
+        self.had_peers: dict[str, bool] = {}
         self.cut_off_since: dict[str, float] = {}
-        clusterer.on_sync_connection = self.serve
-        clusterer.subscribers.append(self.on_node_event)
+        node.on_sync_connection = self.serve
+        node.events.nodes.append(self.on_node_event)
+
+    def add(self, name: str) -> None:
+        """A capability was registered: it can be synced."""
+        self.want[name] = Want()
+        self.had_peers[name] = False
 
     def _count(self, name: str, n: int = 1) -> None:
-        self.stats[INDEX[name]] += n
+        self.node.count(name, n)
 
     # ---------------------------------------------------------------- requests
 
@@ -133,10 +138,11 @@ class SyncManager:
         if not info.enabled:
             return
         # A node cut off from every other node (not a blip) resyncs once it sees them.
-        if self.cl.up_nodes(self.caps.cluster_of(name)):
+        if self.node.routing.up_nodes(self.caps.cluster_of(name)):
             since = self.cut_off_since.pop(name, None)
             if since is not None and info.state == CapState.SYNCED and \
-                    time.monotonic() - since > self.cl.timing.ping_timeout_ms / 1000:
+                    time.monotonic() - since > \
+                    self.node.heartbeats.timing.ping_timeout_ms / 1000:
                 self.request(name, "back from being cut off")
             self.had_peers[name] = True
         elif self.had_peers[name]:
@@ -162,7 +168,7 @@ class SyncManager:
             donor = choose_donor(candidates, set())  # better a failed donor than none
         if donor is None:
             return False
-        want.session = self.cl._spawn(self._receive(name, donor))
+        want.session = self.node.spawn(self._receive(name, donor))
         return True
 
     def on_node_event(self, cluster: int, node: int, up: bool) -> None:
@@ -178,7 +184,8 @@ class SyncManager:
 
     async def _receive(self, name: str, donor: int) -> None:
         want = self.want[name]
-        peer = self.cl.peers.get(donor)
+        cap = self.caps.registered[name]
+        peer = self.node.peers.get(donor)
         if peer is None or peer.url is None:
             want.excluded[donor] = time.monotonic() + EXCLUDE_S
             return
@@ -188,13 +195,12 @@ class SyncManager:
         received_rows = 0
         checksum = 0
         conn: Connection | None = None
-        counts = np.zeros(9, dtype=np.int64)
+        counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+        me = self.node.me
         try:
-            conn = await self.cl.links.dial(peer.url[0], peer.url[1], "sync")
-            conn.send(encode(Header(Msg.SYNC_REQ, self.caps.cluster_of(name), self.cl.me,
-                                    donor), {"cap": name, "position": want.position,
-                                             "chunk": self.chunk_bytes,
-                                             "window": self.window}))
+            conn = await self.node.links.dial(peer.url[0], peer.url[1], "sync")
+            conn.send(encode(Header(Msg.SYNC_REQ, self.caps.cluster_of(name), me, donor),
+                             SyncReq(name, want.position, self.chunk_bytes, self.window)))
             self.caps.set_local(name, state=CapState.SYNC_IN_PROGRESS)
             log.info("%s: syncing from node %d (from position %d)", name, donor,
                      want.position)
@@ -206,52 +212,51 @@ class SyncManager:
                     if zlib.crc32(entries) != meta.get("crc"):
                         self._count("clusterer:sync_corrupt_chunks")
                         raise CorruptFrame(f"chunk {meta.get('seq')} fails its checksum")
-                    before5 = counts[5]
+                    before = counts[T.AC_ENTRIES]
                     t_apply = time.monotonic()
-                    if not await self.applier.apply(entries, counts, in_thread=True):
+                    if not await cap.apply_chunk(entries, counts):
                         self._count("clusterer:sync_corrupt_chunks")
                         raise CorruptFrame(f"chunk {meta.get('seq')} holds a corrupt row")
                     applying += time.monotonic() - t_apply
-                    n = int(counts[5] - before5)
+                    n = int(counts[T.AC_ENTRIES] - before)
                     if n != int(meta.get("rows", -1)):
                         raise CorruptFrame(f"chunk {meta.get('seq')}: {n} rows, header says "
                                            f"{meta.get('rows')}")
                     received_rows += n
-                    checksum = int(counts[6])
+                    checksum = int(counts[T.AC_CHECKSUM])
                     want.position = max(want.position, int(meta.get("covered", 0)))
                     elapsed = max(time.monotonic() - started, 1e-6)
                     want.progress = {"donor": donor, "records": received_rows,
                                      "percent": round(100 * want.position / (1 << 32), 1),
                                      "rate": round(received_rows / elapsed)}
-                    self.caps.sync_status[name] = want.progress
-                    conn.send(encode(Header(Msg.SYNC_ACK, 0, self.cl.me, donor),
-                                     {"seq": meta.get("seq")}))
+                    self.progress[name] = want.progress
+                    conn.send(encode(Header(Msg.SYNC_ACK, 0, me, donor),
+                                     SyncAck(int(meta.get("seq", -1)))))
                 elif kind == Msg.SYNC_END:
-                    end = frame.payload
-                    rows = int(end["rows"])
-                    if rows != received_rows or int(end["checksum"]) != checksum:
+                    end = _typed(SyncEnd, frame.payload)
+                    if end.rows != received_rows or end.checksum != checksum:
                         self._count("clusterer:sync_failed")
-                        raise CorruptFrame(f"end marker: donor sent {rows} rows (checksum "
-                                           f"{int(end['checksum']) & (2**64 - 1):016x}), "
+                        raise CorruptFrame(f"end marker: donor sent {end.rows} rows (checksum "
+                                           f"{end.checksum & (2**64 - 1):016x}), "
                                            f"this node got {received_rows} "
                                            f"({checksum & (2**64 - 1):016x})")
                     break
                 elif kind == Msg.SYNC_ABORT:
-                    raise Refused(f"donor gave up: {frame.payload.get('reason')}")
+                    raise Refused(f"donor gave up: {_typed(SyncAbort, frame.payload).reason}")
                 else:
                     raise CorruptFrame(f"unexpected {kind.name} in a sync")
             elapsed = time.monotonic() - started
             want.requested_at = 0.0
             want.position = 0
-            self.caps.sync_status.pop(name, None)
+            self.progress.pop(name, None)
             self._count("clusterer:syncs_done")
             self.caps.set_local(name, state=CapState.SYNCED)
             log.info("%s: synced from node %d: %d rows (%d applied, %d older than ours) in "
-                     "%.3f s (%.3f s applying)", name, donor, received_rows, int(counts[0]),
-                     int(counts[1]), elapsed, applying)
+                     "%.3f s (%.3f s applying)", name, donor, received_rows,
+                     int(counts[T.AC_APPLIED]), int(counts[T.AC_STALE]), elapsed, applying)
             conn.close()
         except (OSError, asyncio.TimeoutError, Refused, CorruptFrame, ConnectionError,
-                KeyError, TypeError, ValueError) as exc:
+                BadMessage, KeyError, TypeError, ValueError) as exc:
             what = "no progress for %.1f s" % self.timeout_s \
                 if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
             log.warning("%s: sync from node %d failed after %d rows: %s; resuming at "
@@ -272,45 +277,40 @@ class SyncManager:
 
     async def serve(self, conn: Connection) -> None:
         """A receiver dialled us for a sync."""
-        self.cl._spawn(self._donate(conn))
+        self.node.spawn(self._donate(conn))
 
     async def _donate(self, conn: Connection) -> None:
         name = "?"
+        me = self.node.me
         try:
             frame = await conn.recv(self.timeout_s)
-            if frame.header.type != Msg.SYNC_REQ or not isinstance(frame.payload, dict):
+            if frame.header.type != Msg.SYNC_REQ:
                 raise CorruptFrame("expected SYNC_REQ")
-            req = frame.payload
-            name = str(req["cap"])
-            spec = CAPS_BY_NAME.get(name)
-            info = self.caps.local.get(name)
-            if spec is None or info is None or not info.enabled or \
-                    info.state != CapState.SYNCED:
-                conn.send(encode(Header(Msg.SYNC_ABORT, 0, self.cl.me, conn.peer_id),
-                                 {"reason": f"{name} is not synced and enabled here"}))
+            req = _typed(SyncReq, frame.payload)
+            name = req.cap
+            if not self.caps.synced_here(name):
+                conn.send(encode(Header(Msg.SYNC_ABORT, 0, me, conn.peer_id),
+                                 SyncAbort(f"{name} is not synced and enabled here")))
                 return
-            chunk = max(4096, min(int(req.get("chunk", self.chunk_bytes)), self.chunk_bytes))
-            window = max(1, min(int(req.get("window", self.window)), 64))
-            position = int(req.get("position", 0))
+            chunk = max(4096, min(req.chunk, self.chunk_bytes))
+            window = max(1, min(req.window, 64))
             self.caps.set_local(name, donating_delta=1)
             try:
-                await self._stream(conn, name, spec.table, chunk, window, position)
+                await self._stream(conn, name, chunk, window, req.position)
             finally:
                 self.caps.set_local(name, donating_delta=-1)
-        except (OSError, asyncio.TimeoutError, CorruptFrame, ConnectionError, KeyError,
-                TypeError, ValueError) as exc:
+        except (OSError, asyncio.TimeoutError, CorruptFrame, ConnectionError, BadMessage,
+                KeyError, TypeError, ValueError) as exc:
             log.warning("%s: sync for node %d stopped: %s", name, conn.peer_id,
                         str(exc) or type(exc).__name__)
         finally:
             conn.close()
 
-    async def _stream(self, conn: Connection, name: str, table_name: str, chunk: int,
-                      window: int, position: int) -> None:
-        table = getattr(self.proc.mem, table_name)
-        loop = asyncio.get_running_loop()
-        nhome = int(table.buf[:T.HEADER_SIZE].view(np.int64)[T.H_NHOME])
-        slot = T.slot_of_position(nhome, position)
-        counts = np.zeros(2, dtype=np.int64)
+    async def _stream(self, conn: Connection, name: str, chunk: int, window: int,
+                      position: int) -> None:
+        source = self.caps.registered[name].sync_source(position)
+        counts = np.zeros(T.GATHER_COUNTS, dtype=np.int64)
+        me = self.node.me
         acked = -1
         seq = 0
         ack_event = asyncio.Event()
@@ -324,42 +324,40 @@ class SyncManager:
                 while True:
                     f = await conn.recv(self.timeout_s * 4)
                     if f.header.type == Msg.SYNC_ACK:
-                        acked = max(acked, int(f.payload["seq"]))
+                        acked = max(acked, _typed(SyncAck, f.payload).seq)
                         ack_event.set()
                     elif f.header.type == Msg.SYNC_ABORT:
                         return "the receiver gave up"
             except (ConnectionError, OSError, asyncio.TimeoutError, CorruptFrame,
-                    KeyError, TypeError, ValueError) as exc:
+                    BadMessage) as exc:
                 return str(exc) or type(exc).__name__
             finally:
                 ack_event.set()
 
         acks = asyncio.ensure_future(read_acks())
         try:
-            while slot < table.nslots:
+            while True:
                 while seq - acked > window:
                     ack_event.clear()
                     if acks.done():
                         raise ConnectionError(acks.result())
                     await asyncio.wait_for(ack_event.wait(), self.timeout_s)
                 out = buffers[seq % len(buffers)]
-                before = int(counts[0])
-                slot, nbytes, covered = await loop.run_in_executor(
-                    None, lambda: T.table_gather(table.buf, slot, out, chunk, counts))
-                slot, nbytes, covered = int(slot), int(nbytes), int(covered)
-                if nbytes == 0 and slot < table.nslots:
-                    continue
+                before = int(counts[T.GC_ENTRIES])
+                got = await source.next_chunk(out, chunk, counts)
+                if got is None:
+                    break
+                nbytes, covered = got
                 entries = memoryview(out)[:nbytes]
-                meta = {"seq": seq, "rows": int(counts[0]) - before,
-                        "crc": zlib.crc32(entries), "covered": T.position_of_slot(nhome, covered)}
-                conn.send_parts(encode_parts(
-                    Header(Msg.SYNC_CHUNK, 0, self.cl.me, conn.peer_id),
-                    chunk_payload(meta, entries)))
+                meta = {"seq": seq, "rows": int(counts[T.GC_ENTRIES]) - before,
+                        "crc": zlib.crc32(entries), "covered": covered}
+                conn.send_parts(encode_parts(Header(Msg.SYNC_CHUNK, 0, me, conn.peer_id),
+                                             chunk_payload(meta, entries)))
                 await conn.drain()
                 seq += 1
-            conn.send(encode(Header(Msg.SYNC_END, 0, self.cl.me, conn.peer_id),
-                             {"rows": int(counts[0]), "checksum": int(counts[1]),
-                              "chunks": seq}))
+            conn.send(encode(Header(Msg.SYNC_END, 0, me, conn.peer_id),
+                             SyncEnd(int(counts[T.GC_ENTRIES]), int(counts[T.GC_CHECKSUM]),
+                                     seq)))
             await conn.drain()
             while acked < seq - 1 and not acks.done():
                 ack_event.clear()
@@ -368,32 +366,12 @@ class SyncManager:
                 except asyncio.TimeoutError:
                     break
             self._count("clusterer:syncs_donated")
-            log.info("%s: sent %d rows to node %d in %d chunks, %.3f s", name, int(counts[0]),
+            log.info("%s: sent %d rows to node %d in %d chunks, %.3f s", name, int(counts[T.GC_ENTRIES]),
                      conn.peer_id, seq, time.monotonic() - started)
         finally:
             acks.cancel()
 
 
-# ---------------------------------------------------------------- MI
-
-
-def _request(node: Any, name: str) -> str:
-    sync: SyncManager = node.sync
-    if name not in sync.want:
-        raise MIError(400, "Clustering not enabled for this table")
-    if not sync.caps.enabled_here(name):
-        raise MIError(400, "Capability disabled")
-    sync.request(name, "MI request")
-    return "OK"
-
-
-@command("ul_cluster_sync")
-def mi_ul_cluster_sync(node: Any) -> str:
-    """Start a full sync of the contacts from a donor."""
-    return _request(node, "usrloc-contact-repl")
-
-
-@command("dlg_cluster_sync")
-def mi_dlg_cluster_sync(node: Any) -> str:
-    """Start a full sync of the dialogs from a donor."""
-    return _request(node, "dialog-dlg-repl")
+def _typed(cls: type, payload: Any) -> Any:
+    """A sync control message's payload, checked (BadMessage if it does not fit)."""
+    return from_wire(cls, payload)

@@ -1,6 +1,6 @@
 """Topology of the clusters this node belongs to: who is a member, which direct links are
 Up, which nodes are reachable and through which next hop. Pure state and decisions;
-services.links does the I/O and services.clusterer wires both together.
+the other modules of services.cluster do the I/O.
 
 Direct link states (per peer, shared by every cluster the two nodes have in common):
   Probe  connected (or suspect) but not confirmed in both directions
@@ -10,7 +10,8 @@ Direct link states (per peer, shared by every cluster the two nodes have in comm
 A node is *reachable* when a path of links confirmed by both ends leads to it (our own
 Up links plus the link-state advertisements of the others); that is what clusterer_list
 reports as Up, with its next hop. Decisions are pure functions tested with tables
-(tests/unit/test_topology.py). Neighbours: services.links, services.clusterer.
+(tests/unit/test_topology.py). Neighbours: services.cluster.heartbeat and routing (the
+I/O around these decisions).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class Peer:
     probe_alive: bool = False  # in the current round, some other node still hears it
     probe_answers: set[int] = field(default_factory=set)
     next_retry_ms: int = 0  # when a Down peer is dialled again
+    rtt_ms: int = 0  # last PING -> PONG round trip
 
 
 # ---------------------------------------------------------------- link decisions

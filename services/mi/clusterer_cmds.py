@@ -1,113 +1,163 @@
-"""Clusterer MI commands (shapes follow OpenSIPS 3.x): clusterer_list,
-clusterer_list_topology, clusterer_set_status, clusterer_remove_node,
-cluster_send_mi / cluster_broadcast_mi (also under the clusterer_ prefix).
+"""Clusterer MI commands, written against the narrow cluster API (shapes follow OpenSIPS
+3.x): clusterer_list, clusterer_list_topology, clusterer_set_status,
+clusterer_remove_node, clusterer_list_cap, clusterer_set_cap_status, ul_cluster_sync,
+dlg_cluster_sync, cluster_send_mi / cluster_broadcast_mi (also under the clusterer_
+prefix).
 
 `link_state` is Up when the node is reachable, directly or through a relay (then
 `next_hop` names the relay); `direct_link` is the state of our own link to it.
-Neighbours: services.clusterer, services.mi.
+Neighbours: services.cluster.api, services.mi.remote (remote commands),
+services.mi.registry.
 """
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from fastcluster.services.mi.registry import INVALID_PARAMS, MIError, command
-from fastcluster.services.cluster.topology import Link
+from fastcluster.services.cluster.api import ClusterAPI, SendResult
+from fastcluster.services.mi import remote
+from fastcluster.services.mi.registry import INVALID_PARAMS, MIError, MINode, command
+from fastcluster.shm.tables import TABLES
 
 REMOTE_MI_TIMEOUT_S = 10.0
 
 
-def _cluster(node: Any, cluster_id: Any) -> int:
+def _cluster(api: ClusterAPI, cluster_id: Any) -> int:
     try:
         cid = int(cluster_id)
     except (TypeError, ValueError):
         raise MIError(400, "Bad value for 'cluster_id'") from None
-    if cid not in node.clusterer.clusters:
+    if cid not in api.clusters:
         raise MIError(404, "Cluster id not found")
     return cid
 
 
+def _status(value: Any) -> bool:
+    if str(value) not in ("0", "1"):
+        raise MIError(400, "Bad value for 'status'")
+    return str(value) == "1"
+
+
 @command("clusterer_list")
-def mi_clusterer_list(node: Any) -> dict[str, Any]:
+def mi_clusterer_list(node: MINode) -> dict[str, Any]:
     """Every known node of every cluster, with its link state and next hop."""
-    cl = node.clusterer
     clusters = []
-    for cid in cl.clusters:
+    for cid in node.cluster.clusters:
         nodes = []
-        for peer in sorted(cl.peers.values(), key=lambda p: p.node_id):
-            if cid not in peer.clusters:
-                continue
-            hop = cl.reachable[cid].get(peer.node_id)
-            if hop is not None:
+        for view in node.cluster.nodes(cid):
+            if view.reachable:
                 state = "Up"
-            elif peer.link == Link.PROBE:
+            elif view.direct_link == "Probe":
                 state = "Probe"
             else:
                 state = "Down"
-            url = f"bin:{peer.url[0]}:{peer.url[1]}" if peer.url else "none"
-            nodes.append({"node_id": peer.node_id, "db_id": peer.node_id, "url": url,
-                          "link_state": state, "direct_link": peer.link.value,
-                          "state": "disabled" if cid in cl.disabled.get(peer.node_id, ())
-                          else "enabled",
-                          "next_hop": str(hop) if hop is not None else "none",
-                          "left": peer.left, "description": "none"})
+            url = f"bin:{view.url[0]}:{view.url[1]}" if view.url else "none"
+            nodes.append({"node_id": view.node_id, "db_id": view.node_id, "url": url,
+                          "link_state": state, "direct_link": view.direct_link,
+                          "state": "enabled" if view.enabled else "disabled",
+                          "next_hop": str(view.next_hop) if view.next_hop is not None
+                          else "none", "left": view.left, "description": "none"})
         clusters.append({"cluster_id": cid, "Nodes": nodes})
     return {"Clusters": clusters}
 
 
 @command("clusterer_list_topology")
-def mi_clusterer_list_topology(node: Any) -> dict[str, Any]:
+def mi_clusterer_list_topology(node: MINode) -> dict[str, Any]:
     """Each node's Up neighbours as this node knows them (itself first)."""
-    cl = node.clusterer
+    api = node.cluster
     clusters = []
-    for cid in cl.clusters:
-        mine = sorted(p.node_id for p in cl.peers.values()
-                      if p.link == Link.UP and cid in p.clusters)
-        nodes = [{"node_id": cl.me, "Neighbours": mine}]
-        for origin in sorted(cl.members(cid) - {cl.me}):
-            seq_lsa = cl.adverts.get(origin)
-            neighbours = sorted(seq_lsa[1].get(cid, set())) if seq_lsa else []
-            nodes.append({"node_id": origin, "Neighbours": neighbours})
+    for cid in api.clusters:
+        nodes = [{"node_id": api.me, "Neighbours": api.neighbours(cid, api.me)}]
+        for origin in sorted(api.members(cid) - {api.me}):
+            nodes.append({"node_id": origin, "Neighbours": api.neighbours(cid, origin)})
         clusters.append({"cluster_id": cid, "Nodes": nodes})
     return {"Clusters": clusters}
 
 
 @command("clusterer_set_status")
-def mi_clusterer_set_status(node: Any, cluster_id: Any, status: Any,
+def mi_clusterer_set_status(node: MINode, cluster_id: Any, status: Any,
                             node_id: Any = None) -> str:
     """Enable (1) or disable (0) this node, or node_id, in a cluster."""
-    cl = node.clusterer
-    cid = _cluster(node, cluster_id)
-    if str(status) not in ("0", "1"):
-        raise MIError(400, "Bad value for 'status'")
-    enabled = str(status) == "1"
-    target = cl.me if node_id in (None, "") else int(node_id)
-    if target == cl.me:
-        cl.set_status(cid, enabled)
+    api = node.cluster
+    cid = _cluster(api, cluster_id)
+    enabled = _status(status)
+    target = api.me if node_id in (None, "") else int(node_id)
+    if target == api.me:
+        api.set_status(cid, enabled)
         return "OK"
-    if target not in cl.peers:
+    if not api.knows(target):
         raise MIError(404, "Node id not found")
-    from fastcluster.core.wire import Msg
-
-    hop = cl._next_hop_any(cid, target)
-    if hop is None:
+    if api.set_remote_status(cid, target, enabled) != SendResult.SUCCESS:
         raise MIError(400, "Destination down")
-    cl.send_direct_or_relay(cid, target, Msg.SET_STATUS, {"cluster": cid, "status": enabled})
     return "OK"
 
 
 @command("clusterer_remove_node")
-def mi_clusterer_remove_node(node: Any, cluster_id: Any, node_id: Any) -> str:
+def mi_clusterer_remove_node(node: MINode, cluster_id: Any, node_id: Any) -> str:
     """Forget a node on every node (a running node that is removed disables itself)."""
-    cl = node.clusterer
-    _cluster(node, cluster_id)
+    api = node.cluster
+    _cluster(api, cluster_id)
     target = int(node_id)
-    if target == cl.me:
+    if target == api.me:
         raise MIError(400, "Cannot remove the local node")
-    if target not in cl.peers:
+    if not api.knows(target):
         raise MIError(404, "Node id not found")
-    cl.remove_node(target)
+    api.remove_node(target)
     return "OK"
+
+
+@command("clusterer_list_cap")
+def mi_clusterer_list_cap(node: MINode) -> dict[str, Any]:
+    """Every capability of every cluster: this node's state, each node's state, and the
+    progress of a sync under way (donor, records, percent, rate)."""
+    clusters: dict[int, list[dict[str, Any]]] = {}
+    for cap in node.cluster.capabilities():
+        nodes = [{"node_id": n, "state": info.state.text if info else "unknown",
+                  "enabled": ("yes" if info.enabled else "no") if info else "unknown",
+                  "reachable": reachable} for n, info, reachable in cap.nodes]
+        item: dict[str, Any] = {"name": cap.name, "state": cap.state.text,
+                                "enabled": "yes" if cap.enabled else "no", "Nodes": nodes}
+        if cap.sync is not None:
+            item["sync"] = cap.sync
+        clusters.setdefault(cap.cluster, []).append(item)
+    return {"Clusters": [{"cluster_id": c, "Capabilities": items}
+                         for c, items in sorted(clusters.items())]}
+
+
+@command("clusterer_set_cap_status")
+def mi_clusterer_set_cap_status(node: MINode, cluster_id: Any, capability: str,
+                                status: Any) -> str:
+    """Enable (1) or disable (0) a capability on this node."""
+    caps = {c.name: c for c in node.cluster.capabilities()}
+    cap = caps.get(capability)
+    if cap is None:
+        raise MIError(404, "Capability not found")
+    if cap.cluster != int(cluster_id):
+        raise MIError(404, "Capability not in that cluster")
+    node.cluster.set_capability_enabled(capability, _status(status))
+    return "OK"
+
+
+def _request_sync(node: MINode, table: str) -> str:
+    name = next(spec.capability for spec in TABLES if spec.name == table)
+    if name not in {c.name for c in node.cluster.capabilities()}:
+        raise MIError(400, "Clustering not enabled for this table")
+    if not node.cluster.capability_enabled(name):
+        raise MIError(400, "Capability disabled")
+    node.cluster.request_sync(name, "MI request")
+    return "OK"
+
+
+@command("ul_cluster_sync")
+def mi_ul_cluster_sync(node: MINode) -> str:
+    """Start a full sync of the contacts from a donor."""
+    return _request_sync(node, "contacts")
+
+
+@command("dlg_cluster_sync")
+def mi_dlg_cluster_sync(node: MINode) -> str:
+    """Start a full sync of the dialogs from a donor."""
+    return _request_sync(node, "dialogs")
 
 
 def _params(cmd_params: Any) -> Any:
@@ -117,16 +167,15 @@ def _params(cmd_params: Any) -> Any:
 
 
 @command("cluster_send_mi", aliases=("clusterer_send_mi",))
-async def mi_cluster_send_mi(node: Any, cluster_id: Any, destination: Any, cmd_name: str,
+async def mi_cluster_send_mi(node: MINode, cluster_id: Any, destination: Any, cmd_name: str,
                              cmd_params: Any = None) -> Any:
     """Run an MI command on another node; returns that node's result."""
-    cl = node.clusterer
-    cid = _cluster(node, cluster_id)
+    cid = _cluster(node.cluster, cluster_id)
     dest = int(destination)
-    if dest == cl.me:
+    if dest == node.cluster.me:
         raise MIError(400, "Local node specified as destination")
-    answer = await cl.run_remote_mi(cid, dest, cmd_name, _params(cmd_params),
-                                    REMOTE_MI_TIMEOUT_S)
+    answer = await remote.run(node.cluster, cid, dest, cmd_name, _params(cmd_params),
+                              REMOTE_MI_TIMEOUT_S)
     if "error" in answer:
         err = answer["error"]
         raise MIError(int(err.get("code", 500)), str(err.get("message")))
@@ -134,18 +183,18 @@ async def mi_cluster_send_mi(node: Any, cluster_id: Any, destination: Any, cmd_n
 
 
 @command("cluster_broadcast_mi", aliases=("clusterer_broadcast_mi",))
-async def mi_cluster_broadcast_mi(node: Any, cluster_id: Any, cmd_name: str,
+async def mi_cluster_broadcast_mi(node: MINode, cluster_id: Any, cmd_name: str,
                                   cmd_params: Any = None) -> dict[str, Any]:
     """Run an MI command on every reachable node of the cluster and here; returns each
     node's result or error."""
-    cl = node.clusterer
-    cid = _cluster(node, cluster_id)
+    api = node.cluster
+    cid = _cluster(api, cluster_id)
     params = _params(cmd_params)
-    remote = await asyncio.gather(*(cl.run_remote_mi(cid, n, cmd_name, params,
-                                                     REMOTE_MI_TIMEOUT_S)
-                                    for n in cl.up_nodes(cid)))
+    answers = await asyncio.gather(*(remote.run(api, cid, n, cmd_name, params,
+                                                REMOTE_MI_TIMEOUT_S)
+                                     for n in api.up_nodes(cid)))
     local = await node.run_mi(cmd_name, params)
-    out = [{"node": cl.me, **local}] + [{"node": a.get("node"), **{k: v for k, v in a.items()
+    out = [{"node": api.me, **local}] + [{"node": a.get("node"), **{k: v for k, v in a.items()
                                                                   if k != "node"}}
-                                        for a in remote]
+                                         for a in answers]
     return {"Nodes": sorted(out, key=lambda item: item["node"])}

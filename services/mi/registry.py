@@ -1,12 +1,12 @@
-"""The management interface: JSON-RPC 2.0 over HTTP (`POST /mi`), and its command registry.
+"""The MI command registry and the JSON-RPC 2.0 dispatch (the HTTP side is
+services.mi.server).
 
-Commands register with `@command(name)`; params are by name (a JSON array is accepted
-too, matched in declaration order, as OpenSIPS does). The server runs in the cluster
-process's asyncio loop; a command marked `heavy` (dumps of big tables) runs in a worker
-thread so heartbeats and replication are never held up behind it, and a slow or stuck
-client only holds its own connection. Errors are JSON-RPC error objects, never a crash.
-Neighbours: services.mi_core / usrloc / topology ... (commands), workers.cluster (host),
-services.mi_client (the `fastcluster mi` side).
+Commands register with `@command(name)`: handler(node, **params), where node is what the
+process hosting the MI offers (`MINode`). Params are by name (a JSON array is accepted
+too, matched in declaration order, as OpenSIPS does). A command marked `heavy` (dumps
+of big tables) runs in a worker thread. Errors are JSON-RPC error objects, never a
+crash. Neighbours: services.mi.core_cmds / clusterer_cmds, services.sip.usrloc ...
+(commands), services.mi.server (HTTP), services.mi.client (`fastcluster mi`).
 """
 from __future__ import annotations
 
@@ -14,19 +14,34 @@ import asyncio
 import inspect
 import json
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from fastcluster.core.config import Config
+    from fastcluster.services.cluster.api import ClusterAPI
+    from fastcluster.shm.node import NodeMemory
 
 log = logging.getLogger("mi")
 
-MAX_HEADER_BYTES = 16384
-MAX_BODY_BYTES = 1 << 20
-IDLE_TIMEOUT_S = 30.0
-
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, SERVER_ERROR = (
     -32700, -32600, -32601, -32602, -32000)
+
+
+class MINode(Protocol):
+    """What MI commands may use of the process hosting the MI (the cluster process)."""
+    cfg: Config
+    mem: NodeMemory
+    cluster: ClusterAPI  # the narrow clusterer API
+    rings: dict[str, np.ndarray]  # this process's replication ring per table
+    me: int  # lock word
+    slot: int
+    sip_sockets: list[str]  # labels of the SIP listeners, by index
+
+    async def run_mi(self, cmd: str, params: Any) -> dict[str, Any]: ...
 
 
 class MIError(Exception):
@@ -153,86 +168,3 @@ async def handle_body(node: Any, body: bytes) -> Any:
         replies = [await dispatch(node, r) for r in request]
         return [r for r in replies if r is not None] or None
     return await dispatch(node, request)
-
-
-class MIServer:
-    """HTTP/1.1 on an already-listening socket (bound by the master)."""
-
-    def __init__(self, node: Any, sock: socket.socket) -> None:
-        self.node = node
-        self.sock = sock
-        self.server: asyncio.base_events.Server | None = None
-
-    async def start(self) -> None:
-        self.sock.setblocking(False)
-        self.server = await asyncio.start_server(self._client, sock=self.sock,
-                                                 limit=MAX_HEADER_BYTES)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT_S)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError,
-                        asyncio.LimitOverrunError, ConnectionError):
-                    return
-                keep = await self._request(head, reader, writer)
-                if not keep:
-                    return
-        finally:
-            writer.close()
-
-    async def _request(self, head: bytes, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> bool:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        keep = headers.get("connection", "").lower() != "close" and lines[0].endswith("1.1")
-        if len(parts) != 3:
-            await self._send(writer, 400, b'{"error": "bad request line"}', False)
-            return False
-        method, path = parts[0], parts[1]
-        if path.split("?")[0] != "/mi":
-            await self._send(writer, 404, b'{"error": "use POST /mi"}', keep)
-            return keep
-        if method != "POST":
-            await self._send(writer, 405, b'{"error": "use POST /mi"}', keep)
-            return keep
-        try:
-            length = int(headers.get("content-length", ""))
-        except ValueError:
-            await self._send(writer, 411, b'{"error": "Content-Length needed"}', False)
-            return False
-        if not 0 <= length <= MAX_BODY_BYTES:
-            await self._send(writer, 413, b'{"error": "body too large"}', False)
-            return False
-        try:
-            body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT_S)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-            return False
-        reply = await handle_body(self.node, body)
-        data = b"" if reply is None else json.dumps(reply).encode()
-        await self._send(writer, 200 if data else 204, data, keep)
-        return keep
-
-    @staticmethod
-    async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, keep: bool) -> None:
-        reason = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
-                  405: "Method Not Allowed", 411: "Length Required",
-                  413: "Payload Too Large"}[status]
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: "
-                     f"{'keep-alive' if keep else 'close'}\r\n\r\n".encode() + body)
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass

@@ -10,7 +10,7 @@ is never decoded here. SCRIPT_CTL frames carry the cluster snapshot the script a
 its API calls from, node state events, and MI calls and their results. The cluster loop
 never waits for the script: what the script has not read yet is bounded by
 script.queue_bytes, past which messages are dropped and counted. Neighbours:
-services.script (the script side), services.clusterer (routing, node events),
+services.script (the script side), services.cluster.api (routing, node events),
 services.mi (dynamic commands), workers.cluster.
 """
 from __future__ import annotations
@@ -25,20 +25,20 @@ from typing import Any
 
 import msgpack
 
+from fastcluster.core.messages import BadMessage, Msg, ScriptCtl, from_wire
 from fastcluster.core.stats import INDEX
-from fastcluster.core.wire import CorruptFrame, Decoder, Frame, Header, Msg, encode
+from fastcluster.core.wire import CorruptFrame, Decoder, Frame, Header, encode
+from fastcluster.services.cluster.api import ClusterAPI, Delivery, Mode, SendResult
 from fastcluster.services.mi import registry as mi
-from fastcluster.services.cluster.api import SendResult
-from fastcluster.services.cluster.node import Clusterer
 
 log = logging.getLogger("script")
 
 
 
 class ScriptBridge:
-    def __init__(self, proc: Any, clusterer: Clusterer) -> None:
+    def __init__(self, proc: Any, api: ClusterAPI) -> None:
         self.proc = proc
-        self.cl = clusterer
+        self.cl = api
         self.listen_sock: socket.socket | None = proc.ctx.script_sock
         self.link: _ScriptLink | None = None  # the script process's connection
         self.last_snapshot = b""
@@ -47,9 +47,9 @@ class ScriptBridge:
         self.call_ids = itertools.count(1)
         self.server: asyncio.base_events.Server | None = None
         if self.listen_sock is not None:
-            clusterer.handlers[Msg.SCRIPT_REQ] = self.from_node
-            clusterer.handlers[Msg.SCRIPT_RPL] = self.from_node
-            clusterer.subscribers.append(self.on_node_event)
+            api.handle(Msg.SCRIPT_REQ, self.from_node, Mode.INLINE)
+            api.handle(Msg.SCRIPT_RPL, self.from_node, Mode.INLINE)
+            api.on_node_event(self.on_node_event)
 
     def _count(self, name: str, n: int = 1) -> None:
         self.proc.stats[INDEX[name]] += n
@@ -101,17 +101,21 @@ class ScriptBridge:
         h = frame.header
         if h.type in (Msg.SCRIPT_REQ, Msg.SCRIPT_RPL):
             if h.destination == self.cl.me:  # the script's message to its own node
-                self.from_node(frame, None)
+                self._forward(h, frame.raw)
             elif self.cl.send(h.cluster, h.destination, h.type, raw=frame.raw) != \
                     SendResult.SUCCESS:
                 self._count("clusterer:unroutable_msgs")
-        elif h.type == Msg.SCRIPT_CTL and isinstance(frame.payload, dict):
-            p = frame.payload
-            if "hello" in p:
-                log.info("script process %s connected", p["hello"])
-                self._register(p.get("mi") or [])
-            if "mi_reply" in p:
-                call_id, ok, value = p["mi_reply"]
+        elif h.type == Msg.SCRIPT_CTL:
+            try:
+                p = from_wire(ScriptCtl, frame.payload)
+            except BadMessage as exc:
+                log.warning("malformed control frame from the script process: %s", exc)
+                return
+            if p.hello is not None:
+                log.info("script process %s connected", p.hello)
+                self._register(p.mi or [])
+            if p.mi_reply is not None:
+                call_id, ok, value = p.mi_reply
                 fut = self.calls.pop(int(call_id), None)
                 if fut is not None and not fut.done():
                     fut.set_result((bool(ok), value))
@@ -127,13 +131,16 @@ class ScriptBridge:
         link.transport.write(data)
         return True
 
-    def _control(self, payload: dict[str, Any]) -> bool:
+    def _control(self, payload: ScriptCtl) -> bool:
         return self._send(encode(Header(Msg.SCRIPT_CTL, 0, self.cl.me, self.cl.me), payload))
 
     # -- from the other nodes
 
-    def from_node(self, frame: Frame, conn: Any) -> None:
-        if not self._send(encode(frame.header, raw=frame.raw)):
+    def from_node(self, d: Delivery) -> None:
+        self._forward(d.header, d.raw)
+
+    def _forward(self, header: Header, raw: bytes) -> None:
+        if not self._send(encode(header, raw=raw)):
             self._count("script:dropped_msgs")
 
     # -- cluster state for the script's API
@@ -143,12 +150,10 @@ class ScriptBridge:
         out: dict[int, Any] = {}
         for cid in cl.clusters:
             nodes = {cl.me: {"up": True, "bin": [cl.url[0]], "sip": [a[0] for a in cl.sip]}}
-            for peer in cl.peers.values():
-                if cid in peer.clusters:
-                    nodes[peer.node_id] = {
-                        "up": cl.is_up(cid, peer.node_id),
-                        "bin": [peer.url[0]] if peer.url else [],
-                        "sip": [a[0] for a in peer.sip]}
+            for view in cl.nodes(cid):
+                nodes[view.node_id] = {"up": view.reachable,
+                                       "bin": [view.url[0]] if view.url else [],
+                                       "sip": [a[0] for a in view.sip]}
             out[cid] = {"enabled": cl.enabled(cid), "nodes": nodes}
         return out
 
@@ -158,12 +163,12 @@ class ScriptBridge:
             return
         snap = self.snapshot()
         packed = msgpack.packb(snap)
-        if packed != self.last_snapshot and self._control({"snapshot": snap}):
+        if packed != self.last_snapshot and self._control(ScriptCtl(snapshot=snap)):
             self.last_snapshot = packed
 
     def on_node_event(self, cluster: int, node: int, up: bool) -> None:
         self.push_snapshot()  # the hook then sees the new state through the API
-        if self.link is not None and not self._control({"event": [cluster, node, up]}):
+        if self.link is not None and not self._control(ScriptCtl(event=[cluster, node, up])):
             self._count("script:dropped_msgs")
 
     # -- MI commands defined by the script
@@ -189,7 +194,7 @@ class ScriptBridge:
             call_id = next(self.call_ids)
             fut = asyncio.get_running_loop().create_future()
             self.calls[call_id] = fut
-            if not self._control({"mi_call": [call_id, name, params]}):
+            if not self._control(ScriptCtl(mi_call=[call_id, name, params])):
                 self.calls.pop(call_id, None)
                 raise mi.MIError(503, "the script process is not running")
             timeout = self.proc.cfg["script.mi_timeout_s"]

@@ -21,7 +21,8 @@ import msgpack
 
 from fastcluster.core.config import Config
 from fastcluster.core.stats import INDEX
-from fastcluster.core.wire import CorruptFrame, Decoder, Header, Msg, encode
+from fastcluster.core.messages import BadMessage, Msg, ScriptCtl, from_wire
+from fastcluster.core.wire import CorruptFrame, Decoder, Header, encode
 from fastcluster.services.cluster.api import SendResult
 from fastcluster.services.script import (
     HOOKS,
@@ -110,7 +111,7 @@ class Runtime:
                         _timeval(SEND_TIMEOUT_S))
         self.sock = sock
         self.connected.set()
-        self.control({"hello": os.getpid(), "mi": describe_commands()})
+        self.control(ScriptCtl(hello=os.getpid(), mi=describe_commands()))
         self.reader = _Reader(self, sock, Decoder(self.max_frame))
         return True
 
@@ -131,7 +132,7 @@ class Runtime:
 
     # -- sending
 
-    def control(self, payload: dict[str, Any]) -> None:
+    def control(self, payload: ScriptCtl) -> None:
         """A control message for the cluster process (in order with the messages)."""
         frame = encode(Header(Msg.SCRIPT_CTL, 0, self.me, self.me), payload)
         with self.pending_lock:
@@ -262,8 +263,11 @@ class Runtime:
             h = frame.header
             if h.type in (Msg.SCRIPT_REQ, Msg.SCRIPT_RPL):
                 self._deliver(h.type, h.cluster, h.source, frame.payload)
-            elif h.type == Msg.SCRIPT_CTL and isinstance(frame.payload, dict):
-                self._control(frame.payload)
+            elif h.type == Msg.SCRIPT_CTL:
+                try:
+                    self._control(from_wire(ScriptCtl, frame.payload))
+                except BadMessage as exc:
+                    log.warning("malformed control frame from the cluster process: %s", exc)
 
     def _deliver(self, kind: Msg, cluster: int, source: int, raw: bytes) -> None:
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
@@ -293,16 +297,16 @@ class Runtime:
         if self.hooks[hook] is not None:
             self.backlog.append((hook, args))
 
-    def _control(self, p: dict[str, Any]) -> None:
-        if "snapshot" in p:
+    def _control(self, p: ScriptCtl) -> None:
+        if p.snapshot is not None:
             self.snapshot = {int(c): {"enabled": bool(v["enabled"]),
                                       "nodes": {int(n): d for n, d in v["nodes"].items()}}
-                             for c, v in p["snapshot"].items()}
-        if "event" in p:
-            cluster, node, up = p["event"]
+                             for c, v in p.snapshot.items()}
+        if p.event is not None:
+            cluster, node, up = p.event
             self._event("on_node_state", (int(cluster), int(node), bool(up)))
-        if "mi_call" in p:
-            call_id, name, params = p["mi_call"]
+        if p.mi_call is not None:
+            call_id, name, params = p.mi_call
             self.mi_pool.submit(self._mi_call, call_id, name, params or {})
 
     def _mi_call(self, call_id: int, name: str, params: dict[str, Any]) -> None:
@@ -310,14 +314,15 @@ class Runtime:
         try:
             if fn is None:
                 raise ScriptMIError(404, f"the script has no MI command {name}")
-            reply: dict[str, Any] = {"mi_reply": [call_id, True, fn(**params)]}
-            msgpack.packb(reply, use_bin_type=True)
+            reply = ScriptCtl(mi_reply=[call_id, True, fn(**params)])
+            msgpack.packb(reply.mi_reply, use_bin_type=True)
         except ScriptMIError as exc:
-            reply = {"mi_reply": [call_id, False, {"code": exc.code, "message": exc.message}]}
+            reply = ScriptCtl(mi_reply=[call_id, False, {"code": exc.code,
+                                                         "message": exc.message}])
         except Exception as exc:  # noqa: BLE001 - reported to the MI caller, logged here
             log.exception("script MI command %s failed", name)
-            reply = {"mi_reply": [call_id, False, {"code": 500, "message":
-                                                    f"{type(exc).__name__}: {exc}"}]}
+            reply = ScriptCtl(mi_reply=[call_id, False, {"code": 500, "message":
+                                                         f"{type(exc).__name__}: {exc}"}])
         self.control(reply)
 
     # -- hooks

@@ -10,7 +10,7 @@ disagree a duplicate ping is better than a missed one. Replies are matched by th
 workers (Call-ID fcping-<node>-<slot>-<key>) and reset the contact's missed count; with
 usrloc.max_pings_lost > 0 a contact that misses more in a row is removed (replicated).
 Neighbours: shm.partitions (kernels), services.partitions (the map), workers.timer,
-services.registrar (replies).
+services.registrar (replies), services.cluster.partitions (the map's owner side).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from fastcluster.core.config import Config
 from fastcluster.core.stats import INDEX
+from fastcluster.services.mi.registry import command
 from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
@@ -241,7 +242,7 @@ class NatPinger:
             if key <= 1:
                 continue
             done = retry_busy(lambda: C.ul_remove_slot(
-                self.table.buf, self.timer.ring, slot, np.uint64(key),
+                self.table.buf, self.timer.rings["contacts"], slot, np.uint64(key),
                 int(time.time() * 1000), self.timer.me, self.timer.slot, self.row))
             if done == 1:
                 self._count("nathelper:contacts_removed")
@@ -269,3 +270,36 @@ def _destination(family: int, raw: bytes, port: int, uri: str) -> tuple | None:
         return None  # a host name: not resolved by the pinger
     p = int(port_text) if port_text.isdigit() else 5060
     return (str(ip), p) if ip.version == 4 else (str(ip), p, 0, 0)
+
+
+@command("ul_ping_partitions", heavy=True)
+def mi_ul_ping_partitions(node: Any) -> dict[str, Any]:
+    """This node's ping partitions, the contacts in them, and the last ping cycle."""
+    epoch, owners = node.mem.control.read_partitions()
+    me = node.cfg["clusterer.node_id"]
+    mine = np.flatnonzero(owners == me)
+    nat_only = node.cfg["usrloc.natping_targets"] == "nat"
+    contacts = int(P.count_owned(node.mem.contacts.buf, owners, me, nat_only, C.FLAG_NAT))
+    return {"node_id": me, "epoch": epoch, "partitions": int(owners.shape[0]),
+            "owned": int(mine.shape[0]), "owned_partitions": _ranges(mine),
+            "owners": {str(n): int(c) for n, c in zip(*np.unique(owners, return_counts=True))},
+            "contacts": contacts, "targets": node.cfg["usrloc.natping_targets"],
+            "interval_s": node.cfg["usrloc.natping_interval_s"],
+            "last_cycle": cycle_status(node.mem.control)}
+
+
+def _ranges(values: np.ndarray) -> list[str]:
+    """[0,1,2,5,7,8] -> ["0-2", "5", "7-8"] (compact for 4096 partitions)."""
+    out: list[str] = []
+    start = prev = None
+    for v in values.tolist():
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            out.append(f"{start}-{prev}" if prev != start else str(start))
+            start = prev = v
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev != start else str(start))
+    return out

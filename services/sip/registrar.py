@@ -152,7 +152,7 @@ class SipApp:
         self.worker = worker
         self.counts = counts
         self.table = worker.mem.contacts.buf
-        self.ring = worker.ring
+        self.ring = worker.rings["contacts"]
         self.me = worker.me
         self.proc = worker.slot
         self.work = np.zeros(C.WORK_BYTES, dtype=np.uint8)

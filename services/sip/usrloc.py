@@ -10,7 +10,7 @@ import ipaddress
 import time
 from typing import Any
 
-from fastcluster.services.mi.registry import MIError, command
+from fastcluster.services.mi.registry import MIError, MINode, command
 from fastcluster.shm.contacts import FLAG_NAT, Q_NONE
 
 DOMAIN = "location"  # OpenSIPS's usrloc table name, kept for tools that expect it
@@ -89,8 +89,8 @@ def contact_view(rec: dict[str, Any], now: float, sockets: list[str]) -> dict[st
     return view
 
 
-def _sockets(node: Any) -> list[str]:
-    return [s.label for s in node.ctx.sip]
+def _sockets(node: MINode) -> list[str]:
+    return node.sip_sockets
 
 
 @command("ul_dump", heavy=True)
@@ -128,8 +128,8 @@ def mi_ul_show_contact(node: Any, aor: str, table_name: str = DOMAIN) -> dict[st
 def mi_ul_rm(node: Any, aor: str, table_name: str = DOMAIN) -> str:
     """Remove every contact of an AOR (replicated as tombstones)."""
     _check_table(table_name)
-    removed = node.mem.contacts.remove(normalize_aor(aor).encode(), b"", node.ring, node.me,
-                                       node.slot)
+    removed = node.mem.contacts.remove(normalize_aor(aor).encode(), b"",
+                                       node.rings["contacts"], node.me, node.slot)
     if removed == 0:
         raise MIError(404, "AOR not found")
     if removed < 0:
@@ -142,7 +142,7 @@ def mi_ul_rm_contact(node: Any, aor: str, contact: str, table_name: str = DOMAIN
     """Remove one contact (exact contact URI) of an AOR."""
     _check_table(table_name)
     removed = node.mem.contacts.remove(normalize_aor(aor).encode(), contact.encode(),
-                                       node.ring, node.me, node.slot)
+                                       node.rings["contacts"], node.me, node.slot)
     if removed == 0:
         raise MIError(404, "Contact not found")
     if removed < 0:

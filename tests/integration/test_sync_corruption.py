@@ -1,8 +1,8 @@
 """A sync whose data is corrupted on the way is detected and never declared synced.
 
 The donor here is a fake node run in the test process from the real cluster layers
-(clusterer, capabilities) with its own sync server that damages what it sends; the
-receiver is a real node.
+(node, capabilities) with its own sync server that damages what it sends; the receiver
+is a real node.
 """
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ import pytest
 
 from fastcluster.core.config import load
 from fastcluster.core.stats import COUNTERS
-from fastcluster.core.wire import Header, Msg, encode, encode_parts
+from fastcluster.core.messages import Msg, SyncEnd
+from fastcluster.core.wire import Header, encode, encode_parts
+from fastcluster.services.cluster.api import Capability
 from fastcluster.services.cluster.capabilities import Capabilities, CapState
-from fastcluster.services.cluster.node import Clusterer
+from fastcluster.services.cluster.node import ClusterNode
 from fastcluster.services.cluster.sync import chunk_payload
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT
-from fastcluster.shm.tables import Table
+from fastcluster.shm.tables import TABLES, Table
+from fastcluster.workers.cluster import build_fingerprint
 from tests.support.nodes import Node, cap_state, free_port, wait_until
 
 
@@ -40,9 +43,9 @@ def entries(rows: int) -> tuple[bytes, int, int]:
         row[CONTACT.fixed_size:CONTACT.fixed_size + 4] = np.frombuffer(b"user", np.uint8)
         T.table_put(buf, R.no_ring(), row, 1_700_000_000_000, T.lock_word(1, 1), 1)
     out = np.zeros(1 << 20, dtype=np.uint8)
-    counts = np.zeros(2, dtype=np.int64)
+    counts = np.zeros(T.GATHER_COUNTS, dtype=np.int64)
     _, nbytes, _ = T.table_gather(buf, 0, out, out.shape[0], counts)
-    return out[:nbytes].tobytes(), int(counts[0]), int(counts[1])
+    return out[:nbytes].tobytes(), int(counts[T.GC_ENTRIES]), int(counts[T.GC_CHECKSUM])
 
 
 class FakeDonor:
@@ -73,10 +76,12 @@ class FakeDonor:
 
     async def _main(self) -> None:
         self.stop_event = asyncio.Event()
-        cl = Clusterer(self.cfg, np.zeros(len(COUNTERS), dtype=np.int64))
-        caps = Capabilities(self.cfg, cl, lambda: None)
-        for name in caps.local:
-            caps.local[name].state = CapState.SYNCED  # a donor with data, as far as anyone knows
+        cl = ClusterNode(self.cfg, np.zeros(len(COUNTERS), dtype=np.int64),
+                         build_fingerprint())
+        caps = Capabilities(cl, lambda: None)
+        for spec in TABLES:  # a donor with data, as far as anyone knows
+            caps.register(Capability(spec.capability, spec.kind, 1, None, None, None))
+            caps.local[spec.capability].state = CapState.SYNCED
         cl.on_sync_connection = self._serve
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,7 +108,7 @@ class FakeDonor:
                                      chunk_payload(meta, memoryview(data))))
         end_rows = rows + 1 if self.damage == "end" else rows
         conn.send(encode(Header(Msg.SYNC_END, 0, 9, conn.peer_id),
-                         {"rows": end_rows, "checksum": checksum, "chunks": 1}))
+                         SyncEnd(end_rows, checksum, 1)))
         await asyncio.sleep(2)
         conn.close()
 

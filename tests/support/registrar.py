@@ -36,7 +36,7 @@ class Harness:
         R.init_segment(seg, 4, 1 << 20)
         self.ring = R.region(seg, 3)
         worker = types.SimpleNamespace(
-            mem=types.SimpleNamespace(contacts=self.table), ring=self.ring,
+            mem=types.SimpleNamespace(contacts=self.table), rings={"contacts": self.ring},
             me=T.lock_word(1, 3), slot=3, cfg=cfg, pid=1)
         self.counts = [0] * len(COUNTERS)
         self.app = SipApp(worker, self.counts)

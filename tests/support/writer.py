@@ -30,7 +30,7 @@ class Writer:
     def __init__(self, shm_prefix: str) -> None:
         self.mem = NodeMemory.attach("/" + shm_prefix.lstrip("/"))
         self.me = T.lock_word(os.getpid(), SLOT)
-        self.ring = self.mem.ring(SLOT)
+        self.rings = {name: self.mem.ring(SLOT, name) for name in self.mem.tables}
 
     def close(self) -> None:
         self.mem.close()
@@ -45,7 +45,7 @@ class Writer:
                                                   "from_uri": b"sip:a@example.com",
                                                   "to_uri": b"sip:b@example.com"},
                     timeout=now + timeout_s, start=now, dlg_state=4, deleted=deleted)
-        return table.put(row, self.ring, self.me, SLOT)
+        return table.put(row, self.rings["dialogs"], self.me, SLOT)
 
     def load_contacts(self, count: int, seed: int = 1, origin: int = 99,
                       version_ms: int | None = None, batch: int = 100_000,
@@ -78,14 +78,13 @@ class Writer:
             buf[:, blob:blob + 60] = ord("x")
             buf[:, blob:blob + 8] = idx.view(np.uint8).reshape(n, 8)  # distinct AORs
             flat = buf.reshape(-1)
-            counts = np.zeros(9, dtype=np.int64)
+            counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
             got = 0
             while got < flat.shape[0]:
-                got += int(T.apply_entries(self.mem.contacts.buf, self.mem.dialogs.buf,
-                                           flat[got:], flat.shape[0] - got,
-                                           int(time.time()), 60, self.me, SLOT, R.no_ring(),
-                                           0b110, counts))
-                if counts[7]:
+                got += int(T.apply_entries(self.mem.contacts.buf, flat[got:],
+                                           flat.shape[0] - got, int(time.time()), 60, self.me,
+                                           SLOT, R.no_ring(), counts))
+                if counts[T.AC_CORRUPT]:
                     raise RuntimeError("writer produced a corrupt row")
-            done += int(counts[0])
+            done += int(counts[T.AC_APPLIED])
         return done

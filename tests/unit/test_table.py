@@ -19,7 +19,6 @@ from tests.support import reference as ref
 NPROCS = 4
 ME = T.lock_word(1, 1)
 NOW_S = 1_800_000_000
-ALL = (1 << 1) | (1 << 2)  # apply both table kinds
 NOW_MS = NOW_S * 1000
 
 
@@ -114,11 +113,11 @@ def test_random_operations_match_reference(seed: int) -> None:
                            << 16, origin=rng.randrange(1, 5),
                            expires=now_ms // 1000 + rng.randrange(-5, 20))
             e = entry_of(row)
-            counts = np.zeros(9, dtype=np.int64)
-            off = T.apply_entries(a, a, e, len(e), now_ms // 1000, 10, ME, 1, ring, ALL, counts)
+            counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+            off = T.apply_entries(a, e, len(e), now_ms // 1000, 10, ME, 1, ring, counts)
             expect = model.apply(e.tobytes(), now_ms // 1000, 10)
-            assert off == len(e) and counts[7] == 0
-            assert (counts[0] == 1) == (expect >= 0), (step, expect, counts)
+            assert off == len(e) and counts[T.AC_CORRUPT] == 0
+            assert (counts[T.AC_APPLIED] == 1) == (expect >= 0), (step, expect, counts)
             assert comparable(a) == comparable(b), step
             continue
         else:
@@ -206,12 +205,12 @@ def test_ring_carries_local_writes_and_apply_is_idempotent() -> None:
                     NOW_MS + i, ME, 1)
     T.table_put(a, ring, make_row(rs, 100, 0, [b"g0"], state=T.ST_TOMB), NOW_MS + 99, ME, 1)
     out = np.zeros(1 << 16, dtype=np.uint8)
-    n, other = R.ring_drain(ring, out, 0, np.zeros(1 << 16, dtype=np.uint8), 0)
-    assert R.stats(ring)["pending_bytes"] == 0 and other == 0
+    n = R.ring_drain(ring, out, 0)
+    assert R.stats(ring)["pending_bytes"] == 0
     for _ in range(2):  # applying twice changes nothing the second time
-        counts = np.zeros(9, dtype=np.int64)
-        assert T.apply_entries(b, b, out, n, NOW_S, 60, ME, 1, R.no_ring(), ALL, counts) == n
-    assert counts[0] == 0 and counts[1] == 51 and counts[5] == 51
+        counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+        assert T.apply_entries(b, out, n, NOW_S, 60, ME, 1, R.no_ring(), counts) == n
+    assert counts[T.AC_APPLIED] == 0 and counts[T.AC_STALE] == 51 and counts[T.AC_ENTRIES] == 51
     assert T.table_digest(a, False)[1] == T.table_digest(b, False)[1]
     assert T.table_digest(a, True)[0] == 49
 
@@ -224,13 +223,13 @@ def test_gather_reproduces_the_table() -> None:
                     NOW_MS, ME, 1)
     chunk = np.zeros(4096, dtype=np.uint8)
     start, total = 0, np.zeros(2, dtype=np.int64)
-    applied = np.zeros(9, dtype=np.int64)
+    applied = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
     while start < int(a[:T.HEADER_SIZE].view(np.int64)[T.H_NSLOTS]):
         start, nbytes, _ = T.table_gather(a, start, chunk, chunk.shape[0], total)
         assert nbytes <= 4096
-        T.apply_entries(b, b, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), ALL, applied)
-    assert total[0] == 400 and applied[0] == 400
-    assert applied[6] == total[1]  # checksums of what was sent and what was received
+        T.apply_entries(b, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), applied)
+    assert total[T.GC_ENTRIES] == 400 and applied[T.AC_APPLIED] == 400
+    assert applied[T.AC_CHECKSUM] == total[T.GC_CHECKSUM]  # checksums of what was sent and what was received
     assert T.table_digest(a, True) == T.table_digest(b, True)
 
 
@@ -239,10 +238,10 @@ def test_gather_reproduces_the_table() -> None:
 def test_apply_never_crashes_on_garbage(data: bytes) -> None:
     a = make_table(capacity=32)
     buf = np.frombuffer(data, np.uint8).copy() if data else np.zeros(1, np.uint8)
-    counts = np.zeros(9, dtype=np.int64)
-    off = T.apply_entries(a, a, buf, len(data), NOW_S, 60, ME, 1, R.no_ring(), ALL, counts)
+    counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+    off = T.apply_entries(a, buf, len(data), NOW_S, 60, ME, 1, R.no_ring(), counts)
     assert 0 <= off <= len(data)
-    assert off == len(data) or counts[7] == 1
+    assert off == len(data) or counts[T.AC_CORRUPT] == 1
     table = Table(a, CONTACT)
     c = table.counters()
     T.table_recount(a)
@@ -260,7 +259,7 @@ def test_ring_wraps_and_records_gaps() -> None:
         for i in range(250):  # 250 * 312 bytes > 64 KiB: the ring fills every round
             if R.ring_push(ring, 1, src, 0, 300, 1000 + pushed) == 1:
                 pushed += 1
-        n, _ = R.ring_drain(ring, out, 0, out, 0)
+        n = R.ring_drain(ring, out, 0)
         assert n % 312 == 0
         for e in range(n // 312):
             assert out[e * 312:e * 312 + 4].view(np.uint32)[0] == 312
@@ -284,13 +283,13 @@ def test_sync_resumes_from_a_hash_position_on_a_table_of_another_size() -> None:
                         NOW_MS, ME, 1)
     receiver = make_table(capacity=4000)
     chunk = np.zeros(8192, dtype=np.uint8)
-    counts, applied = np.zeros(2, dtype=np.int64), np.zeros(9, dtype=np.int64)
+    counts, applied = np.zeros(2, dtype=np.int64), np.zeros(T.APPLY_COUNTS, dtype=np.int64)
     h1 = int(donor1[:T.HEADER_SIZE].view(np.int64)[T.H_NHOME])
     start, position = 0, 0
     for _ in range(5):  # donor 1 sends five chunks, then dies
         start, nbytes, covered = T.table_gather(donor1, start, chunk, 8192, counts)
         assert nbytes <= 8192
-        T.apply_entries(receiver, receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), ALL,
+        T.apply_entries(receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(),
                         applied)
         position = max(position, T.position_of_slot(h1, covered))
     assert 0 < position < 1 << 32
@@ -299,7 +298,7 @@ def test_sync_resumes_from_a_hash_position_on_a_table_of_another_size() -> None:
     nslots2 = int(donor2[:T.HEADER_SIZE].view(np.int64)[T.H_NSLOTS])
     while start < nslots2:
         start, nbytes, covered = T.table_gather(donor2, start, chunk, 8192, counts)
-        T.apply_entries(receiver, receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), ALL,
+        T.apply_entries(receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(),
                         applied)
     assert T.table_digest(receiver, True) == T.table_digest(donor1, True)
 
@@ -315,11 +314,12 @@ def test_positions_and_slots_agree(nhome: int) -> None:
             assert position == 1 << 32
 
 
-def test_disabled_kind_is_skipped() -> None:
+def test_entry_of_another_table_is_refused() -> None:
     a = make_table()
     rs = int(a[:T.HEADER_SIZE].view(np.int64)[T.H_ROW])
     e = entry_of(make_row(rs, 77, 5 << 40, [b"x"]))
-    counts = np.zeros(9, dtype=np.int64)
-    assert T.apply_entries(a, a, e, len(e), NOW_S, 60, ME, 1, R.no_ring(), 1 << 2, counts) \
-        == len(e)
-    assert counts[8] == 1 and counts[0] == 0 and Table(a, CONTACT).counters()["live"] == 0
+    e[4] = 2  # a dialog entry offered to the contact table
+    counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+    assert T.apply_entries(a, e, len(e), NOW_S, 60, ME, 1, R.no_ring(), counts) == 0
+    assert counts[T.AC_CORRUPT] == 1 and counts[T.AC_APPLIED] == 0
+    assert Table(a, CONTACT).counters()["live"] == 0
