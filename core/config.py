@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from fastcluster.core.settings import (
+    PRESETS,
     SECTIONS,
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -28,16 +29,6 @@ from fastcluster.core.settings import (
 )
 
 ENV_PREFIX = "FASTCLUSTER_"
-
-# Timing presets (memberlist-style): LAN is the default, WAN tolerates slow links,
-# LOCAL is for nodes on one machine. Values: ping_interval_ms, ping_timeout_ms,
-# node_timeout_s. Detection of a silent node takes about ping_timeout_ms (silence)
-# + ping_timeout_ms (indirect probes); a closed connection is seen at once.
-PRESETS: dict[str, dict[str, float]] = {
-    "lan": {"ping_interval_ms": 100, "ping_timeout_ms": 300, "node_timeout_s": 2.0},
-    "wan": {"ping_interval_ms": 500, "ping_timeout_ms": 1500, "node_timeout_s": 10.0},
-    "local": {"ping_interval_ms": 50, "ping_timeout_ms": 150, "node_timeout_s": 1.0},
-}
 
 
 class ConfigError(Exception):

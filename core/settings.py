@@ -224,6 +224,23 @@ class Setting:
 
 S = Setting
 
+# Timing presets (memberlist-style): LAN is the default, WAN tolerates slow links,
+# LOCAL is for nodes on one machine. Values: ping_interval_ms, ping_timeout_ms,
+# node_timeout_s. Detection of a silent node takes about ping_timeout_ms (silence)
+# + ping_timeout_ms (indirect probes); a closed connection is seen at once.
+PRESETS: dict[str, dict[str, float]] = {
+    "lan": {"ping_interval_ms": 100, "ping_timeout_ms": 300, "node_timeout_s": 2.0},
+    "wan": {"ping_interval_ms": 500, "ping_timeout_ms": 1500, "node_timeout_s": 10.0},
+    "local": {"ping_interval_ms": 50, "ping_timeout_ms": 150, "node_timeout_s": 1.0},
+}
+
+
+def _from_preset(key: str) -> str:
+    """'0: from the preset; lan 100, wan 500, local 50' for a timing setting."""
+    return "0: from the preset; " + ", ".join(f"{name} {values[key]:g}"
+                                              for name, values in PRESETS.items())
+
+
 SETTINGS: tuple[Setting, ...] = (
     # -- core
     S("core", "workers", _int_range(1, 256), "8",
@@ -282,17 +299,17 @@ SETTINGS: tuple[Setting, ...] = (
     S("clusterer", "secret", _text, "",
       "Shared secret authenticating every link (HMAC challenge-response). Empty is "
       "allowed only while bin_listen is a loopback address.", secret=True),
-    S("clusterer", "preset", _choice("lan", "wan", "local"), "lan",
+    S("clusterer", "preset", _choice(*PRESETS), "lan",
       "Timing preset; ping_interval_ms, ping_timeout_ms and node_timeout_s given "
       "explicitly override it."),
     S("clusterer", "ping_interval_ms", _int_range(0, 600_000), "0",
-      "Ping period on an idle link (0: from the preset; lan 100, wan 500, local 50).",
+      f"Ping period on an idle link ({_from_preset('ping_interval_ms')}).",
       unit="ms", reloadable=True),
     S("clusterer", "ping_timeout_ms", _int_range(0, 600_000), "0",
       "Silence after which a link is probed, and wait for each probe answer "
-      "(0: from the preset; lan 300, wan 1500, local 150).", unit="ms", reloadable=True),
+      f"({_from_preset('ping_timeout_ms')}).", unit="ms", reloadable=True),
     S("clusterer", "node_timeout_s", _float_range(0, 3600), "0",
-      "Retry period of a node that is Down (0: from the preset; lan 2, wan 10, local 1).",
+      f"Retry period of a node that is Down ({_from_preset('node_timeout_s')}).",
       unit="s", reloadable=True),
     S("clusterer", "seed", _choice("auto", "yes", "no"), "auto",
       "A seed falls back to 'synced with its own data' when no donor shows up within "

@@ -52,7 +52,7 @@ class ScriptProcess(Child):
         api.MI_COMMANDS.clear()
         self.module = load_script(self.cfg["script.module"])
         self.runtime = Runtime(self, self.module)
-        api._runtime = self.runtime
+        api.set_runtime(self.runtime)
         hooks = [h for h in api.HOOKS if self.runtime.hooks[h] is not None]
         log.info("script %s loaded: hooks %s, MI commands %s", self.cfg["script.module"],
                  ", ".join(hooks) or "none", ", ".join(api.MI_COMMANDS) or "none")

@@ -35,7 +35,11 @@ traceback; one that runs past script.hook_timeout_s is abandoned to its thread a
 new reader takes over the connection. Replies someone waits for (request()) go to the
 waiter, not to on_reply; a hook that waits reads the connection itself meanwhile. MI
 calls run in a small thread pool. Neighbours: workers.script (the process),
-services.script_bridge (the cluster side), examples/cluster_stats.py.
+services.script.bridge (the cluster side), examples/cluster_stats.py.
+
+The package: this module is the user's API; runtime.py runs in the script process;
+bridge.py runs in the cluster process. They may import core, services.mi and
+services.cluster.api, never another module of services.cluster.
 """
 from __future__ import annotations
 
@@ -111,7 +115,13 @@ def describe_commands() -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the API
 
-_runtime: Runtime | None = None  # set by workers.script
+_runtime: Runtime | None = None
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install the script process's runtime (workers.script, at boot)."""
+    global _runtime
+    _runtime = runtime
 
 
 def _rt() -> Runtime:

@@ -67,7 +67,7 @@ class ScriptBridge:
 
     # -- the script's connection
 
-    def _trusted(self, sock: socket.socket) -> str | None:
+    def trusted(self, sock: socket.socket) -> str | None:
         """None if the peer is a process of this node, else why it is refused."""
         pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
                                                           socket.SO_PEERCRED, 12))
@@ -97,7 +97,7 @@ class ScriptBridge:
                 fut.set_result((False, {"code": 503, "message":
                                         "the script process went away"}))
 
-    def _from_script(self, frame: Frame) -> None:
+    def from_script(self, frame: Frame) -> None:
         h = frame.header
         if h.type in (Msg.SCRIPT_REQ, Msg.SCRIPT_RPL):
             if h.destination == self.cl.me:  # the script's message to its own node
@@ -224,7 +224,7 @@ class _ScriptLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        why = self.bridge._trusted(transport.get_extra_info("socket"))
+        why = self.bridge.trusted(transport.get_extra_info("socket"))
         if why is not None:
             log.warning("script connection refused: %s", why)
             self.reason = "refused"
@@ -241,7 +241,7 @@ class _ScriptLink(asyncio.Protocol):
             self.transport.close()
             return
         for frame in frames:
-            self.bridge._from_script(frame)
+            self.bridge.from_script(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.bridge.detach(self, str(exc) if exc else self.reason)

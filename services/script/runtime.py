@@ -55,6 +55,33 @@ class Waiter:
             self.done.set()
 
 
+def frames_of(items: list[tuple[int, int, int, bytes]], me: int) -> list[bytes]:
+    """One frame per run of messages to the same destination (kind, cluster, dst), at
+    most FRAME_ITEMS_BYTES of messages each; FRAME entries are complete frames."""
+    frames: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    key: tuple[int, int, int] | None = None
+
+    def close_run() -> None:
+        if run and key is not None:
+            frames.append(encode(Header(Msg(key[0]), key[1], me, key[2]), raw=b"".join(run)))
+
+    for kind, cluster, dst, item in items:
+        if kind == FRAME:
+            close_run()
+            frames.append(item)
+            key, run, size = None, [], 0
+            continue
+        if (kind, cluster, dst) != key or size + len(item) > FRAME_ITEMS_BYTES:
+            close_run()
+            key, run, size = (kind, cluster, dst), [], 0
+        run.append(item)
+        size += len(item)
+    close_run()
+    return frames
+
+
 class Runtime:
     """Everything the API needs; one per script process (module global `_runtime`)."""
 
@@ -115,7 +142,7 @@ class Runtime:
         self.reader = _Reader(self, sock, Decoder(self.max_frame))
         return True
 
-    def _lost(self, sock: socket.socket, why: str) -> None:
+    def lost(self, sock: socket.socket, why: str) -> None:
         if self.sock is sock and self.connected.is_set():
             log.warning("connection to the cluster process lost (%s): reconnecting", why)
             self.connected.clear()
@@ -127,7 +154,7 @@ class Runtime:
 
     def close(self) -> None:
         if self.sock is not None:
-            self._lost(self.sock, "stopping")
+            self.lost(self.sock, "stopping")
         self.mi_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- sending
@@ -173,38 +200,12 @@ class Runtime:
                     self.count("script:dropped_msgs", len(items))
                     continue
                 try:
-                    sock.sendall(b"".join(self._frames(items)))
+                    sock.sendall(b"".join(frames_of(items, self.me)))
                 except OSError as exc:  # a timeout may have cut a frame: stream lost
                     self.count("script:dropped_msgs", len(items))
-                    self._lost(sock, f"send: {exc}")
+                    self.lost(sock, f"send: {exc}")
             finally:
                 self.out_lock.release()
-
-    def _frames(self, items: list[tuple[int, int, int, bytes]]) -> list[bytes]:
-        """One frame per run of messages to the same destination."""
-        frames: list[bytes] = []
-        run: list[bytes] = []
-        size = 0
-        key: tuple[int, int, int] | None = None
-
-        def close_run() -> None:
-            if run and key is not None:
-                frames.append(encode(Header(Msg(key[0]), key[1], self.me, key[2]),
-                                     raw=b"".join(run)))
-
-        for kind, cluster, dst, item in items:
-            if kind == FRAME:
-                close_run()
-                frames.append(item)
-                key, run, size = None, [], 0
-                continue
-            if (kind, cluster, dst) != key or size + len(item) > FRAME_ITEMS_BYTES:
-                close_run()
-                key, run, size = (kind, cluster, dst), [], 0
-            run.append(item)
-            size += len(item)
-        close_run()
-        return frames
 
     def pack(self, tag: str, msg: Any) -> bytes:
         """The wire item [tag, msg]; refuses what cannot be sent, before sending."""
@@ -417,15 +418,15 @@ class _Reader:
                     return True
                 data = sock.recv(1 << 18)
             except (OSError, ValueError) as exc:
-                self.rt._lost(sock, f"recv: {exc}")
+                self.rt.lost(sock, f"recv: {exc}")
                 return False
             if not data:
-                self.rt._lost(sock, "closed by the cluster process")
+                self.rt.lost(sock, "closed by the cluster process")
                 return False
             try:
                 frames = self.decoder.feed(data)
             except CorruptFrame as exc:
-                self.rt._lost(sock, f"corrupt frame: {exc}")
+                self.rt.lost(sock, f"corrupt frame: {exc}")
                 return False
         self.rt.dispatch(frames)
         return True

@@ -232,3 +232,37 @@ def test_mi_errors_are_json_rpc_errors(tmp_path) -> None:
         assert result.returncode == 0 and json.loads(result.stdout) == {"core:rcv_requests": 0}
     finally:
         node.stop()
+
+
+def test_sighup_applies_heartbeat_timing_in_the_cluster_process(tmp_path) -> None:
+    """ping_interval_ms / ping_timeout_ms are reloadable: after SIGHUP a 1.5 s freeze of
+    the other node's cluster process is within the new timeout (with the default LAN
+    timing, 300 ms, it would be a down event)."""
+    nodes = [Node(tmp_path, node_id=i, workers=1) for i in (1, 2)]
+    nodes[1].settings["clusterer"]["seeds"] = nodes[0].bin_addr
+    nodes[1].write_ini()
+    try:
+        for n in nodes:
+            n.start()
+        wait_for(lambda: all(n.mi("clusterer_list")["Clusters"][0]["Nodes"] and
+                             n.mi("clusterer_list")["Clusters"][0]["Nodes"][0]["link_state"]
+                             == "Up" for n in nodes), what="both up")
+        for n in nodes:
+            n.settings["clusterer"].update({"ping_interval_ms": 1000, "ping_timeout_ms": 3000})
+            n.write_ini()
+            n.signal(signal.SIGHUP)
+        for n in nodes:
+            wait_for(lambda n=n: "heartbeat timing now: ping every 1000 ms, timeout 3000 ms"
+                     in n.log(), what="the cluster process applied the new timing")
+        cluster_pid = roles(nodes[1])["cluster"][0]
+        os.kill(cluster_pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.5)
+        finally:
+            os.kill(cluster_pid, signal.SIGCONT)
+        time.sleep(0.5)
+        stats = nodes[0].mi("get_statistics", statistics=["clusterer:node_down_events"])
+        assert stats["clusterer:node_down_events"] == 0
+    finally:
+        for n in nodes:
+            n.stop()

@@ -2,15 +2,25 @@
 corrupt frames, leave, status, removal, several clusters, the view in shared memory."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import pathlib
 import socket
+import threading
+import time
 
+import numpy as np
 
+from fastcluster.core.config import load
+from fastcluster.core.stats import COUNTERS
 from fastcluster.core.wire import Header, Msg, encode
+from fastcluster.services.cluster.node import ClusterNode
 from fastcluster.shm.control import VIEW_UP
 from fastcluster.shm.node import NodeMemory
 from tests.support import leaks
-from tests.support.nodes import Node, cluster_view, start_cluster, up_set, wait_until
+from tests.support.nodes import Node, cluster_view, free_port, start_cluster, up_set, \
+    wait_until
 
 
 def stop_all(nodes: list[Node]) -> None:
@@ -220,3 +230,60 @@ def test_relay_when_a_direct_link_is_cut(tmp_path, cut_link) -> None:
     finally:
         stop_all(nodes)
         leaks.check(set())  # nothing else of ours may linger with the rule in place
+
+
+def test_a_slow_remote_mi_command_never_holds_up_the_link(tmp_path) -> None:
+    """A remote MI command that takes 3 s runs beside the link, not in its reader: both
+    nodes stay Up (never Probe) and heartbeats keep flowing meanwhile."""
+    probe = str(pathlib.Path(__file__).resolve().parent.parent / "support" / "scripts" /
+                "probe.py")
+    nodes = start_cluster(tmp_path, 2, settings={"script": {"module": probe}})
+    try:
+        wait_until(lambda: up_set(nodes[0]) == {2} and up_set(nodes[1]) == {1}, what="mesh")
+        answer: dict = {}
+        caller = threading.Thread(target=lambda: answer.update(result=nodes[0].mi(
+            "cluster_send_mi", cluster_id=1, destination=2, cmd_name="probe_sleep",
+            cmd_params={"seconds": 3})))
+        started = time.monotonic()
+        caller.start()
+        states = set()
+        while caller.is_alive():
+            for n in nodes:
+                states |= {v[1] for v in cluster_view(n).values()}
+                states |= {v[0] for v in cluster_view(n).values()}
+            time.sleep(0.05)
+        caller.join()
+        assert time.monotonic() - started >= 3.0 and answer == {"result": "slept"}
+        assert states == {"Up"}, states
+        for n in nodes:
+            down = n.mi("get_statistics", statistics=["clusterer:node_down_events"])
+            assert down["clusterer:node_down_events"] == 0
+    finally:
+        stop_all(nodes)
+
+
+def test_another_build_is_refused_with_a_clear_log_on_both_sides(tmp_path, caplog) -> None:
+    """Two builds whose row layouts or message schemas differ never exchange rows: the
+    handshake refuses, and both sides say why."""
+    node = start_cluster(tmp_path, 1)[0]
+    loop = asyncio.new_event_loop()
+    try:
+        cfg = load(cli={"clusterer.node_id": "7", "clusterer.bin_listen":
+                        f"127.0.0.1:{free_port()}", "clusterer.secret": "test-secret",
+                        "clusterer.seeds": node.bin_addr}, environ={})
+        other = ClusterNode(cfg, np.zeros(len(COUNTERS), dtype=np.int64), "0000ffff0000ffff")
+        caplog.set_level(logging.WARNING, logger="clusterer")
+
+        async def dial() -> None:
+            other.dial(cfg["clusterer.seeds"][0])
+            await asyncio.sleep(1.0)
+            await other.stop()
+
+        loop.run_until_complete(dial())
+        reason = "another build: its row layouts or message schemas differ"
+        wait_until(lambda: reason in node.log(), what="the node's log line")
+        assert any(reason in r.getMessage() for r in caplog.records)
+        assert cluster_view(node) == {}
+    finally:
+        loop.close()
+        node.stop()

@@ -51,7 +51,7 @@ def test_one_frame_per_run_of_one_destination_in_order(rt) -> None:
     items = [(req, 1, 2, rt.pack("a", 1)), (req, 1, 2, rt.pack("b", 2)),
              (req, 1, 3, rt.pack("c", 3)), (api.FRAME, 0, 0, ctl),
              (req, 1, 3, rt.pack("d", 4)), (rpl, 1, 3, rt.pack("e", 5))]
-    got = decode_all(rt._frames(items))
+    got = decode_all(api.frames_of(items, rt.me))
     assert got == [(Msg.SCRIPT_REQ, 1, 2, [["a", 1], ["b", 2]]),
                    (Msg.SCRIPT_REQ, 1, 3, [["c", 3]]),
                    (Msg.SCRIPT_CTL, 0, 1, {"hello": 1}),
@@ -62,7 +62,7 @@ def test_one_frame_per_run_of_one_destination_in_order(rt) -> None:
 def test_a_long_run_is_split_into_bounded_frames(rt) -> None:
     item = rt.pack("t", "x" * 900)
     n = api.FRAME_ITEMS_BYTES // len(item) * 3
-    frames = rt._frames([(int(Msg.SCRIPT_REQ), 1, 2, item)] * n)
+    frames = api.frames_of([(int(Msg.SCRIPT_REQ), 1, 2, item)] * n, rt.me)
     assert len(frames) >= 3
     got = decode_all(frames)
     assert sum(len(items) for *_, items in got) == n
