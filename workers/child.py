@@ -127,7 +127,8 @@ class Child:
         self.apply_reload()
 
     def apply_reload(self) -> None:
-        """Hook for roles that cache reloadable settings."""
+        """Hook for roles whose services cache reloadable settings: each such service has
+        an `apply_config(cfg)` that the role calls from here (one pattern everywhere)."""
 
 
 def child_entry(ctx: NodeContext, cls: type[Child], slot: int, number: int) -> None:

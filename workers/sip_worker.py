@@ -61,7 +61,7 @@ class SipWorker(Child):
         self.app = SipApp(self, self.counts)
 
     def apply_reload(self) -> None:
-        self.app.apply_reload(self.cfg)
+        self.app.apply_config(self.cfg)
 
     def flush(self) -> None:
         """Add the local counters to this process's shm row."""

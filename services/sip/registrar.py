@@ -164,9 +164,9 @@ class SipApp:
         self._date_s = -1
         self._date = b""
         self._logged: set[str] = set()
-        self.apply_reload(worker.cfg)
+        self.apply_config(worker.cfg)
 
-    def apply_reload(self, cfg: Config) -> None:
+    def apply_config(self, cfg: Config) -> None:
         self.min_expires = cfg["usrloc.min_expires"]
         self.max_expires = cfg["usrloc.max_expires"]
         self.default_expires = cfg["usrloc.default_expires"]
