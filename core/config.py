@@ -90,6 +90,16 @@ class Config:
         return os.path.join(self.run_dir, f"fastcluster.{self.instance}.lock")
 
     @property
+    def data_dir(self) -> str:
+        """Where this instance keeps what outlives a restart ([core] data_dir)."""
+        if self.values["core.data_dir"]:
+            return os.path.expanduser(self.values["core.data_dir"])
+        if os.getuid() == 0:
+            return os.path.join("/var/lib/fastcluster", self.instance)
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        return os.path.join(state, "fastcluster", self.instance)
+
+    @property
     def numba_cache_dir(self) -> str:
         if self.values["core.numba_cache_dir"]:
             return os.path.expanduser(self.values["core.numba_cache_dir"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import struct
 import types
 import typing
 from dataclasses import dataclass
@@ -152,7 +153,9 @@ class MiRpl:
 class Caps:
     origin: int
     seq: int
-    caps: dict[str, list[int]]  # capability -> [state, enabled, syncs being donated]
+    # capability -> [state, enabled, syncs being donated, synced since (unix ms, 0: not),
+    #                newest data held (unix ms of its newest version, 0: none)]
+    caps: dict[str, list[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,46 @@ class ScriptCtl:
     event: list[Any] | None = None  # [cluster, node, up]
 
 
+@dataclass(frozen=True, slots=True)
+class ReplAck:
+    """Receiver -> origin: realtime batches of a table applied here, as sequence ranges
+    [first, last, first, last, ...] of the origin's stream towards this node; `missing`
+    lists the ranges a gap showed were lost (the origin re-sends at once)."""
+    kind: int
+    epoch: int
+    acked: list[int]
+    missing: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplHorizon:
+    """An origin's tombstone horizon for a table: every member has all its changes of
+    a version below this (its tombstones older than that may go everywhere)."""
+    kind: int
+    horizon: int
+
+
+@dataclass(frozen=True, slots=True)
+class AeDigests:
+    """Anti-entropy: the sender's range digests of a table (NRANGES int64, little-endian)."""
+    kind: int
+    digests: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AePull:
+    """Anti-entropy: send me your rows of these ranges (a bitmap of NRANGES bits)."""
+    kind: int
+    ranges: bytes
+
+
+# Raw payloads of REPL and AE_ROWS start with this prefix, then row entries (shm.ring
+# entry layout): u64 stream epoch of the sender (0 for AE_ROWS), u16 table kind, u16
+# flags, 4 bytes reserved. The frame header's `sequence` numbers REPL batches per
+# (sender, table, destination).
+ROWS_PREFIX = struct.Struct("<QHH4x")
+
+
 # ---------------------------------------------------------------- the table
 
 MESSAGES: tuple[tuple[int, str, type | None], ...] = (
@@ -220,6 +263,11 @@ MESSAGES: tuple[tuple[int, str, type | None], ...] = (
     (24, "SCRIPT_REQ", RAW),     # user script requests: a msgpack stream of [tag, msg]
     (25, "SCRIPT_RPL", RAW),     # and replies
     (26, "SCRIPT_CTL", ScriptCtl),  # local only, cluster process <-> script process
+    (27, "REPL_ACK", ReplAck),   # receiver -> origin: realtime batches applied / lost
+    (28, "REPL_HORIZON", ReplHorizon),  # origin -> all: its tombstone horizon
+    (29, "AE_DIGESTS", AeDigests),  # anti-entropy: my range digests, compare them
+    (30, "AE_PULL", AePull),     # anti-entropy: send me your rows of these ranges
+    (31, "AE_ROWS", RAW),        # anti-entropy: rows of differing ranges
 )
 
 Msg = IntEnum("Msg", [(name, number) for number, name, _ in MESSAGES],  # type: ignore[misc]

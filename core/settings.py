@@ -256,6 +256,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("core", "numba_cache_dir", _text, "",
       "Where compiled numba kernels are cached, in a subfolder per version of the kernel "
       "sources. Empty means $NUMBA_CACHE_DIR if set, else ~/.cache/fastcluster/numba."),
+    S("core", "data_dir", _text, "",
+      "Folder of this instance's state that outlives a restart (known cluster members, "
+      "the persistence database). Empty means /var/lib/fastcluster/<instance> for root, "
+      "else $XDG_STATE_HOME/fastcluster/<instance> (~/.local/state/...)."),
     S("core", "shm_prefault", _choice("start", "background", "no"), "start",
       "Commit the shared tables' memory up front, so no request or sync pays first-touch "
       "page faults (2-13 us per 4 KiB page on the VMs measured: a fresh 1M-contact sync "
@@ -328,6 +332,16 @@ SETTINGS: tuple[Setting, ...] = (
     S("clusterer", "seed_fallback_interval_s", _float_range(0, 3600), "5",
       "With no synced donor in sight for this long, a seed node declares its own data "
       "synced.", unit="s"),
+    S("clusterer", "tombstone_max_s", _int_range(60, 30 * 86400), "3600",
+      "Longest a tombstone is kept when some member never acknowledged it (a node down "
+      "or cut off); a node away longer than this does a mirror sync when it returns "
+      "(it drops what the cluster deleted meanwhile instead of merging it back).",
+      unit="s"),
+    S("clusterer", "max_clock_skew_ms", _int_range(10, 3_600_000), "1000",
+      "Clock difference with another node above which it is logged, counted "
+      "(clusterer:clock_skew_warnings) and shown in clusterer_list. Versions of "
+      "records are hybrid clocks: a node whose clock is ahead wins conflicts it should "
+      "lose.", unit="ms", reloadable=True),
     S("clusterer", "repl_ring_bytes", _power_of_two_at_least(65536, 1 << 30), "4194304",
       "Replication ring of each process: changes waiting for the cluster process. When "
       "full, changes are not lost: the gap is recorded, counted and re-sent from the "
@@ -353,8 +367,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("usrloc", "max_contacts", _int_range(0, 1000), "10",
       "Most contacts per AOR; more are refused with 403 (0: no limit).", reloadable=True),
     S("usrloc", "tombstone_ttl_s", _int_range(1, 86400), "120",
-      "How long a removed contact is kept as a tombstone so late replicas cannot revive "
-      "it.", unit="s"),
+      "Least time a removed contact is kept as a tombstone; it goes once every member "
+      "has it (or after clusterer.tombstone_max_s), so late replicas cannot revive it.",
+      unit="s"),
     S("usrloc", "replication_cluster", _cluster_or_auto, "auto",
       "Cluster that replicates contacts (capability usrloc-contact-repl); auto: the first "
       "of clusterer.cluster_id; 0: none."),
@@ -385,7 +400,8 @@ SETTINGS: tuple[Setting, ...] = (
       "Cluster that replicates dialogs (capability dialog-dlg-repl); auto: the first of "
       "clusterer.cluster_id; 0: none."),
     S("dialog", "tombstone_ttl_s", _int_range(1, 86400), "120",
-      "How long an ended dialog is kept as a tombstone.", unit="s"),
+      "Least time an ended dialog is kept as a tombstone (see usrloc.tombstone_ttl_s).",
+      unit="s"),
     # -- script
     S("script", "module", _text, "",
       "Path of the user's Python script (empty: none). It runs in its own process; see "

@@ -41,6 +41,19 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("clusterer", "repl_rows_stale", "replicated rows older than what this node has"),
     ("clusterer", "repl_rows_refused", "replicated rows refused: table full or too long"),
     ("clusterer", "repl_gaps", "times a replication ring was full (repaired from the table)"),
+    ("clusterer", "repl_gaps_seen", "gaps in a realtime stream from another node (reported "
+                                    "to it at once: it re-sends)"),
+    ("clusterer", "repl_resends", "re-sends of this node's changes to a node that did not "
+                                  "acknowledge them in time"),
+    ("clusterer", "ae_ranges_repaired", "anti-entropy: ranges found different from another "
+                                        "node's and exchanged"),
+    ("clusterer", "ae_rows_applied", "anti-entropy: rows received that changed this node's "
+                                     "tables"),
+    ("clusterer", "handler_errors", "messages whose handler failed here (a bug of ours, "
+                                    "logged with its traceback)"),
+    ("clusterer", "dropped_msgs", "messages dropped: their handler's queue was full"),
+    ("clusterer", "clock_skew_warnings", "times another node's clock was found off by more "
+                                         "than clusterer.max_clock_skew_ms"),
     ("clusterer", "syncs_done", "full syncs completed as receiver"),
     ("clusterer", "syncs_donated", "full syncs served as donor"),
     ("clusterer", "sync_failed", "full syncs that failed (donor lost, timeout, mismatch)"),

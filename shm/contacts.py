@@ -4,6 +4,8 @@
 under the AOR's region lock: it validates every binding first (Call-ID/CSeq ordering,
 max_contacts, capacity, widths, identity), then commits them all, pushes each changed
 row to the worker's replication ring, and writes the `Contact:` lines of the 200 OK.
+A binding removed with expires 0 always becomes a tombstone, even one this node never
+had, so no copy of it elsewhere (or in a later sync) can bring it back.
 Expires arithmetic, Min-Expires and clamping are done by the caller
 (services.registrar) before packing. Neighbours: shm.table (generic engine),
 services.registrar (SIP side), services.usrloc (MI).
@@ -471,6 +473,8 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
         if cw[2] == 0:
             if live:
                 removes += 1
+            if f < 0:
+                inserts += 1  # a tombstone even for a binding this node never had
         else:
             if not live:
                 adds += 1
@@ -510,9 +514,20 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
             o[3] = written
             return status
         if cw[2] == 0:
-            if f >= 0 and r_state(t, f) == ST_LIVE:
+            # Every removal leaves a tombstone newer than any version of the binding,
+            # known here or not (a node that has not synced yet must not let a later
+            # sync bring the binding back).
+            if f >= 0:
                 _tombstone(t, ring, proc, f, row, now_s, now_ms)
-                written += 1
+            else:
+                _build_row(t, row, req, cpos, keys[i], group, now_s)
+                row[R_STATE] = ST_TOMB
+                row[R_EXPIRES:R_EXPIRES + 4].view(np.uint32)[0] = now_s
+                d_live, d_tomb, d_free = write_row(t, ring, proc, free, row, 0,
+                                                   t.fixed + blob_used(t, row, 0), keys[i],
+                                                   hlc_version(now_ms))
+                publish_counts(t, d_live, d_tomb, d_free)
+            written += 1
             continue
         _build_row(t, row, req, cpos, keys[i], group, now_s)
         version = hlc_version(now_ms)

@@ -19,6 +19,12 @@ Layout (little-endian, W = 8-byte word):
     W7      8                reload generation: bumped after the reload area is written
     W8      8                reload area length (bytes used)
     W9      8                stop flag: 1 while the master is stopping the node
+    W11     8                ntables: replicated tables (shm.tables.TABLES)
+    W10     8                last contact (unix ms): the cluster process's last moment
+                             with its tables synced and another member reachable (or
+                             alone by choice); 0 never. A node restarted on its old
+                             tables after more than [clusterer] tombstone_max_s does a
+                             mirror sync
     512     64 * nprocs      process slots, each 8 words: pid, role, number,
                              heartbeat (monotonic ms), started (monotonic ms),
                              restarts, state, reserved
@@ -35,6 +41,13 @@ Layout (little-endian, W = 8-byte word):
                              then the owner node id of each partition (uint16, 0: none)
     ...     8*STATUS_WORDS*nprocs    status words per process slot (e.g. the timer's
                              last NAT ping cycle: see services.natping)
+    ...     8*NODE_IDS*ntables   tombstone horizons per table, by origin node id: the
+                             version below which that origin knows every member has
+                             its changes (the cluster process writes, the timer reads)
+    ...     16*MAX_PEERS*ntables  replication peers per table: (node id, watermark)
+                             pairs, node id 0 = free: the lowest version of this
+                             node's changes that peer may lack (the cluster process
+                             keeps them here so a new cluster process resumes)
 """
 from __future__ import annotations
 
@@ -45,7 +58,7 @@ import numpy as np
 from fastcluster.core.stats import COUNTERS
 
 CONTROL_MAGIC = int.from_bytes(b"FCCTRL01", "little")
-CONTROL_LAYOUT_VERSION = 1
+CONTROL_LAYOUT_VERSION = 2
 HEADER = 512
 SLOT_WORDS = 8
 RELOAD_BYTES = 65536
@@ -56,8 +69,11 @@ VIEW_UP, VIEW_ME, VIEW_ENABLED = 1, 2, 4
 MAX_PARTITIONS = 65536
 PMAP_BYTES = 64 + 2 * MAX_PARTITIONS
 STATUS_WORDS = 16
+NODE_IDS = 1 << 16
+MAX_PEERS = 256
 W_MAGIC, W_VERSION, W_NPROCS, W_NSTATS, W_NODE, W_MASTER, W_START = range(7)
-W_RELOAD_GEN, W_RELOAD_LEN, W_STOPPING = 7, 8, 9
+W_NTABLES = 11
+W_RELOAD_GEN, W_RELOAD_LEN, W_STOPPING, W_LAST_CONTACT = 7, 8, 9, 10
 P_PID, P_ROLE, P_NUMBER, P_HEARTBEAT, P_STARTED, P_RESTARTS, P_STATE = range(7)
 
 ROLES = ("master", "sip", "cluster", "timer", "script")
@@ -70,9 +86,10 @@ def nprocs_for(workers: int) -> int:
     return FIRST_SIP + workers
 
 
-def segment_size(nprocs: int) -> int:
+def segment_size(nprocs: int, ntables: int) -> int:
     return (HEADER + 8 * SLOT_WORDS * nprocs + 8 * len(COUNTERS) * nprocs + RELOAD_BYTES
-            + VIEW_BYTES * MAX_VIEWS + PMAP_BYTES + 8 * STATUS_WORDS * nprocs)
+            + VIEW_BYTES * MAX_VIEWS + PMAP_BYTES + 8 * STATUS_WORDS * nprocs
+            + 8 * NODE_IDS * ntables + 16 * MAX_PEERS * ntables)
 
 
 def monotonic_ms() -> int:
@@ -106,13 +123,22 @@ class Control:
         off += PMAP_BYTES
         self.status = buf[off:off + 8 * STATUS_WORDS * n].view(np.int64).reshape(
             n, STATUS_WORDS)
+        off += 8 * STATUS_WORDS * n
+        ntables = int(self.words[W_NTABLES])
+        self.horizons = buf[off:off + 8 * NODE_IDS * ntables].view(np.int64).reshape(
+            ntables, NODE_IDS)
+        off += 8 * NODE_IDS * ntables
+        self.peers = buf[off:off + 16 * MAX_PEERS * ntables].view(np.int64).reshape(
+            ntables, MAX_PEERS, 2)
         self.nprocs = n
 
     @staticmethod
-    def init(buf: np.ndarray, nprocs: int, node_id: int, master_pid: int) -> Control:
+    def init(buf: np.ndarray, nprocs: int, node_id: int, master_pid: int,
+             ntables: int) -> Control:
         w = buf[:HEADER].view(np.int64)
         w[W_VERSION] = CONTROL_LAYOUT_VERSION
         w[W_NPROCS] = nprocs
+        w[W_NTABLES] = ntables
         w[W_NSTATS] = len(COUNTERS)
         w[W_NODE] = node_id
         w[W_MASTER] = master_pid

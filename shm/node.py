@@ -25,7 +25,7 @@ PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings",)
 
 def part_sizes(cfg: Config) -> dict[str, int]:
     nprocs = CT.nprocs_for(cfg["core.workers"])
-    sizes = {"control": CT.segment_size(nprocs)}
+    sizes = {"control": CT.segment_size(nprocs, len(TABLES))}
     for spec in TABLES:
         sizes[spec.name] = Table.size_for(spec.layout, spec.setting(cfg, "capacity"),
                                           spec.setting(cfg, "record_bytes"), nprocs)
@@ -54,7 +54,7 @@ class NodeMemory:
         try:
             for part, size in part_sizes(cfg).items():
                 made[part] = Segment.create(cfg.shm_prefix + part, size)
-            CT.Control.init(made["control"].buf, nprocs, node_id, master_pid)
+            CT.Control.init(made["control"].buf, nprocs, node_id, master_pid, len(TABLES))
             for spec in TABLES:
                 Table.create(made[spec.name].buf, spec.layout, spec.setting(cfg, "capacity"),
                              spec.setting(cfg, "record_bytes"), nprocs, node_id)

@@ -49,12 +49,17 @@ Segment layout (little-endian; W = 8-byte word of the header):
     W16           8                 nlens: number of strings in the blob
     W17           8                 node_id written into local rows as origin
     W18           8                 undo_size: bytes per undo area
+    W19           8                 offset of the range digests
     W24, W32, W40 8 each            live, tomb, free counters (own cache lines)
     512           8 * nslots        keys: uint64
     ...           64 * nregions     locks: one int64 word per 64-byte line
     ...           undo_size*nprocs  undo areas: W0 state (0 idle, 1 in flight), W1 slot,
                                     W2 old key, W3 1 if the old body was saved, then the
                                     old body at +64
+    ...           8 * NRANGES       range digests: per range of the group hash (its top
+                                    RANGE_BITS bits), the wrapping sum of row_checksum
+                                    over the LIVE and TOMB records of that range, kept by
+                                    every write (anti-entropy compares them)
     ...           row_size*nslots   rows
     (each region starts on a 64-byte boundary)
 
@@ -102,7 +107,7 @@ from fastcluster.shm.ring import ENTRY_HEADER, ring_capacity, ring_push
 from fastcluster.shm.rows import PREFIX_OFFSETS, ROW_HEAD
 
 TABLE_MAGIC = int.from_bytes(b"FCTABLE2", "little")
-TABLE_LAYOUT_VERSION = 2
+TABLE_LAYOUT_VERSION = 3
 HEADER_SIZE = 512
 MAX_LOAD = 0.9  # records / home slots at capacity
 TAIL_SLOTS = 4096  # overflow tail: probes never wrap around
@@ -110,11 +115,14 @@ REGION_SHIFT = 8  # 256 slots per lock region
 LOCK_STRIDE = 8  # int64 words between lock words (one per cache line)
 UNDO_ROW_AT = 64
 PREFETCH_AHEAD = 16  # batch kernels prefetch the item this many iterations ahead
+RANGE_BITS = 12  # anti-entropy ranges: the top bits of the group hash
+NRANGES = 1 << RANGE_BITS
+RANGE_SHIFT = np.uint64(64 - RANGE_BITS)
 
 # header word indexes
 (H_MAGIC, H_VERSION, H_KIND, H_NSLOTS, H_NHOME, H_ROW, H_FIXED, H_SHIFT, H_NREGIONS,
  H_NPROCS, H_OFF_KEYS, H_OFF_LOCKS, H_OFF_UNDO, H_OFF_ROWS, H_CAPACITY, H_LENS_OFF,
- H_NLENS, H_NODE_ID, H_UNDO_SIZE) = range(19)
+ H_NLENS, H_NODE_ID, H_UNDO_SIZE, H_OFF_DIGESTS) = range(20)
 H_LIVE, H_TOMB, H_FREE = 24, 32, 40
 
 # common row prefix offsets, from the one declaration in shm.rows
@@ -142,9 +150,12 @@ APPLY_COUNTS = 8
 GC_ENTRIES, GC_CHECKSUM = range(2)
 GATHER_COUNTS = 2
 HLC_SHIFT = 16  # a version is wall-clock ms << HLC_SHIFT | counter (shm.rows)
+NO_SEEN = np.zeros(0, dtype=np.uint8)  # apply_entries without marking slots
+NODE_IDS = 1 << 16  # horizons arrays are indexed by origin node id
 
 Tbl = namedtuple("Tbl", "h keys locks undo8 undo64 rows8 rows16 rows32 rows64 nslots nhome "
-                        "row body fixed shift lens_off nlens kind node_id capacity usz")
+                        "row body fixed shift lens_off nlens kind node_id capacity usz "
+                        "digests")
 
 
 def _align(n: int, to: int = 64) -> int:
@@ -160,7 +171,8 @@ def geometry(capacity: int, row_size: int, nprocs: int) -> dict[str, int]:
     off = HEADER_SIZE
     layout = {"nhome": nhome, "nslots": nslots, "nregions": nregions, "undo_size": undo_size}
     for name, size in (("keys", 8 * nslots), ("locks", 8 * LOCK_STRIDE * nregions),
-                       ("undo", undo_size * nprocs), ("rows", row_size * nslots)):
+                       ("undo", undo_size * nprocs), ("digests", 8 * NRANGES),
+                       ("rows", row_size * nslots)):
         layout["off_" + name] = off
         off = _align(off + size)
     layout["size"] = off
@@ -182,7 +194,7 @@ def init_table(buf: np.ndarray, kind: int, capacity: int, row_size: int, fixed_s
               H_OFF_KEYS: g["off_keys"], H_OFF_LOCKS: g["off_locks"],
               H_OFF_UNDO: g["off_undo"], H_OFF_ROWS: g["off_rows"], H_CAPACITY: capacity,
               H_LENS_OFF: lens_off, H_NLENS: nlens, H_NODE_ID: node_id,
-              H_UNDO_SIZE: g["undo_size"]}
+              H_UNDO_SIZE: g["undo_size"], H_OFF_DIGESTS: g["off_digests"]}
     for index, value in values.items():
         h[index] = value
     h[H_MAGIC] = TABLE_MAGIC
@@ -217,7 +229,8 @@ def views(arena):
                rows8, rows8.view(np.uint16), rows8.view(np.uint32), rows8.view(np.uint64),
                nslots, h[H_NHOME], row, row - ROW_HEAD, h[H_FIXED], h[H_SHIFT],
                h[H_LENS_OFF], h[H_NLENS], h[H_KIND], h[H_NODE_ID], h[H_CAPACITY],
-               h[H_UNDO_SIZE])
+               h[H_UNDO_SIZE],
+               arena[h[H_OFF_DIGESTS]:h[H_OFF_DIGESTS] + 8 * NRANGES].view(np.int64))
 
 
 @njit(cache=True, inline="always")
@@ -332,6 +345,19 @@ def version_ms(version: int) -> int:
 def row_checksum(key, version, origin):
     """Order-independent checksum term of one row (sync end marker, digests)."""
     return mix64(key ^ mix64(np.uint64(version) ^ (np.uint64(origin) << np.uint64(48))))
+
+
+@njit(cache=True, inline="always")
+def range_of(group):
+    """Anti-entropy range of a group hash (its top RANGE_BITS bits)."""
+    return np.int64(np.uint64(group) >> RANGE_SHIFT)
+
+
+@njit(cache=True, inline="always")
+def digest_slot(t, s, sign):
+    """Add (sign 1) or remove (sign -1) slot s's record from its range digest."""
+    term = np.int64(row_checksum(t.keys[s], r_version(t, s), r_origin(t, s)))
+    atomic_add(t.digests, range_of(r_group(t, s)), term * sign)
 
 
 @njit(cache=True, inline="always")
@@ -462,6 +488,8 @@ def write_row(t, ring, proc, s, src8, src_off, nbytes, key, version):
     slot's region lock. Returns the (live, tomb, free) counter deltas to publish."""
     old_key = t.keys[s]
     old_state = r_state(t, s) if old_key > K_FREE else 0
+    if old_key > K_FREE:
+        digest_slot(t, s, -1)
     undo_begin(t, proc, s)
     base = rbase(t, s)
     t.rows8[base:base + nbytes] = src8[src_off:src_off + nbytes]
@@ -472,6 +500,7 @@ def write_row(t, ring, proc, s, src8, src_off, nbytes, key, version):
         t.rows64[local_index(t, s)] = 0
         atomic_store(t.keys, s, key)
     undo_commit(t, s)
+    digest_slot(t, s, 1)
     new_state = t.rows8[base + R_STATE]
     d_live = (1 if new_state == ST_LIVE else 0) - (1 if old_state == ST_LIVE else 0)
     d_tomb = (1 if new_state == ST_TOMB else 0) - (1 if old_state == ST_TOMB else 0)
@@ -564,11 +593,12 @@ def table_put_batch(arena, ring, rows, n, now_ms, me, proc, out):
 
 
 @njit(cache=True, inline="always")
-def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, pending):
+def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, seen, pending):
     """Apply one remote row (wire entry at buf[off:off+length], header included) if its
     (version, origin) is newer than ours. Returns (the slot, E_STALE, E_BUSY, E_FULL,
     E_TOO_LONG or E_CORRUPT; live, tomb, free deltas). Not pushed to a ring unless
-    `ring` has capacity. pending: records added but not yet published."""
+    `ring` has capacity. pending: records added but not yet published. seen: uint8 per
+    slot (or empty): the slot holding this record afterwards is marked 1 (mirror sync)."""
     rb = off + ENTRY_HEADER
     nbytes = length - ENTRY_HEADER
     if nbytes < t.fixed:
@@ -602,6 +632,8 @@ def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, pending)
                 result = E_STALE
             else:
                 result = found
+            if seen.shape[0]:
+                seen[found] = 1
         elif (state == ST_LIVE and expires <= now_s) or (
                 state == ST_TOMB and expires + tomb_ttl_s <= now_s):
             result = E_STALE  # already gone here: nothing to remember
@@ -611,6 +643,8 @@ def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, pending)
             result = free
         if result >= 0:
             dl, dt, df = write_row(t, ring, proc, result, buf, rb, t.fixed + used, key, 0)
+            if seen.shape[0]:
+                seen[result] = 1
     unlock_regions(t, lo, hi)
     return result, dl, dt, df
 
@@ -628,9 +662,10 @@ def _prefetch_entry(t, buf, at, nbytes):
 
 
 @njit(cache=True, nogil=True)
-def apply_entries(arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring, counts):
+def apply_entries(arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring, seen, counts):
     """Apply a batch of wire entries (replication or sync chunk) of this table, each only
-    if its (version, origin) is newer than ours. counts: int64[APPLY_COUNTS]
+    if its (version, origin) is newer than ours. seen: see apply_entry (empty: none).
+    counts: int64[APPLY_COUNTS]
     accumulates (indexes AC_*) applied, stale, too long, table full, busy, entries,
     checksum (wrapping sum of row_checksum), corrupt. Returns the byte offset reached:
     nbytes when done; less when an entry is corrupt or of another table (counts
@@ -639,6 +674,7 @@ def apply_entries(arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring, counts)
     t = views(arena)
     buf = unmanaged(buf)
     ring = unmanaged(ring)
+    seen = unmanaged(seen)
     d_live = d_tomb = d_free = 0  # counter deltas, published on every return
     off = 0
     # a cursor PREFETCH_AHEAD entries ahead asks for the slots those entries will touch
@@ -656,7 +692,7 @@ def apply_entries(arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring, counts)
             break
         ahead = _prefetch_entry(t, buf, ahead, nbytes)
         r, dl, dt, df = apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring,
-                                    d_live + d_tomb)
+                                    seen, d_live + d_tomb)
         if r == E_BUSY:
             counts[AC_BUSY] += 1
             break  # the caller yields, then calls again from `off`
@@ -890,12 +926,17 @@ def table_since(arena, start, min_version, origin, out, max_bytes):
 
 
 @njit(cache=True)
-def table_expire(arena, first_region, nregions, now_s, tomb_ttl_s, me, out):
+def table_expire(arena, first_region, nregions, now_s, tomb_min_s, tomb_max_s, horizons, me,
+                 out):
     """Timer pass over lock regions [first_region, first_region + nregions): LIVE rows
-    whose expiry passed and tombstones older than tomb_ttl_s become FREE (locally; not
-    replicated: every node expires by the same absolute time), then FREE slots followed
-    by EMPTY become EMPTY. out: int64[3] += [expired, tombs purged, slots emptied].
-    Returns the next region (0 after the last), or E_BUSY with nothing half-done."""
+    whose expiry passed become FREE (locally; not replicated: every node expires by the
+    same absolute time). A tombstone becomes FREE once every node holding the table has
+    it -- its version is below horizons[its origin], the version up to which that origin
+    knows all nodes acknowledged its changes -- and it is at least tomb_min_s old, or in
+    any case once it is tomb_max_s old. Then FREE slots followed by EMPTY become EMPTY.
+    horizons: int64[65536] by origin node id. out: int64[3] += [expired, tombs purged,
+    slots emptied]. Returns the next region (0 after the last), or E_BUSY with nothing
+    half-done."""
     t = views(arena)
     nreg = t.h[H_NREGIONS]
     r = first_region
@@ -911,7 +952,13 @@ def table_expire(arena, first_region, nregions, now_s, tomb_ttl_s, me, out):
                 continue
             st = r_state(t, s)
             ex = r_expires(t, s)
-            if (st == ST_LIVE and ex <= now_s) or (st == ST_TOMB and ex + tomb_ttl_s <= now_s):
+            if st == ST_LIVE:
+                gone = ex <= now_s
+            else:
+                gone = ex + tomb_max_s <= now_s or (
+                    ex + tomb_min_s <= now_s and r_version(t, s) < horizons[r_origin(t, s)])
+            if gone:
+                digest_slot(t, s, -1)
                 atomic_store(t.keys, s, K_FREE)
                 atomic_add(t.h, H_FREE, 1)
                 count_state(t, st, -1)
@@ -929,6 +976,92 @@ def table_expire(arena, first_region, nregions, now_s, tomb_ttl_s, me, out):
         unlock_regions(t, r, r)
         r += 1
     return 0 if r >= nreg else r
+
+
+@njit(cache=True)
+def table_mirror_drop(arena, seen, cutoff_version, me, out):
+    """After a mirror sync: records the donor did not send (seen[slot] == 0) whose version
+    is below cutoff_version become FREE, locally (the cluster deleted them while this
+    node was away and no tombstone is left to say so). out: int64[1] += dropped.
+    Returns 0, or E_BUSY (call again: nothing half-done in a region)."""
+    t = views(arena)
+    for r in range(t.h[H_NREGIONS]):
+        if not lock_region(t, r, me):
+            return E_BUSY
+        for s in range(r << t.shift, min(t.nslots, (r + 1) << t.shift)):
+            if t.keys[s] > K_FREE and seen[s] == 0 and r_version(t, s) < cutoff_version:
+                digest_slot(t, s, -1)
+                count_state(t, r_state(t, s), -1)
+                atomic_store(t.keys, s, K_FREE)
+                atomic_add(t.h, H_FREE, 1)
+                out[0] += 1
+        unlock_regions(t, r, r)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def table_gather_ranges(arena, wanted, first, out, max_bytes, counts):
+    """Anti-entropy: write the records (LIVE and TOMB) of every range r >= first with
+    wanted[r] != 0 as wire entries into out (at most max_bytes), whole ranges at a time.
+    counts: int64[GATHER_COUNTS] += entries, checksum. Returns (next range to ask for,
+    bytes); the next range is NRANGES when every wanted range was written. A range
+    alone larger than max_bytes is cut short (the next round repairs the rest)."""
+    t = views(arena)
+    out = unmanaged(out)
+    need = (ENTRY_HEADER + t.body + 7) & ~7
+    off = 0
+    r = first
+    while r < NRANGES:
+        if wanted[r] == 0:
+            r += 1
+            continue
+        lo_group = np.uint64(r) << RANGE_SHIFT
+        s = home_of(t, lo_group)
+        last = home_of(t, lo_group | ((np.uint64(1) << RANGE_SHIFT) - np.uint64(1)))
+        start_off = off
+        while s < t.nslots and (s <= last or t.keys[s] != K_EMPTY):
+            if t.keys[s] > K_FREE and range_of(r_group(t, s)) == r:
+                if off + need > max_bytes:
+                    if start_off > 0:
+                        return r, start_off  # the whole range in the next call
+                    return r + 1, off
+                length = gather_one(t, s, out, off)
+                if length:
+                    rb = off + ENTRY_HEADER
+                    counts[GC_ENTRIES] += 1
+                    counts[GC_CHECKSUM] += np.int64(row_checksum(ldu64(out, rb + R_KEY),
+                                                                 ld64(out, rb + R_VERSION),
+                                                                 ld16(out, rb + R_ORIGIN)))
+                    off += length
+            s += 1
+        r += 1
+    return NRANGES, off
+
+
+@njit(cache=True)
+def entries_summary(buf, nbytes):
+    """(entries, lowest version among them) of the wire entries in buf[:nbytes]; the
+    version is int64 max when there is none."""
+    low = np.int64(0x7FFFFFFFFFFFFFFF)
+    n = 0
+    off = 0
+    while off + ENTRY_HEADER + R_VERSION + 8 <= nbytes:
+        length = ld32(buf, off)
+        if length < ENTRY_HEADER:
+            break
+        v = ld64(buf, off + ENTRY_HEADER + R_VERSION)
+        if v < low:
+            low = v
+        n += 1
+        off += length
+    return n, low
+
+
+def range_digests(buf: np.ndarray) -> np.ndarray:
+    """The table's range digests (a view: int64[NRANGES], kept by every write)."""
+    h = buf[:HEADER_SIZE].view(np.int64)
+    off = int(h[H_OFF_DIGESTS])
+    return buf[off:off + 8 * NRANGES].view(np.int64)
 
 
 @njit(cache=True, nogil=True)
@@ -971,15 +1104,19 @@ def table_count_groups(arena):
 
 @njit(cache=True)
 def table_recount(arena):
-    """Recompute the live/tomb/free counters from the slots (after a repair)."""
+    """Recompute the live/tomb/free counters and the range digests from the slots
+    (after a repair)."""
     t = views(arena)
     live = tomb = free = 0
+    t.digests[:] = 0
     for s in range(t.nslots):
         k = t.keys[s]
         if k == K_FREE:
             free += 1
         elif k > K_FREE:
             st = r_state(t, s)
+            t.digests[range_of(r_group(t, s))] += np.int64(
+                row_checksum(k, r_version(t, s), r_origin(t, s)))
             if st == ST_LIVE:
                 live += 1
             elif st == ST_TOMB:

@@ -105,15 +105,20 @@ class Table:
     def count_groups(self) -> int:
         return int(T.table_count_groups(self.buf))
 
-    def expire(self, now_s: int, tomb_ttl_s: int, me: int,
-               budget_regions: int | None = None, start: int = 0) -> tuple[int, list[int]]:
+    def expire(self, now_s: int, tomb_min_s: int, tomb_max_s: int, horizons: np.ndarray,
+               me: int, budget_regions: int | None = None, start: int = 0
+               ) -> tuple[int, list[int]]:
         """One expiry pass over `budget_regions` lock regions from `start` (all by
-        default). Returns (next region, [expired, tombs purged, slots emptied])."""
+        default); see table_expire for when a tombstone goes. Returns (next region,
+        [expired, tombs purged, slots emptied])."""
         out = np.zeros(3, dtype=np.int64)
         count = self.nregions if budget_regions is None else budget_regions
-        nxt = retry_busy(lambda: T.table_expire(self.buf, start, count, now_s, tomb_ttl_s,
-                                                me, out))
+        nxt = retry_busy(lambda: T.table_expire(self.buf, start, count, now_s, tomb_min_s,
+                                                tomb_max_s, horizons, me, out))
         return int(nxt), [int(v) for v in out]
+
+    def range_digests(self) -> np.ndarray:
+        return T.range_digests(self.buf)
 
     def repair(self, ring: np.ndarray, pid: int, proc: int) -> tuple[int, int]:
         fixed, freed = T.table_repair(self.buf, ring, pid, proc)

@@ -73,7 +73,13 @@ def warm_kernels() -> float:
     for buf in (ct_buf, dl_buf):  # the generic kernels, for every table of TABLES
         counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
         T.apply_entries(buf, wire, n if buf is ct_buf else 0, now_s, 60, me, 1, R.no_ring(),
-                        counts)
+                        T.NO_SEEN, counts)
+        T.apply_entries(buf, wire, 0, now_s, 60, me, 1, R.no_ring(),
+                        np.zeros(8, dtype=np.uint8), counts)
+        T.table_gather_ranges(buf, np.ones(T.NRANGES, np.uint8), 0, wire, wire.shape[0],
+                              np.zeros(T.GATHER_COUNTS, np.int64))
+        T.entries_summary(wire, 0)
+        T.table_mirror_drop(buf, np.zeros(1 << 16, np.uint8), 0, me, np.zeros(1, np.int64))
         T.table_gather(buf, 0, wire, wire.shape[0], np.zeros(T.GATHER_COUNTS, np.int64))
         T.table_since(buf, 0, 0, 1, wire, wire.shape[0])
 
@@ -91,6 +97,6 @@ def warm_kernels() -> float:
     C.ul_remove_slot(ct_buf, ring, 0, np.uint64(2), now_s * 1000, me, 1, row)
 
     # timer and recovery
-    contacts.expire(now_s, 60, me)
+    contacts.expire(now_s, 60, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)
     contacts.repair(ring, 1, 1)
     return time.perf_counter() - started

@@ -20,6 +20,7 @@ import signal
 from typing import Any
 
 from fastcluster.core.messages import fingerprint
+from fastcluster.services.cluster.ae import AntiEntropy
 from fastcluster.services.cluster.api import ClusterAPI
 from fastcluster.services.cluster.capabilities import Capabilities
 from fastcluster.services.cluster.node import ClusterNode
@@ -38,6 +39,7 @@ from fastcluster.workers.child import Child
 log = logging.getLogger("cluster")
 
 BEAT_S = 0.1
+STOP_FLUSH_S = 1.0  # at a graceful stop, wait this long at most for the last acks
 
 
 def build_fingerprint() -> str:
@@ -58,6 +60,7 @@ class ClusterProcess(Child):
         self.sync = SyncManager(self.node, caps)
         self.cluster = ClusterAPI(self.node, caps, self.sync)
         self.replication = Replication(self, self.cluster)
+        self.antientropy = AntiEntropy(self, self.cluster, self.replication)
         self.partitions = PartitionMap(self.mem.control, self.cluster,
                                        SPEC_BY_NAME["contacts"].capability,
                                        self.cfg["usrloc.ping_partitions"])
@@ -85,11 +88,11 @@ class ClusterProcess(Child):
         self.publish_views()
         self.sync.start()
         tasks = [asyncio.create_task(t) for t in (self._beat(), self.replication.run(),
-                                                   self.sync.run())]
+                                                   self.sync.run(), self.antientropy.run())]
         await self.stop_event.wait()
         for task in tasks:
             task.cancel()
-        self.replication.drain()  # the last changes still go out
+        await self.replication.flush(STOP_FLUSH_S)  # the last changes still go out
         await self.node.stop()
         await self.script.close()
         await self.mi.close()

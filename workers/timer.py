@@ -1,5 +1,7 @@
 """The timer process: expiry of contacts and dialogs (locally, by their absolute expiry
-time: expiry is never replicated) and NAT pinging of this node's partitions.
+time: expiry is never replicated), the purge of tombstones every member has (the
+horizons the cluster process publishes in shm.control), and NAT pinging of this node's
+partitions.
 
 Each tick handles a slice of the lock regions, so no lock is held long and a pass over
 a large table is spread over `EXPIRY_PASS_S`. Neighbours: shm.tables (expire kernel),
@@ -42,12 +44,13 @@ class TimerProcess(Child):
             self.beat()
             self.check_reload()
             now = int(time.time())
-            for spec in TABLES:
+            for index, spec in enumerate(TABLES):
                 table = self.mem.tables[spec.name]
                 budget = -(-table.nregions // ticks_per_pass)
                 nxt, (expired, purged, _) = table.expire(
-                    now, spec.setting(self.cfg, "tombstone_ttl_s"), self.me, budget,
-                    self.cursors[spec.name])
+                    now, spec.setting(self.cfg, "tombstone_ttl_s"),
+                    self.cfg["clusterer.tombstone_max_s"], self.mem.control.horizons[index],
+                    self.me, budget, self.cursors[spec.name])
                 self.cursors[spec.name] = nxt
                 if spec.name == "contacts":
                     self.stats[INDEX["usrloc:expired_contacts"]] += expired

@@ -8,7 +8,7 @@ What OpenSIPS's clusterer offers its modules through api.h, for fastcluster's co
     send / broadcast / send_control      messages, answered with a SendResult
     handle(kind, handler, mode)          receive a message type (dispatch.Mode says how)
     on_node_event / on_topology_change   node reachability and any topology change
-    replicate / peers_with / backlog     realtime batches of a capability
+    peers_with / backlog / drain         who takes a capability's realtime batches
     synced_nodes / my_index / next_hop   who shares work (partitioning) and routes
     nodes / capabilities / request_sync  views and actions for the MI
 
@@ -63,6 +63,7 @@ class Events:
         self.topologies: list[Callable[[], None]] = []  # after any topology change
         self.links: list[Callable[[int], None]] = []  # a direct link was established
         self.forgets: list[Callable[[int], None]] = []  # a node was removed
+        self.restarts: list[Callable[[int], None]] = []  # a node came back as a new process
 
     @staticmethod
     def _fire(subscribers: list[Callable[..., None]], *args: Any) -> None:
@@ -83,6 +84,9 @@ class Events:
 
     def link_up(self, node: int) -> None:
         self._fire(self.links, node)
+
+    def restart(self, node: int) -> None:
+        self._fire(self.restarts, node)
 
     @property
     def forget(self) -> list[Callable[[int], None]]:
@@ -108,8 +112,9 @@ class Capability:
     sync_source: Callable[[int], SyncSource]
     # receiver: apply sync entries (adding to counts, shm.table AC_*); False if corrupt
     apply_chunk: Callable[[bytes, np.ndarray], Awaitable[bool]]
-    # receiver: apply a realtime batch from a node (raw entries)
-    apply_batch: Callable[[bytes, int], Awaitable[bool]]
+    # receiver: apply a realtime batch (REPL: core.messages.ROWS_PREFIX, then entries);
+    # False if corrupt (the link it came on is dropped)
+    apply_batch: Callable[[Delivery], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -142,8 +147,10 @@ class ClusterAPI:
         self._node.dispatcher.register(kind, handler, mode)
 
     def send(self, cluster: int, dest: int, kind: Msg, payload: Any = None,
-             raw: bytes | None = None) -> SendResult:
-        return self._node.routing.send(cluster, dest, kind, payload, raw)
+             raw: bytes | None = None, seq: int = 0) -> SendResult:
+        """To one node along its route; `seq` goes in the frame header (numbered
+        streams)."""
+        return self._node.routing.send(cluster, dest, kind, payload, raw, seq)
 
     def broadcast(self, cluster: int, kind: Msg, payload: Any = None,
                   raw: bytes | None = None) -> tuple[SendResult, list[int]]:
@@ -168,6 +175,14 @@ class ClusterAPI:
 
     def on_topology_change(self, fn: Callable[[], None]) -> None:
         self._node.events.topologies.append(fn)
+
+    def on_node_restart(self, fn: Callable[[int], None]) -> None:
+        """A node came back with a new incarnation (its memory is new)."""
+        self._node.events.restarts.append(fn)
+
+    def on_forget(self, fn: Callable[[int], None]) -> None:
+        """A node was removed from the membership."""
+        self._node.events.forgets.append(fn)
 
     # ---------------------------------------------------------------- views
 
@@ -260,11 +275,6 @@ class ClusterAPI:
     def peers_with(self, name: str) -> list[int]:
         """Reachable nodes that have the capability enabled (or not announced yet)."""
         return self._caps.peers_with(name)
-
-    def replicate(self, name: str, rows: bytes, to: list[int] | None = None) -> list[int]:
-        """Send a realtime batch of a capability to `to` (default: peers_with);
-        returns the nodes it was handed to."""
-        return self._caps.replicate(name, rows, to)
 
     def synced_nodes(self, name: str) -> list[int]:
         """The live nodes (this one included) that share the capability's work: synced

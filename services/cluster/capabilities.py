@@ -4,9 +4,9 @@ A consumer registers a capability (api.Capability) in one cluster. For every nod
 capability there is a state -- not synced, sync pending, sync in progress, synced
 (OpenSIPS's values) -- and an enabled flag; each node floods its own (CAPS,
 sequence-numbered) and every node knows every node's. A disabled capability neither
-sends nor accepts its data and is never a donor. Realtime batches of a capability go to
-the reachable nodes that have it (REPL, the first entry's table kind names the
-capability). The donor choice is a pure function (tested with tables).
+sends nor accepts its data and is never a donor. Realtime batches (REPL) are handed to
+the capability their prefix names (services.cluster.replication numbers, acknowledges
+and re-sends them). The donor choice is a pure function (tested with tables).
 Neighbours: services.cluster.node (floods, routing), sync (states), api (the front).
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from fastcluster.core.messages import Caps, Msg
+from fastcluster.core.messages import ROWS_PREFIX, Caps, Msg
 from fastcluster.core.wire import BROADCAST
-from fastcluster.services.cluster.api import Capability, SendResult
+from fastcluster.services.cluster.api import Capability
 from fastcluster.services.cluster.dispatch import Delivery, Mode
 from fastcluster.services.cluster.topology import Link, Sequencer
 
@@ -162,24 +162,18 @@ class Capabilities:
 
     # ---------------------------------------------------------------- realtime batches
 
-    def replicate(self, name: str, rows: bytes, to: list[int] | None) -> list[int]:
-        if not self.enabled_here(name):
-            return []  # disabled here: this node sends nothing
-        cluster = self.cluster_of(name)
-        routing = self.node.routing
-        return [n for n in (self.peers_with(name) if to is None else to)
-                if routing.send(cluster, n, Msg.REPL, raw=rows) == SendResult.SUCCESS]
-
     async def handle_repl(self, d: Delivery) -> None:
-        data = d.payload
-        kind = int.from_bytes(data[4:6], "little") if len(data) >= 8 else -1
+        if len(d.payload) < ROWS_PREFIX.size:
+            self.node.count("clusterer:bad_messages")
+            return
+        _, kind, _ = ROWS_PREFIX.unpack_from(d.payload)
         cap = self.by_wire.get(kind)
         if cap is None:
             self.node.count("clusterer:bad_messages")
             return
         if not self.enabled_here(cap.name):
             return  # disabled here: accepts nothing
-        if not await cap.apply_batch(data, d.source):
+        if not await cap.apply_batch(d):
             self.node.count("clusterer:corrupt_frames")
             log.warning("corrupt replication rows from node %d: dropping that connection",
                         d.source)

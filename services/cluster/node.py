@@ -203,7 +203,8 @@ class ClusterNode:
                 return
             old.close()
         peer = self.membership.peer(hello.node_id)
-        if peer.incarnation and peer.incarnation != hello.incarnation:
+        restarted = bool(peer.incarnation) and peer.incarnation != hello.incarnation
+        if restarted:
             log.info("node %d restarted (new incarnation)", hello.node_id)
             peer.pong_ms = 0
             peer.peer_ack = False
@@ -218,6 +219,8 @@ class ClusterNode:
         peer.probe_answers.clear()
         peer.probe_alive = False
         self.conns[hello.node_id] = conn
+        if restarted:
+            self.events.restart(hello.node_id)
         # Tell it everything we know: descriptions, link states.
         self.send_on(conn, Msg.NODES, Nodes(self.membership.known_descs(hello.node_id)))
         self.routing.adverts_for(conn)

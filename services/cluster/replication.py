@@ -1,41 +1,64 @@
-"""Replication of the shared tables: realtime batches and the data side of full sync, one
-`TableReplica` per replicated table of shm.tables.TABLES, bound to the cluster through
-the narrow API only.
+"""Replication of the shared tables with acknowledged streams: one `TableReplica` per
+replicated table of shm.tables.TABLES, bound to the cluster through the narrow API only.
 
-Every REPL_INTERVAL the cluster process drains a table's rings (one kernel call) and
-hands each batch of raw entries to the API, which sends it to every reachable node of
-the capability's cluster that has it enabled. Receivers apply rows by (version, origin)
-without re-queuing them, so order and duplicates do not matter and a full sync can run
-at the same time. Nothing is lost silently:
-- a full ring records a gap; the rows of this node from that version on are re-sent
-  from the table to everyone;
-- a peer whose link is backed up past MAX_BACKLOG is skipped and caught up from the
-  table once it drains;
-- a peer that was down gets this node's rows changed since it went down when it comes
-  back (partitions heal without a full sync).
-Neighbours: shm.ring (rings), shm.table (apply, gather, since-scan), services.cluster.api.
+Sending. Every repl_interval_ms the cluster process drains a table's rings (one kernel
+call) and sends the batch to every reachable member that has the capability, numbered
+per (table, destination). For each member the replica keeps what that member may lack:
+the batches it was sent and has not acknowledged, and a floor -- the lowest version of
+this node's rows it was not handed at all (unreachable, lagging, a ring gap). Their
+minimum is the member's *watermark*. Whenever rows may have been lost on the way -- a
+batch unacknowledged for ACK_TIMEOUT_S, a gap the receiver reports, a new route, the
+member back, restarted, or drained after lagging -- the replica re-sends every row of
+this node with a version at or above the watermark, scanned from the table itself
+(the table is the log: a row changed since holds its newest version, a deleted one its
+tombstone). The watermarks live in shared memory (shm.control), so a new cluster
+process resumes where the old one stopped instead of discarding anything.
+
+Receiving. Rows are applied by (version, origin), idempotently, in any order (a full
+sync can run at the same time). Every ACK_INTERVAL_S the receiver acknowledges the
+batches it applied to their origin, and names at once the ones a gap in the numbers
+showed were lost.
+
+Tombstones. A member's watermark tells which of this node's tombstones it holds: the
+minimum over every known member (up or down) is this node's *horizon*, published to
+all each HORIZON_INTERVAL_S. The timer purges a tombstone only below its origin's
+horizon (and after tombstone_ttl_s), or after clusterer.tombstone_max_s regardless.
+Neighbours: shm.ring, shm.table (apply, since-scan), shm.control (watermarks,
+horizons), services.cluster.api, services.cluster.ae (anti-entropy).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from fastcluster.core.config import Config
-from fastcluster.services.cluster.api import Capability, ClusterAPI
+from fastcluster.core.messages import ROWS_PREFIX, Msg, ReplAck, ReplHorizon
+from fastcluster.services.cluster.api import Capability, ClusterAPI, Delivery, Mode, SendResult
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
+from fastcluster.shm.control import MAX_PEERS, W_LAST_CONTACT
 from fastcluster.shm.node import NodeMemory
 from fastcluster.shm.tables import TABLE_INDEX, TABLES, TableSpec
 
 log = logging.getLogger("replication")
 
 BATCH_BYTES = 256 * 1024
-MAX_BACKLOG = 32 << 20  # bytes queued to one peer before it is treated as lagging
-CATCH_UP_MARGIN_MS = 5000  # rows changed this long before a peer was seen down are re-sent
+MAX_BACKLOG = 32 << 20  # bytes queued towards one member before it counts as lagging
+NO_FLOOR = (1 << 63) - 1
+ACK_INTERVAL_S = 0.01
+ACK_TIMEOUT_S = 2.0  # a batch unacknowledged for this long is re-sent (from the table)
+HORIZON_INTERVAL_S = 1.0
+NEW_MEMBER_MARGIN_MS = 3_000  # a member first seen now may lack rows of this long ago
+MAX_UNACKED = 4096  # batches remembered per member (older ones merge: only the minimum
+#                     version of what is unacknowledged matters)
+MAX_MISSING = 64  # gap ranges reported in one acknowledgement
 NO_RING = R.no_ring()
 
 
@@ -47,6 +70,66 @@ class Host(Protocol):
     slot: int
 
     def count(self, name: str, n: int = 1) -> None: ...
+
+
+@dataclass
+class PeerOut:
+    """What this node sent one member for one table."""
+    node: int
+    next_seq: int = 1
+    unacked: collections.deque = field(default_factory=collections.deque)  # [seq, minv, t]
+    floor: int = NO_FLOOR  # lowest version of ours it was not handed
+    hold: int = NO_FLOOR  # a re-send from this version is under way
+    resending: asyncio.Task | None = None
+    again: bool = False  # another re-send was asked for while one ran
+
+    def watermark(self) -> int:
+        low = min(self.floor, self.hold)
+        for entry in self.unacked:
+            if entry[1] < low:
+                low = entry[1]
+        return low
+
+    def sent(self, seq: int, min_version: int, now: float) -> None:
+        if len(self.unacked) >= MAX_UNACKED:
+            last = self.unacked.pop()
+            min_version = min(min_version, last[1])
+            now = min(now, last[2])
+        self.unacked.append([seq, min_version, now])
+
+    def acked(self, ranges: list[int]) -> int:
+        """Forget the batches in [first, last] ranges; returns how many."""
+        if not self.unacked:
+            return 0
+        pairs = list(zip(ranges[::2], ranges[1::2]))
+        keep = collections.deque(e for e in self.unacked
+                                 if not any(a <= e[0] <= b for a, b in pairs))
+        done = len(self.unacked) - len(keep)
+        self.unacked = keep
+        return done
+
+
+@dataclass
+class PeerIn:
+    """What this node received from one origin for one table."""
+    epoch: int = 0
+    highest: int = 0
+    acked: list[int] = field(default_factory=list)  # flat [first, last, ...] to report
+    missing: list[int] = field(default_factory=list)
+
+    def received(self, epoch: int, seq: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.highest = epoch, seq - 1
+            self.acked, self.missing = [], []
+        if seq > self.highest + 1 and len(self.missing) < 2 * MAX_MISSING:
+            self.missing += [self.highest + 1, seq - 1]
+        self.highest = max(self.highest, seq)
+
+    def applied(self, seq: int) -> None:
+        if self.acked and self.acked[-1] == seq - 1:
+            self.acked[-1] = seq
+        else:
+            self.acked += [seq, seq]
 
 
 class TableSource:
@@ -79,36 +162,78 @@ class TableReplica:
         self.cluster = cluster
         self.table = host.mem.tables[spec.name]
         self.index = TABLE_INDEX[spec.name]
-        self.tomb_ttl_s = spec.setting(host.cfg, "tombstone_ttl_s")
-        self.out = np.zeros(BATCH_BYTES, dtype=np.uint8)
-        self.rx = np.zeros(1 << 20, dtype=np.uint8)
+        self.node_id = host.cfg["clusterer.node_id"]
+        self.epoch = int.from_bytes(os.urandom(8), "little") >> 1
+        self.out = np.zeros(BATCH_BYTES, dtype=np.uint8)  # prefix, then entries
+        self.entries = self.out[ROWS_PREFIX.size:]
         self.counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
-        self.down_since: dict[int, int] = {}
-        self.lagging: dict[int, int] = {}
+        self.peers: dict[int, PeerOut] = {}
+        self.origins: dict[int, PeerIn] = {}
+        self.saved = host.mem.control.peers[self.index]
+        self.horizons = host.mem.control.horizons[self.index]
+        for node, watermark in self.saved.tolist():
+            if node:  # a previous cluster process's members: resume from their watermark
+                self.peers[node] = PeerOut(node, floor=watermark)
         api.register_capability(Capability(self.name, spec.kind, cluster, self.source,
                                            self.apply_chunk, self.apply_batch))
+
+    @property
+    def tomb_ttl_s(self) -> int:
+        return self.spec.setting(self.host.cfg, "tombstone_ttl_s")
+
+    # ---------------------------------------------------------------- members
+
+    def peer(self, node: int) -> PeerOut:
+        out = self.peers.get(node)
+        if out is None:
+            # first seen now: it may lack what we wrote just before we knew it
+            out = self.peers[node] = PeerOut(node, floor=_version_ms(
+                time.time() * 1000 - NEW_MEMBER_MARGIN_MS))
+        return out
+
+    def members(self) -> list[int]:
+        """Every member that holds (or will hold) the table: known, up or not."""
+        return sorted((self.api.members(self.cluster) | set(self.peers)) - {self.api.me})
+
+    def forget(self, node: int) -> None:
+        out = self.peers.pop(node, None)
+        if out is not None and out.resending is not None:
+            out.resending.cancel()
+        self.origins.pop(node, None)
+
+    def save(self) -> None:
+        """Keep every member's watermark in shared memory (a new cluster process resumes
+        from them)."""
+        rows = [(node, out.watermark()) for node, out in sorted(self.peers.items())]
+        if len(rows) > MAX_PEERS:
+            log.warning("more than %d members: watermarks of the last ones not kept",
+                        MAX_PEERS)
+            rows = rows[:MAX_PEERS]
+        self.saved[:] = 0
+        if rows:
+            self.saved[:len(rows)] = rows
+
+    def horizon(self) -> int:
+        """Every member has all our rows below this version."""
+        low = NO_FLOOR
+        for node in self.members():
+            low = min(low, self.peer(node).watermark())
+        return low
 
     # ---------------------------------------------------------------- applying
 
     def source(self, position: int) -> TableSource:
         return TableSource(self.table, position)
 
-    def _buffer(self, data: bytes) -> np.ndarray:
-        if len(data) > self.rx.shape[0]:
-            self.rx = np.zeros(1 << max(20, len(data).bit_length()), dtype=np.uint8)
-        self.rx[:len(data)] = np.frombuffer(data, dtype=np.uint8)
-        return self.rx
-
-    async def apply(self, data: bytes, counts: np.ndarray, in_thread: bool) -> bool:
+    async def apply(self, data: bytes | memoryview, counts: np.ndarray, in_thread: bool
+                    ) -> bool:
         """Apply every entry (yielding while a lock is busy). False: corrupt data."""
-        buf = self._buffer(data) if not in_thread else \
-            np.frombuffer(data, dtype=np.uint8).copy()
+        buf = np.frombuffer(data, dtype=np.uint8)
         loop = asyncio.get_running_loop()
-        off = 0
-        host = self.host
-        while off < len(data):
-            args = (self.table.buf, buf[off:len(data)], len(data) - off, int(time.time()),
-                    self.tomb_ttl_s, host.me, host.slot, NO_RING, counts)
+        off, host = 0, self.host
+        while off < len(buf):
+            args = (self.table.buf, buf[off:], len(buf) - off, int(time.time()),
+                    self.tomb_ttl_s, host.me, host.slot, NO_RING, T.NO_SEEN, counts)
             if in_thread:
                 done = await loop.run_in_executor(None, lambda: T.apply_entries(*args))
             else:
@@ -116,14 +241,15 @@ class TableReplica:
             off += int(done)
             if counts[T.AC_CORRUPT]:
                 return False
-            if off < len(data):
+            if off < len(buf):
                 await asyncio.sleep(0.001)  # a lock was busy: let its holder finish
         return True
 
     async def apply_chunk(self, data: bytes, counts: np.ndarray) -> bool:
         return await self.apply(data, counts, in_thread=True)
 
-    async def apply_batch(self, data: bytes, source: int) -> bool:
+    async def apply_rows(self, data: bytes | memoryview) -> bool:
+        """Rows from realtime replication or anti-entropy, counted."""
         before = self.counts.copy()
         ok = await self.apply(data, self.counts, in_thread=False)
         d = self.counts - before
@@ -134,13 +260,42 @@ class TableReplica:
         self.counts[T.AC_CORRUPT] = 0
         return ok
 
+    async def apply_batch(self, d: Delivery) -> bool:
+        epoch, _, _ = ROWS_PREFIX.unpack_from(d.payload)
+        state = self.origins.get(d.source)
+        if state is None:
+            state = self.origins[d.source] = PeerIn()
+        seq = d.header.sequence
+        state.received(epoch, seq)
+        ok = await self.apply_rows(memoryview(d.payload)[ROWS_PREFIX.size:])
+        if ok and state.epoch == epoch:
+            state.applied(seq)
+        return ok
+
+    def send_acks(self) -> None:
+        for origin, state in self.origins.items():
+            if state.acked or state.missing:
+                if state.missing:
+                    self.host.count("clusterer:repl_gaps_seen", len(state.missing) // 2)
+                self.api.send(self.cluster, origin, Msg.REPL_ACK, ReplAck(
+                    self.spec.kind, state.epoch, state.acked, state.missing[:2 * MAX_MISSING]))
+                state.acked, state.missing = [], []
+
+    def handle_ack(self, node: int, ack: ReplAck) -> None:
+        out = self.peers.get(node)
+        if out is None or ack.epoch != self.epoch:
+            return  # acknowledges an earlier cluster process of ours: already re-sent
+        out.acked(ack.acked)
+        if ack.missing:
+            self.resend(node, "it reported a gap")
+
     # ---------------------------------------------------------------- sending
 
     def drain(self) -> None:
         """Send what this node's processes changed since the last drain."""
         off = 0
         while True:
-            off, more = R.rings_drain(self.host.mem.rings, self.index, self.out, off)
+            off, more = R.rings_drain(self.host.mem.rings, self.index, self.entries, off)
             off = int(off)
             if not more:
                 break
@@ -151,21 +306,34 @@ class TableReplica:
             self._send(off)
 
     def _send(self, nbytes: int) -> None:
-        data = self.out[:nbytes].tobytes()
-        rows = _count_entries(data)
-        to = []
-        for node in self.api.peers_with(self.name):
-            if node in self.lagging:
+        rows, low = (int(v) for v in T.entries_summary(self.entries, nbytes))
+        enabled = self.api.capability_enabled(self.name)
+        now = time.monotonic()
+        targets = set(self.api.peers_with(self.name)) if enabled else set()
+        ROWS_PREFIX.pack_into(self.out, 0, self.epoch, self.spec.kind, 0)
+        data = self.out[:ROWS_PREFIX.size + nbytes].tobytes()
+        for node in self.members():
+            out = self.peer(node)
+            backlog = self.api.backlog(self.cluster, node) if node in targets else None
+            if backlog is None or backlog > MAX_BACKLOG:
+                if backlog is not None and out.floor == NO_FLOOR:
+                    log.warning("node %d is not reading fast enough: catching it up from "
+                                "the table later", node)
+                out.floor = min(out.floor, low)  # handed later, from the table
                 continue
-            backlog = self.api.backlog(self.cluster, node)
-            if backlog is not None and backlog > MAX_BACKLOG:
-                self.lagging[node] = _version_ms(time.time() * 1000 - CATCH_UP_MARGIN_MS)
-                log.warning("node %d is not reading fast enough: catching it up from the "
-                            "table later", node)
-                continue
-            to.append(node)
-        sent = self.api.replicate(self.name, data, to)
-        self.host.count("clusterer:repl_rows_sent", rows * len(sent))
+            if self._send_to(out, data, low, now):
+                self.host.count("clusterer:repl_rows_sent", rows)
+            else:
+                out.floor = min(out.floor, low)
+
+    def _send_to(self, out: PeerOut, data: bytes, low: int, now: float) -> bool:
+        seq = out.next_seq
+        if self.api.send(self.cluster, out.node, Msg.REPL, raw=data, seq=seq) != \
+                SendResult.SUCCESS:
+            return False
+        out.next_seq += 1
+        out.sent(seq, low, now)
+        return True
 
     def repair_gaps(self) -> None:
         gap = int(R.rings_take_gaps(self.host.mem.rings, self.index))
@@ -173,94 +341,209 @@ class TableReplica:
             self.host.count("clusterer:repl_gaps")
             log.warning("replication ring was full: re-sending this node's changes from the "
                         "table")
-            for node in self.api.peers_with(self.name):
-                self.catch_up(node, gap)
+            for node in self.members():
+                out = self.peer(node)
+                out.floor = min(out.floor, gap)
 
-    def retry_lagging(self) -> None:
-        for node, since in list(self.lagging.items()):
+    def check(self) -> None:
+        """Re-send to every member that may lack rows and can be reached now."""
+        now = time.monotonic()
+        reachable = set(self.api.peers_with(self.name))
+        for node, out in list(self.peers.items()):
+            if node not in reachable or out.resending is not None:
+                continue
             backlog = self.api.backlog(self.cluster, node)
-            if backlog is None:
-                del self.lagging[node]  # down: it catches up when it comes back
-                self.down_since.setdefault(node, since)
-            elif backlog < MAX_BACKLOG // 4:
-                del self.lagging[node]
-                self.catch_up(node, since)
+            if backlog is None or backlog > MAX_BACKLOG // 4:
+                continue
+            if out.unacked and now - out.unacked[0][2] > ACK_TIMEOUT_S:
+                self.host.count("clusterer:repl_resends")
+                self.resend(node, "batches unacknowledged for %.0f s" % ACK_TIMEOUT_S)
+            elif out.floor != NO_FLOOR or out.hold != NO_FLOOR:
+                self.resend(node, "it missed changes")
 
-    def catch_up(self, node: int, since_version: int) -> None:
-        self.api.spawn(self._send_since(node, since_version))
+    def resend(self, node: int, why: str) -> None:
+        """Re-send to `node` every row of ours at or above its watermark."""
+        out = self.peer(node)
+        if out.resending is not None:
+            out.again = True
+            return
+        out.resending = self.api.spawn(self._resend(out, why))
 
-    async def _send_since(self, node: int, since_version: int) -> None:
-        """Re-send this node's rows of the table changed since a version, to one node."""
-        out = np.zeros(BATCH_BYTES, dtype=np.uint8)
+    async def _resend(self, out: PeerOut, why: str) -> None:
+        since = out.watermark()
+        out.hold, out.floor = since, NO_FLOOR
+        out.unacked.clear()
+        buf = np.zeros(BATCH_BYTES, dtype=np.uint8)
         loop = asyncio.get_running_loop()
         start, sent = 0, 0
-        origin = self.host.cfg["clusterer.node_id"]
-        while start < self.table.nslots:
-            start, nbytes = await loop.run_in_executor(None, lambda: T.table_since(
-                self.table.buf, start, since_version, origin, out, BATCH_BYTES))
-            start, nbytes = int(start), int(nbytes)
-            if nbytes:
-                data = out[:nbytes].tobytes()
-                if not self.api.replicate(self.name, data, [node]):
-                    return
-                sent += _count_entries(data)
-                await self.api.drain(self.cluster, node)
-        self.host.count("clusterer:repl_rows_sent", sent)
-        log.info("caught node %d up on %s: %d rows changed here since it was away", node,
-                 self.name, sent)
+        done = False
+        try:
+            while start < self.table.nslots:
+                start, nbytes = await loop.run_in_executor(None, lambda: T.table_since(
+                    self.table.buf, start, since, self.node_id, buf[ROWS_PREFIX.size:],
+                    BATCH_BYTES - ROWS_PREFIX.size))
+                start, nbytes = int(start), int(nbytes)
+                if not nbytes:
+                    continue
+                rows, low = T.entries_summary(buf[ROWS_PREFIX.size:], nbytes)
+                ROWS_PREFIX.pack_into(buf, 0, self.epoch, self.spec.kind, 0)
+                if not self._send_to(out, buf[:ROWS_PREFIX.size + nbytes].tobytes(),
+                                     int(low), time.monotonic()):
+                    return  # no route any more: the hold stays, the next check retries
+                sent += int(rows)
+                await self.api.drain(self.cluster, out.node)
+            done = True
+        finally:
+            if done:
+                out.hold = NO_FLOOR
+            out.resending = None
+            if done:
+                self.host.count("clusterer:repl_rows_sent", sent)
+                if sent:
+                    log.info("%s: re-sent node %d the %d rows changed here since it may "
+                             "have missed them (%s)", self.name, out.node, sent, why)
+            if out.again:
+                out.again = False
+                self.resend(out.node, why)
 
-    def on_node_event(self, cluster: int, node: int, up: bool) -> None:
-        if cluster != self.cluster:
-            return
-        if not up:
-            self.down_since.setdefault(
-                node, _version_ms(time.time() * 1000 - CATCH_UP_MARGIN_MS))
-        elif node in self.down_since:
-            self.catch_up(node, self.down_since.pop(node))
+    # ---------------------------------------------------------------- events
+
+    def on_node_event(self, node: int, up: bool) -> None:
+        if up and node in self.peers:
+            self.resend(node, "it is reachable again")
+
+    def on_route_change(self, node: int) -> None:
+        out = self.peers.get(node)
+        if out is not None and (out.unacked or out.floor != NO_FLOOR):
+            self.resend(node, "its route changed")  # rows may sit in a dead connection
+
+    def on_node_restart(self, node: int) -> None:
+        out = self.peer(node)
+        out.floor = min(out.watermark(), _version_ms(
+            time.time() * 1000 - NEW_MEMBER_MARGIN_MS))
+        out.unacked.clear()
+        self.origins.pop(node, None)
+
+    def publish_horizon(self) -> None:
+        if not self.api.capability_synced(self.name):
+            return  # until synced, this node may not know every member yet
+        horizon = self.horizon()
+        self.horizons[self.node_id] = horizon
+        self.api.broadcast(self.cluster, Msg.REPL_HORIZON,
+                           ReplHorizon(self.spec.kind, horizon))
+
+    def handle_horizon(self, node: int, horizon: int) -> None:
+        if self.api.knows(node):
+            self.horizons[node] = horizon
 
 
 class Replication:
-    """Every replicated table of this node, and the loop that drains their rings."""
+    """Every replicated table of this node, the loop that drains their rings, and the
+    acknowledgements and horizons they exchange."""
 
     def __init__(self, host: Host, api: ClusterAPI) -> None:
+        self.host = host
+        self.api = api
         self.interval_s = host.cfg["clusterer.repl_interval_ms"] / 1000
-        self.tables: list[TableReplica] = []
+        self.tables: dict[int, TableReplica] = {}
         for spec in TABLES:
             cluster = host.cfg.replication_cluster(f"{spec.section}.replication_cluster")
             if cluster:
-                self.tables.append(TableReplica(host, api, spec, cluster))
+                self.tables[spec.kind] = TableReplica(host, api, spec, cluster)
         api.on_node_event(self.on_node_event)
+        api.on_route_change(self.on_route_change)
+        api.on_node_restart(self.on_node_restart)
+        api.on_forget(self.on_forget)
+        api.handle(Msg.REPL_ACK, self.handle_ack, Mode.INLINE)
+        api.handle(Msg.REPL_HORIZON, self.handle_horizon, Mode.INLINE)
+
+    def replica(self, kind: int) -> TableReplica | None:
+        return self.tables.get(kind)
 
     def on_node_event(self, cluster: int, node: int, up: bool) -> None:
-        for replica in self.tables:
-            replica.on_node_event(cluster, node, up)
+        for replica in self.tables.values():
+            if replica.cluster == cluster:
+                replica.on_node_event(node, up)
+
+    def on_route_change(self, cluster: int, node: int) -> None:
+        for replica in self.tables.values():
+            if replica.cluster == cluster:
+                replica.on_route_change(node)
+
+    def on_node_restart(self, node: int) -> None:
+        for replica in self.tables.values():
+            replica.on_node_restart(node)
+
+    def on_forget(self, node: int) -> None:
+        for replica in self.tables.values():
+            replica.forget(node)
+
+    def handle_ack(self, d: Delivery) -> None:
+        replica = self.tables.get(d.payload.kind)
+        if replica is not None:
+            replica.handle_ack(d.source, d.payload)
+
+    def handle_horizon(self, d: Delivery) -> None:
+        replica = self.tables.get(d.payload.kind)
+        if replica is not None:
+            replica.handle_horizon(d.source, d.payload.horizon)
 
     def drain(self) -> None:
-        for replica in self.tables:
+        for replica in self.tables.values():
             replica.drain()
 
     async def run(self) -> None:
+        last_acks = last_slow = 0.0
+        last_horizon = time.monotonic()
         while True:
-            for replica in self.tables:
+            now = time.monotonic()
+            for replica in self.tables.values():
                 try:
                     replica.drain()
-                    replica.repair_gaps()
-                    replica.retry_lagging()
+                    if now - last_acks >= ACK_INTERVAL_S:
+                        replica.send_acks()
+                    if now - last_slow >= 0.1:
+                        replica.repair_gaps()
+                        replica.check()
+                        replica.save()
+                    if now - last_horizon >= HORIZON_INTERVAL_S:
+                        replica.publish_horizon()
                 except Exception:
                     log.exception("replication of %s failed", replica.name)
+            if now - last_acks >= ACK_INTERVAL_S:
+                last_acks = now
+            if now - last_slow >= 0.1:
+                last_slow = now
+            if now - last_horizon >= HORIZON_INTERVAL_S:
+                last_horizon = now
+                self.note_contact()
             await asyncio.sleep(self.interval_s)
+
+    def note_contact(self) -> None:
+        """Remember, in shared memory, when this node last held synced tables with the
+        cluster in sight (a restart on old tables needs it)."""
+        replicas = list(self.tables.values())
+        if replicas and all(self.api.capability_synced(r.name) for r in replicas) and \
+                all(self.api.up_nodes(r.cluster) or not r.members() for r in replicas):
+            self.host.mem.control.words[W_LAST_CONTACT] = int(time.time() * 1000)
+
+    async def flush(self, timeout_s: float) -> None:
+        """At a graceful stop: send the last changes and wait (bounded) until every
+        reachable member acknowledged them."""
+        deadline = time.monotonic() + timeout_s
+        self.drain()
+        while time.monotonic() < deadline:
+            for replica in self.tables.values():
+                replica.send_acks()
+            pending = [(r.name, node) for r in self.tables.values()
+                       for node, out in r.peers.items()
+                       if out.unacked and self.api.is_up(r.cluster, node)]
+            if not pending:
+                return
+            await asyncio.sleep(0.01)
+        log.warning("stopping with changes not acknowledged by %s (they get them from "
+                    "the others or at the next sync)", pending)
 
 
 def _version_ms(ms: float) -> int:
     return int(T.hlc_version(max(0, int(ms))))
-
-
-def _count_entries(data: bytes) -> int:
-    n = off = 0
-    while off + 8 <= len(data):
-        length = int.from_bytes(data[off:off + 4], "little")
-        if length < 8:
-            break
-        n += 1
-        off += length
-    return n

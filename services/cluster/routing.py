@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastcluster.core.messages import Lsa, Msg
-from fastcluster.core.wire import BROADCAST, Frame, Header, encode
+from fastcluster.core.wire import BROADCAST, Frame, Header, encode, encode_parts
 from fastcluster.services.cluster.api import SendResult
 from fastcluster.services.cluster.dispatch import Delivery
 from fastcluster.services.cluster.links import Connection
@@ -74,14 +74,16 @@ class Routing:
     # ---------------------------------------------------------------- sending
 
     def send(self, cluster: int, dest: int, kind: Msg, payload: Any = None,
-             raw: bytes | None = None) -> SendResult:
+             raw: bytes | None = None, seq: int = 0) -> SendResult:
         if not self.node.membership.enabled(cluster):
             return SendResult.CURR_DISABLED
         conn = self.conn_to(cluster, dest)
         if conn is None:
             return SendResult.DEST_DOWN
-        data = encode(Header(kind, cluster, self.node.me, dest), payload, raw)
-        return SendResult.SUCCESS if conn.send(data) else SendResult.SEND_ERR
+        header = Header(kind, cluster, self.node.me, dest, seq)
+        ok = conn.send_parts(encode_parts(header, raw)) if raw is not None else \
+            conn.send(encode(header, payload))
+        return SendResult.SUCCESS if ok else SendResult.SEND_ERR
 
     def broadcast(self, cluster: int, kind: Msg, payload: Any = None,
                   raw: bytes | None = None) -> tuple[SendResult, list[int]]:

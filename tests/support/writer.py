@@ -83,7 +83,7 @@ class Writer:
             while got < flat.shape[0]:
                 got += int(T.apply_entries(self.mem.contacts.buf, flat[got:],
                                            flat.shape[0] - got, int(time.time()), 60, self.me,
-                                           SLOT, R.no_ring(), counts))
+                                           SLOT, R.no_ring(), T.NO_SEEN, counts))
                 if counts[T.AC_CORRUPT]:
                     raise RuntimeError("writer produced a corrupt row")
             done += int(counts[T.AC_APPLIED])

@@ -19,6 +19,7 @@ from tests.support import reference as ref
 NPROCS = 4
 ME = T.lock_word(1, 1)
 NOW_S = 1_800_000_000
+NO_HORIZONS = np.zeros(T.NODE_IDS, dtype=np.int64)
 NOW_MS = NOW_S * 1000
 
 
@@ -114,7 +115,7 @@ def test_random_operations_match_reference(seed: int) -> None:
                            expires=now_ms // 1000 + rng.randrange(-5, 20))
             e = entry_of(row)
             counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
-            off = T.apply_entries(a, e, len(e), now_ms // 1000, 10, ME, 1, ring, counts)
+            off = T.apply_entries(a, e, len(e), now_ms // 1000, 10, ME, 1, ring, T.NO_SEEN, counts)
             expect = model.apply(e.tobytes(), now_ms // 1000, 10)
             assert off == len(e) and counts[T.AC_CORRUPT] == 0
             assert (counts[T.AC_APPLIED] == 1) == (expect >= 0), (step, expect, counts)
@@ -122,7 +123,7 @@ def test_random_operations_match_reference(seed: int) -> None:
             continue
         else:
             out = np.zeros(3, dtype=np.int64)
-            nxt = T.table_expire(a, 0, 1 << 20, now_ms // 1000, 10, ME, out)
+            nxt = T.table_expire(a, 0, 1 << 20, now_ms // 1000, 10, 10, NO_HORIZONS, ME, out)
             assert nxt == 0
             assert list(out) == model.expire(now_ms // 1000, 10)
             assert comparable(a) == comparable(b), step
@@ -209,7 +210,7 @@ def test_ring_carries_local_writes_and_apply_is_idempotent() -> None:
     assert R.stats(ring)["pending_bytes"] == 0
     for _ in range(2):  # applying twice changes nothing the second time
         counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
-        assert T.apply_entries(b, out, n, NOW_S, 60, ME, 1, R.no_ring(), counts) == n
+        assert T.apply_entries(b, out, n, NOW_S, 60, ME, 1, R.no_ring(), T.NO_SEEN, counts) == n
     assert counts[T.AC_APPLIED] == 0 and counts[T.AC_STALE] == 51 and counts[T.AC_ENTRIES] == 51
     assert T.table_digest(a, False)[1] == T.table_digest(b, False)[1]
     assert T.table_digest(a, True)[0] == 49
@@ -227,7 +228,7 @@ def test_gather_reproduces_the_table() -> None:
     while start < int(a[:T.HEADER_SIZE].view(np.int64)[T.H_NSLOTS]):
         start, nbytes, _ = T.table_gather(a, start, chunk, chunk.shape[0], total)
         assert nbytes <= 4096
-        T.apply_entries(b, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), applied)
+        T.apply_entries(b, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), T.NO_SEEN, applied)
     assert total[T.GC_ENTRIES] == 400 and applied[T.AC_APPLIED] == 400
     assert applied[T.AC_CHECKSUM] == total[T.GC_CHECKSUM]  # checksums of what was sent and what was received
     assert T.table_digest(a, True) == T.table_digest(b, True)
@@ -239,7 +240,7 @@ def test_apply_never_crashes_on_garbage(data: bytes) -> None:
     a = make_table(capacity=32)
     buf = np.frombuffer(data, np.uint8).copy() if data else np.zeros(1, np.uint8)
     counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
-    off = T.apply_entries(a, buf, len(data), NOW_S, 60, ME, 1, R.no_ring(), counts)
+    off = T.apply_entries(a, buf, len(data), NOW_S, 60, ME, 1, R.no_ring(), T.NO_SEEN, counts)
     assert 0 <= off <= len(data)
     assert off == len(data) or counts[T.AC_CORRUPT] == 1
     table = Table(a, CONTACT)
@@ -289,7 +290,7 @@ def test_sync_resumes_from_a_hash_position_on_a_table_of_another_size() -> None:
     for _ in range(5):  # donor 1 sends five chunks, then dies
         start, nbytes, covered = T.table_gather(donor1, start, chunk, 8192, counts)
         assert nbytes <= 8192
-        T.apply_entries(receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(),
+        T.apply_entries(receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), T.NO_SEEN,
                         applied)
         position = max(position, T.position_of_slot(h1, covered))
     assert 0 < position < 1 << 32
@@ -298,7 +299,7 @@ def test_sync_resumes_from_a_hash_position_on_a_table_of_another_size() -> None:
     nslots2 = int(donor2[:T.HEADER_SIZE].view(np.int64)[T.H_NSLOTS])
     while start < nslots2:
         start, nbytes, covered = T.table_gather(donor2, start, chunk, 8192, counts)
-        T.apply_entries(receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(),
+        T.apply_entries(receiver, chunk, nbytes, NOW_S, 60, ME, 1, R.no_ring(), T.NO_SEEN,
                         applied)
     assert T.table_digest(receiver, True) == T.table_digest(donor1, True)
 
@@ -320,6 +321,6 @@ def test_entry_of_another_table_is_refused() -> None:
     e = entry_of(make_row(rs, 77, 5 << 40, [b"x"]))
     e[4] = 2  # a dialog entry offered to the contact table
     counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
-    assert T.apply_entries(a, e, len(e), NOW_S, 60, ME, 1, R.no_ring(), counts) == 0
+    assert T.apply_entries(a, e, len(e), NOW_S, 60, ME, 1, R.no_ring(), T.NO_SEEN, counts) == 0
     assert counts[T.AC_CORRUPT] == 1 and counts[T.AC_APPLIED] == 0
     assert Table(a, CONTACT).counters()["live"] == 0
