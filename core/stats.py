@@ -55,6 +55,8 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("clusterer", "clock_skew_warnings", "times another node's clock was found off by more "
                                          "than clusterer.max_clock_skew_ms"),
     ("clusterer", "syncs_done", "full syncs completed as receiver"),
+    ("clusterer", "mirror_dropped", "rows a mirror sync dropped (deleted in the cluster while "
+                                    "this node was away longer than tombstone_max_s)"),
     ("clusterer", "syncs_donated", "full syncs served as donor"),
     ("clusterer", "sync_failed", "full syncs that failed (donor lost, timeout, mismatch)"),
     ("clusterer", "sync_corrupt_chunks", "sync chunks refused for a bad checksum or row"),

@@ -1080,6 +1080,19 @@ def table_digest(arena, live_only):
 
 
 @njit(cache=True, nogil=True)
+def table_newest(arena):
+    """Highest version among the records (0: none)."""
+    t = views(arena)
+    newest = np.int64(0)
+    for s in range(t.nslots):
+        if t.keys[s] > K_FREE:
+            v = r_version(t, s)
+            if v > newest:
+                newest = v
+    return newest
+
+
+@njit(cache=True, nogil=True)
 def table_count_groups(arena):
     """Distinct groups with at least one LIVE record (registered AORs)."""
     t = views(arena)

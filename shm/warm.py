@@ -1,6 +1,10 @@
 """Compile (first run) or load (cached) every numba kernel, with the exact argument types
 production uses, so that forked children never compile.
 
+`freeze_kernels` then forbids compiling: a call with argument types that were not warmed
+(a read-only array, another integer width) raises at once instead of compiling for tens
+of seconds inside a process whose heartbeat the master watches.
+
 The master calls `warm_kernels()` before it forks; `fastcluster warm` and the test
 session call it once to fill the cache (NUMBA_CACHE_DIR must be set before numba is
 imported: core.cli does it). Neighbours: every kernel module in shm/.
@@ -17,6 +21,20 @@ from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.dialogs import DIALOG, pack_dialog
 from fastcluster.shm.tables import ContactTable, Table
+
+
+KERNEL_MODULES = (C, P, R, T)
+
+
+def freeze_kernels() -> int:
+    """Disable compilation on every kernel warm_kernels compiled; returns how many."""
+    frozen = 0
+    for module in KERNEL_MODULES:
+        for value in vars(module).values():
+            if hasattr(value, "disable_compile") and getattr(value, "signatures", None):
+                value.disable_compile()
+                frozen += 1
+    return frozen
 
 
 def warm_kernels() -> float:
@@ -79,6 +97,7 @@ def warm_kernels() -> float:
         T.table_gather_ranges(buf, np.ones(T.NRANGES, np.uint8), 0, wire, wire.shape[0],
                               np.zeros(T.GATHER_COUNTS, np.int64))
         T.entries_summary(wire, 0)
+        T.table_newest(buf)
         T.table_mirror_drop(buf, np.zeros(1 << 16, np.uint8), 0, me, np.zeros(1, np.int64))
         T.table_gather(buf, 0, wire, wire.shape[0], np.zeros(T.GATHER_COUNTS, np.int64))
         T.table_since(buf, 0, 0, 1, wire, wire.shape[0])

@@ -33,6 +33,7 @@ from fastcluster.services.mi.server import MIServer
 from fastcluster.services.script.bridge import ScriptBridge
 from fastcluster.services.sip import dialog, natping, usrloc  # noqa: F401  (MI commands)
 from fastcluster.shm import control as CT
+from fastcluster.shm.control import W_LAST_CONTACT
 from fastcluster.shm.tables import SPEC_BY_NAME, TABLES
 from fastcluster.workers.child import Child
 
@@ -57,7 +58,7 @@ class ClusterProcess(Child):
         self.sip_sockets = [s.label for s in self.ctx.sip]
         self.node = ClusterNode(self.cfg, self.stats, build_fingerprint())
         caps = Capabilities(self.node, self.publish_views)
-        self.sync = SyncManager(self.node, caps)
+        self.sync = SyncManager(self.node, caps, int(self.mem.control.words[W_LAST_CONTACT]))
         self.cluster = ClusterAPI(self.node, caps, self.sync)
         self.replication = Replication(self, self.cluster)
         self.antientropy = AntiEntropy(self, self.cluster, self.replication)

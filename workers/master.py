@@ -106,7 +106,7 @@ class Master:
 
     def start(self) -> None:
         from fastcluster.shm.node import NodeMemory  # imports numba: after NUMBA_CACHE_DIR
-        from fastcluster.shm.warm import warm_kernels
+        from fastcluster.shm.warm import freeze_kernels, warm_kernels
 
         if not self.lock.acquire():
             raise StartupError(f"instance {self.cfg.instance!r} is already running (master "
@@ -128,7 +128,8 @@ class Master:
             script_sock.bind(self.cfg.script_address)
             script_sock.listen(4)
         seconds = warm_kernels()
-        log.info("kernels ready in %.2f s", seconds)
+        log.info("kernels ready in %.2f s (%d frozen: no compiling after fork)", seconds,
+                 freeze_kernels())
         mem = NodeMemory.create(self.cfg, self.pid)
         if self.cfg["core.shm_prefault"] == "start":
             log.info("shared memory committed: %d MB in %.2f s", mem.nbytes >> 20,

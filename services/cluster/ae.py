@@ -147,7 +147,7 @@ class AntiEntropy:
         replica = self.replication.replica(kind)
         if replica is None or not self.api.capability_enabled(replica.name):
             return
-        before = int(replica.counts[T.AC_APPLIED])
-        await replica.apply_rows(memoryview(d.payload)[ROWS_PREFIX.size:])
+        before = int(replica.data.counts[T.AC_APPLIED])
+        await replica.data.apply_rows(memoryview(d.payload)[ROWS_PREFIX.size:])
         self.host.count("clusterer:ae_rows_applied",
-                        int(replica.counts[T.AC_APPLIED]) - before)
+                        int(replica.data.counts[T.AC_APPLIED]) - before)

@@ -115,6 +115,13 @@ class Capability:
     # receiver: apply a realtime batch (REPL: core.messages.ROWS_PREFIX, then entries);
     # False if corrupt (the link it came on is dropped)
     apply_batch: Callable[[Delivery], Awaitable[bool]]
+    # unix ms of the newest version held (0: nothing): while nobody is synced, the node
+    # with the newest data becomes the donor (a whole cluster restarting)
+    newest_ms: Callable[[], int] = lambda: 0
+    # a mirror sync: mark what the donor sends (True: start, False: stop), then drop the
+    # rest older than a version (returns how many were dropped)
+    mirror_mark: Callable[[bool], None] = lambda on: None
+    mirror_finish: Callable[[int], Awaitable[int]] | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fastcluster.core.messages import ROWS_PREFIX, Caps, Msg
 from fastcluster.core.wire import BROADCAST
 from fastcluster.services.cluster.api import Capability
 from fastcluster.services.cluster.dispatch import Delivery, Mode
+from fastcluster.services.cluster.membership import valid_id
 from fastcluster.services.cluster.topology import Link, Sequencer
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class CapInfo:
     state: CapState = CapState.NOT_SYNCED
     enabled: bool = True
     donating: int = 0  # syncs this node is serving now (donor choice prefers idle ones)
+    synced_since_ms: int = 0  # unix ms it became synced (0: not synced)
+    data_ms: int = 0  # unix ms of the newest version it holds (0: none), while not synced
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,39 @@ class CapView:
     sync: dict[str, Any] | None  # progress of a sync under way here
 
 
-def choose_donor(candidates: list[tuple[int, bool, int]], exclude: set[int]) -> int | None:
-    """Donor among (node id, direct link Up, syncs it serves) candidates -- all reachable
-    with the capability synced and enabled: a direct link first, then the least busy,
-    then the lowest id, so every node picks the same way."""
-    pool = [c for c in candidates if c[0] not in exclude]
+def choose_donor(candidates: list[tuple[int, bool, int, int]], exclude: set[int],
+                 synced_before_ms: int = 0) -> int | None:
+    """Donor among (node id, direct link Up, syncs it serves, synced since ms) candidates
+    -- all reachable with the capability synced and enabled: a direct link first, then
+    the node synced longest (it holds what the cluster kept, not what a node that just
+    fell back on its own data has), then the least busy, then the lowest id, so every
+    node picks the same way. synced_before_ms > 0: only nodes synced since before that
+    moment (a mirror sync must not copy a node that was not there all along)."""
+    pool = [c for c in candidates if c[0] not in exclude and
+            (not synced_before_ms or 0 < c[3] <= synced_before_ms)]
     if not pool:
         return None
-    return min(pool, key=lambda c: (not c[1], c[2], c[0]))[0]
+    return min(pool, key=lambda c: (not c[1], c[3], c[2], c[0]))[0]
+
+
+def may_declare_synced(me: int, my_data_ms: int, waited_s: float, fallback_s: float,
+                       seed: bool, known: set[int],
+                       reachable: dict[int, tuple[bool, int]]) -> bool:
+    """Whether a node that found no donor may declare its own data synced.
+
+    known: members it knows of (from this run or from its data directory); reachable:
+    node -> (synced, newest data ms) of the members it can reach. A node never part of a
+    cluster falls back if it is a seed. A node that knows members falls back only once
+    every one of them has stayed unreachable or unsynced (waiting as well: the whole
+    cluster restarted) for fallback_s, and then only the one with the newest data (the
+    lowest id among equals): the others sync from it."""
+    if waited_s < fallback_s or any(synced for synced, _ in reachable.values()):
+        return False
+    if not known:
+        return seed
+    candidates = {me: my_data_ms}
+    candidates.update({n: data for n, (synced, data) in reachable.items() if not synced})
+    return max(candidates.items(), key=lambda kv: (kv[1], -kv[0]))[0] == me
 
 
 class Capabilities:
@@ -122,14 +150,23 @@ class Capabilities:
                 out.append(node)
         return out
 
-    def donor_candidates(self, name: str) -> list[tuple[int, bool, int]]:
+    def donor_candidates(self, name: str) -> list[tuple[int, bool, int, int]]:
         out = []
         for node in self.node.routing.up_nodes(self.cluster_of(name)):
             info = self.remote.get(node, {}).get(name)
             if info is not None and info.enabled and info.state == CapState.SYNCED:
                 peer = self.node.peers.get(node)
                 direct = peer is not None and peer.link == Link.UP
-                out.append((node, direct, info.donating))
+                out.append((node, direct, info.donating, info.synced_since_ms))
+        return out
+
+    def reachable_states(self, name: str) -> dict[int, tuple[bool, int]]:
+        """node -> (synced, newest data ms) of the reachable members with it enabled."""
+        out = {}
+        for node in self.node.routing.up_nodes(self.cluster_of(name)):
+            info = self.remote.get(node, {}).get(name)
+            if info is not None and info.enabled:
+                out[node] = (info.state == CapState.SYNCED, info.data_ms)
         return out
 
     def sharing_nodes(self, name: str) -> list[int]:
@@ -150,6 +187,10 @@ class Capabilities:
         info = self.local[name]
         old = (info.state, info.enabled)
         if state is not None:
+            if state == CapState.SYNCED and info.state != CapState.SYNCED:
+                info.synced_since_ms = int(time.time() * 1000)
+            elif state != CapState.SYNCED:
+                info.synced_since_ms = 0
             info.state = state
         if enabled is not None:
             info.enabled = enabled
@@ -184,7 +225,12 @@ class Capabilities:
     # ---------------------------------------------------------------- flooding
 
     def _payload(self, origin: int, seq: int, caps: dict[str, CapInfo]) -> Caps:
-        return Caps(origin, seq, {n: [int(i.state), int(i.enabled), i.donating]
+        if origin == self.node.me:
+            for name, info in caps.items():
+                info.data_ms = 0 if info.state == CapState.SYNCED else \
+                    self.registered[name].newest_ms()
+        return Caps(origin, seq, {n: [int(i.state), int(i.enabled), i.donating,
+                                      i.synced_since_ms, i.data_ms]
                                   for n, i in caps.items()})
 
     def _announce(self) -> None:
@@ -212,13 +258,16 @@ class Capabilities:
     def handle_caps(self, d: Delivery) -> None:
         p: Caps = d.payload
         node = self.node
+        if not valid_id(p.origin):
+            node.count("clusterer:bad_messages")
+            return
         if p.origin == node.me or not node.flood.fresh(int(Msg.CAPS), p.origin, p.seq):
             return
         caps = {}
         for name, values in p.caps.items():
-            state, enabled, donating = (list(values) + [0, 0, 0])[:3]
+            state, enabled, donating, since, data = (list(values) + [0] * 5)[:5]
             try:
-                caps[name] = CapInfo(CapState(state), bool(enabled), int(donating))
+                caps[name] = CapInfo(CapState(state), bool(enabled), donating, since, data)
             except ValueError:
                 node.count("clusterer:bad_messages")
                 return

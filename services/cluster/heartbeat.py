@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from fastcluster.core.messages import Msg, Ping, Pong, ProbeReq, ProbeRpl
 from fastcluster.services.cluster.dispatch import Delivery
 from fastcluster.services.cluster.links import Connection
+from fastcluster.services.cluster.membership import FORGET_FACTOR, LEFT_REDIAL_MS
 from fastcluster.services.cluster.topology import (
     Link,
     Peer,
@@ -100,18 +101,28 @@ class Heartbeats:
 
     def tick(self, now: int) -> None:
         node = self.node
+        forget_ms = self.timing.node_timeout_ms * FORGET_FACTOR
         for peer in list(node.peers.values()):
             conn = node.conns.get(peer.node_id)
             if conn is not None and needs_ping(peer, now, self.timing):
                 self.send_ping(peer, conn, now)
             self.evaluate(peer, now)
-            if conn is None and peer.url and not peer.left and \
-                    node.membership.enabled_any() and \
+            if conn is not None or node.routing.reachable_anywhere(peer.node_id):
+                peer.last_seen_ms = now
+            elif not peer.static and peer.url not in node.seeds and \
+                    now - peer.last_seen_ms > forget_ms:
+                node.membership.forget(peer.node_id, "forgotten: not seen for %.0f s" %
+                                       ((now - peer.last_seen_ms) / 1000))
+                continue
+            if conn is None and peer.url and node.membership.enabled_any() and \
                     (peer.link != Link.DOWN or now >= peer.next_retry_ms) and \
                     not node.dialing_to(peer.url):
-                if peer.link == Link.DOWN:
+                if peer.left:  # it said goodbye; it may come back: dial it, slowly
+                    peer.next_retry_ms = now + LEFT_REDIAL_MS
+                elif peer.link == Link.DOWN:
                     peer.next_retry_ms = now + int(self.timing.node_timeout_ms)
                 node.dial(peer.url)
+        node.membership.persist(now)
 
     def evaluate(self, peer: Peer, now: int | None = None) -> None:
         """Move the peer's direct link to the state the decisions say; probe first."""

@@ -6,14 +6,20 @@ A joining node sends its description to the seed it dials; every node floods the
 descriptions it had not seen, so all nodes adopt all members. A description carries a
 sequence number that grows across restarts (topology.Sequencer): an older one never
 overwrites a newer one, and a removed node stays removed until it describes itself
-anew. Neighbours: services.cluster.node (links, the node's state), routing (what a
-membership change does to reachability).
+anew. Known members are kept in the data directory (members.json) and dialled at the
+next start, seeds or not, so a restarted node -- the first seed included -- finds its
+cluster again. A member nobody here has seen for node_timeout_s x FORGET_FACTOR is
+forgotten (a node that left for good, or a ghost a peer announced). Neighbours:
+services.cluster.node (links, the node's state), routing (what a membership change does
+to reachability).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastcluster.core.messages import Leave, Msg, NodeDesc, Nodes, Remove, SetStatus
 from fastcluster.services.cluster.dispatch import Delivery
@@ -24,6 +30,59 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clusterer")
 
+FORGET_FACTOR = 1800  # node timeouts (1 hour with the LAN preset)
+LEFT_REDIAL_MS = 5000  # a node that left is dialled again this often (it may restart)
+SAVE_EVERY_S = 10.0  # members.json is rewritten at most this often (and on changes)
+MAX_NODE_ID = 65535
+
+
+def valid_id(node_id: int) -> bool:
+    return 1 <= node_id <= MAX_NODE_ID
+
+
+class MemberFile:
+    """members.json in the data directory: {"node_id": me, "members": {id: {url,
+    clusters, last_seen_ms (unix)}}}, written whole (temporary file, then rename)."""
+
+    def __init__(self, path: str, me: int) -> None:
+        self.path = path
+        self.me = me
+
+    def load(self) -> dict[int, dict[str, Any]]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("%s unreadable (%s): starting without the members it listed",
+                        self.path, exc)
+            return {}
+        if data.get("node_id") != self.me:
+            log.warning("%s belongs to node %s, not to this node %d: ignored", self.path,
+                        data.get("node_id"), self.me)
+            return {}
+        out = {}
+        for key, member in (data.get("members") or {}).items():
+            try:
+                node_id = int(key)
+                url = (str(member["url"][0]), int(member["url"][1]))
+                out[node_id] = {"url": url, "clusters": [int(c) for c in member["clusters"]],
+                                "last_seen_ms": int(member.get("last_seen_ms", 0))}
+            except (KeyError, TypeError, ValueError, IndexError):
+                continue
+        return {n: m for n, m in out.items() if valid_id(n) and n != self.me}
+
+    def save(self, members: dict[int, dict[str, Any]]) -> None:
+        tmp = f"{self.path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"node_id": self.me, "members": {str(n): m for n, m in
+                                                           sorted(members.items())}}, fh)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+
 
 class Membership:
     def __init__(self, node: ClusterNode) -> None:
@@ -32,6 +91,36 @@ class Membership:
         self.desc_seq: dict[int, int] = {}
         self.removed: dict[int, int] = {}  # node -> description seq at removal
         self.my_desc_seq = node.seq.next(int(time.time() * 1000))
+        self.file: MemberFile | None = None
+        self.saved: dict[int, dict[str, Any]] = {}
+        self.saved_at = 0.0
+
+    def remember(self, path: str) -> None:
+        """Load the members of the previous run (they are dialled like static nodes)."""
+        self.file = MemberFile(path, self.node.me)
+        now_wall, now_mono = time.time() * 1000, time.monotonic() * 1000
+        for node_id, member in self.file.load().items():
+            peer = self.peer(node_id)
+            if peer.url is None:
+                peer.url = member["url"]
+            peer.clusters = frozenset(member["clusters"])
+            peer.remembered = True
+            age = max(0.0, now_wall - member["last_seen_ms"]) if member["last_seen_ms"] else 0
+            peer.last_seen_ms = int(now_mono - age)
+        if self.node.peers:
+            log.info("members known from %s: %s", path, sorted(self.node.peers))
+
+    def persist(self, now_ms: int) -> None:
+        """Write members.json if the members changed, or every SAVE_EVERY_S."""
+        if self.file is None:
+            return
+        wall = time.time() * 1000
+        members = {p.node_id: {"url": list(p.url), "clusters": sorted(p.clusters),
+                               "last_seen_ms": int(wall - (now_ms - p.last_seen_ms))}
+                   for p in self.node.peers.values() if p.url and p.clusters}
+        if set(members) != set(self.saved) or time.monotonic() - self.saved_at > SAVE_EVERY_S:
+            self.file.save(members)
+            self.saved, self.saved_at = members, time.monotonic()
 
     def peer(self, node_id: int) -> Peer:
         """The peer record of a node, created on first mention."""
@@ -84,6 +173,9 @@ class Membership:
         fresh = []
         for desc in d.payload.nodes:
             node_id, seq = desc.id, desc.seq
+            if not valid_id(node_id) or not all(valid_id(c) for c in desc.clusters):
+                node.count("clusterer:bad_messages")
+                continue
             if node_id == node.me or not desc.url:
                 continue
             if node_id in self.removed and seq <= self.removed[node_id]:
@@ -92,6 +184,8 @@ class Membership:
             if known and seq < self.desc_seq.get(node_id, 0):
                 continue
             peer = self.peer(node_id)
+            if not known:
+                peer.last_seen_ms = int(time.monotonic() * 1000)  # the forget clock starts
             if seq > self.desc_seq.get(node_id, 0) or not known:
                 fresh.append(desc)
             self.desc_seq[node_id] = max(seq, self.desc_seq.get(node_id, 0))
@@ -125,6 +219,7 @@ class Membership:
             return
         log.info("node %d left the cluster", p.origin)
         peer.left = True
+        peer.next_retry_ms = int(time.monotonic() * 1000) + LEFT_REDIAL_MS
         node.heartbeats.evaluate(peer)
         node.routing.forget_advert(p.origin)
 
@@ -157,9 +252,9 @@ class Membership:
         node.routing.flood(Msg.REMOVE, Remove(node_id, node.me, seq), exclude=None)
         self.forget(node_id)
 
-    def forget(self, node_id: int) -> None:
+    def forget(self, node_id: int, why: str = "removed") -> None:
         node = self.node
-        log.info("node %d removed", node_id)
+        log.info("node %d %s", node_id, why)
         self.removed[node_id] = self.desc_seq.get(node_id, 0)
         conn = node.conns.pop(node_id, None)
         if conn is not None:

@@ -72,11 +72,18 @@ class ClusterNode:
                                  self._check_peer, self.count, agree)
         self.stopping = False
         self.on_sync_connection: Callable[[Connection], Awaitable[None]] | None = None
+        self.seeds = set(cfg["clusterer.seeds"])
         for node_id, host, port in cfg["clusterer.nodes"]:
             if node_id != self.me:
                 peer = self.membership.peer(node_id)
                 peer.url = (host, port)
                 peer.static = True
+        try:
+            os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot create the data directory {cfg.data_dir} "
+                               f"([core] data_dir): {exc.strerror or exc}") from None
+        self.membership.remember(os.path.join(cfg.data_dir, "members.json"))
         m, h, r = self.membership, self.heartbeats, self.routing
         for kind, handler in ((Msg.PING, h.handle_ping), (Msg.PONG, h.handle_pong),
                               (Msg.PROBE_REQ, h.handle_probe_req),

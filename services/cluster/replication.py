@@ -153,6 +153,78 @@ class TableSource:
         return None
 
 
+class TableData:
+    """The data side of a replicated table: what a donor streams, how received rows are
+    applied (realtime, anti-entropy, sync chunks), mirror sync marks."""
+
+    def __init__(self, host: Host, spec: TableSpec) -> None:
+        self.host = host
+        self.spec = spec
+        self.table = host.mem.tables[spec.name]
+        self.counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+        self.seen = T.NO_SEEN  # slots a mirror sync has received (empty: no mirror sync)
+
+    @property
+    def tomb_ttl_s(self) -> int:
+        return self.spec.setting(self.host.cfg, "tombstone_ttl_s")
+
+    def source(self, position: int) -> TableSource:
+        return TableSource(self.table, position)
+
+    async def apply(self, data: bytes | memoryview, counts: np.ndarray, in_thread: bool,
+                    seen: np.ndarray = T.NO_SEEN) -> bool:
+        """Apply every entry (yielding while a lock is busy). False: corrupt data."""
+        buf = np.frombuffer(data, dtype=np.uint8).copy()  # kernels take writable arrays
+        loop = asyncio.get_running_loop()
+        off, host = 0, self.host
+        while off < len(buf):
+            args = (self.table.buf, buf[off:], len(buf) - off, int(time.time()),
+                    self.tomb_ttl_s, host.me, host.slot, NO_RING, seen, counts)
+            if in_thread:
+                done = await loop.run_in_executor(None, lambda: T.apply_entries(*args))
+            else:
+                done = T.apply_entries(*args)
+            off += int(done)
+            if counts[T.AC_CORRUPT]:
+                return False
+            if off < len(buf):
+                await asyncio.sleep(0.001)  # a lock was busy: let its holder finish
+        return True
+
+    async def apply_chunk(self, data: bytes, counts: np.ndarray) -> bool:
+        return await self.apply(data, counts, in_thread=True, seen=self.seen)
+
+    def newest_ms(self) -> int:
+        return T.version_ms(int(T.table_newest(self.table.buf)))
+
+    def mirror_mark(self, on: bool) -> None:
+        self.seen = np.zeros(self.table.nslots, dtype=np.uint8) if on else T.NO_SEEN
+
+    async def mirror_finish(self, cutoff_version: int) -> int:
+        """Drop what the donor did not send and is older than cutoff_version."""
+        seen, self.seen = self.seen, T.NO_SEEN
+        if not seen.shape[0]:
+            return 0
+        out = np.zeros(1, dtype=np.int64)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, lambda: T.table_mirror_drop(
+                self.table.buf, seen, cutoff_version, self.host.me, out)) == T.E_BUSY:
+            await asyncio.sleep(0.001)
+        return int(out[0])
+
+    async def apply_rows(self, data: bytes | memoryview) -> bool:
+        """Rows from realtime replication or anti-entropy, counted."""
+        before = self.counts.copy()
+        ok = await self.apply(data, self.counts, in_thread=False, seen=self.seen)
+        d = self.counts - before
+        host = self.host
+        host.count("clusterer:repl_rows_applied", int(d[T.AC_APPLIED]))
+        host.count("clusterer:repl_rows_stale", int(d[T.AC_STALE]))
+        host.count("clusterer:repl_rows_refused", int(d[T.AC_TOO_LONG] + d[T.AC_FULL]))
+        self.counts[T.AC_CORRUPT] = 0
+        return ok
+
+
 class TableReplica:
     def __init__(self, host: Host, api: ClusterAPI, spec: TableSpec, cluster: int) -> None:
         self.host = host
@@ -160,13 +232,13 @@ class TableReplica:
         self.spec = spec
         self.name = spec.capability
         self.cluster = cluster
-        self.table = host.mem.tables[spec.name]
+        self.data = TableData(host, spec)
+        self.table = self.data.table
         self.index = TABLE_INDEX[spec.name]
         self.node_id = host.cfg["clusterer.node_id"]
         self.epoch = int.from_bytes(os.urandom(8), "little") >> 1
         self.out = np.zeros(BATCH_BYTES, dtype=np.uint8)  # prefix, then entries
         self.entries = self.out[ROWS_PREFIX.size:]
-        self.counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
         self.peers: dict[int, PeerOut] = {}
         self.origins: dict[int, PeerIn] = {}
         self.saved = host.mem.control.peers[self.index]
@@ -174,12 +246,11 @@ class TableReplica:
         for node, watermark in self.saved.tolist():
             if node:  # a previous cluster process's members: resume from their watermark
                 self.peers[node] = PeerOut(node, floor=watermark)
-        api.register_capability(Capability(self.name, spec.kind, cluster, self.source,
-                                           self.apply_chunk, self.apply_batch))
-
-    @property
-    def tomb_ttl_s(self) -> int:
-        return self.spec.setting(self.host.cfg, "tombstone_ttl_s")
+        data = self.data
+        api.register_capability(Capability(self.name, spec.kind, cluster, data.source,
+                                           data.apply_chunk, self.apply_batch,
+                                           data.newest_ms, data.mirror_mark,
+                                           data.mirror_finish))
 
     # ---------------------------------------------------------------- members
 
@@ -220,45 +291,7 @@ class TableReplica:
             low = min(low, self.peer(node).watermark())
         return low
 
-    # ---------------------------------------------------------------- applying
-
-    def source(self, position: int) -> TableSource:
-        return TableSource(self.table, position)
-
-    async def apply(self, data: bytes | memoryview, counts: np.ndarray, in_thread: bool
-                    ) -> bool:
-        """Apply every entry (yielding while a lock is busy). False: corrupt data."""
-        buf = np.frombuffer(data, dtype=np.uint8)
-        loop = asyncio.get_running_loop()
-        off, host = 0, self.host
-        while off < len(buf):
-            args = (self.table.buf, buf[off:], len(buf) - off, int(time.time()),
-                    self.tomb_ttl_s, host.me, host.slot, NO_RING, T.NO_SEEN, counts)
-            if in_thread:
-                done = await loop.run_in_executor(None, lambda: T.apply_entries(*args))
-            else:
-                done = T.apply_entries(*args)
-            off += int(done)
-            if counts[T.AC_CORRUPT]:
-                return False
-            if off < len(buf):
-                await asyncio.sleep(0.001)  # a lock was busy: let its holder finish
-        return True
-
-    async def apply_chunk(self, data: bytes, counts: np.ndarray) -> bool:
-        return await self.apply(data, counts, in_thread=True)
-
-    async def apply_rows(self, data: bytes | memoryview) -> bool:
-        """Rows from realtime replication or anti-entropy, counted."""
-        before = self.counts.copy()
-        ok = await self.apply(data, self.counts, in_thread=False)
-        d = self.counts - before
-        host = self.host
-        host.count("clusterer:repl_rows_applied", int(d[T.AC_APPLIED]))
-        host.count("clusterer:repl_rows_stale", int(d[T.AC_STALE]))
-        host.count("clusterer:repl_rows_refused", int(d[T.AC_TOO_LONG] + d[T.AC_FULL]))
-        self.counts[T.AC_CORRUPT] = 0
-        return ok
+    # ---------------------------------------------------------------- receiving
 
     async def apply_batch(self, d: Delivery) -> bool:
         epoch, _, _ = ROWS_PREFIX.unpack_from(d.payload)
@@ -267,7 +300,7 @@ class TableReplica:
             state = self.origins[d.source] = PeerIn()
         seq = d.header.sequence
         state.received(epoch, seq)
-        ok = await self.apply_rows(memoryview(d.payload)[ROWS_PREFIX.size:])
+        ok = await self.data.apply_rows(memoryview(d.payload)[ROWS_PREFIX.size:])
         if ok and state.epoch == epoch:
             state.applied(seq)
         return ok

@@ -20,6 +20,7 @@ from fastcluster.core.wire import BROADCAST, Frame, Header, encode, encode_parts
 from fastcluster.services.cluster.api import SendResult
 from fastcluster.services.cluster.dispatch import Delivery
 from fastcluster.services.cluster.links import Connection
+from fastcluster.services.cluster.membership import valid_id
 from fastcluster.services.cluster.topology import Link, routes
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class Routing:
 
     def up_nodes(self, cluster: int) -> list[int]:
         return sorted(self.reachable.get(cluster, {}))
+
+    def reachable_anywhere(self, node_id: int) -> bool:
+        return any(node_id in table for table in self.reachable.values())
 
     def next_hop(self, cluster: int, dest: int) -> int | None:
         return self.reachable.get(cluster, {}).get(dest)
@@ -151,6 +155,9 @@ class Routing:
     def handle_lsa(self, d: Delivery) -> None:
         p: Lsa = d.payload
         node = self.node
+        if not valid_id(p.origin) or not all(valid_id(n) for v in p.lsa.values() for n in v):
+            node.count("clusterer:bad_messages")
+            return
         if p.origin == node.me or not node.flood.fresh(int(Msg.LSA), p.origin, p.seq):
             return
         self.adverts[p.origin] = (p.seq, {c: set(v) for c, v in p.lsa.items()})

@@ -11,8 +11,11 @@ from there with another donor, whatever that donor's table size. SYNC_END carrie
 rows sent in the session and their checksum; the receiver declares the capability
 synced only if both match what it received, never on a partial or corrupt sync.
 Donor: streams the chunks its capability's sync_source gathers, at most sync_window
-unacknowledged, so neither side holds more than a few chunks in memory. A seed with no
-donor in sight becomes synced with its own data after seed_fallback_interval_s.
+unacknowledged, so neither side holds more than a few chunks in memory. With no donor in
+sight, a node declares its own data synced only as capabilities.may_declare_synced
+allows (never while a member it knows of may hold data). A mirror sync (a node back on
+old tables after more than clusterer.tombstone_max_s) also drops what the donor lacks
+that is older than the node's last contact.
 Neighbours: capabilities (states, donor choice), api (Capability: the data side),
 links (connections), services.cluster.replication (the tables' sources and appliers).
 """
@@ -32,7 +35,12 @@ import numpy as np
 from fastcluster.core.messages import BadMessage, Msg, SyncAbort, SyncAck, SyncEnd, SyncReq, \
     from_wire
 from fastcluster.core.wire import CorruptFrame, Header, encode, encode_parts
-from fastcluster.services.cluster.capabilities import Capabilities, CapState, choose_donor
+from fastcluster.services.cluster.capabilities import (
+    Capabilities,
+    CapState,
+    choose_donor,
+    may_declare_synced,
+)
 from fastcluster.services.cluster.links import Connection, Refused
 from fastcluster.shm import table as T
 
@@ -55,6 +63,9 @@ class Want:
     session: asyncio.Task | None = None
     excluded: dict[int, float] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
+    mirror_ms: int = 0  # > 0: a mirror sync; drop what the donor lacks older than this
+    alone_since: float = 0.0  # monotonic: no other member reachable since (0: some is)
+    alone_wall_ms: int = 0
 
 
 def chunk_payload(meta: dict[str, Any], entries: memoryview) -> bytes:
@@ -80,8 +91,11 @@ def split_chunk(raw: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 class SyncManager:
-    def __init__(self, node: ClusterNode, caps: Capabilities) -> None:
+    def __init__(self, node: ClusterNode, caps: Capabilities, last_contact_ms: int) -> None:
+        """last_contact_ms: when this node last held synced tables with the cluster in
+        sight, if it starts on tables it held before (0: it starts empty or new)."""
         self.node = node
+        self.last_contact_ms = last_contact_ms
         self.cfg = node.cfg
         self.caps = caps
         self.want: dict[str, Want] = {}
@@ -91,15 +105,13 @@ class SyncManager:
         self.timeout_s = self.cfg["clusterer.sync_timeout_s"]
         seed = self.cfg["clusterer.seed"]
         self.seed = seed == "yes" or (seed == "auto" and not self.cfg["clusterer.seeds"])
-        self.had_peers: dict[str, bool] = {}
-        self.cut_off_since: dict[str, float] = {}
-        node.on_sync_connection = self.serve
+        self.tombstone_max_s = self.cfg["clusterer.tombstone_max_s"]
+        self.donor = SyncDonor(node, caps)
         node.events.nodes.append(self.on_node_event)
 
     def add(self, name: str) -> None:
         """A capability was registered: it can be synced."""
         self.want[name] = Want()
-        self.had_peers[name] = False
 
     def _count(self, name: str, n: int = 1) -> None:
         self.node.count(name, n)
@@ -107,20 +119,31 @@ class SyncManager:
     # ---------------------------------------------------------------- requests
 
     def start(self) -> None:
-        """At start every table is empty: ask for all of it."""
+        """Ask for everything at start: a node on tables it held before, away longer
+        than clusterer.tombstone_max_s, mirrors the donor (what the cluster deleted
+        meanwhile left no tombstone); any other merges."""
+        away_s = time.time() - self.last_contact_ms / 1000
         for name in self.want:
-            if self.caps.enabled_here(name):
+            if not self.caps.enabled_here(name):
+                continue
+            if self.last_contact_ms and away_s > self.tombstone_max_s and \
+                    self.caps.registered[name].newest_ms():
+                self.request(name, f"node start, {away_s:.0f} s after its last contact",
+                             mirror_ms=self.last_contact_ms)
+            else:
                 self.request(name, "node start")
 
-    def request(self, name: str, reason: str) -> None:
+    def request(self, name: str, reason: str, mirror_ms: int = 0) -> None:
         want = self.want[name]
         if want.session is not None and not want.session.done():
             return  # one at a time; the running one already fetches everything
         want.requested_at = time.monotonic()
         want.reason = reason
         want.position = 0
+        want.mirror_ms = mirror_ms
+        self.caps.registered[name].mirror_mark(bool(mirror_ms))
         self.caps.set_local(name, state=CapState.SYNC_PENDING)
-        log.info("%s: sync wanted (%s)", name, reason)
+        log.info("%s: %s wanted (%s)", name, "mirror sync" if mirror_ms else "sync", reason)
         self._try_start(name)
 
     async def run(self) -> None:
@@ -137,24 +160,39 @@ class SyncManager:
         info = self.caps.local[name]
         if not info.enabled:
             return
-        # A node cut off from every other node (not a blip) resyncs once it sees them.
-        if self.node.routing.up_nodes(self.caps.cluster_of(name)):
-            since = self.cut_off_since.pop(name, None)
-            if since is not None and info.state == CapState.SYNCED and \
-                    time.monotonic() - since > \
-                    self.node.heartbeats.timing.ping_timeout_ms / 1000:
-                self.request(name, "back from being cut off")
-            self.had_peers[name] = True
-        elif self.had_peers[name]:
-            self.cut_off_since.setdefault(name, time.monotonic())
+        cluster = self.caps.cluster_of(name)
+        if self.node.routing.up_nodes(cluster):
+            # Back after being cut off from every member longer than tombstone_max_s:
+            # deletes made meanwhile may have left no tombstone; mirror a donor.
+            if want.alone_since and info.state == CapState.SYNCED and \
+                    time.monotonic() - want.alone_since > self.tombstone_max_s:
+                self.request(name, "back after %.0f s cut off" %
+                             (time.monotonic() - want.alone_since),
+                             mirror_ms=want.alone_wall_ms)
+            want.alone_since = 0.0
+        elif not want.alone_since and self.node.membership.members(cluster) - {self.node.me}:
+            want.alone_since = time.monotonic()
+            want.alone_wall_ms = int(time.time() * 1000)
         if not want.requested_at or (want.session is not None and not want.session.done()):
             return
         if self._try_start(name):
             return
         waited = time.monotonic() - want.requested_at
-        if self.seed and waited >= self.cfg["clusterer.seed_fallback_interval_s"]:
-            log.info("%s: no donor found for %.1f s: this seed declares its own data synced",
-                     name, waited)
+        if want.mirror_ms and waited >= self.cfg["clusterer.seed_fallback_interval_s"]:
+            log.warning("%s: no donor synced since before this node's last contact: "
+                        "merging instead of mirroring", name)
+            want.mirror_ms = 0
+            self.caps.registered[name].mirror_mark(False)
+            return
+        known = self.node.membership.members(cluster) - {self.node.me}
+        if may_declare_synced(self.node.me, self.caps.registered[name].newest_ms(), waited,
+                              self.cfg["clusterer.seed_fallback_interval_s"], self.seed,
+                              known, self.caps.reachable_states(name)):
+            log.info("%s: no donor found for %.1f s (%s): this node declares its own data "
+                     "synced", name, waited,
+                     "no member known" if not known else
+                     f"members {sorted(known)} unreachable or waiting, this node has the "
+                     "newest data")
             want.requested_at = 0.0
             self.caps.set_local(name, state=CapState.SYNCED)
 
@@ -163,9 +201,9 @@ class SyncManager:
         now = time.monotonic()
         excluded = {n for n, until in want.excluded.items() if until > now}
         candidates = self.caps.donor_candidates(name)
-        donor = choose_donor(candidates, excluded)
+        donor = choose_donor(candidates, excluded, want.mirror_ms)
         if donor is None and excluded:
-            donor = choose_donor(candidates, set())  # better a failed donor than none
+            donor = choose_donor(candidates, set(), want.mirror_ms)  # better a failed one
         if donor is None:
             return False
         want.session = self.node.spawn(self._receive(name, donor))
@@ -246,8 +284,14 @@ class SyncManager:
                 else:
                     raise CorruptFrame(f"unexpected {kind.name} in a sync")
             elapsed = time.monotonic() - started
+            if want.mirror_ms and cap.mirror_finish is not None:
+                dropped = await cap.mirror_finish(int(T.hlc_version(want.mirror_ms)))
+                self._count("clusterer:mirror_dropped", dropped)
+                log.info("%s: mirror sync dropped %d rows the cluster deleted while this "
+                         "node was away", name, dropped)
             want.requested_at = 0.0
             want.position = 0
+            want.mirror_ms = 0
             self.progress.pop(name, None)
             self._count("clusterer:syncs_done")
             self.caps.set_local(name, state=CapState.SYNCED)
@@ -273,7 +317,20 @@ class SyncManager:
         finally:
             want.session = None if want.session is asyncio.current_task() else want.session
 
-    # ---------------------------------------------------------------- donor
+
+class SyncDonor:
+    """The donor side: serves sync connections other nodes dial."""
+
+    def __init__(self, node: ClusterNode, caps: Capabilities) -> None:
+        self.node = node
+        self.caps = caps
+        self.chunk_bytes = node.cfg["clusterer.sync_packet_size"]
+        self.window = node.cfg["clusterer.sync_window"]
+        self.timeout_s = node.cfg["clusterer.sync_timeout_s"]
+        node.on_sync_connection = self.serve
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.node.count(name, n)
 
     async def serve(self, conn: Connection) -> None:
         """A receiver dialled us for a sync."""
@@ -370,6 +427,8 @@ class SyncManager:
                      conn.peer_id, seq, time.monotonic() - started)
         finally:
             acks.cancel()
+
+
 
 
 def _typed(cls: type, payload: Any) -> Any:

@@ -37,6 +37,9 @@ class Peer:
     enabled: bool = True
     left: bool = False  # said LEAVE: down at once, not after a timeout
     static: bool = False  # provisioned in the INI
+    remembered: bool = False  # known from the data directory (a member before a restart)
+    last_seen_ms: int = 0  # monotonic: last time reachable (a member unseen for long is
+    #                        forgotten)
     link: Link = Link.DOWN
     link_since_ms: int = 0
     last_rx_ms: int = 0  # any frame counts as liveness

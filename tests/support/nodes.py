@@ -57,7 +57,8 @@ class Node:
         self.bin_addr = f"{bin_host}:{self.bin_port}"
         base: dict[str, dict[str, Any]] = {
             "core": {"workers": workers, "instance": self.instance,
-                     "run_dir": str(self.dir), "log_level": "info"},
+                     "run_dir": str(self.dir), "data_dir": str(self.dir / "data"),
+                     "log_level": "info"},
             "sip": {"listen": f"udp:127.0.0.1:{self.sip_port}"},
             "mi": {"listen": f"127.0.0.1:{self.mi_port}"},
             "clusterer": {"node_id": node_id, "bin_listen": self.bin_addr,
