@@ -23,6 +23,9 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("sl", "sent_replies", "replies sent"),
     ("registrar", "accepted_regs", "REGISTER requests answered 200"),
     ("registrar", "rejected_regs", "REGISTER requests refused"),
+    ("registrar", "refused_not_synced", "wildcard unregistrations answered 503: this node's "
+                                        "contacts were not synced yet (it cannot know every "
+                                        "binding to remove)"),
     ("usrloc", "refused_too_long", "contacts refused: strings wider than usrloc.record_bytes"),
     ("usrloc", "refused_table_full", "contacts refused: the contact table is full"),
     ("usrloc", "key_collisions", "bindings refused: 64-bit key collision with another binding"),

@@ -20,6 +20,8 @@ Layout (little-endian, W = 8-byte word):
     W8      8                reload area length (bytes used)
     W9      8                stop flag: 1 while the master is stopping the node
     W11     8                ntables: replicated tables (shm.tables.TABLES)
+    W12     8                synced tables: bit t set while table t of TABLES is synced
+                             here (or not replicated); the cluster process writes it
     W10     8                last contact (unix ms): the cluster process's last moment
                              with its tables synced and another member reachable (or
                              alone by choice); 0 never. A node restarted on its old
@@ -73,13 +75,17 @@ NODE_IDS = 1 << 16
 MAX_PEERS = 256
 W_MAGIC, W_VERSION, W_NPROCS, W_NSTATS, W_NODE, W_MASTER, W_START = range(7)
 W_NTABLES = 11
+W_SYNCED = 12  # bit t: table t of shm.tables.TABLES is synced here (or not replicated)
 W_RELOAD_GEN, W_RELOAD_LEN, W_STOPPING, W_LAST_CONTACT = 7, 8, 9, 10
 P_PID, P_ROLE, P_NUMBER, P_HEARTBEAT, P_STARTED, P_RESTARTS, P_STATE = range(7)
 
 ROLES = ("master", "sip", "cluster", "timer", "script")
 ROLE_MASTER, ROLE_SIP, ROLE_CLUSTER, ROLE_TIMER, ROLE_SCRIPT = range(5)
-# Fixed process slots; SIP workers take FIRST_SIP onwards.
-SLOT_MASTER, SLOT_CLUSTER, SLOT_TIMER, SLOT_SCRIPT, FIRST_SIP = range(5)
+# Fixed process slots; SIP workers take FIRST_SIP onwards. A slot is a single writer of
+# the tables (its undo area, its rings): the cluster process writes from three threads,
+# so it has three -- its loop, its sync applier, its MI thread.
+(SLOT_MASTER, SLOT_CLUSTER, SLOT_TIMER, SLOT_SCRIPT, SLOT_CLUSTER_SYNC, SLOT_MI,
+ FIRST_SIP) = range(7)
 
 
 def nprocs_for(workers: int) -> int:

@@ -4,21 +4,35 @@ The master creates every segment before forking (names `/fastcluster.<instance>.
 children inherit the mappings, and only the master unlinks, at exit. Creation is
 all-or-nothing: a failure removes the segments already made. Tools and tests can
 `attach` to a running instance read-only in spirit (they never unlink).
+
+A master killed with SIGKILL leaves its segments behind. The next master of the instance
+(holding the instance lock, so none of the old processes lives) adopts what they hold
+(`Stale` + `adopt`): every row, with its version and origin, is copied into the new
+tables (whose sizes may differ), rows left in flight by killed writers are restored
+first, and the replication watermarks are lowered to what the old rings never sent --
+so nothing the node acknowledged to a client is lost. Old segments of another node id
+or layout are discarded, with the reason logged.
 Neighbours: shm.segment (one segment), shm.control / shm.tables / shm.ring (layouts),
 workers.master (owner).
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fastcluster.core.config import Config
 from fastcluster.shm import control as CT
 from fastcluster.shm import ring as R
-from fastcluster.shm.segment import Segment
+from fastcluster.shm import table as T
+from fastcluster.shm.segment import Segment, names_with_prefix, remove_stale
 from fastcluster.shm.tables import TABLE_INDEX, TABLES, ContactTable, Table
+
+log = logging.getLogger("shm")
+COPY_BYTES = 1 << 22
 
 PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings",)
 
@@ -107,3 +121,90 @@ class NodeMemory:
         for seg in self.segments.values():
             if seg.owner:
                 seg.unlink()
+
+
+@dataclass
+class Stale:
+    """The segments a killed master of this instance left, mapped (their names already
+    removed: the memory lives until close())."""
+    segments: dict[str, Segment]
+    names: list[str]
+    adopted: dict[str, int] = field(default_factory=dict)  # table -> rows carried over
+
+    @classmethod
+    def take(cls, prefix: str) -> Stale | None:
+        found = names_with_prefix(prefix)
+        if not found:
+            return None
+        segments = {}
+        for part in PARTS:
+            try:
+                segments[part] = Segment.attach(prefix + part)
+            except (OSError, ValueError, Exception):  # noqa: BLE001 - gone or damaged
+                continue
+        return cls(segments, remove_stale(prefix))
+
+    def close(self) -> None:
+        for seg in self.segments.values():
+            seg.close()
+
+    def adopt_into(self, mem: NodeMemory, node_id: int) -> str | None:
+        """Copy what can be used into mem; returns why nothing was (None: adopted)."""
+        try:
+            old_ctl = CT.Control(self.segments["control"].buf)
+        except (KeyError, ValueError) as exc:
+            return f"no usable control segment ({exc})"
+        if int(old_ctl.words[CT.W_NODE]) != node_id:
+            return f"they belong to node {int(old_ctl.words[CT.W_NODE])}, not {node_id}"
+        unsent: dict[int, int] = {}
+        rings = self.segments.get("rings")
+        for spec in TABLES:
+            seg = self.segments.get(spec.name)
+            if seg is None:
+                continue
+            try:
+                T.check_header(seg.buf, spec.kind)
+            except ValueError as exc:
+                log.warning("the old %s table is not usable (%s): its rows are lost",
+                            spec.name, exc)
+                continue
+            T.table_salvage(seg.buf)
+            self.adopted[spec.name] = _copy_rows(seg.buf, mem.tables[spec.name].buf)
+            if rings is not None:
+                try:
+                    low = int(R.rings_low_version(rings.buf, TABLE_INDEX[spec.name]))
+                    R.region(rings.buf, 0)  # layout check
+                except (ValueError, IndexError):
+                    low = 0  # rings unreadable: everything may be unsent
+                unsent[TABLE_INDEX[spec.name]] = low
+        _copy_control(old_ctl, mem.control, unsent)
+        return None
+
+
+def _copy_rows(src: np.ndarray, dst: np.ndarray) -> int:
+    """Every record of table src into table dst, versions and origins kept."""
+    out = np.zeros(COPY_BYTES, dtype=np.uint8)
+    gathered = np.zeros(T.GATHER_COUNTS, dtype=np.int64)
+    applied = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+    nslots = int(src[:T.HEADER_SIZE].view(np.int64)[T.H_NSLOTS])
+    slot, now_s = 0, int(time.time())
+    while slot < nslots:
+        slot, nbytes, _ = T.table_gather(src, slot, out, COPY_BYTES, gathered)
+        slot = int(slot)
+        T.apply_entries(dst, out, int(nbytes), now_s, 0, T.lock_word(0, CT.SLOT_MASTER),
+                        CT.SLOT_MASTER, R.no_ring(), T.NO_SEEN, applied)
+    return int(applied[T.AC_APPLIED])
+
+
+def _copy_control(old: CT.Control, new: CT.Control, unsent: dict[int, int]) -> None:
+    """Replication watermarks (lowered to what the old rings never sent), tombstone
+    horizons and the last contact carry over."""
+    new.words[CT.W_LAST_CONTACT] = old.words[CT.W_LAST_CONTACT]
+    tables = min(old.peers.shape[0], new.peers.shape[0])
+    new.horizons[:tables] = old.horizons[:tables]
+    new.peers[:tables] = old.peers[:tables]
+    for index, low in unsent.items():
+        if index < tables:
+            rows = new.peers[index]
+            live = rows[:, 0] != 0
+            rows[live, 1] = np.minimum(rows[live, 1], low)

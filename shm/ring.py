@@ -46,6 +46,7 @@ from numba import njit
 
 from fastcluster.shm.atomics import atomic_cas, atomic_load, atomic_store, unmanaged
 from fastcluster.shm.raw import ld16, ld32, ld64, st16, st32
+from fastcluster.shm.rows import PREFIX_OFFSETS
 
 RING_MAGIC = int.from_bytes(b"FCRINGS1", "little")
 RING_LAYOUT_VERSION = 2
@@ -54,6 +55,7 @@ RING_HEADER = 256
 ENTRY_HEADER = 8
 # u64 word indexes inside a ring region
 W_HEAD, W_TAIL, W_GAP_VERSION, W_GAPS, W_CAPACITY, W_PUSHED = 0, 8, 16, 17, 18, 19
+ROW_VERSION = ENTRY_HEADER + PREFIX_OFFSETS["version"]  # an entry's row version
 
 
 def segment_size(nprocs: int, capacity: int, ntables: int = 1) -> int:
@@ -187,6 +189,39 @@ def ring_take_gap(ring):
             return gap
         gap = seen
     return 0
+
+
+@njit(cache=True)
+def rings_low_version(seg, table):
+    """Lowest version among the entries still waiting in a table's rings and the gaps
+    they recorded (int64 max: none): what a dead cluster process never sent."""
+    seg = unmanaged(seg)
+    nrings = ld32(seg, 12)
+    size = ld64(seg, 16)
+    ntables = ld32(seg, 24)
+    low = np.int64(0x7FFFFFFFFFFFFFFF)
+    for i in range(table, nrings, ntables):
+        ring = seg[SEGMENT_HEADER + i * size:SEGMENT_HEADER + (i + 1) * size]
+        w = ring[:RING_HEADER].view(np.int64)
+        cap = w[W_CAPACITY]
+        if cap == 0:
+            continue
+        gap = w[W_GAP_VERSION]
+        if gap != 0 and gap < low:
+            low = gap
+        data = ring[RING_HEADER:]
+        tail = w[W_TAIL]
+        while tail < w[W_HEAD]:
+            pos = tail & (cap - 1)
+            length = ld32(data, pos)
+            if length < ENTRY_HEADER:
+                break
+            if ld16(data, pos + 4) != 0:
+                v = ld64(data, pos + ROW_VERSION)
+                if v < low:
+                    low = v
+            tail += length
+    return low
 
 
 def stats(ring: np.ndarray) -> dict[str, int]:

@@ -826,14 +826,16 @@ def table_group(arena, group, ident, ident_len, live_only, out8, max_rows):
 
 
 @njit(cache=True, nogil=True)
-def table_scan(arena, start, live_only, out8, max_rows, out_slots):
-    """Copy up to max_rows records from slot `start` on, in slot order (one record
-    every row_size bytes of out8). Returns (next start slot (nslots when done), rows)."""
+def table_scan(arena, start, live_only, out8, soft_rows, max_rows, out_slots):
+    """Copy records from slot `start` on, in slot order (one record every row_size bytes
+    of out8): at least soft_rows, then on to the end of the probe run (so every record
+    of a group is in one batch), at most max_rows. Returns (next start slot (nslots when
+    done), rows)."""
     t = views(arena)
     out8 = unmanaged(out8)
     s = start
     n = 0
-    while s < t.nslots and n < max_rows:
+    while s < t.nslots and n < max_rows and (n < soft_rows or t.keys[s] != K_EMPTY):
         if t.keys[s] > K_FREE:
             at = n * t.row
             if read_row(t, s, out8, at) > K_FREE and (
@@ -1172,6 +1174,31 @@ def table_repair(arena, ring, pid, proc):
             freed += 1
     table_recount(arena)
     return fixed, freed
+
+
+@njit(cache=True)
+def table_salvage(arena):
+    """Make a table whose every process is dead consistent again (a master killed with
+    its children): restore or finish every row left in flight in any undo area, free
+    every lock, recount. Rows finished but not pushed to a ring are left to the caller
+    (it re-sends from watermarks)."""
+    t = views(arena)
+    for proc in range(t.h[H_NPROCS]):
+        base = proc * t.usz
+        w = base >> 3
+        if t.undo64[w] == 1:
+            s = t.undo64[w + 1]
+            q = seq_index(t, s)
+            if t.rows32[q] & 1:
+                if t.undo64[w + 3] == 1:
+                    t.rows8[rbase(t, s):rbase(t, s) + t.body] = \
+                        t.undo8[base + UNDO_ROW_AT:base + UNDO_ROW_AT + t.body]
+                atomic_store(t.keys, s, np.uint64(t.undo64[w + 2]))
+                atomic_store(t.rows32, q, t.rows32[q] + np.uint32(1))
+            atomic_store(t.undo64, w, 0)
+    for r in range(t.h[H_NREGIONS]):
+        atomic_store(t.locks, r * LOCK_STRIDE, 0)
+    table_recount(arena)
 
 
 def slot_of_position(nhome: int, position: int) -> int:

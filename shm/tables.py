@@ -59,8 +59,6 @@ class Table:
         self.nslots = int(h[T.H_NSLOTS])
         self.capacity = int(h[T.H_CAPACITY])
         self.nregions = int(h[T.H_NREGIONS])
-        self._scan_rows = np.zeros(SCAN_BATCH * self.row_size, dtype=np.uint8)
-        self._scan_slots = np.zeros(SCAN_BATCH, dtype=np.int64)
 
     @staticmethod
     def create(buf: np.ndarray, layout: RowLayout, capacity: int, record_bytes: int,
@@ -82,13 +80,22 @@ class Table:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         return retry_busy(lambda: T.table_put(self.buf, ring, row, now, me, proc))
 
-    def rows(self, live_only: bool = True) -> Iterator[dict]:
-        """Every record, decoded, in slot order (consistent per row, not a snapshot)."""
+    def batches(self, live_only: bool = True) -> Iterator[list[dict]]:
+        """Every record, decoded, in slot order, in batches that hold all the records of
+        a group together (consistent per row, not a snapshot; memory stays bounded)."""
+        rows = np.zeros(2 * SCAN_BATCH * self.row_size, dtype=np.uint8)
+        slots = np.zeros(2 * SCAN_BATCH, dtype=np.int64)
         start = 0
         while start < self.nslots:
-            start, n = T.table_scan(self.buf, start, live_only, self._scan_rows, SCAN_BATCH,
-                                    self._scan_slots)
-            yield from self.layout.decode(self._scan_rows, n, self.row_size)
+            start, n = T.table_scan(self.buf, start, live_only, rows, SCAN_BATCH,
+                                    2 * SCAN_BATCH, slots)
+            if n:
+                yield self.layout.decode(rows, n, self.row_size)
+
+    def rows(self, live_only: bool = True) -> Iterator[dict]:
+        """Every record, decoded, in slot order (consistent per row, not a snapshot)."""
+        for batch in self.batches(live_only):
+            yield from batch
 
     def group(self, ident: bytes, live_only: bool = True, max_rows: int = 1024) -> list[dict]:
         """Records whose first string (AOR / Call-ID) is ident."""

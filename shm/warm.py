@@ -88,6 +88,7 @@ def warm_kernels() -> float:
     R.ring_take_gap(ring)
     R.rings_drain(ring_buf, 0, wire, 0)
     R.rings_take_gaps(ring_buf, 0)
+    R.rings_low_version(ring_buf, 0)
     for buf in (ct_buf, dl_buf):  # the generic kernels, for every table of TABLES
         counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
         T.apply_entries(buf, wire, n if buf is ct_buf else 0, now_s, 60, me, 1, R.no_ring(),
@@ -118,4 +119,5 @@ def warm_kernels() -> float:
     # timer and recovery
     contacts.expire(now_s, 60, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)
     contacts.repair(ring, 1, 1)
+    T.table_salvage(ct_buf)
     return time.perf_counter() - started

@@ -79,6 +79,7 @@ class NodeContext:
 class Child:
     role: int = CT.ROLE_SIP
     title: str = "child"
+    writer_slots: tuple[int, ...] = ()  # more process slots its threads write the tables as
 
     def __init__(self, ctx: NodeContext, slot: int, number: int) -> None:
         self.ctx = ctx

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
 from fastcluster.core.messages import fingerprint
 from fastcluster.services.cluster.ae import AntiEntropy
@@ -28,11 +28,11 @@ from fastcluster.services.cluster.partitions import PartitionMap
 from fastcluster.services.cluster.replication import Replication
 from fastcluster.services.cluster.sync import SyncManager
 from fastcluster.services.mi import clusterer_cmds, core_cmds, remote  # noqa: F401 (commands)
-from fastcluster.services.mi.registry import dispatch
-from fastcluster.services.mi.server import MIServer
+from fastcluster.services.mi.server import MIContext, MIThread
 from fastcluster.services.script.bridge import ScriptBridge
 from fastcluster.services.sip import dialog, natping, usrloc  # noqa: F401  (MI commands)
 from fastcluster.shm import control as CT
+from fastcluster.shm import table as T
 from fastcluster.shm.control import W_LAST_CONTACT
 from fastcluster.shm.tables import SPEC_BY_NAME, TABLES
 from fastcluster.workers.child import Child
@@ -52,10 +52,15 @@ def build_fingerprint() -> str:
 class ClusterProcess(Child):
     role = CT.ROLE_CLUSTER
     title = "cluster"
+    writer_slots = (CT.SLOT_CLUSTER_SYNC, CT.SLOT_MI)
 
     def boot(self) -> None:
         self.ctx.close_sockets(keep=("mi", "bin", "script"))
         self.sip_sockets = [s.label for s in self.ctx.sip]
+        # sync chunks are applied by one worker thread, as a process slot of its own
+        self.aux_slot = CT.SLOT_CLUSTER_SYNC
+        self.aux_me = T.lock_word(self.pid, self.aux_slot)
+        self.aux_pool = ThreadPoolExecutor(1, thread_name_prefix="sync-apply")
         self.node = ClusterNode(self.cfg, self.stats, build_fingerprint())
         caps = Capabilities(self.node, self.publish_views)
         self.sync = SyncManager(self.node, caps, int(self.mem.control.words[W_LAST_CONTACT]))
@@ -66,7 +71,6 @@ class ClusterProcess(Child):
                                        SPEC_BY_NAME["contacts"].capability,
                                        self.cfg["usrloc.ping_partitions"])
         self.script = ScriptBridge(self, self.cluster)
-        remote.attach(self.cluster, self.run_mi)
         self.cluster.on_topology_change(self.publish_views)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -74,6 +78,8 @@ class ClusterProcess(Child):
 
     def apply_reload(self) -> None:
         self.node.apply_config(self.cfg)
+        if self.mi.context is not None:
+            self.mi.context.cfg = self.cfg
 
     def run(self) -> None:
         asyncio.run(self.main())
@@ -82,8 +88,13 @@ class ClusterProcess(Child):
         loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
-        self.mi = MIServer(self, self.ctx.mi_sock)
-        await self.mi.start()
+        self.mi = MIThread(loop, self.ctx.mi_sock)
+        mi_rings = {name: self.mem.ring(CT.SLOT_MI, name) for name in self.mem.tables}
+        context = MIContext(self.cfg, self.mem, self.cluster, mi_rings,
+                            T.lock_word(self.pid, CT.SLOT_MI), CT.SLOT_MI, self.sip_sockets,
+                            self.mi)
+        remote.attach(self.cluster, context.run_mi)
+        self.mi.start(context)
         await self.script.start()
         await self.node.start(self.ctx.bin_sock)
         self.publish_views()
@@ -96,20 +107,14 @@ class ClusterProcess(Child):
         await self.replication.flush(STOP_FLUSH_S)  # the last changes still go out
         await self.node.stop()
         await self.script.close()
-        await self.mi.close()
+        self.mi.stop()
+        self.aux_pool.shutdown(wait=True)
 
     async def _beat(self) -> None:
         while True:
             self.beat()
             self.check_reload()
             await asyncio.sleep(BEAT_S)
-
-    async def run_mi(self, cmd: str, params: Any) -> dict[str, Any]:
-        """Run an MI command here, for another node (result or error object)."""
-        reply = await dispatch(self, {"jsonrpc": "2.0", "method": cmd,
-                                      "params": params if params is not None else {}, "id": 0})
-        assert reply is not None
-        return {k: v for k, v in reply.items() if k in ("result", "error")}
 
     def publish_views(self) -> None:
         """Live nodes and capability states per cluster, the ping partition map, and the
@@ -118,6 +123,10 @@ class ClusterProcess(Child):
         self.script.push_snapshot()
         api = self.cluster
         ctl = self.mem.control
+        replicated = {r.spec.name for r in self.replication.tables.values()}
+        ctl.words[CT.W_SYNCED] = sum(
+            1 << i for i, spec in enumerate(TABLES)
+            if spec.name not in replicated or api.capability_synced(spec.capability))
         for index, cid in enumerate(api.clusters[:CT.MAX_VIEWS]):
             entries = [(api.me, CT.VIEW_ME | (CT.VIEW_UP | CT.VIEW_ENABLED
                                               if api.enabled(cid) else 0),

@@ -31,13 +31,13 @@ from fastcluster.core.config import Config, ConfigError
 from fastcluster.core.errors import EXIT_BOOT, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, StartupError
 from fastcluster.core.settings import SETTINGS
 from fastcluster.shm import control as CT
-from fastcluster.shm.segment import remove_stale
 from fastcluster.workers import osutil
 from fastcluster.workers.child import Child, NodeContext, SipSocket, child_entry
 
 log = logging.getLogger("master")
 
 TICK_S = 0.1
+PAUSED_S = 1.0  # a loop turn this late means the master itself did not run
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT)
 
 
@@ -101,20 +101,17 @@ class Master:
         self._stop_prefault = threading.Event()
         self._prefaulting: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
+        self.resumed_at = -1e9
 
     # -- start
 
     def start(self) -> None:
-        from fastcluster.shm.node import NodeMemory  # imports numba: after NUMBA_CACHE_DIR
+        from fastcluster.shm.node import NodeMemory, Stale  # numba: after NUMBA_CACHE_DIR
         from fastcluster.shm.warm import freeze_kernels, warm_kernels
 
         if not self.lock.acquire():
             raise StartupError(f"instance {self.cfg.instance!r} is already running (master "
                                f"pid {self.lock.holder()}, lock {self.lock.path})")
-        removed = remove_stale(self.cfg.shm_prefix)
-        if removed:
-            log.warning("removed %d shared-memory names left by a previous run: %s",
-                        len(removed), ", ".join(removed))
         sip = bind_sip(self.cfg)
         mi_host, mi_port = self.cfg["mi.listen"]
         mi_sock = _bind(socket.AF_INET6 if ":" in mi_host else socket.AF_INET,
@@ -130,7 +127,10 @@ class Master:
         seconds = warm_kernels()
         log.info("kernels ready in %.2f s (%d frozen: no compiling after fork)", seconds,
                  freeze_kernels())
+        stale = Stale.take(self.cfg.shm_prefix)  # a killed master's segments
         mem = NodeMemory.create(self.cfg, self.pid)
+        if stale is not None:
+            self._adopt(stale, mem)
         if self.cfg["core.shm_prefault"] == "start":
             log.info("shared memory committed: %d MB in %.2f s", mem.nbytes >> 20,
                      mem.prefault())
@@ -147,6 +147,22 @@ class Master:
         log.info("node %d started: %d sip workers on %s, mi %s:%d, bin %s:%d",
                  self.cfg["clusterer.node_id"], self.cfg["core.workers"],
                  ", ".join(s.label for s in sip), mi_host, mi_port, bin_host, bin_port)
+
+    def _adopt(self, stale: Stale, mem: NodeMemory) -> None:
+        started = time.monotonic()
+        try:
+            why = stale.adopt_into(mem, self.cfg["clusterer.node_id"])
+        finally:
+            stale.close()
+        log.warning("removed %d shared-memory names left by a previous run: %s",
+                    len(stale.names), ", ".join(stale.names))
+        if why is not None:
+            log.warning("the tables they held were not adopted: %s", why)
+        else:
+            log.warning("adopted the tables a killed master left: %s in %.2f s; this node "
+                        "re-sends what it had not replicated and syncs",
+                        ", ".join(f"{n} {r}" for n, r in stale.adopted.items()),
+                        time.monotonic() - started)
 
     def _prefault(self) -> None:
         """Commit the shared memory while the node already runs (children fault only
@@ -195,11 +211,20 @@ class Master:
     # -- loop
 
     def loop(self) -> int:
+        last = time.monotonic()
         while True:
             try:
                 select.select([self._wake_r], [], [], TICK_S)
             except InterruptedError:
                 pass
+            now = time.monotonic()
+            if now - last > PAUSED_S:
+                # The whole node was frozen (SIGSTOP, a VM pause): the children's
+                # heartbeats are as old as ours. Give them time to beat again.
+                log.warning("the master was paused for %.1f s: heartbeats are judged again "
+                            "from now", now - last)
+                self.resumed_at = now
+            last = now
             try:
                 while os.read(self._wake_r, 4096):
                     pass
@@ -283,12 +308,13 @@ class Master:
         """Undo what a dead child left in flight in the tables, free its locks."""
         assert self.ctx is not None
         mem = self.ctx.mem
-        for name, table in mem.tables.items():
-            fixed, freed = table.repair(mem.ring(state.slot, name), pid, state.slot)
-            if fixed or freed:
-                log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
-                            {0: "no row in flight", 1: "torn row restored",
-                             2: "finished row re-queued"}[fixed], freed)
+        for slot in (state.slot,) + state.cls.writer_slots:
+            for name, table in mem.tables.items():
+                fixed, freed = table.repair(mem.ring(slot, name), pid, slot)
+                if fixed or freed:
+                    log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
+                                {0: "no row in flight", 1: "torn row restored",
+                                 2: "finished row re-queued"}[fixed], freed)
 
     def respawn_due(self) -> None:
         now = time.monotonic()
@@ -303,6 +329,8 @@ class Master:
         now_ms = CT.monotonic_ms()
         now = time.monotonic()
         timeout_ms = self.cfg["core.child_timeout_s"] * 1000
+        if now - self.resumed_at < self.cfg["core.child_timeout_s"]:
+            return
         for state in self.children.values():
             if not state.pid:
                 continue

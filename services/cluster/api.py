@@ -136,6 +136,7 @@ class NodeView:
     enabled: bool
     left: bool
     rtt_ms: int
+    clock_skew_ms: int
 
 
 class ClusterAPI:
@@ -222,7 +223,7 @@ class ClusterAPI:
                 peer.node_id, peer.url, peer.sip, node.routing.is_up(cluster, peer.node_id),
                 node.routing.next_hop(cluster, peer.node_id), peer.link.value,
                 cluster not in node.membership.disabled.get(peer.node_id, ()), peer.left,
-                peer.rtt_ms))
+                peer.rtt_ms, peer.skew_ms))
         return out
 
     def neighbours(self, cluster: int, node_id: int) -> list[int]:

@@ -87,7 +87,24 @@ class Heartbeats:
         peer.peer_ack = d.payload.ack
         if 0 < d.payload.t <= now:
             peer.rtt_ms = now - d.payload.t
+            if d.payload.w:
+                self._clock(peer, d.payload.w)
         self.evaluate(peer, now)
+
+    def _clock(self, peer: Peer, their_wall_ms: int) -> None:
+        """Its clock against ours: the PONG was stamped about half a round trip ago."""
+        skew = their_wall_ms - (time.time() * 1000 - peer.rtt_ms / 2)
+        peer.skew_ms = int(skew if not peer.skew_ms else 0.8 * peer.skew_ms + 0.2 * skew)
+        limit = self.node.cfg["clusterer.max_clock_skew_ms"]
+        if abs(peer.skew_ms) > limit and not peer.skew_warned:
+            peer.skew_warned = True
+            self.node.count("clusterer:clock_skew_warnings")
+            log.warning("node %d's clock is %+d ms off this node's (more than "
+                        "clusterer.max_clock_skew_ms = %d): versions made there win or lose "
+                        "conflicts unfairly; synchronise the clocks (NTP)", peer.node_id,
+                        peer.skew_ms, limit)
+        elif abs(peer.skew_ms) < limit / 2:
+            peer.skew_warned = False
 
     # ---------------------------------------------------------------- the tick
 

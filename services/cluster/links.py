@@ -38,6 +38,9 @@ BAD_SECRET = "the cluster secret differs (authentication failed)"
 READ_CHUNK = 1 << 18
 PURPOSES = ("link", "sync")
 PRE_AUTH_FRAME = 16384  # largest frame accepted before the handshake ends
+MAX_HANDSHAKES = 64  # connections in their handshake at once, from anywhere
+MAX_HANDSHAKES_PER_ADDRESS = 8  # ... from one address
+MAX_CONNECTIONS = 1024  # authenticated connections (links and syncs) at once
 
 
 class Refused(Exception):
@@ -73,6 +76,7 @@ class Connection:
         self.initiator = initiator
         self.early = early or []  # frames that arrived together with the handshake's last
         self.closed = False
+        self.on_close: Callable[[], None] | None = None
 
     @property
     def peer_id(self) -> int:
@@ -111,6 +115,8 @@ class Connection:
         if not self.closed:
             self.closed = True
             self.writer.close()
+            if self.on_close is not None:
+                self.on_close()
 
 
 FrameHandler = Callable[[Connection, Frame], None]  # must not block: the link waits
@@ -131,6 +137,8 @@ class LinkManager:
         self.server: asyncio.base_events.Server | None = None
         self.count = count
         self.agree = agree
+        self.handshakes: dict[str, int] = {}  # address -> connections in handshake
+        self.connections = 0
 
     def _hello(self, purpose: str, nonce: bytes, mac: bytes | None = None) -> HelloMsg:
         return HelloMsg(self.me, self.incarnation, list(self.url), sorted(self.clusters),
@@ -233,6 +241,14 @@ class LinkManager:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             decoder = Decoder(PRE_AUTH_FRAME)
             where = writer.get_extra_info("peername")
+            address = where[0] if isinstance(where, tuple) else str(where)
+            if sum(self.handshakes.values()) >= MAX_HANDSHAKES or \
+                    self.handshakes.get(address, 0) >= MAX_HANDSHAKES_PER_ADDRESS or \
+                    self.connections >= MAX_CONNECTIONS:
+                self.count("clusterer:refused_links")
+                writer.close()  # too many at once: no reading, no buffering
+                return
+            self.handshakes[address] = self.handshakes.get(address, 0) + 1
             try:
                 conn = await asyncio.wait_for(self._acceptor(reader, writer, decoder),
                                               HANDSHAKE_TIMEOUT_S)
@@ -246,9 +262,18 @@ class LinkManager:
                             exc if str(exc) else type(exc).__name__)
                 writer.close()
                 return
+            finally:
+                self.handshakes[address] -= 1
+                if not self.handshakes[address]:
+                    del self.handshakes[address]
+            self.connections += 1
+            conn.on_close = self._closed
             await on_connection(conn)
 
         self.server = await asyncio.start_server(accepted, sock=sock, limit=READ_CHUNK)
+
+    def _closed(self) -> None:
+        self.connections -= 1
 
     async def _acceptor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         decoder: Decoder) -> Connection:

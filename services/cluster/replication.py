@@ -33,6 +33,7 @@ import collections
 import logging
 import os
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,8 +67,11 @@ class Host(Protocol):
     """What replication needs from the process it runs in (the cluster process)."""
     cfg: Config
     mem: NodeMemory
-    me: int  # lock word
+    me: int  # lock word of the loop thread's writes
     slot: int
+    aux_me: int  # lock word and process slot of the thread that applies sync chunks
+    aux_slot: int
+    aux_pool: Executor
 
     def count(self, name: str, n: int = 1) -> None: ...
 
@@ -177,11 +181,15 @@ class TableData:
         buf = np.frombuffer(data, dtype=np.uint8).copy()  # kernels take writable arrays
         loop = asyncio.get_running_loop()
         off, host = 0, self.host
+        me, slot = (host.aux_me, host.aux_slot) if in_thread else (host.me, host.slot)
+        # a row that expires within the tolerated clock skew is still taken
+        now_s = int(time.time() - host.cfg["clusterer.max_clock_skew_ms"] / 1000)
         while off < len(buf):
-            args = (self.table.buf, buf[off:], len(buf) - off, int(time.time()),
-                    self.tomb_ttl_s, host.me, host.slot, NO_RING, seen, counts)
+            args = (self.table.buf, buf[off:], len(buf) - off, now_s,
+                    self.tomb_ttl_s, me, slot, NO_RING, seen, counts)
             if in_thread:
-                done = await loop.run_in_executor(None, lambda: T.apply_entries(*args))
+                done = await loop.run_in_executor(host.aux_pool,
+                                                  lambda: T.apply_entries(*args))
             else:
                 done = T.apply_entries(*args)
             off += int(done)
@@ -207,8 +215,8 @@ class TableData:
             return 0
         out = np.zeros(1, dtype=np.int64)
         loop = asyncio.get_running_loop()
-        while await loop.run_in_executor(None, lambda: T.table_mirror_drop(
-                self.table.buf, seen, cutoff_version, self.host.me, out)) == T.E_BUSY:
+        while await loop.run_in_executor(self.host.aux_pool, lambda: T.table_mirror_drop(
+                self.table.buf, seen, cutoff_version, self.host.aux_me, out)) == T.E_BUSY:
             await asyncio.sleep(0.001)
         return int(out[0])
 

@@ -53,6 +53,8 @@ class Peer:
     probe_answers: set[int] = field(default_factory=set)
     next_retry_ms: int = 0  # when a Down peer is dialled again
     rtt_ms: int = 0  # last PING -> PONG round trip
+    skew_ms: int = 0  # its clock minus ours, smoothed (PONG carries its wall clock)
+    skew_warned: bool = False
 
 
 # ---------------------------------------------------------------- link decisions

@@ -38,7 +38,7 @@ def _status(value: Any) -> bool:
     return str(value) == "1"
 
 
-@command("clusterer_list")
+@command("clusterer_list", cluster=True)
 def mi_clusterer_list(node: MINode) -> dict[str, Any]:
     """Every known node of every cluster, with its link state and next hop."""
     clusters = []
@@ -56,12 +56,13 @@ def mi_clusterer_list(node: MINode) -> dict[str, Any]:
                           "link_state": state, "direct_link": view.direct_link,
                           "state": "enabled" if view.enabled else "disabled",
                           "next_hop": str(view.next_hop) if view.next_hop is not None
-                          else "none", "left": view.left, "description": "none"})
+                          else "none", "left": view.left, "rtt_ms": view.rtt_ms,
+                          "clock_skew_ms": view.clock_skew_ms, "description": "none"})
         clusters.append({"cluster_id": cid, "Nodes": nodes})
     return {"Clusters": clusters}
 
 
-@command("clusterer_list_topology")
+@command("clusterer_list_topology", cluster=True)
 def mi_clusterer_list_topology(node: MINode) -> dict[str, Any]:
     """Each node's Up neighbours as this node knows them (itself first)."""
     api = node.cluster
@@ -74,7 +75,7 @@ def mi_clusterer_list_topology(node: MINode) -> dict[str, Any]:
     return {"Clusters": clusters}
 
 
-@command("clusterer_set_status")
+@command("clusterer_set_status", cluster=True)
 def mi_clusterer_set_status(node: MINode, cluster_id: Any, status: Any,
                             node_id: Any = None) -> str:
     """Enable (1) or disable (0) this node, or node_id, in a cluster."""
@@ -92,7 +93,7 @@ def mi_clusterer_set_status(node: MINode, cluster_id: Any, status: Any,
     return "OK"
 
 
-@command("clusterer_remove_node")
+@command("clusterer_remove_node", cluster=True)
 def mi_clusterer_remove_node(node: MINode, cluster_id: Any, node_id: Any) -> str:
     """Forget a node on every node (a running node that is removed disables itself)."""
     api = node.cluster
@@ -106,7 +107,7 @@ def mi_clusterer_remove_node(node: MINode, cluster_id: Any, node_id: Any) -> str
     return "OK"
 
 
-@command("clusterer_list_cap")
+@command("clusterer_list_cap", cluster=True)
 def mi_clusterer_list_cap(node: MINode) -> dict[str, Any]:
     """Every capability of every cluster: this node's state, each node's state, and the
     progress of a sync under way (donor, records, percent, rate)."""
@@ -124,7 +125,7 @@ def mi_clusterer_list_cap(node: MINode) -> dict[str, Any]:
                          for c, items in sorted(clusters.items())]}
 
 
-@command("clusterer_set_cap_status")
+@command("clusterer_set_cap_status", cluster=True)
 def mi_clusterer_set_cap_status(node: MINode, cluster_id: Any, capability: str,
                                 status: Any) -> str:
     """Enable (1) or disable (0) a capability on this node."""
@@ -148,13 +149,13 @@ def _request_sync(node: MINode, table: str) -> str:
     return "OK"
 
 
-@command("ul_cluster_sync")
+@command("ul_cluster_sync", cluster=True)
 def mi_ul_cluster_sync(node: MINode) -> str:
     """Start a full sync of the contacts from a donor."""
     return _request_sync(node, "contacts")
 
 
-@command("dlg_cluster_sync")
+@command("dlg_cluster_sync", cluster=True)
 def mi_dlg_cluster_sync(node: MINode) -> str:
     """Start a full sync of the dialogs from a donor."""
     return _request_sync(node, "dialogs")
@@ -166,7 +167,7 @@ def _params(cmd_params: Any) -> Any:
     raise MIError(INVALID_PARAMS, "cmd_params must be an array or an object")
 
 
-@command("cluster_send_mi", aliases=("clusterer_send_mi",))
+@command("cluster_send_mi", cluster=True, aliases=("clusterer_send_mi",))
 async def mi_cluster_send_mi(node: MINode, cluster_id: Any, destination: Any, cmd_name: str,
                              cmd_params: Any = None) -> Any:
     """Run an MI command on another node; returns that node's result."""
@@ -182,7 +183,7 @@ async def mi_cluster_send_mi(node: MINode, cluster_id: Any, destination: Any, cm
     return answer.get("result")
 
 
-@command("cluster_broadcast_mi", aliases=("clusterer_broadcast_mi",))
+@command("cluster_broadcast_mi", cluster=True, aliases=("clusterer_broadcast_mi",))
 async def mi_cluster_broadcast_mi(node: MINode, cluster_id: Any, cmd_name: str,
                                   cmd_params: Any = None) -> dict[str, Any]:
     """Run an MI command on every reachable node of the cluster and here; returns each

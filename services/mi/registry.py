@@ -2,10 +2,11 @@
 services.mi.server).
 
 Commands register with `@command(name)`: handler(node, **params), where node is what the
-process hosting the MI offers (`MINode`). Params are by name (a JSON array is accepted
-too, matched in declaration order, as OpenSIPS does). A command marked `heavy` (dumps
-of big tables) runs in a worker thread. Errors are JSON-RPC error objects, never a
-crash. Neighbours: services.mi.core_cmds / clusterer_cmds, services.sip.usrloc ...
+process hosting the MI offers (`MINode`, which also decides where each command runs).
+Params are by name (a JSON array is accepted too, matched in declaration order, as
+OpenSIPS does). A batch holds at most MAX_BATCH requests and no `heavy` command (a dump
+of a whole table); results too big to hold are `Streamed`. Errors are JSON-RPC error
+objects, never a crash. Neighbours: services.mi.core_cmds / clusterer_cmds, services.sip.usrloc ...
 (commands), services.mi.server (HTTP), services.mi.client (`fastcluster mi`).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,6 +30,7 @@ log = logging.getLogger("mi")
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, SERVER_ERROR = (
     -32700, -32600, -32601, -32602, -32000)
+MAX_BATCH = 100  # requests in one JSON-RPC batch
 
 
 class MINode(Protocol):
@@ -43,6 +45,9 @@ class MINode(Protocol):
 
     async def run_mi(self, cmd: str, params: Any) -> dict[str, Any]: ...
 
+    async def run_command(self, cmd: Command, kwargs: dict[str, Any]) -> Any:
+        """Run a command where it belongs (cluster loop, MI thread, worker thread)."""
+
 
 class MIError(Exception):
     """A command's refusal: becomes {"code": code, "message": message}."""
@@ -56,11 +61,12 @@ class MIError(Exception):
 class Command:
     name: str
     handler: Callable[..., Any]
-    heavy: bool
+    heavy: bool  # a dump of a big table: runs in a worker thread, never in a batch
     doc: str
     # Declared params (commands defined by the user script, whose handler here only
     # forwards): names, and those without a default. None: read from the handler.
     declared: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    cluster: bool = False  # uses the cluster API: runs in the cluster process's loop
 
     @property
     def params(self) -> list[str]:
@@ -80,17 +86,30 @@ class Command:
 REGISTRY: dict[str, Command] = {}
 
 
-def command(name: str, *, heavy: bool = False, aliases: tuple[str, ...] = ()) -> Callable:
-    """Register handler(node, **params) -> JSON-able result (or a coroutine)."""
+def command(name: str, *, heavy: bool = False, cluster: bool = False,
+            aliases: tuple[str, ...] = ()) -> Callable:
+    """Register handler(node, **params) -> JSON-able result, a coroutine, or Streamed.
+    heavy: it reads a whole table (a worker thread; refused inside a batch); cluster: it
+    uses node.cluster (it runs in the cluster loop, so it must be quick)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         for n in (name,) + aliases:
             if n in REGISTRY:
                 raise RuntimeError(f"MI command {n} registered twice")
-            REGISTRY[n] = Command(n, fn, heavy, (fn.__doc__ or "").strip().split("\n")[0])
+            REGISTRY[n] = Command(n, fn, heavy, (fn.__doc__ or "").strip().split("\n")[0],
+                                  cluster=cluster)
         return fn
 
     return wrap
+
+
+@dataclass
+class Streamed:
+    """A result too big to hold whole: JSON text `prefix`, then the JSON of each item of
+    `items` (comma-separated), then `suffix`. The server writes it as it goes."""
+    prefix: str
+    items: Iterator[Any]
+    suffix: str
 
 
 def register(cmd: Command) -> str | None:
@@ -136,13 +155,7 @@ async def dispatch(node: Any, request: Any) -> dict[str, Any] | None:
         missing = [p for p in cmd.required if p not in kwargs]
         if missing:
             raise MIError(INVALID_PARAMS, f"missing param(s): {', '.join(missing)}")
-        if cmd.heavy:
-            result = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: cmd.handler(node, **kwargs))
-        else:
-            result = cmd.handler(node, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
+        result = await node.run_command(cmd, kwargs)
     except MIError as exc:
         return _error(rid, exc.code, exc.message)
     except Exception as exc:  # a bug in a command must not take the MI down
@@ -165,6 +178,16 @@ async def handle_body(node: Any, body: bytes) -> Any:
     if isinstance(request, list):
         if not request:
             return _error(None, INVALID_REQUEST, "Invalid Request")
-        replies = [await dispatch(node, r) for r in request]
+        if len(request) > MAX_BATCH:
+            return _error(None, INVALID_REQUEST, f"a batch holds at most {MAX_BATCH} requests")
+        replies = []
+        for r in request:
+            cmd = REGISTRY.get(r.get("method")) if isinstance(r, dict) else None
+            if cmd is not None and cmd.heavy:
+                replies.append(_error(r.get("id"), INVALID_REQUEST,
+                                      f"{cmd.name} reads a whole table: call it alone, "
+                                      "not in a batch"))
+            else:
+                replies.append(await dispatch(node, r))
         return [r for r in replies if r is not None] or None
     return await dispatch(node, request)

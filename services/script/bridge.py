@@ -180,7 +180,8 @@ class ScriptBridge:
         for d in described:
             name = str(d["name"])
             cmd = mi.Command(name, self._proxy(name), False, str(d.get("doc", "")),
-                             (tuple(d.get("params", ())), tuple(d.get("required", ()))))
+                             (tuple(d.get("params", ())), tuple(d.get("required", ()))),
+                             cluster=True)
             refused = mi.register(cmd)
             if refused:
                 log.error("script MI command %s not added: %s", name, refused)

@@ -37,7 +37,8 @@ from fastcluster.services.sip.usrloc import normalize_aor
 from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
-from fastcluster.shm.tables import retry_busy
+from fastcluster.shm import control as CT
+from fastcluster.shm.tables import TABLE_INDEX, retry_busy
 
 log = logging.getLogger("registrar")
 
@@ -57,6 +58,8 @@ I_ACCEPT, I_REJECT = _I["registrar:accepted_regs"], _I["registrar:rejected_regs"
 I_TOO_LONG, I_FULL = _I["usrloc:refused_too_long"], _I["usrloc:refused_table_full"]
 I_COLLIDE, I_WAITS = _I["usrloc:key_collisions"], _I["usrloc:lock_waits"]
 I_PING_RPL = _I["nathelper:ping_replies"]
+I_NOT_SYNCED = _I["registrar:refused_not_synced"]
+CONTACTS_BIT = 1 << TABLE_INDEX["contacts"]
 
 # kernel result -> (status, reason, counter or -1)
 KERNEL_ERRORS = {
@@ -152,6 +155,7 @@ class SipApp:
         self.worker = worker
         self.counts = counts
         self.table = worker.mem.contacts.buf
+        self.words = worker.mem.control.words
         self.ring = worker.rings["contacts"]
         self.me = worker.me
         self.proc = worker.slot
@@ -280,6 +284,11 @@ class SipApp:
         if wildcard:
             if header_expires != 0:
                 raise Refuse(400, "Invalid wildcard: Expires must be 0")
+            if not self.contacts_synced():
+                # Removing every binding needs to know them all: until the sync is done,
+                # a binding only the cluster knows would survive (and come back).
+                raise Refuse(503, "Contacts not synced yet", [("Retry-After", "1")],
+                             counter=I_NOT_SYNCED)
         elif contacts:
             too_brief = False
             for c in contacts:
@@ -332,6 +341,9 @@ class SipApp:
         if n < 0:
             raise Refuse(500, "Contact too long for usrloc.record_bytes", counter=I_TOO_LONG)
         return retry_busy(self._kernel, self._lock_wait)
+
+    def contacts_synced(self) -> bool:
+        return bool(int(self.words[CT.W_SYNCED]) & CONTACTS_BIT)
 
     def _kernel(self) -> int:
         return C.ul_register(self.table, self.ring, self.work, self.me, self.proc)

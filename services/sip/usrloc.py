@@ -7,10 +7,12 @@ contacts from REGISTER), services.mi (registry).
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from fastcluster.services.mi.registry import MIError, MINode, command
+from fastcluster.services.mi.registry import MIError, MINode, Streamed, command
 from fastcluster.shm.contacts import FLAG_NAT, Q_NONE
 
 DOMAIN = "location"  # OpenSIPS's usrloc table name, kept for tools that expect it
@@ -94,21 +96,26 @@ def _sockets(node: MINode) -> list[str]:
 
 
 @command("ul_dump", heavy=True)
-def mi_ul_dump(node: Any, brief: int = 0) -> dict[str, Any]:
-    """Every AOR with its contacts (brief=1: AORs only)."""
+def mi_ul_dump(node: MINode, brief: int = 0) -> Streamed:
+    """Every AOR with its contacts (brief=1: AORs only); streamed, a batch of table slots
+    at a time, so a dump of a million contacts never sits whole in memory."""
     now = time.time()
     sockets = _sockets(node)
-    aors: dict[str, list[dict[str, Any]]] = {}
-    for rec in node.mem.contacts.rows(live_only=True):
-        aors.setdefault(rec["aor"], []).append(rec)
-    out = []
-    for aor, recs in aors.items():
-        item: dict[str, Any] = {"AOR": aor}
-        if not brief:
-            item["Contacts"] = [contact_view(r, now, sockets) for r in recs]
-        out.append(item)
-    return {"Domains": [{"name": DOMAIN, "hash_size": node.mem.contacts.nslots,
-                         "AORs": out}]}
+    table = node.mem.contacts
+
+    def aors() -> Iterator[dict[str, Any]]:
+        for batch in table.batches(live_only=True):  # a group's rows are in one batch
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for rec in batch:
+                groups.setdefault(rec["aor"], []).append(rec)
+            for aor, recs in groups.items():
+                item: dict[str, Any] = {"AOR": aor}
+                if not brief:
+                    item["Contacts"] = [contact_view(r, now, sockets) for r in recs]
+                yield item
+
+    head = json.dumps({"name": DOMAIN, "hash_size": table.nslots})[:-1]
+    return Streamed('{"Domains": [' + head + ', "AORs": [', aors(), "]}]}")
 
 
 @command("ul_show_contact")

@@ -266,3 +266,27 @@ def test_sighup_applies_heartbeat_timing_in_the_cluster_process(tmp_path) -> Non
     finally:
         for n in nodes:
             n.stop()
+
+
+@pytest.mark.sipp
+def test_a_killed_masters_tables_are_adopted(tmp_path) -> None:
+    """kill -9 of the master leaves its shared memory: the next start copies every row
+    (versions and origins kept) into its new tables, so nothing acknowledged is lost."""
+    from tests.support import sipp
+
+    node = Node(tmp_path, workers=2).start()
+    try:
+        r = sipp.run("register", ("127.0.0.1", node.sip_port), tmp_path / "sipp", 2000,
+                     rate=2000, keys={"user": "k", "reg_cseq": 1, "expires": 3600})
+        assert (r.successful, r.failed) == (2000, 0), r.stdout
+        before = node.mi("ul_digest")
+        assert before["contacts"] == 2000
+        node.kill9()
+        node.settings["usrloc"]["capacity"] = 50_000  # another table size: rows still fit
+        node.write_ini()
+        node.start()
+        assert node.mi("ul_digest") == before
+        assert "adopted the tables a killed master left: contacts 2000" in node.log()
+    finally:
+        node.stop()
+    assert node.shm_names() == []

@@ -9,6 +9,7 @@ import numpy as np
 from fastcluster.core.config import load
 from fastcluster.core.stats import COUNTERS, INDEX
 from fastcluster.services.sip.registrar import SipApp
+from fastcluster.shm import control as CT
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT
@@ -32,11 +33,15 @@ class Harness:
         buf = np.zeros(Table.size_for(CONTACT, capacity, record_bytes, 4), dtype=np.uint8)
         self.table = Table.create(buf, CONTACT, capacity, record_bytes, 4, node_id=1)
         assert isinstance(self.table, ContactTable)
+        self.words = np.zeros(64, dtype=np.int64)
+        self.words[CT.W_SYNCED] = -1  # every table synced (a lone node)
         seg = np.zeros(R.segment_size(4, 1 << 20), dtype=np.uint8)
         R.init_segment(seg, 4, 1 << 20)
         self.ring = R.region(seg, 3)
         worker = types.SimpleNamespace(
-            mem=types.SimpleNamespace(contacts=self.table), rings={"contacts": self.ring},
+            mem=types.SimpleNamespace(contacts=self.table,
+                                      control=types.SimpleNamespace(words=self.words)),
+            rings={"contacts": self.ring},
             me=T.lock_word(1, 3), slot=3, cfg=cfg, pid=1)
         self.counts = [0] * len(COUNTERS)
         self.app = SipApp(worker, self.counts)

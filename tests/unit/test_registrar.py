@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fastcluster.shm import control as CT
 from fastcluster.shm.contacts import FLAG_NAT
 from tests.support.registrar import Harness, register
 
@@ -240,4 +241,28 @@ def test_malformed_requests_get_400_or_are_dropped() -> None:
     bad_to = register().replace("To: <sip:alice@example.com>", "To: <sip:alice@ex ample")
     assert status(h.send(bad_to)) == 400
     assert h.count("core:bad_msgs") >= 3
+    assert h.contacts("alice@example.com") == []
+
+
+def test_removing_a_binding_this_node_never_had_leaves_a_tombstone() -> None:
+    """A node that has not synced yet must still make the removal win over any copy of
+    the binding elsewhere: the tombstone is written whether or not the binding is here."""
+    h = Harness()
+    reply = h.send(register(contacts=["<sip:alice@192.0.2.10:5070>"], expires=0))
+    assert status(reply) == 200 and contact_lines(reply) == []
+    (tomb,) = h.table.group(b"alice@example.com", live_only=False)
+    assert tomb["state"] == 2 and tomb["uri"] == "sip:alice@192.0.2.10:5070"
+    assert h.table.counters()["tomb"] == 1
+
+
+def test_wildcard_removal_waits_until_the_contacts_are_synced() -> None:
+    h = Harness()
+    h.send(register(expires=600))
+    h.words[CT.W_SYNCED] = 0  # this node's contacts not synced yet
+    reply = h.send(register(cseq=2, contacts=["*"], expires=0))
+    assert status(reply) == 503 and "Retry-After: 1" in reply
+    assert h.count("registrar:refused_not_synced") == 1
+    assert len(h.contacts("alice@example.com")) == 1
+    h.words[CT.W_SYNCED] = -1
+    assert status(h.send(register(cseq=3, contacts=["*"], expires=0))) == 200
     assert h.contacts("alice@example.com") == []
