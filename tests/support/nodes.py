@@ -45,22 +45,30 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class Node:
     def __init__(self, tmp: pathlib.Path, node_id: int = 1, workers: int = 2,
                  settings: dict[str, dict[str, Any]] | None = None,
-                 instance: str | None = None, bin_host: str = "127.0.0.1") -> None:
+                 instance: str | None = None, bin_host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
+        """netns: run inside that network namespace, every listener on bin_host (its
+        address there) with the standard ports; else on loopback with free ports."""
         self.node_id = node_id
         self.instance = instance or f"{leaks.SESSION_TOKEN}x{next(_seq)}"
         self.dir = tmp / f"node{node_id}-{self.instance}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.sip_port = free_port(socket.SOCK_DGRAM)
-        self.mi_port = free_port()
-        self.bin_port = free_port()
-        self.mi_url = f"http://127.0.0.1:{self.mi_port}/mi"
+        self.netns = netns
+        self.host = bin_host if netns else "127.0.0.1"
+        if netns:
+            self.sip_port, self.mi_port, self.bin_port = 5060, 8888, 5555
+        else:
+            self.sip_port = free_port(socket.SOCK_DGRAM)
+            self.mi_port = free_port()
+            self.bin_port = free_port()
+        self.mi_url = f"http://{self.host}:{self.mi_port}/mi"
         self.bin_addr = f"{bin_host}:{self.bin_port}"
         base: dict[str, dict[str, Any]] = {
             "core": {"workers": workers, "instance": self.instance,
                      "run_dir": str(self.dir), "data_dir": str(self.dir / "data"),
                      "log_level": "info"},
-            "sip": {"listen": f"udp:127.0.0.1:{self.sip_port}"},
-            "mi": {"listen": f"127.0.0.1:{self.mi_port}"},
+            "sip": {"listen": f"udp:{self.host}:{self.sip_port}"},
+            "mi": {"listen": f"{self.host}:{self.mi_port}"},
             "clusterer": {"node_id": node_id, "bin_listen": self.bin_addr,
                           "secret": "test-secret"},
             "usrloc": {"capacity": 100_000},
@@ -96,8 +104,9 @@ class Node:
         env = dict(os.environ)
         self.killed = False
         self._log = open(self.log_path, "ab")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "fastcluster.core.cli", "-c", str(self.ini)] + (args or []),
+            prefix + [PYTHON, "-m", "fastcluster.core.cli", "-c", str(self.ini)] + (args or []),
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.pid = self.proc.pid
         leaks.register(self.pid)
