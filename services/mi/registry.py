@@ -46,6 +46,10 @@ class Command:
     # Declared params (commands defined by the user script, whose handler here only
     # forwards): names, and those without a default. None: read from the handler.
     declared: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    # The order a JSON array of params binds in, when it is not the handler's: OpenSIPS
+    # 3.x tools send ul_show_contact ["location", "alice@..."] (table first) while
+    # `aor=` alone must keep working by name.
+    positional: tuple[str, ...] | None = None
 
     @property
     def params(self) -> list[str]:
@@ -65,14 +69,17 @@ class Command:
 REGISTRY: dict[str, Command] = {}
 
 
-def command(name: str, *, heavy: bool = False, aliases: tuple[str, ...] = ()) -> Callable:
-    """Register handler(node, **params) -> JSON-able result (or a coroutine)."""
+def command(name: str, *, heavy: bool = False, aliases: tuple[str, ...] = (),
+            positional: tuple[str, ...] | None = None) -> Callable:
+    """Register handler(node, **params) -> JSON-able result (or a coroutine).
+    positional: the order of an array of params, if not the handler's."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         for n in (name,) + aliases:
             if n in REGISTRY:
                 raise RuntimeError(f"MI command {n} registered twice")
-            REGISTRY[n] = Command(n, fn, heavy, (fn.__doc__ or "").strip().split("\n")[0])
+            REGISTRY[n] = Command(n, fn, heavy, (fn.__doc__ or "").strip().split("\n")[0],
+                                  positional=positional)
         return fn
 
     return wrap
@@ -95,9 +102,10 @@ def _bind_params(cmd: Command, params: Any) -> dict[str, Any]:
     if params is None:
         return {}
     if isinstance(params, list):
-        if len(params) > len(names):
-            raise MIError(INVALID_PARAMS, f"{cmd.name} takes at most {len(names)} params")
-        return dict(zip(names, params))
+        order = list(cmd.positional) if cmd.positional is not None else names
+        if len(params) > len(order):
+            raise MIError(INVALID_PARAMS, f"{cmd.name} takes at most {len(order)} params")
+        return dict(zip(order, params))
     if isinstance(params, dict):
         unknown = [k for k in params if k not in names]
         if unknown:

@@ -25,15 +25,14 @@ from fastcluster.core.config import Config
 from fastcluster.core.sip import (
     SipMessage,
     SipParseError,
+    aor_of,
     build_response,
     parse_contacts,
     parse_message,
-    parse_name_addr,
     parse_uri,
 )
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip.natping import parse_callid
-from fastcluster.services.sip.usrloc import normalize_aor
 from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
@@ -97,7 +96,6 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 # sip:user@host[:port][;params] with a plain host: the form nearly every UA sends.
 _PLAIN_CONTACT = re.compile(r"sip:([^@;?<>\[\]\s\"]+)@([A-Za-z0-9.\-_]+)(?::([0-9]{1,5}))?"
                             r"((?:;[^?<>\s\"]*)?)")
-_PLAIN_AOR = re.compile(r"<sip:([^@;?:<>\[\]\s\"]+)@([A-Za-z0-9.\-_]+)>(?:;.*)?")
 
 
 def contact_parts(uri: str) -> tuple[str, str, int]:
@@ -133,18 +131,6 @@ def contact_parts(uri: str) -> tuple[str, str, int]:
     host = u.host.lower()
     canonical = f"{scheme}:{rest[:start]}{hostport.lower()}{rest[end:]}"
     return canonical, host.strip("[]"), u.port
-
-
-def aor_of(to_value: str) -> str:
-    """Canonical AOR of a To header value (fast path for `<sip:user@host>`)."""
-    m = _PLAIN_AOR.fullmatch(to_value)
-    if m is not None:
-        return f"{m.group(1)}@{m.group(2).lower()}"
-    if to_value[:1] == "<":
-        end = to_value.find(">")
-        if end > 0:
-            return normalize_aor(to_value[1:end])
-    return normalize_aor(parse_name_addr(to_value).uri)
 
 
 class SipApp:
