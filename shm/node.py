@@ -9,20 +9,35 @@ workers.master (owner).
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from fastcluster.core.config import Config
+from fastcluster.core.digest import derive_key
 from fastcluster.shm import control as CT
+from fastcluster.shm import nonces as N
 from fastcluster.shm import ring as R
 from fastcluster.shm.contacts import CONTACT
 from fastcluster.shm.dialogs import DIALOG
 from fastcluster.shm.segment import Segment
 from fastcluster.shm.tables import ContactTable, Table
 
-PARTS = ("control", "contacts", "dialogs", "rings")
+PARTS = ("control", "contacts", "dialogs", "rings", "nonces")
+NONCE_SLOTS_AUTH_OFF = 1024  # a token table: nothing uses it while auth.enable is off
+
+
+def nonce_slots(cfg: Config) -> int:
+    return cfg["auth.nonce_slots"] if cfg["auth.enable"] else NONCE_SLOTS_AUTH_OFF
+
+
+def nonce_key(cfg: Config) -> bytes:
+    """The key digest nonces are signed with: shared by every node with the same
+    auth.secret (or clusterer.secret), random per run when both are empty."""
+    secret = cfg["auth.secret"] or cfg["clusterer.secret"]
+    return derive_key(secret) if secret else os.urandom(32)
 
 
 def part_sizes(cfg: Config) -> dict[str, int]:
@@ -34,6 +49,7 @@ def part_sizes(cfg: Config) -> dict[str, int]:
         "dialogs": Table.size_for(DIALOG, cfg["dialog.capacity"],
                                   cfg["dialog.record_bytes"], nprocs),
         "rings": R.segment_size(nprocs, cfg["clusterer.repl_ring_bytes"]),
+        "nonces": N.segment_size(nonce_slots(cfg)),
     }
 
 
@@ -44,6 +60,7 @@ class NodeMemory:
         self.contacts = ContactTable(segments["contacts"].buf)
         self.dialogs = Table(segments["dialogs"].buf, DIALOG)
         self.rings = segments["rings"].buf
+        self.nonces = N.NonceTable(segments["nonces"].buf)
 
     @classmethod
     def create(cls, cfg: Config, master_pid: int) -> NodeMemory:
@@ -59,6 +76,7 @@ class NodeMemory:
             Table.create(made["dialogs"].buf, DIALOG, cfg["dialog.capacity"],
                          cfg["dialog.record_bytes"], nprocs, node_id)
             R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"])
+            N.init_segment(made["nonces"].buf, nonce_slots(cfg), nonce_key(cfg))
             return cls(made)
         except BaseException:
             for seg in made.values():
@@ -94,6 +112,7 @@ class NodeMemory:
 
     def close(self) -> None:
         self.control = self.contacts = self.dialogs = None  # type: ignore[assignment]
+        self.nonces = None  # type: ignore[assignment]
         self.rings = np.zeros(0, np.uint8)
         for seg in self.segments.values():
             seg.close()

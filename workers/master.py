@@ -14,6 +14,7 @@ Neighbours: workers.child (what runs after fork), workers.sip_worker/cluster/tim
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import select
@@ -116,6 +117,7 @@ class Master:
             log.warning("removed %d shared-memory names left by a previous run: %s",
                         len(removed), ", ".join(removed))
         sip = bind_sip(self.cfg)
+        self._open_subscribers()
         mi_host, mi_port = self.cfg["mi.listen"]
         mi_sock = _bind(socket.AF_INET6 if ":" in mi_host else socket.AF_INET,
                         socket.SOCK_STREAM, mi_host, mi_port, "mi")
@@ -146,6 +148,24 @@ class Master:
         log.info("node %d started: %d sip workers on %s, mi %s:%d, bin %s:%d",
                  self.cfg["clusterer.node_id"], self.cfg["core.workers"],
                  ", ".join(s.label for s in sip), mi_host, mi_port, bin_host, bin_port)
+
+    def _open_subscribers(self) -> None:
+        """Create the subscriber database if authentication needs it (the workers open
+        it read-only), or say loudly that the registrar is open."""
+        if not self.cfg["auth.enable"]:
+            if any(not ipaddress.ip_address(h).is_loopback for _, h, _ in self.cfg["sip.listen"]):
+                log.warning("authentication is off on a non-loopback SIP listener "
+                            "(auth.allow_open_registrar): anyone may register any AOR")
+            return
+        from fastcluster.services.sip.subscribers import StoreError, ensure, list_users
+
+        path = self.cfg.auth_db_path
+        try:
+            ensure(path)
+            users = len(list_users(path))
+        except (StoreError, OSError) as exc:
+            raise StartupError(f"subscriber database: {exc}") from None
+        log.info("authentication on: %d subscribers in %s", users, path)
 
     def _prefault(self) -> None:
         """Commit the shared memory while the node already runs (children fault only

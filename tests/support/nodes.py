@@ -57,7 +57,8 @@ class Node:
         self.bin_addr = f"{bin_host}:{self.bin_port}"
         base: dict[str, dict[str, Any]] = {
             "core": {"workers": workers, "instance": self.instance,
-                     "run_dir": str(self.dir), "log_level": "info"},
+                     "run_dir": str(self.dir), "data_dir": str(self.dir / "data"),
+                     "log_level": "info"},
             "sip": {"listen": f"udp:127.0.0.1:{self.sip_port}"},
             "mi": {"listen": f"127.0.0.1:{self.mi_port}"},
             "clusterer": {"node_id": node_id, "bin_listen": self.bin_addr,
@@ -124,8 +125,11 @@ class Node:
             time.sleep(0.05)
         raise TimeoutError(f"node {self.node_id} not ready ({last}):\n{self.log()}")
 
-    def mi(self, method: str, **params: Any) -> Any:
-        return call(self.mi_url, method, params, timeout=30)
+    def mi(self, method: str, *args: Any, **params: Any) -> Any:
+        """Call the MI by name (params) or positionally (args), with the node's token."""
+        token = self.settings.get("mi", {}).get("token") or None
+        return call(self.mi_url, method, list(args) if args else params, timeout=30,
+                    token=token)
 
     def children(self) -> list[int]:
         return leaks.children_of(self.pid)
