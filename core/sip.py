@@ -40,6 +40,7 @@ __all__ = [
     "parse_name_addr",
     "parse_uri",
     "parse_via",
+    "split_list",
     "tag_of",
 ]
 
@@ -272,6 +273,12 @@ def _split_commas(value: str) -> list[str]:
             current.append(piece)
     parts.append("".join(current).strip(" \t"))
     return parts
+
+
+def split_list(value: str) -> list[str]:
+    """The elements of a comma-separated header value (Path, Route, ...), quoted
+    strings and <...> kept whole, empty elements dropped."""
+    return [part for part in _split_commas(value) if part]
 
 
 def _parse_params(text: str, reason: str) -> dict[str, str | None]:

@@ -11,6 +11,7 @@ services.mi_client (the `fastcluster mi` side).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import json
 import logging
@@ -18,6 +19,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from fastcluster.core.stats import INDEX
 
 log = logging.getLogger("mi")
 
@@ -163,6 +166,17 @@ async def handle_body(node: Any, body: bytes) -> Any:
     return await dispatch(node, request)
 
 
+def authorized(token: str, header: str | None) -> bool:
+    """Whether a request may use the MI: no [mi] token is configured (the listener is
+    a loopback one: core.config refuses otherwise), or its `Authorization: Bearer`
+    header carries the token (compared in constant time)."""
+    if not token:
+        return True
+    scheme, _, value = (header or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
+                                                              token.encode())
+
+
 class MIServer:
     """HTTP/1.1 on an already-listening socket (bound by the master)."""
 
@@ -208,6 +222,10 @@ class MIServer:
         if len(parts) != 3:
             await self._send(writer, 400, b'{"error": "bad request line"}', False)
             return False
+        if not authorized(self.node.cfg["mi.token"], headers.get("authorization")):
+            self.node.stats[INDEX["mi:unauthorized"]] += 1
+            await self._send(writer, 401, b'{"error": "missing or wrong MI token"}', False)
+            return False
         method, path = parts[0], parts[1]
         if path.split("?")[0] != "/mi":
             await self._send(writer, 404, b'{"error": "use POST /mi"}', keep)
@@ -234,7 +252,8 @@ class MIServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, keep: bool) -> None:
-        reason = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+        reason = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+                  404: "Not Found",
                   405: "Method Not Allowed", 411: "Length Required",
                   413: "Payload Too Large"}[status]
         writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
