@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import OrderedDict
+from contextlib import closing
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -54,7 +55,7 @@ def ensure(path: str) -> None:
     if not os.path.exists(path):
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     try:
-        with sqlite3.connect(path) as db:
+        with closing(sqlite3.connect(path)) as db, db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
     except sqlite3.Error as exc:
@@ -79,7 +80,7 @@ def set_user(path: str, user: str, realm: str, password: str, create: bool) -> N
     username, domain = _split(user)
     cols = hashes(username, realm or domain, password)
     ensure(path)
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         if create:
             try:
                 db.execute("INSERT INTO subscriber (username, domain, ha1, ha1_sha256) "
@@ -99,7 +100,7 @@ def delete_user(path: str, user: str) -> None:
     username, domain = _split(user)
     if not os.path.exists(path):
         raise ValueError(f"no user {user} (no database at {path})")
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         if db.execute("DELETE FROM subscriber WHERE username = ? AND domain = ?",
                       (username, domain)).rowcount == 0:
             raise ValueError(f"no user {user}")
@@ -108,7 +109,7 @@ def delete_user(path: str, user: str) -> None:
 def list_users(path: str, domain: str = "") -> list[str]:
     if not os.path.exists(path):
         return []
-    with sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)) as db:
         if domain:
             rows = db.execute("SELECT username, domain FROM subscriber WHERE domain = ? "
                               "ORDER BY domain, username", (domain.lower(),))
