@@ -37,8 +37,10 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("auth", "challenges", "401 challenges to requests without credentials for the realm"),
     ("auth", "bad_nonces", "401: a nonce no node sharing our key issued (forged, garbled)"),
     ("auth", "stale_nonces", "401 stale=true: right password, expired nonce"),
-    ("auth", "replayed_nonces", "401 stale=true: nonce count already used (a replay, or a "
-                                "retransmission whose 200 was lost)"),
+    ("auth", "replayed_nonces", "401 stale=true: nonce count already used, and not by a "
+                                "retransmission of an applied REGISTER"),
+    ("auth", "retransmissions", "answers with a used nonce count that retransmit an "
+                                "applied REGISTER: answered again, nothing changed"),
     ("auth", "nonce_table_full", "401 stale=true: the replay table had no room for the nonce"),
     ("auth", "failed", "401: wrong password or unknown user, retries left"),
     ("auth", "forbidden", "403: wrong again after auth.max_failures retries"),

@@ -105,7 +105,8 @@ class Authenticator:
         user, domain = split_aor(aor)
         realm = self.realm or domain
         verdict, failures = self._verdict(msg, user, domain, realm)
-        self.counts[COUNTER[verdict]] += 1
+        if verdict is not D.Verdict.REPLAYED:  # the registrar tells replays from
+            self.counts[COUNTER[verdict]] += 1  # retransmissions, and counts them
         if verdict is D.Verdict.ACCEPT:
             return ACCEPTED
         status, reason = ANSWERS[verdict]

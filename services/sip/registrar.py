@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fastcluster.core.config import Config
+from fastcluster.core.digest import Verdict
 from fastcluster.core.sip import (
     SipMessage,
     SipParseError,
@@ -53,6 +54,7 @@ _I = INDEX
 I_RCV_REQ, I_RCV_RPL, I_BAD = _I["core:rcv_requests"], _I["core:rcv_replies"], _I["core:bad_msgs"]
 I_DROP = _I["core:drop_requests"]
 I_BAD_AOR, I_439 = _I["registrar:bad_aor"], _I["registrar:outbound_first_hop"]
+I_REPLAYED, I_RETRANS = _I["auth:replayed_nonces"], _I["auth:retransmissions"]
 I_SENT = _I["sl:sent_replies"]
 I_CLASS = [_I.get(f"sl:{c}xx_replies", I_SENT) for c in range(7)]
 I_ACCEPT, I_REJECT = _I["registrar:accepted_regs"], _I["registrar:rejected_regs"]
@@ -161,6 +163,7 @@ class SipApp:
         self.auth: Authenticator | None = getattr(worker, "authenticator", None)
         self._path: list[str] | None = None  # of the REGISTER being handled
         self._outbound = False  # its reg-id was honoured (RFC 5626)
+        self._replay: Any = None  # its digest answer reused a nonce count (auth.Outcome)
         self.apply_reload(worker.cfg)
 
     def apply_reload(self, cfg: Config) -> None:
@@ -259,6 +262,14 @@ class SipApp:
             self._log_once(f"subscriber database: {exc}")
             self.reply(msg, 500, "Credentials unavailable", addr, listener)
             return
+        if self._replay is not None:
+            replay, self._replay = self._replay, None
+            if status == C.REG_E_NOT_RETRANS:  # a replay: it changed nothing
+                self.counts[I_REPLAYED] += 1
+                self.counts[I_REJECT] += 1
+                self.reply(msg, replay.status, replay.reason, addr, listener, replay.headers)
+                return
+            self.counts[I_RETRANS] += 1
         if status != C.REG_OK:
             code, reason, counter = KERNEL_ERRORS.get(status, (500, f"Server error {status}", -1))
             self.counts[I_REJECT] += 1
@@ -283,6 +294,7 @@ class SipApp:
     def _register(self, msg: SipMessage, addr: tuple, listener: Any) -> int:
         """Refuse (raise Refuse / SipParseError) or apply the REGISTER; the kernel's
         status. RFC 3261 §10.3 steps 1-5 here, 6-8 in the kernel."""
+        self._replay = None
         if self.domains:
             refusal = checks.check_request_domain(msg.ruri, self.domains)
             if refusal is not None:
@@ -297,7 +309,9 @@ class SipApp:
                 raise refuse(refusal)
         if self.auth is not None:
             outcome = self.auth.check(msg, aor_text)
-            if outcome.status:
+            if outcome.verdict is Verdict.REPLAYED:
+                self._replay = outcome  # unless the kernel finds a retransmission
+            elif outcome.status:
                 raise Refuse(outcome.status, outcome.reason, outcome.headers)
         aor = aor_text.encode()
         contacts = parse_contacts(msg)
@@ -368,7 +382,8 @@ class SipApp:
             self.req, self.req_mv, aor, msg.call_id.encode(), msg.cseq_num, ua.encode(),
             ", ".join(path).encode() if path else b"", now_s, int(now * 1000),
             self.max_contacts, wildcard, family, src_port if nat_any else 0, raw,
-            listener.index, 0, methods_mask(allow) if allow else 0, packed)
+            listener.index, 0, methods_mask(allow) if allow else 0, packed,
+            C.MODE_RETRANS_ONLY if self._replay is not None else 0)
         if n < 0:
             raise Refuse(500, "Contact too long for usrloc.record_bytes", counter=I_TOO_LONG)
         return retry_busy(self._kernel, self._lock_wait)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -94,6 +95,22 @@ def set_user(path: str, user: str, realm: str, password: str, create: bool) -> N
                              (cols["ha1"], cols["ha1_sha256"], username, domain))
             if cur.rowcount == 0:
                 raise ValueError(f"no user {user}")
+
+
+def add_users(path: str, users: Iterable[tuple[str, str]], realm: str = "") -> int:
+    """Add many (USER@DOMAIN, password) at once, in one transaction (provisioning,
+    tests, benchmarks); existing users are updated. Returns how many."""
+    rows = []
+    for user, password in users:
+        username, domain = _split(user)
+        cols = hashes(username, realm or domain, password)
+        rows.append((username, domain, cols["ha1"], cols["ha1_sha256"]))
+    ensure(path)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executemany("INSERT INTO subscriber (username, domain, ha1, ha1_sha256) "
+                       "VALUES (?, ?, ?, ?) ON CONFLICT (username, domain) DO UPDATE SET "
+                       "ha1 = excluded.ha1, ha1_sha256 = excluded.ha1_sha256", rows)
+    return len(rows)
 
 
 def delete_user(path: str, user: str) -> None:

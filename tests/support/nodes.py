@@ -85,6 +85,11 @@ class Node:
         self.ini.write_text("\n".join(lines))
 
     @property
+    def db_path(self) -> str:
+        """The node's subscriber database (auth.db_path default: in core.data_dir)."""
+        return str(self.dir / "data" / "subscriber.sqlite")
+
+    @property
     def shm_prefix(self) -> str:
         return f"fastcluster.{self.instance}."
 
@@ -205,8 +210,9 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", step: 
 
 
 def start_cluster(tmp, count: int, workers: int = 1, settings=None, hosts=None,
-                  seed_index: int = 0) -> list[Node]:
-    """count nodes, ids 1..count, every one but the seed joining through the seed."""
+                  seed_index: int = 0, before_start=None) -> list[Node]:
+    """count nodes, ids 1..count, every one but the seed joining through the seed.
+    before_start(node) runs for each node before any starts (e.g. adding users)."""
     settings = {section: dict(values) for section, values in (settings or {}).items()}
     nodes = [Node(tmp, node_id=i + 1, workers=workers, settings=settings,
                   bin_host=hosts[i] if hosts else "127.0.0.1") for i in range(count)]
@@ -215,6 +221,9 @@ def start_cluster(tmp, count: int, workers: int = 1, settings=None, hosts=None,
         if n is not seed:
             n.settings["clusterer"]["seeds"] = seed.bin_addr
             n.write_ini()
+    for n in nodes:
+        if before_start is not None:
+            before_start(n)
     try:
         for n in nodes:
             n.start(wait=False)

@@ -83,6 +83,23 @@ def test_replayed_answer_gets_a_stale_challenge(db: str) -> None:
         ["sip:alice@192.0.2.10:5070"]  # the replayed Contact never landed
 
 
+def test_retransmission_of_an_answered_register_is_answered_again(db: str) -> None:
+    h = Harness(settings=AUTH, db_path=db)
+    first = h.send(register())
+    answer = register(cseq=2, extra=authorization(challenges(first)[0], "alice", "wonderland"))
+    ok = h.send(answer)
+    version = h.contacts("alice@example.com")[0]["version"]
+    again = h.send(answer)  # the phone did not get the 200 and sends the same again
+    assert status(ok) == status(again) == 200
+    assert h.contacts("alice@example.com")[0]["version"] == version  # nothing changed
+    assert h.count("auth:retransmissions") == 1 and h.count("auth:replayed_nonces") == 0
+    # the same credentials, Call-ID and CSeq but another Contact: not a retransmission
+    forged = answer.replace("<sip:alice@192.0.2.10:5070>", "<sip:eve@198.51.100.1:5060>")
+    assert status(h.send(forged)) == 401 and h.count("auth:replayed_nonces") == 1
+    assert [c["uri"] for c in h.contacts("alice@example.com")] == \
+        ["sip:alice@192.0.2.10:5070"]
+
+
 def test_expired_nonce_with_right_password_is_stale(db: str) -> None:
     h = Harness(settings={**AUTH, "auth.nonce_expiry_s": "30"}, db_path=db)
     _, ch = login(h)
