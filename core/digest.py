@@ -28,21 +28,26 @@ import hmac
 import os
 import re
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NONCE_VERSION = 1
 NONCE_HEAD = struct.Struct(">BIBHI")
 NONCE_BYTES = NONCE_HEAD.size + 12
 NONCE_CHARS = NONCE_BYTES * 4 // 3
 CLOCK_SKEW_S = 5  # a nonce "issued" further in the future than this is not ours
+OPENED_CACHE = 8192  # verified nonces a worker remembers (cleared when full)
 
 HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 # Columns of the subscriber table holding each algorithm's HA1 (OpenSIPS names).
 HA1_COLUMNS = {"MD5": "ha1", "SHA-256": "ha1_sha256"}
 
-# auth-param: name = token / quoted-string, comma separated (RFC 7616 §3.4).
-_PARAM_RE = re.compile(r'[ \t]*([A-Za-z][A-Za-z0-9_\-*]*)[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|[^ \t,"]*)'
-                       r'[ \t]*(?:,|\Z)', re.S)
+# auth-param: name = token / quoted-string, comma separated (RFC 7616 §3.4). The
+# quoted-string is written unrolled ("[^"\\]*(?:\\.[^"\\]*)*"): an alternation per character
+# made parsing a phone's answer cost 23 us instead of 3.
+_NAME = r"[A-Za-z][A-Za-z0-9_\-*]*"
+_VALUE = r'"[^"\\]*(?:\\.[^"\\]*)*"|[^ \t,"]*'
+_ITEMS_RE = re.compile(rf"[ \t]*({_NAME})[ \t]*=[ \t]*({_VALUE})[ \t]*(?:,|\Z)", re.S)
+_ALL_ITEMS_RE = re.compile(rf"(?:[ \t]*{_NAME}[ \t]*=[ \t]*(?:{_VALUE})[ \t]*(?:,|\Z))*", re.S)
 _UNQUOTE_RE = re.compile(r"\\(.)", re.S)
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}")
 _HEX = frozenset("0123456789abcdef")
@@ -71,25 +76,65 @@ def expected_response(algorithm: str, ha1_hex: str, nonce: str, method: str, uri
     return h(text.encode()).hexdigest()
 
 
+# The parameters a digest answer carries (RFC 7616 §3.4): names known to be tokens.
+_KNOWN_NAMES = frozenset(("username", "realm", "nonce", "uri", "response", "algorithm",
+                          "cnonce", "opaque", "qop", "nc", "userhash"))
+_NAME_RE = re.compile(_NAME)
+
+
 def parse_credentials(value: str) -> dict[str, str] | None:
     """The auth-params of a `Digest` Authorization value (names lower-cased, values
-    unquoted); None if it is not Digest or not well formed. Never raises."""
+    unquoted); None if it is not Digest or not well formed. Never raises.
+
+    What phones send (no backslash, no comma inside a quoted value) is split on commas;
+    anything else, or anything that split does not read cleanly, takes the regex path
+    (tests/unit/test_digest.py proves both give the same answer)."""
     scheme, _, rest = value.strip(" \t").partition(" ")
     if scheme.lower() != "digest":
         return None
+    if "\\" not in rest:
+        params = _split_credentials(rest)
+        if params is not None:
+            return params
+    return _parse_credentials_slow(rest)
+
+
+def _split_credentials(rest: str) -> dict[str, str] | None:
+    """The common form by str methods; None when the regex path must decide."""
     params: dict[str, str] = {}
-    pos, end = 0, len(rest)
-    while pos < end:
-        m = _PARAM_RE.match(rest, pos)
-        if m is None or m.end() == pos:
+    if not rest:
+        return params
+    for part in rest.split(","):
+        name, eq, text = part.partition("=")
+        name = name.strip(" \t").lower()
+        text = text.strip(" \t")
+        if not eq or (name not in _KNOWN_NAMES and _NAME_RE.fullmatch(name) is None):
             return None
-        name, text = m.group(1).lower(), m.group(2)
         if text[:1] == '"':
-            text = _UNQUOTE_RE.sub(r"\1", text[1:-1])
+            if len(text) < 2 or text[-1] != '"' or '"' in text[1:-1]:
+                return None
+            text = text[1:-1]
+        elif '"' in text or " " in text or "\t" in text:
+            return None
+        if name in params:
+            return None
+        params[name] = text
+    return params
+
+
+def _parse_credentials_slow(rest: str) -> dict[str, str] | None:
+    if _ALL_ITEMS_RE.fullmatch(rest) is None:  # one C-speed pass decides the shape
+        return None
+    params: dict[str, str] = {}
+    for name, text in _ITEMS_RE.findall(rest):
+        name = name.lower()
+        if text[:1] == '"':
+            text = text[1:-1]
+            if "\\" in text:
+                text = _UNQUOTE_RE.sub(r"\1", text)
         if name in params:
             return None  # a repeated parameter: which one was signed?
         params[name] = text
-        pos = m.end()
     return params
 
 
@@ -100,8 +145,7 @@ class Nonce(enum.IntEnum):
     INVALID = 2  # not ours: garbled, forged, or another key
 
 
-@dataclass(frozen=True)
-class NonceInfo:
+class NonceInfo(NamedTuple):  # a NamedTuple: built per request, 5x cheaper than a dataclass
     state: Nonce
     issued_s: int = 0
     failures: int = 0
@@ -114,6 +158,9 @@ class NonceCodec:
 
     def __init__(self, key: bytes) -> None:
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        # nonce -> (issued, failures, node, tag) of nonces whose MAC was checked: a
+        # phone's refreshes reuse its nonce, and this skips the decode and the HMAC.
+        self._opened: dict[str, tuple[int, int, int, int]] = {}
 
     def _sign(self, head: bytes) -> bytes:
         mac = self._mac.copy()
@@ -126,22 +173,34 @@ class NonceCodec:
         return base64.urlsafe_b64encode(head + self._sign(head)).decode()
 
     def open(self, nonce: str, now_s: int, expiry_s: int) -> NonceInfo:
-        if len(nonce) != NONCE_CHARS:
-            return NonceInfo(Nonce.INVALID)
-        try:
-            raw = base64.urlsafe_b64decode(nonce)
-        except (binascii.Error, ValueError):
-            return NonceInfo(Nonce.INVALID)
-        head, mac = raw[:NONCE_HEAD.size], raw[NONCE_HEAD.size:]
-        if len(raw) != NONCE_BYTES or raw[0] != NONCE_VERSION or \
-                not hmac.compare_digest(mac, self._sign(head)):
-            return NonceInfo(Nonce.INVALID)
-        _, issued, failures, node, _ = NONCE_HEAD.unpack(head)
-        tag = int.from_bytes(mac[:8], "little")
+        fields = self._opened.get(nonce)
+        if fields is None:
+            fields = self._verify(nonce)
+            if fields is None:
+                return NonceInfo(Nonce.INVALID)
+            if len(self._opened) >= OPENED_CACHE:
+                self._opened.clear()
+            self._opened[nonce] = fields
+        issued, failures, node, tag = fields
         if issued > now_s + CLOCK_SKEW_S:
             return NonceInfo(Nonce.INVALID)
         state = Nonce.EXPIRED if now_s - issued > expiry_s else Nonce.VALID
         return NonceInfo(state, issued, failures, node, tag)
+
+    def _verify(self, nonce: str) -> tuple[int, int, int, int] | None:
+        """The fields of a nonce signed with our key, else None."""
+        if len(nonce) != NONCE_CHARS:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(nonce)
+        except (binascii.Error, ValueError):
+            return None
+        head, mac = raw[:NONCE_HEAD.size], raw[NONCE_HEAD.size:]
+        if len(raw) != NONCE_BYTES or raw[0] != NONCE_VERSION or \
+                not hmac.compare_digest(mac, self._sign(head)):
+            return None
+        _, issued, failures, node, _ = NONCE_HEAD.unpack(head)
+        return issued, failures, node, int.from_bytes(mac[:8], "little")
 
 
 class Verdict(enum.Enum):

@@ -48,6 +48,7 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("auth", "bad_credentials", "400: a Digest answer missing fields or using what was not "
                                 "offered"),
     ("auth", "unknown_users", "answers for users not in the subscriber database"),
+    ("auth", "db_lookups", "subscriber lookups that read SQLite (worker cache misses)"),
     ("auth", "db_errors", "subscriber database errors (answered 500)"),
     ("usrloc", "refused_too_long", "contacts refused: strings wider than usrloc.record_bytes"),
     ("usrloc", "refused_table_full", "contacts refused: the contact table is full"),

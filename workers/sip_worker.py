@@ -65,7 +65,7 @@ class SipWorker(Child):
             from fastcluster.services.sip.subscribers import CredentialCache
 
             self.credentials = CredentialCache(self.cfg.auth_db_path,
-                                               self.cfg["auth.cache_entries"])
+                                               self.cfg["auth.cache_entries"], self.counts)
             self.authenticator = Authenticator(self.cfg, self.mem.nonces.key, self.mem.nonces,
                                                self.credentials, self.counts)
         self.app = SipApp(self, self.counts)

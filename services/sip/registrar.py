@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import re
 import socket
 import time
@@ -62,6 +63,9 @@ I_TOO_LONG, I_FULL = _I["usrloc:refused_too_long"], _I["usrloc:refused_table_ful
 I_COLLIDE, I_WAITS = _I["usrloc:key_collisions"], _I["usrloc:lock_waits"]
 I_PING_RPL = _I["nathelper:ping_replies"]
 
+# Looks for the binding a retransmitted digest answer's original is committing (bounded:
+# a real replay costs RETRANS_TRIES kernel calls and yields, never a sleep).
+RETRANS_TRIES = 4
 # kernel result -> (status, reason, counter or -1)
 KERNEL_ERRORS = {
     # Not "Invalid CSeq number": sipp takes the first "CSeq" in a reply, reason included.
@@ -386,7 +390,15 @@ class SipApp:
             C.MODE_RETRANS_ONLY if self._replay is not None else 0)
         if n < 0:
             raise Refuse(500, "Contact too long for usrloc.record_bytes", counter=I_TOO_LONG)
-        return retry_busy(self._kernel, self._lock_wait)
+        status = retry_busy(self._kernel, self._lock_wait)
+        tries = 1
+        while status == C.REG_E_NOT_RETRANS and tries < RETRANS_TRIES:
+            # Two copies of one request may run in two workers at once: the first took
+            # the nonce count and is about to commit; let it, then look again.
+            os.sched_yield()
+            status = retry_busy(self._kernel, self._lock_wait)
+            tries += 1
+        return status
 
     def _log_once(self, cause: str) -> None:
         if cause not in self._logged and len(self._logged) < 100:

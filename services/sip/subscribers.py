@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from fastcluster.core.digest import HA1_COLUMNS, HASHES, ha1
+from fastcluster.core.stats import INDEX
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriber (
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS subscriber (
     UNIQUE (username, domain)
 );
 """
+I_DB_LOOKUPS = INDEX["auth:db_lookups"]
 _LOOKUP = "SELECT ha1, ha1_sha256 FROM subscriber WHERE username = ? AND domain = ?"
 
 
@@ -139,9 +141,10 @@ def list_users(path: str, domain: str = "") -> list[str]:
 class CredentialCache:
     """A worker's read-only view of the subscriber table (see the module docstring)."""
 
-    def __init__(self, path: str, capacity: int) -> None:
+    def __init__(self, path: str, capacity: int, counts: list[int] | None = None) -> None:
         self.path = path
         self.capacity = capacity
+        self.counts = counts  # the worker's counters: auth:db_lookups per SQLite query
         self.cache: OrderedDict[tuple[str, str], Credentials | None] = OrderedDict()
         self.queries = 0  # SQLite lookups made (cache misses), for tests and benches
         self._db: sqlite3.Connection | None = None
@@ -174,6 +177,8 @@ class CredentialCache:
             self.close()
             raise StoreError(f"{self.path}: {exc}") from None
         self.queries += 1
+        if self.counts is not None:
+            self.counts[I_DB_LOOKUPS] += 1
         found = Credentials(row[0], row[1]) if row else None
         if self.capacity:
             cache[key] = found

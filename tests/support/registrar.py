@@ -31,7 +31,7 @@ class FakeSocket:
 
 class Harness:
     """settings: other "section.key" values; with auth.enable, db_path names the
-    subscriber database (see tests.support.registrar.add_user) and the nonce replay
+    subscriber database (tests.support.registrar.authorization answers) and the nonce replay
     table lives in private memory (nonce_slots)."""
 
     def __init__(self, capacity: int = 1000, record_bytes: int = 256,
@@ -54,11 +54,13 @@ class Harness:
         self.counts = [0] * len(COUNTERS)
         self.credentials: CredentialCache | None = None
         if cfg["auth.enable"]:
-            nbuf = np.zeros(N.segment_size(1024), dtype=np.uint8)
-            N.init_segment(nbuf, 1024, nonce_key)
+            slots = cfg["auth.nonce_slots"]
+            nbuf = np.zeros(N.segment_size(slots), dtype=np.uint8)
+            N.init_segment(nbuf, slots, nonce_key)
             self.nonces = N.NonceTable(nbuf)
             subscribers.ensure(cfg.auth_db_path)
-            self.credentials = CredentialCache(cfg.auth_db_path, cfg["auth.cache_entries"])
+            self.credentials = CredentialCache(cfg.auth_db_path, cfg["auth.cache_entries"],
+                                               self.counts)
             worker.authenticator = Authenticator(cfg, self.nonces.key, self.nonces,
                                                  self.credentials, self.counts)
         self.app = SipApp(worker, self.counts)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastcluster.core import digest as D
 from fastcluster.core.digest import Nonce, Verdict
@@ -140,3 +142,34 @@ def test_challenge_headers() -> None:
          'Digest realm="ex\\"am", nonce="NONCE", qop="auth", algorithm=SHA-256, stale=true'),
         ("WWW-Authenticate",
          'Digest realm="ex\\"am", nonce="NONCE", qop="auth", algorithm=MD5, stale=true')]
+
+
+PIECES = ['username', 'realm', 'nonce', 'uri', 'response', 'qop', 'nc', 'cnonce', 'x-y',
+          '=', ',', ' ', '\t', '"', '\\', 'a', 'b c', 'auth', '00000001', 'sip:h', ';', '*',
+          '%', "'", 'é']
+
+
+@settings(max_examples=3000, deadline=None, database=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=16).map("".join))
+def test_split_path_agrees_with_the_regex_path(rest: str) -> None:
+    fast = D._split_credentials(rest)
+    if fast is not None and "\\" not in rest:
+        assert fast == D._parse_credentials_slow(rest)
+    after_scheme = ("Digest " + rest).strip(" \t").partition(" ")[2]
+    assert D.parse_credentials("Digest " + rest) == D._parse_credentials_slow(after_scheme)
+
+
+def test_split_path_reads_what_phones_send() -> None:
+    value = ('username="alice",realm="example.com",cnonce="6b8b4567",nc=00000001,qop=auth,'
+             'uri="sip:127.0.0.1:5060",nonce="AWsNEK0AAAF_V3cPD-BqsN3tNv5ikwr7",'
+             'response="7d3c3d2b0a9f0c3d5e3b8e0a1c2d3e4f",algorithm=MD5')
+    assert D._split_credentials(value) == D._parse_credentials_slow(value) is not None
+
+
+def test_open_caches_verified_nonces_only() -> None:
+    codec = D.NonceCodec(KEY)
+    n = codec.make(1000, 0, 1)
+    assert codec.open(n, 1000, 300).state is Nonce.VALID
+    assert codec.open(n, 1400, 300).state is Nonce.EXPIRED  # the cached fields, aged
+    assert codec.open("A" * 32, 1000, 300).state is Nonce.INVALID
+    assert "A" * 32 not in codec._opened and n in codec._opened
