@@ -45,10 +45,13 @@ def test_challenge_answer_and_refreshes_with_sipp(tmp_path) -> None:
                      extra=["-inf", str(users)])
         assert (r.successful, r.failed) == (n, 0), r.stdout
         settle(node, "auth:accepted", 4 * n)  # the answer and 3 refreshes per phone
-        s = stats(node, "auth:challenges", "auth:replayed_nonces", "auth:failed",
+        s = stats(node, "auth:challenges", "auth:retransmissions", "auth:failed",
                   "usrloc:registered_contacts", "registrar:accepted_regs")
-        assert s == {"auth:challenges": n, "auth:replayed_nonces": 0, "auth:failed": 0,
-                     "usrloc:registered_contacts": n, "registrar:accepted_regs": 4 * n}
+        # a loaded machine makes sipp retransmit now and then: a retransmitted first
+        # REGISTER is challenged again, a retransmitted answer is answered again
+        assert s["auth:challenges"] >= n and s["auth:failed"] == 0
+        assert s["usrloc:registered_contacts"] == n
+        assert s["registrar:accepted_regs"] == 4 * n + s["auth:retransmissions"]
     finally:
         node.stop()
 
@@ -67,8 +70,9 @@ def test_wrong_password_is_403_after_retries_with_sipp(tmp_path) -> None:
         settle(node, "auth:forbidden", n)
         s = stats(node, "auth:failed", "auth:challenges", "auth:accepted",
                   "usrloc:registered_contacts")
-        assert s == {"auth:failed": 2 * n, "auth:challenges": n, "auth:accepted": 0,
-                     "usrloc:registered_contacts": 0}
+        assert s["auth:challenges"] >= n  # more if sipp retransmitted a first REGISTER
+        assert {k: s[k] for k in ("auth:failed", "auth:accepted", "usrloc:registered_contacts")
+                } == {"auth:failed": 2 * n, "auth:accepted": 0, "usrloc:registered_contacts": 0}
     finally:
         node.stop()
 
