@@ -38,6 +38,7 @@ CLOCK_SKEW_S = 5  # a nonce "issued" further in the future than this is not ours
 OPENED_CACHE = 8192  # verified nonces a worker remembers (cleared when full)
 
 HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+HEX_LENGTHS = {name: 2 * h().digest_size for name, h in HASHES.items()}
 # Columns of the subscriber table holding each algorithm's HA1 (OpenSIPS names).
 HA1_COLUMNS = {"MD5": "ha1", "SHA-256": "ha1_sha256"}
 
@@ -260,7 +261,7 @@ def answer_fields(params: dict[str, str], algorithms: tuple[str, ...]
     if algorithm not in algorithms:
         return None
     response = params["response"].lower()
-    if len(response) != 2 * HASHES[algorithm]().digest_size or not _HEX.issuperset(response):
+    if len(response) != HEX_LENGTHS[algorithm] or not _HEX.issuperset(response):
         return None
     qop = params.get("qop", "")
     if not qop:
