@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS subscriber (
 );
 """
 I_DB_LOOKUPS = INDEX["auth:db_lookups"]
+BUSY_TIMEOUT_S = 0.05  # the longest a worker waits for SQLite (then: 500, counted)
 _LOOKUP = "SELECT ha1, ha1_sha256 FROM subscriber WHERE username = ? AND domain = ?"
 
 
@@ -154,8 +155,10 @@ class CredentialCache:
     def _connect(self) -> sqlite3.Connection:
         try:
             st = os.stat(self.path)
+            # WAL readers never wait for writers; the short busy timeout bounds the
+            # rare waits left (a writer recovering the WAL index) instead of sqlite3's 5 s.
             db = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True,
-                                 check_same_thread=False)
+                                 check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             db.execute("PRAGMA query_only = 1")
             version = db.execute("PRAGMA data_version").fetchone()[0]
         except (OSError, sqlite3.Error) as exc:
