@@ -2,6 +2,13 @@
 
     .venv/bin/python -m bench.load_register [--users 200000] [--workers 8]
         [--dispatch shared|reuseport] [--limit 200] [--rate 60000] [--replicas 0]
+        [--auth off|on|both]
+
+--auth on: digest authentication (MD5: sipp 3.6 speaks no SHA-256) with one subscriber per
+user in the SQLite database; each sipp call is the register_auth scenario: a REGISTER
+challenged (401), the answer and 3 refreshes within the nonce's life (200 each), so 5
+REGISTERs and 4 answered 200 per user. --auth both runs the unauthenticated load, then
+the authenticated one, in one invocation (fresh node each), and prints them side by side.
 
 Closed loop (sipp -l LIMIT: at most LIMIT REGISTERs outstanding per sipp), unique users,
 on this machine with sipp included; --sipps N splits the users over N sipp processes. CPU per REGISTER is the CPU time (user + system) of every
@@ -24,6 +31,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
 from bench.cpu import cpu_seconds  # noqa: E402
+from fastcluster.services.sip import subscribers  # noqa: E402
 from tests.support import sipp  # noqa: E402
 from tests.support.nodes import Node, start_cluster, wait_until  # noqa: E402
 
@@ -31,52 +39,93 @@ def node_pids(node: Node) -> list[int]:
     return [p["PID"] for p in node.mi("ps")["Processes"]]
 
 
+def role_pids(node: Node) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for p in node.mi("ps")["Processes"]:
+        out.setdefault(p["Role"], []).append(p["PID"])
+    return out
+
+
+REGISTERS_PER_CALL = {False: 1, True: 5}  # register.xml; register_auth.xml (401 + 4)
+OK_PER_CALL = {False: 1, True: 4}  # REGISTERs answered 200 per call
+
+
 def run(users: int, workers: int, dispatch: str, limit: int, rate: int, replicas: int,
-        tmp: pathlib.Path, prefault: str = "start", sipps: int = 1) -> dict[str, float]:
+        tmp: pathlib.Path, prefault: str = "start", sipps: int = 1,
+        auth: bool = False) -> dict[str, float]:
     settings = {"sip": {"dispatch": dispatch}, "usrloc": {"capacity": max(users * 2, 1000)},
                 "core": {"log_level": "warning", "shm_prefault": prefault}}
+    each = users // sipps
+    if auth:
+        settings["auth"] = {"enable": "yes", "algorithms": "MD5", "nonce_expiry_s": 3600}
+
+    def provision(node: Node) -> None:
+        if auth:
+            subscribers.add_users(node.db_path, ((f"load{i}x{j}@example.com", "secret")
+                                                 for i in range(sipps) for j in range(each)))
+
     if replicas:
-        nodes = start_cluster(tmp, replicas + 1, workers=workers, settings=settings)
+        nodes = start_cluster(tmp, replicas + 1, workers=workers, settings=settings,
+                              before_start=provision)
         for n in nodes:
             wait_until(lambda n=n: len([1 for c in n.mi("clusterer_list")["Clusters"][0]
                                         ["Nodes"] if c["link_state"] == "Up"]) == replicas,
                        what="cluster up", timeout=30)
     else:
-        nodes = [Node(tmp, workers=workers, settings=settings).start()]
+        node = Node(tmp, workers=workers, settings=settings)
+        provision(node)
+        nodes = [node.start()]
+
+    def load(i: int) -> sipp.SippResult:
+        if not auth:
+            return sipp.run("register", target, tmp / f"sipp{i}", each, rate=rate,
+                            limit=limit, keys={"user": f"load{i}x", "reg_cseq": 1,
+                                               "expires": 3600}, timeout_s=600)
+        inf = sipp.users_file(tmp / f"users{i}.csv", f"load{i}x", each, "secret")
+        return sipp.run("register_auth", target, tmp / f"sipp{i}", each, rate=rate,
+                        limit=limit, keys={"expires": 3600}, timeout_s=600,
+                        call_ids=f"auth{i}x%u-%p", extra=["-inf", str(inf)])
+
     try:
         pids = [p for n in nodes for p in node_pids(n)]
+        roles = role_pids(nodes[0])
         target = ("127.0.0.1", nodes[0].sip_port)
         cpu0 = cpu_seconds(*pids)
+        role0 = {r: cpu_seconds(*ps) for r, ps in roles.items()}
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        each = users // sipps
         with ThreadPoolExecutor(sipps) as pool:
-            results = list(pool.map(
-                lambda i: sipp.run("register", target, tmp / f"sipp{i}", each, rate=rate,
-                                   limit=limit, keys={"user": f"load{i}x", "reg_cseq": 1,
-                                                      "expires": 3600}, timeout_s=600),
-                range(sipps)))
+            results = list(pool.map(load, range(sipps)))
         wall = time.monotonic() - started
-        ok = sum(r.successful for r in results)
+        calls = sum(r.successful for r in results)
+        ok = calls * OK_PER_CALL[auth]
+        registers = calls * REGISTERS_PER_CALL[auth]
         failed = sum(r.failed for r in results)
-        # aggregate rate: all REGISTERs over the longest sipp's own run time
-        rate_seen = ok / max(r.successful / r.rate if r.rate else wall for r in results)
+        # aggregate rate: all calls over the longest sipp's own run time
+        seconds = max(r.successful / r.rate if r.rate else wall for r in results)
+        rate_seen = ok / seconds
         cpu = cpu_seconds(*pids) - cpu0
+        by_role = {r: round(cpu_seconds(*ps) - role0[r], 2) for r, ps in roles.items()}
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # sipp: the only children reaped
         sipp_cpu = kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime
         per_node = [cpu_seconds(*node_pids(n)) for n in nodes]
         lag_s = 0.0
         if replicas:
             t0 = time.monotonic()
-            wait_until(lambda: all(n.mi("ul_digest")["contacts"] == ok for n in nodes),
+            wait_until(lambda: all(n.mi("ul_digest")["contacts"] == calls for n in nodes),
                        timeout=60, what="replicas complete", step=0.05)
             lag_s = time.monotonic() - t0
-        contacts = nodes[0].mi("get_statistics", statistics=["usrloc:registered_contacts"])
+        got = nodes[0].mi("get_statistics", statistics=[
+            "usrloc:registered_contacts", "auth:db_lookups", "auth:accepted"])
         return {"ok": ok, "failed": failed, "sipp_rate": rate_seen,
+                "registers_per_s": registers / seconds, "registers": registers,
                 "wall_s": wall, "cpu_s": cpu, "sipp_cpu_s": sipp_cpu,
-                "cpu_us_per_register": cpu / max(ok, 1) * 1e6,
-                "contacts": contacts["usrloc:registered_contacts"],
-                "replicas_converged_after_s": lag_s, "per_node_cpu_total_s": per_node}
+                "cpu_us_per_register": cpu / max(registers, 1) * 1e6,
+                "cpu_us_per_ok": cpu / max(ok, 1) * 1e6,
+                "contacts": got["usrloc:registered_contacts"],
+                "db_lookups": got["auth:db_lookups"], "auth_accepted": got["auth:accepted"],
+                "replicas_converged_after_s": lag_s, "per_node_cpu_total_s": per_node,
+                "cpu_s_by_role": by_role}
     finally:
         for n in nodes:
             n.stop()
@@ -96,18 +145,28 @@ def main() -> int:
     ap.add_argument("--sipps", type=int, default=1,
                     help="sipp processes in parallel, users split among them (one sipp "
                          "is single-threaded and becomes the ceiling near 20k/s here)")
+    ap.add_argument("--auth", choices=("off", "on", "both"), default="off",
+                    help="digest authentication (both: unauthenticated then authenticated "
+                         "runs, side by side)")
     ns = ap.parse_args()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[ns.auth]
     for i in range(ns.runs):
-        with tempfile.TemporaryDirectory() as d:
-            r = run(ns.users, ns.workers, ns.dispatch, ns.limit, ns.rate, ns.replicas,
-                    pathlib.Path(d), ns.prefault, ns.sipps)
-        print(f"run {i + 1}: {r['ok']} ok, {r['failed']} failed, "
-              f"{r['sipp_rate']:.0f} REGISTER/s (sipp), wall {r['wall_s']:.1f} s, "
-              f"node CPU {r['cpu_s']:.1f} s = {r['cpu_us_per_register']:.1f} us/REGISTER, "
-              f"sipp CPU {r['sipp_cpu_s']:.1f} s ({r['sipp_cpu_s'] / r['wall_s']:.0%} of a core), "
-              f"contacts {r['contacts']}"
-              + (f", replicas equal {r['replicas_converged_after_s']:.2f} s after sipp"
-                 if ns.replicas else ""), flush=True)
+        for auth in modes:
+            with tempfile.TemporaryDirectory() as d:
+                r = run(ns.users, ns.workers, ns.dispatch, ns.limit, ns.rate, ns.replicas,
+                        pathlib.Path(d), ns.prefault, ns.sipps, auth)
+            label = "auth " if auth else "plain"
+            extra = (f" ({r['registers_per_s']:.0f} REGISTER/s with the 401s; "
+                     f"{r['cpu_us_per_ok']:.1f} us per 200; SQLite lookups "
+                     f"{r['db_lookups']})" if auth else "")
+            print(f"run {i + 1} {label}: {r['ok']} answered 200, {r['failed']} failed calls, "
+                  f"{r['sipp_rate']:.0f} REGISTER/s answered 200 (sipp), wall "
+                  f"{r['wall_s']:.1f} s, node CPU {r['cpu_s']:.1f} s = "
+                  f"{r['cpu_us_per_register']:.1f} us/REGISTER{extra}, sipp CPU "
+                  f"{r['sipp_cpu_s']:.1f} s ({r['sipp_cpu_s'] / r['wall_s']:.0%} of a core), "
+                  f"contacts {r['contacts']}, node CPU by role {r['cpu_s_by_role']}"
+                  + (f", replicas equal {r['replicas_converged_after_s']:.2f} s after sipp"
+                     if ns.replicas else ""), flush=True)
     return 0
 
 

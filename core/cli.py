@@ -2,7 +2,8 @@
 
     fastcluster [-c FILE.ini] [-w N] [--SECTION-KEY VALUE ...]   run a node (foreground)
     fastcluster check-config [-c FILE.ini] [options]             validate, print, exit
-    fastcluster mi [--mi-url URL] CMD [name=value ...]           call the MI, print JSON
+    fastcluster mi [--mi-url URL] CMD [name=value ... | value ...]  call the MI, print JSON
+    fastcluster user add|passwd|del|list [-c FILE.ini] [USER@DOMAIN]  manage subscribers
     fastcluster warm [options]                                   compile/cache the kernels
     fastcluster settings-doc                                     print docs/settings.md
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +25,7 @@ from fastcluster.core.config import ConfigError, Config, kernel_cache_dir, load,
 from fastcluster.core.errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
 from fastcluster.core.settings import SECTIONS, SETTINGS
 
-COMMANDS = ("run", "check-config", "mi", "warm", "settings-doc")
+COMMANDS = ("run", "check-config", "mi", "warm", "settings-doc", "user")
 
 
 def _settings_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -95,37 +97,126 @@ def _cmd_warm(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _mi_params(parser: argparse.ArgumentParser, items: list[str]) -> dict | list:
+    """name=value pairs (values parsed as JSON when they are), or positional values
+    (strings, except JSON arrays and objects), as OpenSIPS's tools send them."""
+    named = [bool(_PARAM_NAME.match(item)) for item in items]
+    if all(named):
+        params: dict[str, object] = {}
+        for item in items:
+            name, _, text = item.partition("=")
+            try:
+                params[name] = json.loads(text)
+            except ValueError:
+                params[name] = text
+        return params
+    if any(named):
+        parser.error("give parameters either all as name=value or all as values")
+    values: list[object] = []
+    for item in items:
+        if item[:1] in "[{":
+            try:
+                values.append(json.loads(item))
+                continue
+            except ValueError:
+                pass
+        values.append(item)
+    return values
+
+
 def _cmd_mi(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="fastcluster mi", allow_abbrev=False,
                                      description="Call an MI command and print its JSON result.")
-    parser.add_argument("--mi-url", default="http://127.0.0.1:8888/mi",
-                        help="MI endpoint (default http://127.0.0.1:8888/mi)")
+    parser.add_argument("-c", "--config", metavar="FILE.ini",
+                        help="take the MI address and token from this node's configuration")
+    parser.add_argument("--mi-url", default=None,
+                        help="MI endpoint (default: from -c, else http://127.0.0.1:8888/mi)")
+    parser.add_argument("--mi-token", default=None,
+                        help="access token ([mi] token); default $FASTCLUSTER_MI_TOKEN, "
+                             "else from -c")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (30)")
     parser.add_argument("command", help="MI command, e.g. ps, get_statistics, ul_dump")
-    parser.add_argument("params", nargs="*", metavar="name=value",
-                        help="named parameters; a value that parses as JSON is sent as JSON")
+    parser.add_argument("params", nargs="*", metavar="name=value | value",
+                        help="named parameters (a value that parses as JSON is sent as "
+                             "JSON), or positional values in the command's order")
     ns = parser.parse_args(argv)
-    params: dict[str, object] = {}
-    for item in ns.params:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            parser.error(f"parameter {item!r} is not name=value")
-        try:
-            params[name] = json.loads(text)
-        except ValueError:
-            params[name] = text
+    params = _mi_params(parser, ns.params)
+    url, token = ns.mi_url, ns.mi_token or os.environ.get("FASTCLUSTER_MI_TOKEN")
+    if ns.config:
+        cfg = load(ns.config)
+        host, port = cfg["mi.listen"]
+        url = url or f"http://{f'[{host}]' if ':' in host else host}:{port}/mi"
+        token = token or cfg["mi.token"] or None
+    url = url or "http://127.0.0.1:8888/mi"
     from fastcluster.services.mi.client import MIError, call
 
     try:
-        result = call(ns.mi_url, ns.command, params, timeout=ns.timeout)
+        result = call(url, ns.command, params, timeout=ns.timeout, token=token)
     except MIError as exc:
         print(json.dumps({"error": exc.error}, indent=2), file=sys.stderr)
         return EXIT_RUNTIME
     except OSError as exc:
-        print(f"fastcluster mi: cannot reach {ns.mi_url}: {exc}", file=sys.stderr)
+        print(f"fastcluster mi: cannot reach {url}: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     print(json.dumps(result, indent=2))
     return EXIT_OK
+
+
+def _cmd_user(argv: Sequence[str]) -> int:
+    parser = _settings_parser(
+        "fastcluster user", "Manage the subscribers of the SQLite database "
+        "(auth.db_path, else <core.data_dir>/subscriber.sqlite): add and passwd store the "
+        "HA1 of every digest algorithm for the realm (auth.realm, else the domain), never "
+        "the password. A running node sees changes within 0.2 s.")
+    parser.add_argument("action", choices=("add", "passwd", "del", "list"))
+    parser.add_argument("user", nargs="?", metavar="USER@DOMAIN",
+                        help="the subscriber (list: an optional domain)")
+    parser.add_argument("--password", help="the password (default: asked on the terminal)")
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin")
+    ns = parser.parse_args(argv)
+    cfg = _load_from_args(ns)
+    from fastcluster.services.sip import subscribers
+
+    path = cfg.auth_db_path
+    try:
+        if ns.action == "list":
+            for user in subscribers.list_users(path, ns.user or ""):
+                print(user)
+            return EXIT_OK
+        if not ns.user:
+            parser.error(f"{ns.action} needs USER@DOMAIN")
+        if ns.action == "del":
+            subscribers.delete_user(path, ns.user)
+            print(f"{ns.user} deleted from {path}")
+            return EXIT_OK
+        password = _password(ns)
+        subscribers.set_user(path, ns.user, cfg["auth.realm"], password,
+                             create=ns.action == "add")
+    except (ValueError, subscribers.StoreError, OSError) as exc:
+        print(f"fastcluster user: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"{ns.user} {'added to' if ns.action == 'add' else 'updated in'} {path}")
+    return EXIT_OK
+
+
+def _password(ns: argparse.Namespace) -> str:
+    if ns.password is not None:
+        password = ns.password
+    elif ns.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the passwords differ")
+    if not password:
+        raise ValueError("an empty password is refused")
+    return password
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_mi(rest)
         if command == "warm":
             return _cmd_warm(rest)
+        if command == "user":
+            return _cmd_user(rest)
         if command == "settings-doc":
             sys.stdout.write(render_reference())
             return EXIT_OK

@@ -91,13 +91,21 @@ class Config:
 
     @property
     def data_dir(self) -> str:
-        """Where this instance keeps what outlives a restart ([core] data_dir)."""
+        """Where this instance keeps files across runs (core.data_dir, else a per-user
+        or system state folder per instance)."""
         if self.values["core.data_dir"]:
             return os.path.expanduser(self.values["core.data_dir"])
-        if os.getuid() == 0:
+        if os.geteuid() == 0:
             return os.path.join("/var/lib/fastcluster", self.instance)
         state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         return os.path.join(state, "fastcluster", self.instance)
+
+    @property
+    def auth_db_path(self) -> str:
+        """The subscriber database (auth.db_path, else in data_dir)."""
+        if self.values["auth.db_path"]:
+            return os.path.expanduser(self.values["auth.db_path"])
+        return os.path.join(self.data_dir, "subscriber.sqlite")
 
     @property
     def numba_cache_dir(self) -> str:
@@ -227,6 +235,15 @@ def validate(cfg: Config) -> None:
     if not cfg["clusterer.secret"] and not _is_loopback(host):
         fail("clusterer.secret", f"an empty secret is refused while bin_listen ({host}) "
              "is not a loopback address")
+    mi_host = cfg["mi.listen"][0]
+    if not cfg["mi.token"] and not _is_loopback(mi_host):
+        fail("mi.token", f"an empty token is refused while mi.listen ({mi_host}) is not a "
+             "loopback address")
+    open_sip = [h for _, h, _ in cfg["sip.listen"] if not _is_loopback(h)]
+    if open_sip and not cfg["auth.enable"] and not cfg["auth.allow_open_registrar"]:
+        fail("auth.enable", f"authentication is off while sip.listen has the non-loopback "
+             f"address {open_sip[0]}: set auth.enable = yes (and add users with "
+             "`fastcluster user add`), or auth.allow_open_registrar = yes on purpose")
     if cfg["usrloc.min_expires"] > cfg["usrloc.max_expires"]:
         fail("usrloc.min_expires", f"greater than usrloc.max_expires "
              f"({cfg['usrloc.max_expires']})")

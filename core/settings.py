@@ -8,6 +8,7 @@ Neighbours: core.config (loading, validation, reload), core.cli (command line).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -189,6 +190,54 @@ def _power_of_two_at_least(lo: int, hi: int) -> Parser:
     return parse
 
 
+_HOSTNAME_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9\-_]*[a-z0-9])?")
+
+
+def _domain_list(text: str) -> tuple[str, ...]:
+    """Comma-separated domains (host names or IP addresses), lower-cased."""
+    out = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if not item:
+            continue
+        host = item[1:-1] if item.startswith("[") and item.endswith("]") else item
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            labels = item.rstrip(".").split(".")
+            if not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+                raise SettingValueError(f"{item!r} is not a domain name or IP address") \
+                    from None
+        else:
+            item = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
+        if item in out:
+            raise SettingValueError(f"{item!r} is listed twice")
+        out.append(item)
+    return tuple(out)
+
+
+_domain_list.__doc__ = "comma-separated domains (may be empty)"
+
+DIGEST_ALGORITHMS = ("SHA-256", "MD5")  # RFC 8760 names, strongest first
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    out = []
+    for item in (part.strip().upper() for part in text.split(",")):
+        if not item:
+            continue
+        if item not in DIGEST_ALGORITHMS:
+            raise SettingValueError(f"{item!r} is not one of {', '.join(DIGEST_ALGORITHMS)}")
+        if item in out:
+            raise SettingValueError(f"{item!r} is listed twice")
+        out.append(item)
+    if not out:
+        raise SettingValueError("at least one algorithm is needed")
+    return tuple(out)
+
+
+_algorithms.__doc__ = "comma-separated digest algorithms: " + ", ".join(DIGEST_ALGORITHMS)
+
+
 # ---------------------------------------------------------------- declaration
 
 
@@ -258,7 +307,7 @@ SETTINGS: tuple[Setting, ...] = (
       "sources. Empty means $NUMBA_CACHE_DIR if set, else ~/.cache/fastcluster/numba."),
     S("core", "data_dir", _text, "",
       "Folder of this instance's state that outlives a restart (known cluster members, "
-      "the persistence database). Empty means /var/lib/fastcluster/<instance> for root, "
+      "the subscriber database, the persistence database). Empty means /var/lib/fastcluster/<instance> for root, "
       "else $XDG_STATE_HOME/fastcluster/<instance> (~/.local/state/...)."),
     S("core", "shm_prefault", _choice("start", "background", "no"), "start",
       "Commit the shared tables' memory up front, so no request or sync pays first-touch "
@@ -286,9 +335,55 @@ SETTINGS: tuple[Setting, ...] = (
       "SO_RCVBUF asked for each SIP socket (0 keeps the system default).", unit="bytes"),
     S("sip", "server_header", _text, "",
       "Value of a Server header added to replies (empty: none)."),
+    S("sip", "domains", _domain_list, "",
+      "Domains this registrar serves: a REGISTER whose To host is another one is refused "
+      "(404), and so is one whose Request-URI names another domain (403) unless it is an "
+      "IP address (an edge proxy addressing this node). Empty: any domain."),
     # -- mi
     S("mi", "listen", _host_port, "127.0.0.1:8888",
       "HOST:PORT of the MI HTTP server (JSON-RPC 2.0 at POST /mi)."),
+    S("mi", "token", _text, "",
+      "Access token the MI requires as `Authorization: Bearer TOKEN` (`fastcluster mi` "
+      "sends it from --mi-token, $FASTCLUSTER_MI_TOKEN or -c FILE). Empty is allowed only "
+      "while mi.listen is a loopback address; otherwise the node refuses to start.",
+      secret=True),
+    # -- auth
+    S("auth", "enable", _bool, "no",
+      "Digest authentication (RFC 3261 §22, RFC 8760) of REGISTER against the subscriber "
+      "database. Off is allowed only while every sip.listen address is a loopback one, "
+      "or with auth.allow_open_registrar = yes."),
+    S("auth", "allow_open_registrar", _bool, "no",
+      "Let a node listening for SIP on a non-loopback address run without "
+      "authentication: anyone may then register or remove any AOR."),
+    S("auth", "realm", _text, "",
+      "Realm of the challenges, and of the HA1 hashes `fastcluster user` stores. Empty: "
+      "the domain of the AOR (the To host), as OpenSIPS does.", reloadable=True),
+    S("auth", "algorithms", _algorithms, "SHA-256, MD5",
+      "Digest algorithms offered, one WWW-Authenticate each, preferred first (RFC 8760 "
+      "§2.4; MD5 for older phones).", reloadable=True),
+    S("auth", "nonce_expiry_s", _int_range(5, 86400), "300",
+      "Life of a nonce: answers to an older one get a new challenge with stale=true. "
+      "Within it the nonce may be reused with an increasing nonce count.", unit="s",
+      reloadable=True),
+    S("auth", "max_failures", _int_range(0, 100), "2",
+      "Wrong answers to challenges in a row that get a new challenge; the next one is "
+      "answered 403 (the count travels in the nonce, so it holds across nodes).",
+      reloadable=True),
+    S("auth", "db_path", _text, "",
+      "SQLite subscriber database (table subscriber: username, domain, ha1, ha1_sha256, "
+      "as OpenSIPS). Empty: <core.data_dir>/subscriber.sqlite."),
+    S("auth", "secret", _text, "",
+      "Key of the nonces (HMAC-SHA-256): nodes sharing it accept each other's nonces, so "
+      "a phone challenged by one node may answer another. Empty: derived from "
+      "clusterer.secret; if that is empty too, a random key per run (nonces then hold "
+      "only on this node).", secret=True),
+    S("auth", "cache_entries", _int_range(0, 10_000_000), "65536",
+      "Credentials each SIP worker keeps in memory (LRU, unknown users included), so a "
+      "REGISTER reads SQLite only on a miss; dropped when the database changes."),
+    S("auth", "nonce_slots", _power_of_two_at_least(1024, 1 << 28), "1048576",
+      "Slots of the shared table that remembers the nonce counts seen (replay "
+      "protection), 8 bytes each. A nonce that finds its bucket full is challenged "
+      "again (counted: auth:nonce_table_full)."),
     # -- clusterer
     S("clusterer", "node_id", _int_range(1, 65535), "1",
       "This node's id, unique in its clusters."),

@@ -30,13 +30,17 @@ __all__ = [
     "SipParseError",
     "SipUri",
     "Via",
+    "aor_key",
+    "aor_of",
     "build_request",
     "build_response",
+    "canonical_aor",
     "parse_contacts",
     "parse_message",
     "parse_name_addr",
     "parse_uri",
     "parse_via",
+    "split_list",
     "tag_of",
 ]
 
@@ -76,6 +80,11 @@ _CTL_BYTES = bytes(range(0, 9)) + bytes(range(10, 32)) + b"\x7f"
 # In the slow path the head is decoded with surrogateescape, so undecodable
 # bytes show up as lone surrogates next to the control characters.
 _BAD_TEXT_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\udc80-\udcff]")
+# A quoted-string may carry control characters as quoted-pairs (RFC 3261 §25.1: a
+# backslash then %x00-09 / %x0B-0C / %x0E-7F; RFC 4475 §3.1.1.2 puts NUL, BEL, DEL in
+# a display name this way).  Lines are checked again with such strings removed.
+_QUOTED_CTL_RE = re.compile(
+    '"(?:[^"\\\\\x00-\x08\x0a-\x1f\x7f\udc80-\udcff]|\\\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"')
 # Only the whitespace after the line break is consumed: a leading "[ \t]*"
 # would make the substitution quadratic on long runs of spaces.
 _FOLD_RE = re.compile(r"\r\n[ \t]+")
@@ -266,6 +275,12 @@ def _split_commas(value: str) -> list[str]:
     return parts
 
 
+def split_list(value: str) -> list[str]:
+    """The elements of a comma-separated header value (Path, Route, ...), quoted
+    strings and <...> kept whole, empty elements dropped."""
+    return [part for part in _split_commas(value) if part]
+
+
 def _parse_params(text: str, reason: str) -> dict[str, str | None]:
     """Parse ``*(SEMI generic-param)``; SipParseError(400, reason) otherwise."""
     params: dict[str, str | None] = {}
@@ -417,6 +432,8 @@ def _split_head_slow(data: bytes) -> tuple[list[str], bytes, str]:
     kept: list[str] = []
     for index, line in enumerate(lines):
         bad = _BAD_TEXT_RE.search(line)
+        if bad is not None and '"' in line:
+            bad = _BAD_TEXT_RE.search(_QUOTED_CTL_RE.sub("", line))
         if bad is None:
             kept.append(line)
             continue
@@ -946,6 +963,95 @@ def tag_of(text: str) -> str:
     value = tail[pos + 5 :]
     end = value.find(";")
     return value if end < 0 else value[:end]
+
+
+# --------------------------------------------------------------------------
+# Addresses of record
+#
+# One AOR, one record: the registrar, the MI and every other consumer derive the
+# key of a user's bindings here and nowhere else.
+
+# Characters a user part may carry unescaped (RFC 3261 §25.1: unreserved and
+# user-unreserved); every other byte is written %XX so the key is printable and
+# one spelling stands for one unescaped value.
+_USER_LITERAL = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()&=+$,;?/"
+)
+_ESCAPED_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+# The form nearly every phone sends in To: <sip:user@host>, a plain user and a host
+# name or IPv4 address, then only token header parameters (the tag).  Anything else
+# takes the general path; tests/unit/test_aor.py proves both give the same answer.
+_PLAIN_TO_RE = re.compile(
+    r"<sip:([A-Za-z0-9\-_.!~*'()&=+$,]+)@([A-Za-z0-9.\-]+)>"
+    rf"(?:;[{_TOKEN_CHARS}]+(?:=[{_TOKEN_CHARS}]+)?)*"
+)
+_SCHEMELESS_RE = re.compile(r"[^:@]*@|[^:]*\Z")
+
+
+def _normalize_user(user: str) -> str:
+    """The user part with its escaping normalised: %XX of a literal character is
+    decoded, every other escape is kept with upper-case hex (RFC 3261 §19.1.4 compares
+    user parts after unescaping; the result is a bijection of the unescaped value)."""
+    if "%" not in user:
+        return user
+    raw = bytearray()
+    pos = 0
+    for m in _ESCAPED_RE.finditer(user):
+        raw += user[pos:m.start()].encode()
+        raw.append(int(m.group(1), 16))
+        pos = m.end()
+    raw += user[pos:].encode()
+    return "".join(chr(b) if b in _USER_LITERAL else f"%{b:02X}" for b in raw)
+
+
+def canonical_aor(uri: str) -> str:
+    """The address-of-record key of a SIP or SIPS URI (RFC 3261 §10.3 step 5).
+
+    URI parameters and headers are dropped, the user part's escaping is normalised
+    (escaped and literal spellings of one character are one AOR, case kept), the host
+    is lower-cased (IPv6 in its compressed form) and an explicit port is kept, as
+    §19.1.4 compares them.  ``sip:`` AORs read ``user@host`` (the OpenSIPS form);
+    ``sips:`` ones keep their scheme, a different AOR.  Raises SipParseError: 416 for
+    another scheme (tel:, isbn: ... RFC 4475 §3.1.4.4), 400 for a malformed URI or
+    one carrying a password (an AOR is no place for a secret, and two spellings of
+    one user must not become two records).
+    """
+    text = uri.strip(" \t")
+    scheme = text[:text.find(":") + 1].lower()
+    if scheme != "sip:" and scheme != "sips:":
+        raise SipParseError(416, "Unsupported URI Scheme")
+    u = parse_uri(text)
+    if u.password:
+        raise SipParseError(400, "Password in AOR")
+    host = u.host
+    if host[0] == "[":
+        host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+    port = f":{u.port}" if u.port else ""
+    prefix = "sips:" if u.scheme == "sips" else ""
+    if not u.user:
+        return f"{prefix}{host}{port}"
+    return f"{prefix}{_normalize_user(u.user)}@{host}{port}"
+
+
+def aor_of(to_value: str) -> str:
+    """The AOR key of a To header value (see canonical_aor; same errors, and 400 for
+    a value that is no name-addr/addr-spec).  The common ``<sip:user@host>`` form
+    is answered by one regex match."""
+    m = _PLAIN_TO_RE.fullmatch(to_value)
+    if m is not None:
+        return f"{m.group(1)}@{m.group(2).lower()}"
+    return canonical_aor(parse_name_addr(to_value).uri)
+
+
+def aor_key(text: str) -> str:
+    """The AOR key of what an operator types (MI): a URI, or ``user@host`` without a
+    scheme, read as sip:."""
+    text = text.strip(" \t")
+    if text[:1] == "<" and text[-1:] == ">":
+        text = text[1:-1]
+    if _SCHEMELESS_RE.match(text):
+        text = "sip:" + text
+    return canonical_aor(text)
 
 
 # --------------------------------------------------------------------------

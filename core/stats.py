@@ -14,6 +14,12 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("core", "drop_requests", "requests dropped without an answer"),
     ("core", "unsupported_methods", "requests answered 501"),
     ("core", "too_many_hops", "requests answered 483 (Max-Forwards: 0)"),
+    ("core", "method_not_allowed", "requests answered 405: a method known but not served"),
+    ("core", "no_transaction", "CANCEL/BYE answered 481: no transaction or dialog here"),
+    ("core", "unsupported_uri_scheme", "requests answered 416: Request-URI not sip/sips"),
+    ("core", "bad_request_uri", "requests answered 400: malformed Request-URI"),
+    ("core", "bad_extensions", "requests answered 420: Require of an unsupported extension"),
+    ("core", "bad_via", "requests answered 400: malformed top Via or Via parameter"),
     ("sl", "1xx_replies", "1xx replies sent"),
     ("sl", "2xx_replies", "2xx replies sent"),
     ("sl", "3xx_replies", "3xx replies sent"),
@@ -26,12 +32,34 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("registrar", "refused_not_synced", "wildcard unregistrations answered 503: this node's "
                                         "contacts were not synced yet (it cannot know every "
                                         "binding to remove)"),
+    ("registrar", "foreign_domain", "REGISTERs refused: domain not in sip.domains (403/404)"),
+    ("registrar", "bad_aor", "REGISTERs refused: To is not a SIP AOR (416) or malformed (400)"),
+    ("registrar", "outbound_first_hop", "REGISTERs refused 439: reg-id through a first hop "
+                                        "without outbound"),
+    ("auth", "accepted", "requests whose digest answer was accepted"),
+    ("auth", "challenges", "401 challenges to requests without credentials for the realm"),
+    ("auth", "bad_nonces", "401: a nonce no node sharing our key issued (forged, garbled)"),
+    ("auth", "stale_nonces", "401 stale=true: right password, expired nonce"),
+    ("auth", "replayed_nonces", "401 stale=true: nonce count already used, and not by a "
+                                "retransmission of an applied REGISTER"),
+    ("auth", "retransmissions", "answers with a used nonce count that retransmit an "
+                                "applied REGISTER: answered again, nothing changed"),
+    ("auth", "nonce_table_full", "401 stale=true: the replay table had no room for the nonce"),
+    ("auth", "failed", "401: wrong password or unknown user, retries left"),
+    ("auth", "forbidden", "403: wrong again after auth.max_failures retries"),
+    ("auth", "identity_mismatch", "403: authenticated as another user than the To AOR"),
+    ("auth", "bad_credentials", "400: a Digest answer missing fields or using what was not "
+                                "offered"),
+    ("auth", "unknown_users", "answers for users not in the subscriber database"),
+    ("auth", "db_lookups", "subscriber lookups that read SQLite (worker cache misses)"),
+    ("auth", "db_errors", "subscriber database errors (answered 500)"),
     ("usrloc", "refused_too_long", "contacts refused: strings wider than usrloc.record_bytes"),
     ("usrloc", "refused_table_full", "contacts refused: the contact table is full"),
     ("usrloc", "key_collisions", "bindings refused: 64-bit key collision with another binding"),
     ("usrloc", "lock_waits", "table operations that found their lock busy and yielded"),
     ("usrloc", "expired_contacts", "contacts expired by the timer"),
     ("usrloc", "purged_tombstones", "tombstones purged by the timer"),
+    ("mi", "unauthorized", "MI requests refused: missing or wrong access token (HTTP 401)"),
     ("clusterer", "refused_links", "connections refused (bad secret, duplicate id, ...)"),
     ("clusterer", "corrupt_frames", "connections dropped for a frame that did not decode"),
     ("clusterer", "bad_messages", "well-framed messages whose content made no sense"),
@@ -80,5 +108,14 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("script", "dropped_msgs", "messages for the script dropped: not connected, or "
                                "script.queue_bytes waiting already"),
 )
+
+# OpenSIPS names for the same figures (usrloc exports these), accepted wherever a
+# statistic is named: alias -> our name.
+ALIASES: dict[str, str] = {
+    "usrloc:registered_users": "usrloc:registered_aors",
+    "usrloc:location-users": "usrloc:registered_aors",
+    "usrloc:location-contacts": "usrloc:registered_contacts",
+    "usrloc:location-expires": "usrloc:expired_contacts",
+}
 
 INDEX: dict[str, int] = {f"{g}:{n}": i for i, (g, n, _) in enumerate(COUNTERS)}

@@ -37,7 +37,8 @@ Binding identity (the row key): hash of (+sip.instance, reg-id) when the contact
 its low PARTITION_BITS are the AOR hash's (the contact's ping partition, shm.partitions,
 is read from the key array without touching the row).
 
-REGISTER request buffer (`pack_register`): REQ_WORDS int64 words, the strings AOR,
+REGISTER request buffer (`pack_register`): REQ_WORDS int64 words (the last two hold the
+source address; Q_MODE the MODE_* bits), the strings AOR,
 Call-ID, User-Agent, Path from byte REQ_STRINGS, then per contact (8-aligned) CON_WORDS
 int64 words (uri_len, instance_len, expires (s, 0 removes), q (per mille, -1 none),
 reg_id, methods (-1: the request's), flags) then the URI and instance bytes.
@@ -123,7 +124,12 @@ FIXED = CONTACT.fixed_size
 # request buffer
 REQ_WORDS = 18
 (Q_NCONTACTS, Q_CSEQ, Q_NOW_S, Q_NOW_MS, Q_MAX_CONTACTS, Q_WILDCARD, Q_RFAM, Q_RPORT,
- Q_SOCK, Q_FLAGS, Q_AOR_LEN, Q_CALLID_LEN, Q_UA_LEN, Q_PATH_LEN, Q_METHODS) = range(15)
+ Q_SOCK, Q_FLAGS, Q_AOR_LEN, Q_CALLID_LEN, Q_UA_LEN, Q_PATH_LEN, Q_METHODS, Q_MODE) = range(16)
+# Q_MODE bits. RETRANS_ONLY: apply nothing, answer only if the request is a
+# retransmission of one already applied (same Call-ID and CSeq as a binding), else
+# REG_E_NOT_RETRANS. The registrar uses it for a digest answer whose nonce count was
+# seen: a lost 200's retransmission is answered again, a replay changes nothing.
+MODE_RETRANS_ONLY = 1
 REQ_ADDR = 8 * 16  # 16 bytes of source address (words 16, 17)
 REQ_STRINGS = 8 * REQ_WORDS
 CON_WORDS = 7
@@ -143,13 +149,15 @@ REG_OK = 0
 REG_E_CSEQ = -20  # same Call-ID, lower CSeq: the request fails (§10.3 step 7)
 REG_E_TOO_MANY = -21  # more than max_contacts bindings
 REG_E_OUT_SPACE = -22  # reply text does not fit the output buffer
+REG_E_NOT_RETRANS = -23  # MODE_RETRANS_ONLY and the request is not a retransmission
 
 
 def pack_register(req: np.ndarray, mv: memoryview, aor: bytes, callid: bytes,
                   cseq: int, user_agent: bytes, path: bytes, now_s: int, now_ms: int,
                   max_contacts: int, wildcard: bool, recv_family: int, recv_port: int,
                   recv_addr: bytes, sock: int, flags: int, methods: int,
-                  contacts: list[tuple[bytes, bytes, int, int, int, int, int]]) -> int:
+                  contacts: list[tuple[bytes, bytes, int, int, int, int, int]],
+                  mode: int = 0) -> int:
     """Write a REGISTER into req (the work buffer's request part; mv = memoryview of it).
     contacts are (uri, instance, expires, q, reg_id, methods, flags). Returns bytes
     used, or -1 when it does not fit (the caller answers 500, nothing was written).
@@ -163,7 +171,7 @@ def pack_register(req: np.ndarray, mv: memoryview, aor: bytes, callid: bytes,
         return -1
     _REQ_HEAD.pack_into(mv, 0, len(contacts), cseq, now_s, now_ms, max_contacts,
                         1 if wildcard else 0, recv_family, recv_port, sock, flags,
-                        len(aor), len(callid), len(user_agent), len(path), methods, 0,
+                        len(aor), len(callid), len(user_agent), len(path), methods, mode,
                         recv_addr)
     for s in (aor, callid, user_agent, path):
         mv[pos:pos + len(s)] = s
@@ -480,6 +488,9 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
                 adds += 1
             if f < 0:
                 inserts += 1
+    if w[Q_MODE] & MODE_RETRANS_ONLY and not retrans:
+        unlock_regions(t, lo, hi)
+        return REG_E_NOT_RETRANS
     if retrans:
         n = 0  # nothing to commit: only list the bindings
         adds = removes = inserts = 0

@@ -18,6 +18,7 @@ workers.master (owner).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastcluster.core.config import Config
+from fastcluster.core.digest import derive_key
 from fastcluster.shm import control as CT
+from fastcluster.shm import nonces as N
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.segment import Segment, names_with_prefix, remove_stale
@@ -34,7 +37,19 @@ from fastcluster.shm.tables import TABLE_INDEX, TABLES, ContactTable, Table
 log = logging.getLogger("shm")
 COPY_BYTES = 1 << 22
 
-PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings",)
+PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings", "nonces")
+NONCE_SLOTS_AUTH_OFF = 1024  # a token table: nothing uses it while auth.enable is off
+
+
+def nonce_slots(cfg: Config) -> int:
+    return cfg["auth.nonce_slots"] if cfg["auth.enable"] else NONCE_SLOTS_AUTH_OFF
+
+
+def nonce_key(cfg: Config) -> bytes:
+    """The key digest nonces are signed with: shared by every node with the same
+    auth.secret (or clusterer.secret), random per run when both are empty."""
+    secret = cfg["auth.secret"] or cfg["clusterer.secret"]
+    return derive_key(secret) if secret else os.urandom(32)
 
 
 def part_sizes(cfg: Config) -> dict[str, int]:
@@ -44,6 +59,7 @@ def part_sizes(cfg: Config) -> dict[str, int]:
         sizes[spec.name] = Table.size_for(spec.layout, spec.setting(cfg, "capacity"),
                                           spec.setting(cfg, "record_bytes"), nprocs)
     sizes["rings"] = R.segment_size(nprocs, cfg["clusterer.repl_ring_bytes"], len(TABLES))
+    sizes["nonces"] = N.segment_size(nonce_slots(cfg))
     return sizes
 
 
@@ -59,6 +75,7 @@ class NodeMemory:
             self.tables[spec.name] = spec.open(segments[spec.name].buf)
             setattr(self, spec.name, self.tables[spec.name])
         self.rings = segments["rings"].buf
+        self.nonces = N.NonceTable(segments["nonces"].buf)
 
     @classmethod
     def create(cls, cfg: Config, master_pid: int) -> NodeMemory:
@@ -74,6 +91,7 @@ class NodeMemory:
                              spec.setting(cfg, "record_bytes"), nprocs, node_id)
             R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"],
                            len(TABLES))
+            N.init_segment(made["nonces"].buf, nonce_slots(cfg), nonce_key(cfg))
             return cls(made)
         except BaseException:
             for seg in made.values():
@@ -113,6 +131,7 @@ class NodeMemory:
         for spec in TABLES:
             setattr(self, spec.name, None)
         self.tables = {}
+        self.nonces = None  # type: ignore[assignment]
         self.rings = np.zeros(0, np.uint8)
         for seg in self.segments.values():
             seg.close()

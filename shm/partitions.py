@@ -29,6 +29,7 @@ from fastcluster.shm.contacts import (
     O_RFAM,
     O_RPORT,
     PARTITION_BITS,
+    S_PATH,
     S_URI,
 )
 from fastcluster.shm.control import MAX_PARTITIONS
@@ -106,14 +107,20 @@ def select_due(arena, first, end, owners, owners_old, me, gained, out, max_out):
     return n, s
 
 
+# A ping target in ping_targets' output: TARGET_WORDS int64 words [slot, key, family,
+# port, sock, uri_len, path_len, 0], 16 address bytes, then the URI and the Path (the
+# contact's stored Path header values, RFC 3327), padded to 8 bytes.
+TARGET_WORDS = 8
+TARGET_HEAD = 8 * TARGET_WORDS + 16
+
+
 @njit(cache=True)
 def ping_targets(arena, slots, first, n, now_s, nat_only, flag_nat, out, out_max):
     """For the contacts at slots[first:n] that are LIVE, unexpired and NAT-flagged
-    (unless not nat_only), write what a ping needs into out: per contact int64 words
-    [slot, key, family, port, sock, uri_len] then 16 address bytes and the URI,
-    8-aligned. Returns (entries, bytes, next): it stops before an entry that does not
-    fit, and the caller goes on from slots[next]. Address: the received address when
-    the contact is NAT-ed, else family 0 (the caller resolves the URI's host)."""
+    (unless not nat_only), write what a ping needs into out (one TARGET_HEAD head plus
+    URI and Path each). Returns (entries, bytes, next): it stops before an entry that
+    does not fit, and the caller goes on from slots[next]. Address: the received address
+    when the contact is NAT-ed, else family 0 (the caller resolves the URI's host)."""
     t = views(arena)
     out = unmanaged(out)
     slots = unmanaged(slots)
@@ -134,7 +141,8 @@ def ping_targets(arena, slots, first, n, now_s, nat_only, flag_nat, out, out_max
             i += 1
             continue
         uoff, ulen = seg_span(t, t.rows8, base, S_URI)
-        need = 48 + 16 + ((ulen + 7) & ~7)
+        poff, plen = seg_span(t, t.rows8, base, S_PATH)
+        need = TARGET_HEAD + ((ulen + plen + 7) & ~7)
         if off + need > out_max:
             break
         st64(out, off, s)
@@ -143,8 +151,11 @@ def ping_targets(arena, slots, first, n, now_s, nat_only, flag_nat, out, out_max
         st64(out, off + 24, ld16(t.rows8, base + O_RPORT))
         st64(out, off + 32, t.rows8[base + R_AUX])  # the listener it registered through
         st64(out, off + 40, ulen)
-        copy(out, off + 48, t.rows8, base + O_RADDR, 16)
-        copy(out, off + 64, t.rows8, uoff, ulen)
+        st64(out, off + 48, plen)
+        st64(out, off + 56, 0)
+        copy(out, off + 64, t.rows8, base + O_RADDR, 16)
+        copy(out, off + TARGET_HEAD, t.rows8, uoff, ulen)
+        copy(out, off + TARGET_HEAD + ulen, t.rows8, poff, plen)
         off += need
         count += 1
         i += 1

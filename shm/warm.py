@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from fastcluster.shm import contacts as C
+from fastcluster.shm import nonces as N
 from fastcluster.shm import partitions as P
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
@@ -115,6 +116,11 @@ def warm_kernels() -> float:
     P.missed_over(ct_buf, slots, 0, 1, slots)
     P.count_owned(ct_buf, owners, 1, True, 1)
     C.ul_remove_slot(ct_buf, ring, 0, np.uint64(2), now_s * 1000, me, 1, row)
+
+    # digest nonce replay table
+    nb = np.zeros(N.segment_size(64), dtype=np.uint8)
+    N.init_segment(nb, 64, bytes(32))
+    N.NonceTable(nb).use(12345, 1, now_s, now_s + 60)
 
     # timer and recovery
     contacts.expire(now_s, 60, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)

@@ -92,7 +92,7 @@ class ClusterProcess(Child):
         mi_rings = {name: self.mem.ring(CT.SLOT_MI, name) for name in self.mem.tables}
         context = MIContext(self.cfg, self.mem, self.cluster, mi_rings,
                             T.lock_word(self.pid, CT.SLOT_MI), CT.SLOT_MI, self.sip_sockets,
-                            self.mi)
+                            self.mi, self.mem.control.stats[CT.SLOT_MI])
         remote.attach(self.cluster, context.run_mi)
         self.mi.start(context)
         await self.script.start()

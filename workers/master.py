@@ -14,6 +14,7 @@ Neighbours: workers.child (what runs after fork), workers.sip_worker/cluster/tim
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import select
@@ -22,6 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -33,6 +35,9 @@ from fastcluster.core.settings import SETTINGS
 from fastcluster.shm import control as CT
 from fastcluster.workers import osutil
 from fastcluster.workers.child import Child, NodeContext, SipSocket, child_entry
+
+if TYPE_CHECKING:
+    from fastcluster.shm.node import NodeMemory, Stale
 
 log = logging.getLogger("master")
 
@@ -88,6 +93,43 @@ def bind_sip(cfg: Config) -> list[SipSocket]:
     return out
 
 
+def adopt_stale(cfg: Config, stale: Stale, mem: NodeMemory) -> None:
+    """Copy into mem what a killed master's segments hold (shm.node.Stale), and say so."""
+    started = time.monotonic()
+    try:
+        why = stale.adopt_into(mem, cfg["clusterer.node_id"])
+    finally:
+        stale.close()
+    log.warning("removed %d shared-memory names left by a previous run: %s",
+                len(stale.names), ", ".join(stale.names))
+    if why is not None:
+        log.warning("the tables they held were not adopted: %s", why)
+    else:
+        log.warning("adopted the tables a killed master left: %s in %.2f s; this node "
+                    "re-sends what it had not replicated and syncs",
+                    ", ".join(f"{n} {r}" for n, r in stale.adopted.items()),
+                    time.monotonic() - started)
+
+
+def open_subscribers(cfg: Config) -> None:
+    """Create the subscriber database if authentication needs it (the workers open
+    it read-only), or say loudly that the registrar is open."""
+    if not cfg["auth.enable"]:
+        if any(not ipaddress.ip_address(h).is_loopback for _, h, _ in cfg["sip.listen"]):
+            log.warning("authentication is off on a non-loopback SIP listener "
+                        "(auth.allow_open_registrar): anyone may register any AOR")
+        return
+    from fastcluster.services.sip.subscribers import StoreError, ensure, list_users
+
+    path = cfg.auth_db_path
+    try:
+        ensure(path)
+        users = len(list_users(path))
+    except (StoreError, OSError) as exc:
+        raise StartupError(f"subscriber database: {exc}") from None
+    log.info("authentication on: %d subscribers in %s", users, path)
+
+
 class Master:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -113,6 +155,7 @@ class Master:
             raise StartupError(f"instance {self.cfg.instance!r} is already running (master "
                                f"pid {self.lock.holder()}, lock {self.lock.path})")
         sip = bind_sip(self.cfg)
+        open_subscribers(self.cfg)
         mi_host, mi_port = self.cfg["mi.listen"]
         mi_sock = _bind(socket.AF_INET6 if ":" in mi_host else socket.AF_INET,
                         socket.SOCK_STREAM, mi_host, mi_port, "mi")
@@ -130,7 +173,7 @@ class Master:
         stale = Stale.take(self.cfg.shm_prefix)  # a killed master's segments
         mem = NodeMemory.create(self.cfg, self.pid)
         if stale is not None:
-            self._adopt(stale, mem)
+            adopt_stale(self.cfg, stale, mem)
         if self.cfg["core.shm_prefault"] == "start":
             log.info("shared memory committed: %d MB in %.2f s", mem.nbytes >> 20,
                      mem.prefault())
@@ -147,22 +190,6 @@ class Master:
         log.info("node %d started: %d sip workers on %s, mi %s:%d, bin %s:%d",
                  self.cfg["clusterer.node_id"], self.cfg["core.workers"],
                  ", ".join(s.label for s in sip), mi_host, mi_port, bin_host, bin_port)
-
-    def _adopt(self, stale: Stale, mem: NodeMemory) -> None:
-        started = time.monotonic()
-        try:
-            why = stale.adopt_into(mem, self.cfg["clusterer.node_id"])
-        finally:
-            stale.close()
-        log.warning("removed %d shared-memory names left by a previous run: %s",
-                    len(stale.names), ", ".join(stale.names))
-        if why is not None:
-            log.warning("the tables they held were not adopted: %s", why)
-        else:
-            log.warning("adopted the tables a killed master left: %s in %.2f s; this node "
-                        "re-sends what it had not replicated and syncs",
-                        ", ".join(f"{n} {r}" for n, r in stale.adopted.items()),
-                        time.monotonic() - started)
 
     def _prefault(self) -> None:
         """Commit the shared memory while the node already runs (children fault only

@@ -59,6 +59,16 @@ class SipWorker(Child):
                 s = SipSocket(s.index, s.proto, s.host, s.port, sock)
             self.listeners.append(s)
         self.counts = memoryview(self.stats)
+        self.credentials = None
+        self.authenticator = None
+        if self.cfg["auth.enable"]:
+            from fastcluster.services.sip.auth import Authenticator
+            from fastcluster.services.sip.subscribers import CredentialCache
+
+            self.credentials = CredentialCache(self.cfg.auth_db_path,
+                                               self.cfg["auth.cache_entries"], self.counts)
+            self.authenticator = Authenticator(self.cfg, self.mem.nonces.key, self.mem.nonces,
+                                               self.credentials, self.counts)
         self.app = SipApp(self, self.counts)
 
     def apply_reload(self) -> None:
@@ -67,6 +77,8 @@ class SipWorker(Child):
     def idle(self) -> None:
         self.beat()
         self.check_reload()
+        if self.credentials is not None:
+            self.credentials.refresh()  # a `fastcluster user` change shows within IDLE_S
 
     def run(self) -> None:
         if len(self.listeners) == 1:

@@ -21,14 +21,17 @@ class MIError(Exception):
 
 
 def call(url: str, method: str, params: dict[str, Any] | list[Any] | None = None,
-         timeout: float = 30.0) -> Any:
+         timeout: float = 30.0, token: str | None = None) -> Any:
+    """One JSON-RPC call; token: the node's [mi] token, sent as a bearer header."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or {},
                        "id": next(_ids)}).encode()
+    headers = {"Content-Type": "application/json", "Connection": "close"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        conn.request("POST", parts.path or "/mi", body=body,
-                     headers={"Content-Type": "application/json", "Connection": "close"})
+        conn.request("POST", parts.path or "/mi", body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
     finally:

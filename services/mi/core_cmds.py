@@ -1,7 +1,9 @@
-"""Core MI commands: ps, get_statistics, reset_statistics, which, uptime, version.
+"""Core MI commands: ps, get_statistics, list_statistics, reset_statistics, which, uptime,
+version.
 
 Statistics are the per-process counters of the control segment (core.stats) summed,
-plus gauges computed from the tables at call time. Neighbours: services.mi (registry),
+plus gauges computed from the tables at call time; OpenSIPS's names for the same figures
+(core.stats.ALIASES) are answered too. Neighbours: services.mi (registry),
 shm.control.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version as dist_version
 from typing import Any
 
-from fastcluster.core.stats import COUNTERS
+from fastcluster.core.stats import ALIASES, COUNTERS
 from fastcluster.services.mi.registry import REGISTRY, MIError, command
 from fastcluster.shm import control as CT
 
@@ -28,14 +30,17 @@ GAUGES: dict[str, Callable[[Any], int]] = {
 
 
 def _selected(names: list[str], candidates: list[str]) -> list[str]:
+    """The statistics named (OpenSIPS rules: "all", "group:", "group:name" or a bare
+    name; names compare without case), in the order asked."""
     if not names or "all" in names:
         return candidates
     out = []
-    for want in names:
+    for want in (n.lower() for n in names):
         if want.endswith(":"):
-            out += [c for c in candidates if c.startswith(want)]
+            out += [c for c in candidates if c.lower().startswith(want)]
         else:
-            out += [c for c in candidates if c == want or c.split(":", 1)[1] == want]
+            out += [c for c in candidates
+                    if c.lower() == want or c.split(":", 1)[1].lower() == want]
     return list(dict.fromkeys(out))
 
 
@@ -58,11 +63,29 @@ def mi_get_statistics(node: Any, statistics: list[str] | str | None = None) -> d
     names = [statistics] if isinstance(statistics, str) else list(statistics or [])
     totals = node.mem.control.totals()
     counters = {f"{g}:{n}": int(totals[i]) for i, (g, n, _) in enumerate(COUNTERS)}
-    chosen = _selected(names, list(counters) + list(GAUGES))
+    chosen = _selected(names, list(counters) + list(GAUGES) + list(ALIASES))
     if not chosen:
         raise MIError(404, "Statistics Not Found")
-    return {name: counters[name] if name in counters else GAUGES[name](node)
-            for name in chosen}
+    out = {}
+    for name in chosen:
+        real = ALIASES.get(name, name)
+        out[name] = counters[real] if real in counters else GAUGES[real](node)
+    return out
+
+
+@command("list_statistics")
+def mi_list_statistics(node: Any, statistics: list[str] | str | None = None
+                       ) -> dict[str, str]:
+    """{"group:name": "incremental" | "non-incremental"}: counters only grow (until
+    reset_statistics), gauges are computed from the tables; aliases included."""
+    names = [statistics] if isinstance(statistics, str) else list(statistics or [])
+    kinds = {f"{g}:{n}": "incremental" for g, n, _ in COUNTERS}
+    kinds.update((name, "non-incremental") for name in GAUGES)
+    kinds.update((alias, kinds[real]) for alias, real in ALIASES.items())
+    chosen = _selected(names, list(kinds))
+    if not chosen:
+        raise MIError(404, "Statistics Not Found")
+    return {name: kinds[name] for name in chosen}
 
 
 @command("reset_statistics")
@@ -70,7 +93,8 @@ def mi_reset_statistics(node: Any, statistics: list[str] | str | None = None) ->
     """Zero counters (gauges are left alone)."""
     names = [statistics] if isinstance(statistics, str) else list(statistics or [])
     all_names = [f"{g}:{n}" for g, n, _ in COUNTERS]
-    chosen = _selected(names, all_names)
+    chosen = [ALIASES.get(n, n) for n in _selected(names, all_names + list(ALIASES))]
+    chosen = [n for n in chosen if n in all_names]
     if not chosen:
         raise MIError(404, "Statistics Not Found")
     for name in chosen:

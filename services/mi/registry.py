@@ -12,6 +12,7 @@ objects, never a crash. Neighbours: services.mi.core_cmds / clusterer_cmds, serv
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import json
 import logging
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from fastcluster.core.config import Config
     from fastcluster.services.cluster.api import ClusterAPI
     from fastcluster.shm.node import NodeMemory
+
 
 log = logging.getLogger("mi")
 
@@ -67,6 +69,10 @@ class Command:
     # forwards): names, and those without a default. None: read from the handler.
     declared: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     cluster: bool = False  # uses the cluster API: runs in the cluster process's loop
+    # The order a JSON array of params binds in, when it is not the handler's: OpenSIPS
+    # 3.x tools send ul_show_contact ["location", "alice@..."] (table first) while
+    # `aor=` alone must keep working by name.
+    positional: tuple[str, ...] | None = None
 
     @property
     def params(self) -> list[str]:
@@ -87,17 +93,19 @@ REGISTRY: dict[str, Command] = {}
 
 
 def command(name: str, *, heavy: bool = False, cluster: bool = False,
-            aliases: tuple[str, ...] = ()) -> Callable:
+            aliases: tuple[str, ...] = (), positional: tuple[str, ...] | None = None
+            ) -> Callable:
     """Register handler(node, **params) -> JSON-able result, a coroutine, or Streamed.
     heavy: it reads a whole table (a worker thread; refused inside a batch); cluster: it
-    uses node.cluster (it runs in the cluster loop, so it must be quick)."""
+    uses node.cluster (it runs in the cluster loop, so it must be quick); positional:
+    the order of an array of params, if not the handler's."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         for n in (name,) + aliases:
             if n in REGISTRY:
                 raise RuntimeError(f"MI command {n} registered twice")
             REGISTRY[n] = Command(n, fn, heavy, (fn.__doc__ or "").strip().split("\n")[0],
-                                  cluster=cluster)
+                                  cluster=cluster, positional=positional)
         return fn
 
     return wrap
@@ -129,9 +137,10 @@ def _bind_params(cmd: Command, params: Any) -> dict[str, Any]:
     if params is None:
         return {}
     if isinstance(params, list):
-        if len(params) > len(names):
-            raise MIError(INVALID_PARAMS, f"{cmd.name} takes at most {len(names)} params")
-        return dict(zip(names, params))
+        order = list(cmd.positional) if cmd.positional is not None else names
+        if len(params) > len(order):
+            raise MIError(INVALID_PARAMS, f"{cmd.name} takes at most {len(order)} params")
+        return dict(zip(order, params))
     if isinstance(params, dict):
         unknown = [k for k in params if k not in names]
         if unknown:
@@ -191,3 +200,14 @@ async def handle_body(node: Any, body: bytes) -> Any:
                 replies.append(await dispatch(node, r))
         return [r for r in replies if r is not None] or None
     return await dispatch(node, request)
+
+
+def authorized(token: str, header: str | None) -> bool:
+    """Whether a request may use the MI: no [mi] token is configured (the listener is
+    a loopback one: core.config refuses otherwise), or its `Authorization: Bearer`
+    header carries the token (compared in constant time)."""
+    if not token:
+        return True
+    scheme, _, value = (header or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
+                                                              token.encode())

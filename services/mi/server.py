@@ -8,7 +8,8 @@ cluster loop, quick ones in the MI loop, `heavy` ones (whole-table reads) in a s
 pool of worker threads. `Streamed` results are written as they are produced (chunked
 transfer encoding), a chunk of JSON at a time, so a dump costs a chunk of memory, not
 the table. Table writes from MI commands go through this thread's own process slot
-(its undo area and rings). At most MAX_CONNECTIONS clients at a time; a slow or stuck
+(its undo area and rings). With `[mi] token` set, every request must carry it as a
+bearer token (401 otherwise, counted). At most MAX_CONNECTIONS clients at a time; a slow or stuck
 one only holds its own connection. Neighbours: services.mi.registry (dispatch),
 workers.cluster (host).
 """
@@ -29,7 +30,9 @@ import numpy as np
 
 from fastcluster.core.config import Config
 from fastcluster.services.cluster.api import ClusterAPI
-from fastcluster.services.mi.registry import Command, Streamed, dispatch, handle_body
+from fastcluster.core.stats import INDEX
+from fastcluster.services.mi.registry import Command, Streamed, authorized, dispatch, \
+    handle_body
 from fastcluster.shm.node import NodeMemory
 
 log = logging.getLogger("mi")
@@ -54,6 +57,7 @@ class MIContext:
     slot: int
     sip_sockets: list[str]
     thread: MIThread
+    stats: np.ndarray  # the MI thread's statistics row (its own process slot)
 
     async def run_mi(self, cmd: str, params: Any) -> dict[str, Any]:
         """Run an MI command here (for cluster_broadcast_mi, or for another node):
@@ -185,6 +189,10 @@ class MIServer:
             await self._send(writer, 400, b'{"error": "bad request line"}', False)
             return False
         method, path = parts[0], parts[1]
+        if not authorized(self.node.cfg["mi.token"], headers.get("authorization")):
+            self.node.stats[INDEX["mi:unauthorized"]] += 1
+            await self._send(writer, 401, b'{"error": "missing or wrong MI token"}', False)
+            return False
         if path.split("?")[0] != "/mi":
             await self._send(writer, 404, b'{"error": "use POST /mi"}', keep)
             return keep
@@ -236,7 +244,8 @@ class MIServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, keep: bool) -> None:
-        reason = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+        reason = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+                  404: "Not Found",
                   405: "Method Not Allowed", 411: "Length Required",
                   413: "Payload Too Large", 503: "Service Unavailable"}[status]
         writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"

@@ -4,7 +4,9 @@ Every tick the pinger sweeps the next slice of the contact table, so the whole t
 covered once per natping_interval_s with a flat load; a kernel picks the live,
 NAT-flagged (or all) contacts whose partition this node owns, and each gets a SIP
 OPTIONS (or a CRLF CRLF keep-alive) from the listener it registered through, to its
-received address. When the partition map changes the partitions gained are pinged at
+received address, or, when it registered through an edge proxy that added a Path
+(RFC 3327), to the first Path hop with the Path as its Route set, so the edge reaches a
+phone behind its NAT. When the partition map changes the partitions gained are pinged at
 once, and for OVERLAP_S the partitions just lost are still pinged: while nodes' views
 disagree a duplicate ping is better than a missed one. Replies are matched by the SIP
 workers (Call-ID fcping-<node>-<slot>-<key>) and reset the contact's missed count; with
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fastcluster.core.config import Config
+from fastcluster.core.sip import SipParseError, parse_name_addr, parse_uri, split_list
 from fastcluster.core.stats import INDEX
 from fastcluster.services.mi.registry import command
 from fastcluster.shm import contacts as C
@@ -40,7 +43,8 @@ BATCH = 4096
 CALLID_PREFIX = "fcping-"
 KEY_MASK = (1 << 64) - 1
 KEEPALIVE = b"\r\n\r\n"
-ENTRY = struct.Struct("<6q")  # a ping target's words (shm.partitions.ping_targets)
+ENTRY = struct.Struct(f"<{P.TARGET_WORDS}q")  # a ping target's words (P.ping_targets)
+ROUTE_CACHE = 4096  # Path values remembered with their first hop (few edges, many phones)
 # status words of the timer's slot (shm.control status area)
 (S_CYCLES, S_LAST_PINGS, S_LAST_SECONDS_US, S_LAST_END_MS, S_CURRENT_PINGS, S_OVERRUNS,
  S_OWNED) = range(7)
@@ -110,6 +114,7 @@ class NatPinger:
                                    8 * self.table.nslots].view(np.uint64)
         self.branch = 0
         self.no_gain = np.zeros(0, dtype=np.uint8)
+        self.routes: dict[str, tuple[tuple, str] | None] = {}
         self.apply_config(timer.cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -200,21 +205,29 @@ class NatPinger:
         off = 0
         pinged = []
         keepalive = self.keepalive
+        head_len = P.TARGET_HEAD
         for _ in range(count):
-            slot, key, family, port, sock_index, ulen = ENTRY.unpack_from(data, off)
-            uri = data[off + 64:off + 64 + ulen].decode("utf-8", "replace")
-            dest = _destination(family, data[off + 48:off + 64], port, uri)
-            off += 64 + ((ulen + 7) & ~7)
+            slot, key, family, port, sock_index, ulen, plen, _ = ENTRY.unpack_from(data, off)
+            text = off + head_len
+            uri = data[text:text + ulen].decode("utf-8", "replace")
+            route = ""
+            if plen:  # through the edge that added the Path, whatever the source was
+                path = data[text + ulen:text + ulen + plen].decode("utf-8", "replace")
+                hop = self._route(path)
+                dest, route = hop if hop is not None else (None, "")
+            else:
+                dest = _destination(family, data[off + 64:off + 80], port, uri)
+            off += head_len + ((ulen + plen + 7) & ~7)
             via = self.vias.get(sock_index) or self.vias.get(-1)
             if dest is None or via is None:
                 self._count("nathelper:unreachable")
                 continue
             sock, head = via
-            if keepalive:
-                msg = KEEPALIVE
+            if keepalive and not route:
+                msg = KEEPALIVE  # a Path'd contact needs the edge to route: OPTIONS
             else:
                 self.branch += 1
-                msg = (f"OPTIONS {uri} SIP/2.0\r\n{head}{self.branch:x}\r\n"
+                msg = (f"OPTIONS {uri} SIP/2.0\r\n{head}{self.branch:x}\r\n{route}"
                        f"From: <{self.from_uri}>;tag={self.node:x}.{self.branch:x}\r\n"
                        f"To: <{uri}>\r\n"
                        f"Call-ID: {CALLID_PREFIX}{self.node}-{slot}-{key & KEY_MASK:x}\r\n"
@@ -234,6 +247,16 @@ class NatPinger:
         self._count("nathelper:pings_sent", sent)
         return sent
 
+    def _route(self, path: str) -> tuple[tuple, str] | None:
+        """(first hop address, Route header line) of a stored Path, cached."""
+        routes = self.routes
+        if path in routes:
+            return routes[path]
+        if len(routes) >= ROUTE_CACHE:
+            routes.clear()
+        hop = routes[path] = path_route(path)
+        return hop
+
     def _remove_lost(self, slots: np.ndarray) -> None:
         out = np.zeros(slots.shape[0], dtype=np.int64)
         m = int(P.missed_over(self.table.buf, slots, slots.shape[0], self.max_lost, out))
@@ -251,25 +274,50 @@ class NatPinger:
 
 
 
+def uri_destination(uri: str) -> tuple | None:
+    """The (host, port[, 0, 0]) a UDP request for this SIP URI goes to when its host is
+    an IP address (maddr wins, as RFC 3261 §18.1.1 says); None for a host name (the
+    pinger resolves no names) or a transport other than UDP."""
+    try:
+        u = parse_uri(uri)
+    except SipParseError:
+        return None
+    if (u.params.get("transport") or "udp").lower() != "udp":
+        return None
+    host = u.params.get("maddr") or u.host
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    port = u.port or (5061 if u.scheme == "sips" else 5060)
+    return (str(ip), port) if ip.version == 4 else (str(ip), port, 0, 0)
+
+
+def path_route(path: str) -> tuple[tuple, str] | None:
+    """Where a request to a contact registered with this Path goes (RFC 3327 §5.3: the
+    Path values become the Route set, the first hop receives it), and the Route header
+    line carrying them; None if the first hop cannot be reached."""
+    hops = split_list(path)
+    if not hops:
+        return None
+    try:
+        first = parse_name_addr(hops[0]).uri
+    except SipParseError:
+        return None
+    dest = uri_destination(first)
+    if dest is None:
+        return None
+    return dest, f"Route: {', '.join(hops)}\r\n"
+
+
 def _destination(family: int, raw: bytes, port: int, uri: str) -> tuple | None:
-    """Where a ping goes: the received address, else the URI's host if it is an IP."""
+    """Where a ping without Path goes: the received address, else the URI's host if it
+    is an IP address."""
     if family == 4:
         return (socket.inet_ntop(socket.AF_INET, raw[:4]), port)
     if family == 6:
         return (socket.inet_ntop(socket.AF_INET6, raw), port, 0, 0)
-    rest = uri.split(":", 1)[-1].split(";", 1)[0].split("?", 1)[0]
-    hostport = rest.rsplit("@", 1)[-1]
-    if hostport.startswith("["):
-        host, _, tail = hostport[1:].partition("]")
-        port_text = tail[1:] if tail.startswith(":") else ""
-    else:
-        host, _, port_text = hostport.partition(":")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None  # a host name: not resolved by the pinger
-    p = int(port_text) if port_text.isdigit() else 5060
-    return (str(ip), p) if ip.version == 4 else (str(ip), p, 0, 0)
+    return uri_destination(uri)
 
 
 @command("ul_ping_partitions", heavy=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import re
 import socket
 import time
@@ -22,18 +23,21 @@ from typing import Any
 import numpy as np
 
 from fastcluster.core.config import Config
+from fastcluster.core.digest import Verdict
 from fastcluster.core.sip import (
     SipMessage,
     SipParseError,
+    aor_of,
     build_response,
     parse_contacts,
     parse_message,
-    parse_name_addr,
     parse_uri,
 )
 from fastcluster.core.stats import INDEX
+from fastcluster.services.sip import checks
+from fastcluster.services.sip.auth import Authenticator
 from fastcluster.services.sip.natping import parse_callid
-from fastcluster.services.sip.usrloc import normalize_aor
+from fastcluster.services.sip.subscribers import StoreError
 from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
@@ -46,12 +50,13 @@ log = logging.getLogger("registrar")
 METHOD_BITS = {"INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "OPTIONS": 32,
                "UPDATE": 64, "REGISTER": 128, "MESSAGE": 256, "SUBSCRIBE": 512,
                "NOTIFY": 1024, "PRACK": 2048, "REFER": 4096, "PUBLISH": 8192}
-ALLOW = "REGISTER, OPTIONS"
+ALLOW = checks.ALLOW
 
 _I = INDEX
 I_RCV_REQ, I_RCV_RPL, I_BAD = _I["core:rcv_requests"], _I["core:rcv_replies"], _I["core:bad_msgs"]
-I_DROP, I_501, I_483 = _I["core:drop_requests"], _I["core:unsupported_methods"], \
-    _I["core:too_many_hops"]
+I_DROP = _I["core:drop_requests"]
+I_BAD_AOR, I_439 = _I["registrar:bad_aor"], _I["registrar:outbound_first_hop"]
+I_REPLAYED, I_RETRANS = _I["auth:replayed_nonces"], _I["auth:retransmissions"]
 I_SENT = _I["sl:sent_replies"]
 I_CLASS = [_I.get(f"sl:{c}xx_replies", I_SENT) for c in range(7)]
 I_ACCEPT, I_REJECT = _I["registrar:accepted_regs"], _I["registrar:rejected_regs"]
@@ -61,6 +66,9 @@ I_PING_RPL = _I["nathelper:ping_replies"]
 I_NOT_SYNCED = _I["registrar:refused_not_synced"]
 CONTACTS_BIT = 1 << TABLE_INDEX["contacts"]
 
+# Looks for the binding a retransmitted digest answer's original is committing (bounded:
+# a real replay costs RETRANS_TRIES kernel calls and yields, never a sleep).
+RETRANS_TRIES = 4
 # kernel result -> (status, reason, counter or -1)
 KERNEL_ERRORS = {
     # Not "Invalid CSeq number": sipp takes the first "CSeq" in a reply, reason included.
@@ -82,6 +90,11 @@ class Refuse(Exception):
         self.status, self.reason, self.headers, self.counter = status, reason, headers, counter
 
 
+def refuse(refusal: checks.Refusal) -> Refuse:
+    return Refuse(refusal.status, refusal.reason, list(refusal.headers),
+                  INDEX[refusal.counter])
+
+
 def methods_mask(text: str) -> int:
     mask = 0
     for m in text.replace('"', "").split(","):
@@ -100,7 +113,6 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 # sip:user@host[:port][;params] with a plain host: the form nearly every UA sends.
 _PLAIN_CONTACT = re.compile(r"sip:([^@;?<>\[\]\s\"]+)@([A-Za-z0-9.\-_]+)(?::([0-9]{1,5}))?"
                             r"((?:;[^?<>\s\"]*)?)")
-_PLAIN_AOR = re.compile(r"<sip:([^@;?:<>\[\]\s\"]+)@([A-Za-z0-9.\-_]+)>(?:;.*)?")
 
 
 def contact_parts(uri: str) -> tuple[str, str, int]:
@@ -138,18 +150,6 @@ def contact_parts(uri: str) -> tuple[str, str, int]:
     return canonical, host.strip("[]"), u.port
 
 
-def aor_of(to_value: str) -> str:
-    """Canonical AOR of a To header value (fast path for `<sip:user@host>`)."""
-    m = _PLAIN_AOR.fullmatch(to_value)
-    if m is not None:
-        return f"{m.group(1)}@{m.group(2).lower()}"
-    if to_value[:1] == "<":
-        end = to_value.find(">")
-        if end > 0:
-            return normalize_aor(to_value[1:end])
-    return normalize_aor(parse_name_addr(to_value).uri)
-
-
 class SipApp:
     def __init__(self, worker: Any, counts: list[int]) -> None:
         self.worker = worker
@@ -168,9 +168,16 @@ class SipApp:
         self._date_s = -1
         self._date = b""
         self._logged: set[str] = set()
+        self.auth: Authenticator | None = getattr(worker, "authenticator", None)
+        self._path: list[str] | None = None  # of the REGISTER being handled
+        self._outbound = False  # its reg-id was honoured (RFC 5626)
+        self._replay: Any = None  # its digest answer reused a nonce count (auth.Outcome)
         self.apply_config(worker.cfg)
 
     def apply_config(self, cfg: Config) -> None:
+        if self.auth is not None:
+            self.auth.apply_config(cfg)
+        self.domains: tuple[str, ...] = cfg["sip.domains"]
         self.min_expires = cfg["usrloc.min_expires"]
         self.max_expires = cfg["usrloc.max_expires"]
         self.default_expires = cfg["usrloc.default_expires"]
@@ -212,19 +219,25 @@ class SipApp:
             return
         counts[I_RCV_REQ] += 1
         method = msg.method
-        if method == "REGISTER":
-            self.register(msg, addr, listener)
-        elif method == "ACK":
+        if method == "ACK":
             counts[I_DROP] += 1  # an ACK for one of our final replies
-        elif method == "OPTIONS" and _addressed_to_server(msg.ruri):
+            return
+        # RFC 3261 §8.2 in its order: method, Request-URI, extensions; Via first, as
+        # every answer is routed by it.
+        refusal = checks.check_via(msg) or checks.check_method(method, msg.max_forwards) \
+            or checks.check_request_uri(msg.ruri) or checks.check_require(msg)
+        if refusal is not None:
+            counts[INDEX[refusal.counter]] += 1
+            if method == "REGISTER":
+                counts[I_REJECT] += 1
+            self.reply(msg, refusal.status, refusal.reason, addr, listener,
+                       list(refusal.headers))
+        elif method == "REGISTER":
+            self.register(msg, addr, listener)
+        else:  # OPTIONS: this node answers for itself (RFC 3261 §11.2)
             self.reply(msg, 200, "OK", addr, listener,
-                       [("Allow", ALLOW), ("Accept", "application/sdp")])
-        elif msg.max_forwards == 0:
-            counts[I_483] += 1
-            self.reply(msg, 483, "Too Many Hops", addr, listener)
-        else:
-            counts[I_501] += 1
-            self.reply(msg, 501, "Not Implemented", addr, listener, [("Allow", ALLOW)])
+                       [("Allow", ALLOW), ("Accept", "application/sdp"),
+                        ("Supported", checks.SUPPORTED_HEADER)])
 
     def reply(self, msg: SipMessage, status: int, reason: str, addr: tuple, listener: Any,
               headers: list[tuple[str, str]] | None = None, raw: bytes = b"") -> None:
@@ -252,6 +265,19 @@ class SipApp:
             self.counts[I_BAD] += 1
             self.reply(msg, exc.status or 400, exc.reason, addr, listener)
             return
+        except StoreError as exc:
+            self.counts[I_REJECT] += 1
+            self._log_once(f"subscriber database: {exc}")
+            self.reply(msg, 500, "Credentials unavailable", addr, listener)
+            return
+        if self._replay is not None:
+            replay, self._replay = self._replay, None
+            if status == C.REG_E_NOT_RETRANS:  # a replay: it changed nothing
+                self.counts[I_REPLAYED] += 1
+                self.counts[I_REJECT] += 1
+                self.reply(msg, replay.status, replay.reason, addr, listener, replay.headers)
+                return
+            self.counts[I_RETRANS] += 1
         if status != C.REG_OK:
             code, reason, counter = KERNEL_ERRORS.get(status, (500, f"Server error {status}", -1))
             self.counts[I_REJECT] += 1
@@ -263,15 +289,43 @@ class SipApp:
         out = self.out
         text_len = int(self.out_words[2])
         headers = None
-        if msg.get("path") is not None and \
-                any(v.lower() == "path" for v in msg.get_all("supported")):
-            headers = [("Path", ", ".join(msg.get_all("path")))]  # RFC 3327 §5.3
+        if self._path is not None or self._outbound:
+            supported = [v.lower() for v in msg.get_all("supported")]
+            headers = []
+            if self._path is not None and "path" in supported:
+                headers.append(("Path", ", ".join(self._path)))  # RFC 3327 §5.3
+            if self._outbound and "outbound" in supported:
+                headers.append(("Supported", "outbound"))  # RFC 5626 §6
         self.reply(msg, 200, "OK", addr, listener, headers,
                    self._date_line() + out[C.OUT_TEXT:C.OUT_TEXT + text_len].tobytes())
 
     def _register(self, msg: SipMessage, addr: tuple, listener: Any) -> int:
-        aor = aor_of(msg.to).encode()
+        """Refuse (raise Refuse / SipParseError) or apply the REGISTER; the kernel's
+        status. RFC 3261 §10.3 steps 1-5 here, 6-8 in the kernel."""
+        self._replay = None
+        if self.domains:
+            refusal = checks.check_request_domain(msg.ruri, self.domains)
+            if refusal is not None:
+                raise refuse(refusal)
+        try:
+            aor_text = aor_of(msg.to)
+        except SipParseError as exc:
+            raise Refuse(exc.status, exc.reason, counter=I_BAD_AOR) from None
+        if self.domains:
+            refusal = checks.check_aor_domain(aor_text, self.domains)
+            if refusal is not None:
+                raise refuse(refusal)
+        if self.auth is not None:
+            outcome = self.auth.check(msg, aor_text)
+            if outcome.verdict is Verdict.REPLAYED:
+                self._replay = outcome  # unless the kernel finds a retransmission
+            elif outcome.status:
+                raise Refuse(outcome.status, outcome.reason, outcome.headers)
+        aor = aor_text.encode()
         contacts = parse_contacts(msg)
+        path = msg.get_all("path") if msg.get("path") is not None else None
+        self._path = path
+        self._outbound = False
         header_expires = msg.expires
         src_ip, src_port = addr[0], addr[1]
         now = time.time()
@@ -317,6 +371,11 @@ class SipApp:
                     raise Refuse(400, "Invalid reg-id parameter") from None
                 if reg_id < 0 or reg_id > 0xFFFFFFFF:
                     raise Refuse(400, "Invalid reg-id parameter")
+                if reg_id and instance:
+                    if not checks.outbound_honoured(msg, path or []):
+                        raise Refuse(439, "First Hop Lacks Outbound Support",
+                                     counter=I_439)
+                    self._outbound = True
                 mtext = params.get("methods")
                 cmethods = methods_mask(mtext) if mtext else -1
                 uri, host, port = contact_parts(c.uri)
@@ -332,15 +391,28 @@ class SipApp:
         family, raw = address_bytes(src_ip) if nat_any else (0, bytes(16))
         allow = msg.get("allow")
         ua = msg.get("user-agent") or ""
-        path = msg.get_all("path") if msg.get("path") is not None else None
         n = C.pack_register(  # positional: this is the hot path (see pack_register)
             self.req, self.req_mv, aor, msg.call_id.encode(), msg.cseq_num, ua.encode(),
             ", ".join(path).encode() if path else b"", now_s, int(now * 1000),
             self.max_contacts, wildcard, family, src_port if nat_any else 0, raw,
-            listener.index, 0, methods_mask(allow) if allow else 0, packed)
+            listener.index, 0, methods_mask(allow) if allow else 0, packed,
+            C.MODE_RETRANS_ONLY if self._replay is not None else 0)
         if n < 0:
             raise Refuse(500, "Contact too long for usrloc.record_bytes", counter=I_TOO_LONG)
-        return retry_busy(self._kernel, self._lock_wait)
+        status = retry_busy(self._kernel, self._lock_wait)
+        tries = 1
+        while status == C.REG_E_NOT_RETRANS and tries < RETRANS_TRIES:
+            # Two copies of one request may run in two workers at once: the first took
+            # the nonce count and is about to commit; let it, then look again.
+            os.sched_yield()
+            status = retry_busy(self._kernel, self._lock_wait)
+            tries += 1
+        return status
+
+    def _log_once(self, cause: str) -> None:
+        if cause not in self._logged and len(self._logged) < 100:
+            self._logged.add(cause)
+            log.error("%s (further ones are only counted)", cause)
 
     def contacts_synced(self) -> bool:
         return bool(int(self.words[CT.W_SYNCED]) & CONTACTS_BIT)
@@ -370,9 +442,3 @@ def _q_per_mille(text: str | None) -> int:
     if not 0.0 <= q <= 1.0:
         raise Refuse(400, "Invalid q value")
     return int(round(q * 1000))
-
-
-def _addressed_to_server(ruri: str) -> bool:
-    """An OPTIONS for the server itself: a Request-URI with no user part."""
-    rest = ruri.split(":", 1)[-1]
-    return "@" not in rest.split(";", 1)[0]

@@ -107,7 +107,8 @@ def test_other_methods_fuzz_and_survival(tmp_path) -> None:
             s.bind(("127.0.0.1", 0))
             s.settimeout(5)
             port = s.getsockname()[1]
-            assert _ask(s, _request("INVITE", port), to)[0].startswith("SIP/2.0 501")
+            assert _ask(s, _request("INVITE", port), to)[0].startswith("SIP/2.0 405")
+            assert _ask(s, _request("FOO", port), to)[0].startswith("SIP/2.0 501")
             assert _ask(s, _request("MESSAGE", port, mf=0), to)[0].startswith("SIP/2.0 483")
             reply, _ = _ask(s, _request("OPTIONS", port, ruri="sip:127.0.0.1"), to)
             assert reply.startswith("SIP/2.0 200") and "Allow:" in reply
@@ -151,7 +152,8 @@ def test_ipv4_and_ipv6_listeners_reply_from_the_socket_used(tmp_path) -> None:
                 s.bind((host, 0))
                 s.settimeout(5)
                 me = s.getsockname()[1]
-                reply, src = _ask(s, _request("OPTIONS", me, ruri=f"sip:{host}"), (host, port))
+                ruri = f"sip:[{host}]" if ":" in host else f"sip:{host}"  # RFC 5118 §4.2
+                reply, src = _ask(s, _request("OPTIONS", me, ruri=ruri), (host, port))
                 assert reply.startswith("SIP/2.0 200") and src[1] == port
         sockets = {c["Socket"] for c in []} | {l for l in ("udp:127.0.0.1", "udp:[::1]")}
         assert sockets

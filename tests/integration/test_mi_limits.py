@@ -2,22 +2,13 @@
 batches and streamed dumps, and the cluster port bounds what strangers may hold."""
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
-import urllib.request
 
 from tests.support import leaks
 from tests.support.nodes import Node, start_cluster, up_set, wait_until
 from tests.support.writer import Writer
-
-
-def post(node: Node, body: object) -> object:
-    req = urllib.request.Request(node.mi_url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
 
 
 def rss_kb(pid: int) -> int:
@@ -33,8 +24,8 @@ def test_batches_are_bounded_and_heavy_commands_go_alone(tmp_path) -> None:
     node = Node(tmp_path, workers=1).start()
     try:
         too_many = [{"jsonrpc": "2.0", "method": "uptime", "id": i} for i in range(101)]
-        assert "at most 100" in post(node, too_many)["error"]["message"]
-        mixed = post(node, [{"jsonrpc": "2.0", "method": "uptime", "id": 1},
+        assert "at most 100" in node.post(too_many)["error"]["message"]
+        mixed = node.post([{"jsonrpc": "2.0", "method": "uptime", "id": 1},
                             {"jsonrpc": "2.0", "method": "ul_dump", "id": 2}])
         assert "result" in mixed[0] and "call it alone" in mixed[1]["error"]["message"]
     finally:
@@ -67,7 +58,7 @@ def test_mi_load_and_a_big_dump_never_stall_the_cluster(tmp_path) -> None:
             batch = [{"jsonrpc": "2.0", "method": m, "id": i} for i, m in
                      enumerate(["get_statistics", "clusterer_list", "ul_digest"] * 33)]
             for _ in range(20):
-                assert len(post(nodes[0], batch)) == 99
+                assert len(nodes[0].post(batch)) == 99
             dump = nodes[0].mi("ul_dump")
         finally:
             stop.set()

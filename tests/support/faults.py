@@ -16,7 +16,6 @@ import os
 import pathlib
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -147,13 +146,6 @@ def _caps(node: Node) -> list[dict]:
     return [cap for c in node.mi("clusterer_list_cap")["Clusters"] for cap in c["Capabilities"]]
 
 
-def _post(node: Node, body: object) -> object:
-    req = urllib.request.Request(node.mi_url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
-
-
 # ---------------------------------------------------------------- the cases
 
 
@@ -243,7 +235,7 @@ def heavy_mi(fc: FaultCluster) -> str:
     stop = time.monotonic() + fc.scale.fault_s
     calls = 0
     while time.monotonic() < stop:
-        _post(fc.nodes[1], batch)
+        fc.nodes[1].post(batch)
         fc.nodes[1].mi("ul_dump")
         calls += 101
     down = sum(n.mi("get_statistics", statistics=["clusterer:node_down_events"])

@@ -7,6 +7,7 @@ real node), free ports on 127.0.0.1, its own INI file and log file. Every pid it
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pathlib
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import posix_ipc
@@ -74,6 +76,11 @@ class Node:
             "usrloc": {"capacity": 100_000},
             "dialog": {"capacity": 10_000},
         }
+        if netns:  # listeners on a network address: the MI needs a token, SIP auth or
+            # the operator's explicit choice of an open registrar (the tests register
+            # without credentials)
+            base["mi"]["token"] = "test-token"
+            base["auth"] = {"allow_open_registrar": "yes"}
         for section, values in (settings or {}).items():
             base.setdefault(section, {}).update(values)
         self.settings = base
@@ -91,6 +98,11 @@ class Node:
             lines += [f"{k} = {v}" for k, v in values.items()]
             lines.append("")
         self.ini.write_text("\n".join(lines))
+
+    @property
+    def db_path(self) -> str:
+        """The node's subscriber database (auth.db_path default: in core.data_dir)."""
+        return str(self.dir / "data" / "subscriber.sqlite")
 
     @property
     def shm_prefix(self) -> str:
@@ -134,8 +146,22 @@ class Node:
             time.sleep(0.05)
         raise TimeoutError(f"node {self.node_id} not ready ({last}):\n{self.log()}")
 
-    def mi(self, method: str, **params: Any) -> Any:
-        return call(self.mi_url, method, params, timeout=30)
+    def mi(self, method: str, *args: Any, **params: Any) -> Any:
+        """Call the MI by name (params) or positionally (args), with the node's token."""
+        token = self.settings.get("mi", {}).get("token") or None
+        return call(self.mi_url, method, list(args) if args else params, timeout=30,
+                    token=token)
+
+    def post(self, body: Any) -> Any:
+        """A raw JSON-RPC body (a batch, say) to the MI, with the node's token."""
+        headers = {"Content-Type": "application/json"}
+        token = self.settings.get("mi", {}).get("token")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.mi_url, data=json.dumps(body).encode(),
+                                     headers=headers)
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
 
     def children(self) -> list[int]:
         return leaks.children_of(self.pid)
@@ -211,8 +237,9 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", step: 
 
 
 def start_cluster(tmp, count: int, workers: int = 1, settings=None, hosts=None,
-                  seed_index: int = 0) -> list[Node]:
-    """count nodes, ids 1..count, every one but the seed joining through the seed."""
+                  seed_index: int = 0, before_start=None) -> list[Node]:
+    """count nodes, ids 1..count, every one but the seed joining through the seed.
+    before_start(node) runs for each node before any starts (e.g. adding users)."""
     settings = {section: dict(values) for section, values in (settings or {}).items()}
     nodes = [Node(tmp, node_id=i + 1, workers=workers, settings=settings,
                   bin_host=hosts[i] if hosts else "127.0.0.1") for i in range(count)]
@@ -221,6 +248,9 @@ def start_cluster(tmp, count: int, workers: int = 1, settings=None, hosts=None,
         if n is not seed:
             n.settings["clusterer"]["seeds"] = seed.bin_addr
             n.write_ini()
+    for n in nodes:
+        if before_start is not None:
+            before_start(n)
     try:
         for n in nodes:
             n.start(wait=False)

@@ -8,8 +8,12 @@ import numpy as np
 
 from fastcluster.core.config import load
 from fastcluster.core.stats import COUNTERS, INDEX
+from fastcluster.services.sip import subscribers
+from fastcluster.services.sip.auth import Authenticator
 from fastcluster.services.sip.registrar import SipApp
 from fastcluster.shm import control as CT
+from fastcluster.services.sip.subscribers import CredentialCache
+from fastcluster.shm import nonces as N
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT
@@ -27,8 +31,17 @@ class FakeSocket:
 
 
 class Harness:
-    def __init__(self, capacity: int = 1000, record_bytes: int = 256, **usrloc) -> None:
+    """settings: other "section.key" values; with auth.enable, db_path names the
+    subscriber database (tests.support.registrar.authorization answers) and the nonce replay
+    table lives in private memory (nonce_slots)."""
+
+    def __init__(self, capacity: int = 1000, record_bytes: int = 256,
+                 settings: dict[str, str] | None = None, db_path: str = "",
+                 nonce_key: bytes = b"k" * 32, **usrloc) -> None:
         cli = {f"usrloc.{k}": str(v) for k, v in usrloc.items()}
+        cli.update(settings or {})
+        if db_path:
+            cli["auth.db_path"] = db_path
         cfg = load(cli=cli, environ={})
         buf = np.zeros(Table.size_for(CONTACT, capacity, record_bytes, 4), dtype=np.uint8)
         self.table = Table.create(buf, CONTACT, capacity, record_bytes, 4, node_id=1)
@@ -44,6 +57,17 @@ class Harness:
             rings={"contacts": self.ring},
             me=T.lock_word(1, 3), slot=3, cfg=cfg, pid=1)
         self.counts = [0] * len(COUNTERS)
+        self.credentials: CredentialCache | None = None
+        if cfg["auth.enable"]:
+            slots = cfg["auth.nonce_slots"]
+            nbuf = np.zeros(N.segment_size(slots), dtype=np.uint8)
+            N.init_segment(nbuf, slots, nonce_key)
+            self.nonces = N.NonceTable(nbuf)
+            subscribers.ensure(cfg.auth_db_path)
+            self.credentials = CredentialCache(cfg.auth_db_path, cfg["auth.cache_entries"],
+                                               self.counts)
+            worker.authenticator = Authenticator(cfg, self.nonces.key, self.nonces,
+                                                 self.credentials, self.counts)
         self.app = SipApp(worker, self.counts)
         self.sock = FakeSocket()
         self.listener = types.SimpleNamespace(sock=self.sock, index=0)
@@ -78,3 +102,36 @@ def register(aor: str = "alice@example.com", cseq: int = 1, callid: str = "cid-1
         lines += extra.strip().split("\n")
     lines += ["Content-Length: 0", "", ""]
     return "\n".join(lines)
+
+
+def challenges(reply: str) -> list[dict[str, str]]:
+    """The WWW-Authenticate params of a 401, in order."""
+    from fastcluster.core.digest import parse_credentials
+
+    out = []
+    for line in reply.split("\r\n"):
+        if line.startswith("WWW-Authenticate:"):
+            params = parse_credentials(line.split(":", 1)[1])
+            assert params is not None, line
+            out.append(params)
+    return out
+
+
+def authorization(challenge: dict[str, str], user: str, password: str,
+                  uri: str = "sip:example.com", method: str = "REGISTER", nc: int = 1,
+                  cnonce: str = "c0ffee", username: str | None = None,
+                  qop: bool = True) -> str:
+    """The Authorization line a phone knowing the password sends (RFC 7616)."""
+    from fastcluster.core.digest import expected_response, ha1
+
+    algorithm = challenge["algorithm"]
+    name = username if username is not None else user
+    h = ha1(algorithm, name, challenge["realm"], password)
+    ncs = f"{nc:08x}"
+    response = expected_response(algorithm, h, challenge["nonce"], method, uri,
+                                 "auth" if qop else "", ncs if qop else "",
+                                 cnonce if qop else "")
+    tail = f', qop=auth, nc={ncs}, cnonce="{cnonce}"' if qop else ""
+    return (f'Authorization: Digest username="{name}", realm="{challenge["realm"]}", '
+            f'nonce="{challenge["nonce"]}", uri="{uri}", response="{response}", '
+            f'algorithm={algorithm}{tail}')

@@ -62,6 +62,17 @@ def run(scenario: str, target: tuple[str, int], workdir: pathlib.Path, calls: in
     return SippResult(proc.returncode, ok, failed, elapsed, rate_seen, out[-3000:], stats)
 
 
+def users_file(path: pathlib.Path, prefix: str, count: int, password: str,
+               first: int = 0) -> pathlib.Path:
+    """An injection file (-inf) for the authenticated scenarios: one line per call,
+    field0 the user (prefix + number), field1 sipp's [authentication] keyword for it."""
+    lines = ["SEQUENTIAL"]
+    lines += [f"{prefix}{i};[authentication username={prefix}{i} password={password}]"
+              for i in range(first, first + count)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _counts(stats: pathlib.Path) -> tuple[int, int, float]:
     if not stats.exists():
         return 0, 0, 0.0

@@ -154,3 +154,66 @@ def test_settings_reference_is_current() -> None:
     committed = (REPO / "docs" / "settings.md").read_text()
     assert committed == config.render_reference(), \
         "docs/settings.md is stale: run `fastcluster settings-doc > docs/settings.md`"
+
+
+@pytest.mark.parametrize("cli, ok", [
+    ({}, True),  # loopback everywhere: nothing needed
+    ({"mi.listen": "0.0.0.0:8888"}, False),
+    ({"mi.listen": "0.0.0.0:8888", "mi.token": "t"}, True),
+    ({"mi.listen": "[::1]:8888"}, True),
+    ({"sip.listen": "udp:192.0.2.1:5060"}, False),
+    ({"sip.listen": "udp:127.0.0.1:5060,udp:[::]:5060"}, False),
+    ({"sip.listen": "udp:192.0.2.1:5060", "auth.enable": "yes"}, True),
+    ({"sip.listen": "udp:192.0.2.1:5060", "auth.allow_open_registrar": "yes"}, True),
+])
+def test_open_listeners_need_a_token_or_authentication(cli: dict, ok: bool) -> None:
+    if ok:
+        load(cli=cli, environ={})
+    else:
+        with pytest.raises(ConfigError) as err:
+            load(cli=cli, environ={})
+        assert err.value.key in ("token", "enable") and "loopback" in str(err.value)
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("", ()),
+    ("Example.COM, b.org", ("example.com", "b.org")),
+    ("10.0.0.1, [2001:DB8::1]", ("10.0.0.1", "[2001:db8::1]")),
+    ("bad_domain-.x", None), ("a..b", None), ("a.org, a.org", None),
+])
+def test_sip_domains(text: str, parsed) -> None:
+    if parsed is None:
+        with pytest.raises(ConfigError):
+            load(cli={"sip.domains": text}, environ={})
+    else:
+        assert load(cli={"sip.domains": text}, environ={})["sip.domains"] == parsed
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("SHA-256, MD5", ("SHA-256", "MD5")), ("md5", ("MD5",)), ("MD5,sha-256", ("MD5", "SHA-256")),
+    ("", None), ("SHA-512-256", None), ("MD5, md5", None),
+])
+def test_auth_algorithms(text: str, parsed) -> None:
+    if parsed is None:
+        with pytest.raises(ConfigError):
+            load(cli={"auth.algorithms": text}, environ={})
+    else:
+        assert load(cli={"auth.algorithms": text}, environ={})["auth.algorithms"] == parsed
+
+
+def test_data_dir_and_subscriber_database(monkeypatch) -> None:
+    cfg = load(cli={"core.instance": "edge1"}, environ={})
+    monkeypatch.setattr(config.os, "geteuid", lambda: 0)
+    assert cfg.data_dir == "/var/lib/fastcluster/edge1"
+    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", "/state")
+    assert cfg.data_dir == "/state/fastcluster/edge1"
+    assert cfg.auth_db_path == "/state/fastcluster/edge1/subscriber.sqlite"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", "/home/op")
+    assert cfg.data_dir == "/home/op/.local/state/fastcluster/edge1"
+    cfg = load(cli={"core.data_dir": "/srv/fc", "auth.db_path": "/etc/fc/users.db"},
+               environ={})
+    assert cfg.data_dir == "/srv/fc" and cfg.auth_db_path == "/etc/fc/users.db"
+    assert load(cli={"core.data_dir": "/srv/fc"}, environ={}).auth_db_path == \
+        "/srv/fc/subscriber.sqlite"

@@ -59,7 +59,8 @@ def fill(h: Harness, rng: random.Random, count: int) -> None:
         aor = f"u{rng.randrange(150)}@example.com"
         host = "10.1.1.1" if rng.random() < 0.6 else "192.0.2.10"
         expires = rng.choice([1, 600, 3600])
-        reply = h.send(register(aor=aor, callid=f"c{i}", expires=expires,
+        path = f"Path: <sip:edge{i % 3}.example.com;lr>\n" if rng.random() < 0.3 else ""
+        reply = h.send(register(aor=aor, callid=f"c{i}", expires=expires, extra=path,
                                 contacts=[f"<sip:{aor.split('@')[0]}x{i}@{host}:5060>"]))
         assert reply is not None and " 200 " in reply
         if rng.random() < 0.1:
@@ -106,8 +107,8 @@ def test_due_selection_and_ping_targets_match_reference(seed: int) -> None:
         body = t.rows8[T.rbase(t, slot):T.rbase(t, slot) + int(t.body)]
         (rec,) = CONTACT.decode(body, 1, int(t.body))
         if rec["state"] == T.ST_LIVE and rec["expires"] > now and rec["flags"] & FLAG_NAT:
-            expected.append((slot, rec["key"], 4, 5070, rec["sock"], rec["uri"]))
-    assert expected
+            expected.append((slot, rec["key"], 4, 5070, rec["sock"], rec["uri"], rec["path"]))
+    assert expected and any(e[-1] for e in expected) and any(not e[-1] for e in expected)
     targets = np.zeros(200, dtype=np.uint8)
     entries, i = [], 0
     while i < len(got):
@@ -116,11 +117,14 @@ def test_due_selection_and_ping_targets_match_reference(seed: int) -> None:
         assert count > 0 or i == len(got)
         off = 0
         for _ in range(count):
-            slot, key, fam, port, sock, ulen = targets[off:off + 48].view(np.int64).tolist()
-            assert bytes(targets[off + 48:off + 52]) == bytes([192, 0, 2, 10])
-            uri = bytes(targets[off + 64:off + 64 + ulen]).decode()
-            entries.append((slot, key & (2 ** 64 - 1), fam, port, sock, uri))
-            off += 64 + ((ulen + 7) & ~7)
+            slot, key, fam, port, sock, ulen, plen, _ = \
+                targets[off:off + 64].view(np.int64).tolist()
+            assert bytes(targets[off + 64:off + 68]) == bytes([192, 0, 2, 10])
+            text = off + P.TARGET_HEAD
+            uri = bytes(targets[text:text + ulen]).decode()
+            path = bytes(targets[text + ulen:text + ulen + plen]).decode()
+            entries.append((slot, key & (2 ** 64 - 1), fam, port, sock, uri, path))
+            off += P.TARGET_HEAD + ((ulen + plen + 7) & ~7)
         assert off == used
     assert entries == expected
 

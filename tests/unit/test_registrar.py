@@ -220,15 +220,21 @@ def test_other_requests_and_responses() -> None:
             "CSeq: 1 {method}\nMax-Forwards: {mf}\nContent-Length: 0\n\n")
     reply = h.send(base.format(method="OPTIONS", ruri="sip:example.com", mf=70))
     assert status(reply) == 200 and "Allow: REGISTER, OPTIONS" in reply
-    assert status(h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=70))) == 501
+    reply = h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=70))
+    assert status(reply) == 405 and "Allow: REGISTER, OPTIONS" in reply  # known, not served
+    reply = h.send(base.format(method="FOOBAR", ruri="sip:b@example.com", mf=70))
+    assert status(reply) == 501 and "Allow: REGISTER, OPTIONS" in reply  # unknown
+    assert status(h.send(base.format(method="BYE", ruri="sip:b@example.com", mf=70))) == 481
+    assert status(h.send(base.format(method="CANCEL", ruri="sip:b@example.com", mf=70))) == 481
     assert status(h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=0))) == 483
     assert h.send(base.format(method="ACK", ruri="sip:b@example.com", mf=70)) is None
     response = ("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-3\n"
                 "From: <sip:a@example.com>;tag=1\nTo: <sip:b@example.com>;tag=2\nCall-ID: y\n"
                 "CSeq: 1 OPTIONS\nContent-Length: 0\n\n")
     assert h.send(response) is None
-    assert h.count("core:rcv_replies") == 1 and h.count("core:rcv_requests") == 4
+    assert h.count("core:rcv_replies") == 1 and h.count("core:rcv_requests") == 7
     assert h.count("core:unsupported_methods") == 1 and h.count("core:too_many_hops") == 1
+    assert h.count("core:method_not_allowed") == 1 and h.count("core:no_transaction") == 2
 
 
 def test_malformed_requests_get_400_or_are_dropped() -> None:
