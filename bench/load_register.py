@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.load_register [--users 200000] [--workers 8]
         [--dispatch shared|reuseport] [--limit 200] [--rate 60000] [--replicas 0]
+        [--persistence on|off|both]
         [--auth off|on|both]
 
 --auth on: digest authentication (MD5: sipp 3.6 speaks no SHA-256) with one subscriber per
@@ -24,6 +25,7 @@ import pathlib
 import sys
 import tempfile
 import time
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,9 +54,10 @@ OK_PER_CALL = {False: 1, True: 4}  # REGISTERs answered 200 per call
 
 def run(users: int, workers: int, dispatch: str, limit: int, rate: int, replicas: int,
         tmp: pathlib.Path, prefault: str = "start", sipps: int = 1,
-        auth: bool = False) -> dict[str, float]:
+        auth: bool = False, persist: bool = True) -> dict[str, float]:
     settings = {"sip": {"dispatch": dispatch}, "usrloc": {"capacity": max(users * 2, 1000)},
-                "core": {"log_level": "warning", "shm_prefault": prefault}}
+                "core": {"log_level": "warning", "shm_prefault": prefault},
+                "persistence": {} if persist else {"url": "off"}}
     each = users // sipps
     if auth:
         settings["auth"] = {"enable": "yes", "algorithms": "MD5", "nonce_expiry_s": 3600}
@@ -148,27 +151,39 @@ def main() -> int:
     ap.add_argument("--auth", choices=("off", "on", "both"), default="off",
                     help="digest authentication (both: unauthenticated then authenticated "
                          "runs, side by side)")
+    ap.add_argument("--persistence", choices=("off", "on", "both"), default="on",
+                    help="write-behind to the embedded SQLite database (both: without, "
+                         "then with, side by side)")
     ns = ap.parse_args()
-    modes = {"off": [False], "on": [True], "both": [False, True]}[ns.auth]
+    modes = {"off": [False], "on": [True], "both": [False, True]}
     for i in range(ns.runs):
-        for auth in modes:
-            with tempfile.TemporaryDirectory() as d:
-                r = run(ns.users, ns.workers, ns.dispatch, ns.limit, ns.rate, ns.replicas,
-                        pathlib.Path(d), ns.prefault, ns.sipps, auth)
-            label = "auth " if auth else "plain"
-            extra = (f" ({r['registers_per_s']:.0f} REGISTER/s with the 401s; "
-                     f"{r['cpu_us_per_ok']:.1f} us per 200; SQLite lookups "
-                     f"{r['db_lookups']})" if auth else "")
-            print(f"run {i + 1} {label}: {r['ok']} answered 200, {r['failed']} failed calls, "
-                  f"{r['sipp_rate']:.0f} REGISTER/s answered 200 (sipp), wall "
-                  f"{r['wall_s']:.1f} s, node CPU {r['cpu_s']:.1f} s = "
-                  f"{r['cpu_us_per_register']:.1f} us/REGISTER{extra}, sipp CPU "
-                  f"{r['sipp_cpu_s']:.1f} s ({r['sipp_cpu_s'] / r['wall_s']:.0%} of a core), "
-                  f"contacts {r['contacts']}, node CPU by role {r['cpu_s_by_role']}"
-                  + (f", replicas equal {r['replicas_converged_after_s']:.2f} s after sipp"
-                     if ns.replicas else ""), flush=True)
+        for auth in modes[ns.auth]:
+            for persist in modes[ns.persistence]:
+                r = _one(ns, auth, persist)
+                _report(ns, i, auth, persist, r)
     return 0
 
+
+def _one(ns: argparse.Namespace, auth: bool, persist: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as d:
+        return run(ns.users, ns.workers, ns.dispatch, ns.limit, ns.rate, ns.replicas,
+                   pathlib.Path(d), ns.prefault, ns.sipps, auth, persist)
+
+
+def _report(ns: argparse.Namespace, i: int, auth: bool, persist: bool,
+            r: dict[str, Any]) -> None:
+    label = ("auth " if auth else "plain") + (", db on" if persist else ", db off")
+    extra = (f" ({r['registers_per_s']:.0f} REGISTER/s with the 401s; "
+             f"{r['cpu_us_per_ok']:.1f} us per 200; SQLite lookups "
+             f"{r['db_lookups']})" if auth else "")
+    print(f"run {i + 1} {label}: {r['ok']} answered 200, {r['failed']} failed calls, "
+          f"{r['sipp_rate']:.0f} REGISTER/s answered 200 (sipp), wall "
+          f"{r['wall_s']:.1f} s, node CPU {r['cpu_s']:.1f} s = "
+          f"{r['cpu_us_per_register']:.1f} us/REGISTER{extra}, sipp CPU "
+          f"{r['sipp_cpu_s']:.1f} s ({r['sipp_cpu_s'] / r['wall_s']:.0%} of a core), "
+          f"contacts {r['contacts']}, node CPU by role {r['cpu_s_by_role']}"
+          + (f", replicas equal {r['replicas_converged_after_s']:.2f} s after sipp"
+             if ns.replicas else ""), flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

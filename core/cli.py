@@ -25,7 +25,7 @@ from fastcluster.core.config import ConfigError, Config, kernel_cache_dir, load,
 from fastcluster.core.errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
 from fastcluster.core.settings import SECTIONS, SETTINGS
 
-COMMANDS = ("run", "check-config", "mi", "warm", "settings-doc", "user")
+COMMANDS = ("run", "check-config", "mi", "warm", "settings-doc", "user", "db")
 
 
 def _settings_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -203,6 +203,50 @@ def _cmd_user(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _cmd_db(argv: Sequence[str]) -> int:
+    parser = _settings_parser(
+        "fastcluster db", "Export the node's persisted tables ([persistence] url) to a "
+        "portable dump (JSON lines), or import a dump into them: an import keeps the "
+        "newer version of each record. Stop the node first.")
+    parser.add_argument("action", choices=("export", "import"))
+    parser.add_argument("file", nargs="?", default="-",
+                        help="the dump (default: stdout / stdin)")
+    ns = parser.parse_args(argv)
+    cfg = _load_from_args(ns)
+    from fastcluster.services.cluster import persistence, store
+    from fastcluster.shm.tables import TABLES
+
+    layouts = {spec.name: spec.layout_text for spec in TABLES}
+    try:
+        db = persistence.open_for(cfg)
+    except store.StoreError as exc:
+        print(f"fastcluster db: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        if ns.action == "export":
+            out = sys.stdout if ns.file == "-" else open(ns.file, "w", encoding="utf-8")
+            try:
+                n = store.export_dump(db, out, cfg["clusterer.node_id"], layouts)
+            finally:
+                if out is not sys.stdout:
+                    out.close()
+            print(f"exported {n} rows from {store.describe(db)}", file=sys.stderr)
+        else:
+            src = sys.stdin if ns.file == "-" else open(ns.file, encoding="utf-8")
+            try:
+                n = store.import_dump(db, src, layouts)
+            finally:
+                if src is not sys.stdin:
+                    src.close()
+            print(f"imported {n} rows into {store.describe(db)}", file=sys.stderr)
+    except (store.StoreError, OSError, ValueError, KeyError) as exc:
+        print(f"fastcluster db: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    finally:
+        db.close()
+    return EXIT_OK
+
+
 def _password(ns: argparse.Namespace) -> str:
     if ns.password is not None:
         password = ns.password
@@ -232,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_warm(rest)
         if command == "user":
             return _cmd_user(rest)
+        if command == "db":
+            return _cmd_db(rest)
         if command == "settings-doc":
             sys.stdout.write(render_reference())
             return EXIT_OK

@@ -497,6 +497,16 @@ SETTINGS: tuple[Setting, ...] = (
     S("dialog", "tombstone_ttl_s", _int_range(1, 86400), "120",
       "Least time an ended dialog is kept as a tombstone (see usrloc.tombstone_ttl_s).",
       unit="s"),
+    # -- persistence
+    S("persistence", "url", _text, "",
+      "Where the contacts and dialogs are kept across restarts (write-behind, never on "
+      "the SIP path): empty = SQLite in core.data_dir (tables.sqlite); sqlite:///PATH; "
+      "postgresql://USER:PASSWORD@HOST:PORT/DB (psycopg 3); off = nowhere (a whole-"
+      "cluster restart then loses everything)."),
+    S("persistence", "flush_interval_ms", _int_range(10, 60_000), "200",
+      "Most time between two flushes of changed rows: what a power cut (or a kill -9 "
+      "of the master after which the shared memory is gone too) loses at most.",
+      unit="ms"),
     # -- script
     S("script", "module", _text, "",
       "Path of the user's Python script (empty: none). It runs in its own process; see "

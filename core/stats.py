@@ -91,6 +91,12 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("clusterer", "syncs_donated", "full syncs served as donor"),
     ("clusterer", "sync_failed", "full syncs that failed (donor lost, timeout, mismatch)"),
     ("clusterer", "sync_corrupt_chunks", "sync chunks refused for a bad checksum or row"),
+    ("persistence", "flushes", "flushes of changed rows to the database"),
+    ("persistence", "rows_written", "rows written (inserted or updated) to the database"),
+    ("persistence", "rows_loaded", "rows loaded from the database at start"),
+    ("persistence", "failures", "flushes the database refused (everything is written again "
+                                "at the next one that works)"),
+    ("persistence", "snapshots", "snapshots written (each compacts a table's log)"),
     ("nathelper", "pings_sent", "NAT pings sent by this node"),
     ("nathelper", "ping_replies", "replies to this node's OPTIONS pings"),
     ("nathelper", "ping_cycles", "complete sweeps of the contact table"),

@@ -50,6 +50,7 @@ Segment layout (little-endian; W = 8-byte word of the header):
     W17           8                 node_id written into local rows as origin
     W18           8                 undo_size: bytes per undo area
     W19           8                 offset of the range digests
+    W20           8                 offset of the dirty marks
     W24, W32, W40 8 each            live, tomb, free counters (own cache lines)
     512           8 * nslots        keys: uint64
     ...           64 * nregions     locks: one int64 word per 64-byte line
@@ -60,6 +61,9 @@ Segment layout (little-endian; W = 8-byte word of the header):
                                     RANGE_BITS bits), the wrapping sum of row_checksum
                                     over the LIVE and TOMB records of that range, kept by
                                     every write (anti-entropy compares them)
+    ...           nslots + nregions dirty marks: a byte per slot, then a byte per lock
+                                    region, set by every write; the persistence flusher
+                                    takes them (table_take_dirty)
     ...           row_size*nslots   rows
     (each region starts on a 64-byte boundary)
 
@@ -96,6 +100,7 @@ from fastcluster.shm.atomics import (
     atomic_load,
     atomic_store,
     cpu_relax,
+    fence,
     fence_acquire,
     fence_release,
     prefetch,
@@ -107,7 +112,7 @@ from fastcluster.shm.ring import ENTRY_HEADER, ring_capacity, ring_push
 from fastcluster.shm.rows import PREFIX_OFFSETS, ROW_HEAD
 
 TABLE_MAGIC = int.from_bytes(b"FCTABLE2", "little")
-TABLE_LAYOUT_VERSION = 3
+TABLE_LAYOUT_VERSION = 4
 HEADER_SIZE = 512
 MAX_LOAD = 0.9  # records / home slots at capacity
 TAIL_SLOTS = 4096  # overflow tail: probes never wrap around
@@ -122,7 +127,7 @@ RANGE_SHIFT = np.uint64(64 - RANGE_BITS)
 # header word indexes
 (H_MAGIC, H_VERSION, H_KIND, H_NSLOTS, H_NHOME, H_ROW, H_FIXED, H_SHIFT, H_NREGIONS,
  H_NPROCS, H_OFF_KEYS, H_OFF_LOCKS, H_OFF_UNDO, H_OFF_ROWS, H_CAPACITY, H_LENS_OFF,
- H_NLENS, H_NODE_ID, H_UNDO_SIZE, H_OFF_DIGESTS) = range(20)
+ H_NLENS, H_NODE_ID, H_UNDO_SIZE, H_OFF_DIGESTS, H_OFF_DIRTY) = range(21)
 H_LIVE, H_TOMB, H_FREE = 24, 32, 40
 
 # common row prefix offsets, from the one declaration in shm.rows
@@ -155,7 +160,7 @@ NODE_IDS = 1 << 16  # horizons arrays are indexed by origin node id
 
 Tbl = namedtuple("Tbl", "h keys locks undo8 undo64 rows8 rows16 rows32 rows64 nslots nhome "
                         "row body fixed shift lens_off nlens kind node_id capacity usz "
-                        "digests")
+                        "digests dirty dirty_regions")
 
 
 def _align(n: int, to: int = 64) -> int:
@@ -172,7 +177,7 @@ def geometry(capacity: int, row_size: int, nprocs: int) -> dict[str, int]:
     layout = {"nhome": nhome, "nslots": nslots, "nregions": nregions, "undo_size": undo_size}
     for name, size in (("keys", 8 * nslots), ("locks", 8 * LOCK_STRIDE * nregions),
                        ("undo", undo_size * nprocs), ("digests", 8 * NRANGES),
-                       ("rows", row_size * nslots)):
+                       ("dirty", nslots + nregions), ("rows", row_size * nslots)):
         layout["off_" + name] = off
         off = _align(off + size)
     layout["size"] = off
@@ -194,7 +199,8 @@ def init_table(buf: np.ndarray, kind: int, capacity: int, row_size: int, fixed_s
               H_OFF_KEYS: g["off_keys"], H_OFF_LOCKS: g["off_locks"],
               H_OFF_UNDO: g["off_undo"], H_OFF_ROWS: g["off_rows"], H_CAPACITY: capacity,
               H_LENS_OFF: lens_off, H_NLENS: nlens, H_NODE_ID: node_id,
-              H_UNDO_SIZE: g["undo_size"], H_OFF_DIGESTS: g["off_digests"]}
+              H_UNDO_SIZE: g["undo_size"], H_OFF_DIGESTS: g["off_digests"],
+              H_OFF_DIRTY: g["off_dirty"]}
     for index, value in values.items():
         h[index] = value
     h[H_MAGIC] = TABLE_MAGIC
@@ -230,7 +236,9 @@ def views(arena):
                nslots, h[H_NHOME], row, row - ROW_HEAD, h[H_FIXED], h[H_SHIFT],
                h[H_LENS_OFF], h[H_NLENS], h[H_KIND], h[H_NODE_ID], h[H_CAPACITY],
                h[H_UNDO_SIZE],
-               arena[h[H_OFF_DIGESTS]:h[H_OFF_DIGESTS] + 8 * NRANGES].view(np.int64))
+               arena[h[H_OFF_DIGESTS]:h[H_OFF_DIGESTS] + 8 * NRANGES].view(np.int64),
+               arena[h[H_OFF_DIRTY]:h[H_OFF_DIRTY] + nslots],
+               arena[h[H_OFF_DIRTY] + nslots:h[H_OFF_DIRTY] + nslots + h[H_NREGIONS]])
 
 
 @njit(cache=True, inline="always")
@@ -501,6 +509,9 @@ def write_row(t, ring, proc, s, src8, src_off, nbytes, key, version):
         atomic_store(t.keys, s, key)
     undo_commit(t, s)
     digest_slot(t, s, 1)
+    t.dirty[s] = 1  # for the persistence flusher: the slot first, then its region
+    fence_release()
+    t.dirty_regions[s >> t.shift] = 1
     new_state = t.rows8[base + R_STATE]
     d_live = (1 if new_state == ST_LIVE else 0) - (1 if old_state == ST_LIVE else 0)
     d_tomb = (1 if new_state == ST_TOMB else 0) - (1 if old_state == ST_TOMB else 0)
@@ -981,21 +992,30 @@ def table_expire(arena, first_region, nregions, now_s, tomb_min_s, tomb_max_s, h
 
 
 @njit(cache=True)
-def table_mirror_drop(arena, seen, cutoff_version, me, out):
+def table_mirror_drop(arena, seen, cutoff_version, now_s, me, proc, ring, row, out):
     """After a mirror sync: records the donor did not send (seen[slot] == 0) whose version
-    is below cutoff_version become FREE, locally (the cluster deleted them while this
-    node was away and no tombstone is left to say so). out: int64[1] += dropped.
-    Returns 0, or E_BUSY (call again: nothing half-done in a region)."""
+    is below cutoff_version become local tombstones (version + 1, deleted now: the
+    cluster deleted them while this node was away and no tombstone is left to say so;
+    a tombstone, not a free slot, so the persisted tables and anti-entropy say it too).
+    ring: a ring region of capacity 0 (shm.ring.no_ring: not replicated). row:
+    uint8[row_size] scratch. out: int64[1] += dropped. Returns 0, or E_BUSY (call again:
+    nothing half-done in a region)."""
     t = views(arena)
+    row = unmanaged(row)
     for r in range(t.h[H_NREGIONS]):
         if not lock_region(t, r, me):
             return E_BUSY
         for s in range(r << t.shift, min(t.nslots, (r + 1) << t.shift)):
-            if t.keys[s] > K_FREE and seen[s] == 0 and r_version(t, s) < cutoff_version:
-                digest_slot(t, s, -1)
-                count_state(t, r_state(t, s), -1)
-                atomic_store(t.keys, s, K_FREE)
-                atomic_add(t.h, H_FREE, 1)
+            if t.keys[s] > K_FREE and seen[s] == 0 and r_state(t, s) == ST_LIVE and \
+                    r_version(t, s) < cutoff_version:
+                base = rbase(t, s)
+                n = t.fixed + blob_used(t, t.rows8, base)
+                row[:n] = t.rows8[base:base + n]
+                row[R_STATE] = ST_TOMB
+                st32(row, R_EXPIRES, now_s)
+                st64(row, R_VERSION, r_version(t, s) + 1)
+                dl, dt, df = write_row(t, ring, proc, s, row, 0, n, t.keys[s], 0)
+                publish_counts(t, dl, dt, df)
                 out[0] += 1
         unlock_regions(t, r, r)
     return 0
@@ -1040,6 +1060,57 @@ def table_gather_ranges(arena, wanted, first, out, max_bytes, counts):
     return NRANGES, off
 
 
+@njit(cache=True, nogil=True)
+def table_take_dirty(arena, first_region, out, max_bytes, counts):
+    """Persistence: write every record changed since it was last taken (its dirty mark
+    set) as a wire entry into out (at most max_bytes), clearing the marks -- each
+    region's mark before reading its slots', so a write racing the flusher is taken
+    now or next time, never lost. A slot freed meanwhile yields nothing (expired rows
+    are dropped by time, not by key). counts: int64[GATHER_COUNTS] += entries,
+    checksum. Returns (next region (nregions when the table was covered), bytes)."""
+    t = views(arena)
+    out = unmanaged(out)
+    need = (ENTRY_HEADER + t.body + 7) & ~7
+    off = 0
+    nreg = t.h[H_NREGIONS]
+    r = first_region
+    while r < nreg:
+        if t.dirty_regions[r] == 0:
+            r += 1
+            continue
+        t.dirty_regions[r] = 0
+        fence()
+        for s in range(r << t.shift, min(t.nslots, (r + 1) << t.shift)):
+            if t.dirty[s] == 0:
+                continue
+            if off + need > max_bytes:
+                t.dirty_regions[r] = 1  # the rest of this region next time
+                return r, off
+            t.dirty[s] = 0
+            fence()
+            length = gather_one(t, s, out, off)
+            if length:
+                rb = off + ENTRY_HEADER
+                counts[GC_ENTRIES] += 1
+                counts[GC_CHECKSUM] += np.int64(row_checksum(ldu64(out, rb + R_KEY),
+                                                             ld64(out, rb + R_VERSION),
+                                                             ld16(out, rb + R_ORIGIN)))
+                off += length
+        r += 1
+    return nreg, off
+
+
+@njit(cache=True)
+def table_mark_all(arena):
+    """Mark every record dirty (the flusher then writes the whole table: a database
+    that was replaced, a first flush)."""
+    t = views(arena)
+    for s in range(t.nslots):
+        if t.keys[s] > K_FREE:
+            t.dirty[s] = 1
+            t.dirty_regions[s >> t.shift] = 1
+
+
 @njit(cache=True)
 def entries_summary(buf, nbytes):
     """(entries, lowest version among them) of the wire entries in buf[:nbytes]; the
@@ -1057,6 +1128,13 @@ def entries_summary(buf, nbytes):
         n += 1
         off += length
     return n, low
+
+
+def dirty_marks(buf: np.ndarray) -> np.ndarray:
+    """The table's dirty marks (a view: uint8[nslots + nregions])."""
+    h = buf[:HEADER_SIZE].view(np.int64)
+    off = int(h[H_OFF_DIRTY])
+    return buf[off:off + int(h[H_NSLOTS]) + int(h[H_NREGIONS])]
 
 
 def range_digests(buf: np.ndarray) -> np.ndarray:

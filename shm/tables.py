@@ -164,6 +164,11 @@ class TableSpec:
     def setting(self, cfg: Any, key: str) -> Any:
         return cfg[f"{self.section}.{key}"]
 
+    @property
+    def layout_text(self) -> str:
+        """What must match for rows to be exchanged or loaded: kind, fields, strings."""
+        return f"{self.name}:{self.kind}:{self.layout.dtype.descr}:{self.layout.strings}"
+
     def open(self, buf: np.ndarray) -> Table:
         return self.wrapper(buf, self.layout)
 

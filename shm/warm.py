@@ -100,7 +100,10 @@ def warm_kernels() -> float:
                               np.zeros(T.GATHER_COUNTS, np.int64))
         T.entries_summary(wire, 0)
         T.table_newest(buf)
-        T.table_mirror_drop(buf, np.zeros(1 << 16, np.uint8), 0, me, np.zeros(1, np.int64))
+        T.table_mark_all(buf)
+        T.table_take_dirty(buf, 0, wire, wire.shape[0], np.zeros(T.GATHER_COUNTS, np.int64))
+        T.table_mirror_drop(buf, np.zeros(1 << 16, np.uint8), 0, now_s, me, 1, R.no_ring(),
+                            np.zeros(1024, np.uint8), np.zeros(1, np.int64))
         T.table_gather(buf, 0, wire, wire.shape[0], np.zeros(T.GATHER_COUNTS, np.int64))
         T.table_since(buf, 0, 0, 1, wire, wire.shape[0])
 

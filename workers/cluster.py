@@ -25,6 +25,8 @@ from fastcluster.services.cluster.api import ClusterAPI
 from fastcluster.services.cluster.capabilities import Capabilities
 from fastcluster.services.cluster.node import ClusterNode
 from fastcluster.services.cluster.partitions import PartitionMap
+from fastcluster.services.cluster.persistence import Persistence
+from fastcluster.services.cluster.persistence import enabled as persistence_enabled
 from fastcluster.services.cluster.replication import Replication
 from fastcluster.services.cluster.sync import SyncManager
 from fastcluster.services.mi import clusterer_cmds, core_cmds, remote  # noqa: F401 (commands)
@@ -45,8 +47,7 @@ STOP_FLUSH_S = 1.0  # at a graceful stop, wait this long at most for the last ac
 
 def build_fingerprint() -> str:
     """Row layouts and message schemas: nodes of different builds never link."""
-    return fingerprint(*(f"{spec.name}:{spec.kind}:{spec.layout.dtype.descr}:"
-                         f"{spec.layout.strings}" for spec in TABLES))
+    return fingerprint(*(spec.layout_text for spec in TABLES))
 
 
 class ClusterProcess(Child):
@@ -72,6 +73,11 @@ class ClusterProcess(Child):
                                        self.cfg["usrloc.ping_partitions"])
         self.script = ScriptBridge(self, self.cluster)
         self.cluster.on_topology_change(self.publish_views)
+        # write-behind to the database: a thread, with the sync applier's statistics row
+        # (that thread counts nothing itself)
+        self.persistence = Persistence(self.cfg, self.mem,
+                                       self.mem.control.stats[CT.SLOT_CLUSTER_SYNC]) \
+            if persistence_enabled(self.cfg) else None
 
     def count(self, name: str, n: int = 1) -> None:
         self.node.count(name, n)
@@ -92,9 +98,11 @@ class ClusterProcess(Child):
         mi_rings = {name: self.mem.ring(CT.SLOT_MI, name) for name in self.mem.tables}
         context = MIContext(self.cfg, self.mem, self.cluster, mi_rings,
                             T.lock_word(self.pid, CT.SLOT_MI), CT.SLOT_MI, self.sip_sockets,
-                            self.mi, self.mem.control.stats[CT.SLOT_MI])
+                            self.mi, self.mem.control.stats[CT.SLOT_MI], self.persistence)
         remote.attach(self.cluster, context.run_mi)
         self.mi.start(context)
+        if self.persistence is not None:
+            self.persistence.start()
         await self.script.start()
         await self.node.start(self.ctx.bin_sock)
         self.publish_views()
@@ -105,6 +113,8 @@ class ClusterProcess(Child):
         for task in tasks:
             task.cancel()
         await self.replication.flush(STOP_FLUSH_S)  # the last changes still go out
+        if self.persistence is not None:
+            self.persistence.stop()  # and into the database
         await self.node.stop()
         await self.script.close()
         self.mi.stop()

@@ -111,6 +111,21 @@ def adopt_stale(cfg: Config, stale: Stale, mem: NodeMemory) -> None:
                     time.monotonic() - started)
 
 
+def load_tables(cfg: Config, mem: NodeMemory) -> None:
+    """The tables as the database kept them (services.cluster.persistence)."""
+    from fastcluster.services.cluster.persistence import StoreError, load_into
+
+    try:
+        loaded = load_into(cfg, mem)
+    except StoreError as exc:
+        raise StartupError(f"persistence: {exc}") from None
+    if loaded is not None:
+        log.info("loaded from %s in %.2f s: %s (skipped, expired or older: %s)",
+                 loaded.where, loaded.seconds,
+                 ", ".join(f"{n} {r}" for n, r in loaded.rows.items()),
+                 ", ".join(f"{n} {r}" for n, r in loaded.skipped.items()))
+
+
 def open_subscribers(cfg: Config) -> None:
     """Create the subscriber database if authentication needs it (the workers open
     it read-only), or say loudly that the registrar is open."""
@@ -172,8 +187,14 @@ class Master:
                  freeze_kernels())
         stale = Stale.take(self.cfg.shm_prefix)  # a killed master's segments
         mem = NodeMemory.create(self.cfg, self.pid)
-        if stale is not None:
-            adopt_stale(self.cfg, stale, mem)
+        try:
+            load_tables(self.cfg, mem)  # the database first: what shm adds is newer
+            if stale is not None:
+                adopt_stale(self.cfg, stale, mem)
+        except BaseException:
+            mem.unlink()
+            mem.close()
+            raise
         if self.cfg["core.shm_prefault"] == "start":
             log.info("shared memory committed: %d MB in %.2f s", mem.nbytes >> 20,
                      mem.prefault())

@@ -214,9 +214,12 @@ class TableData:
         if not seen.shape[0]:
             return 0
         out = np.zeros(1, dtype=np.int64)
+        row = np.zeros(self.table.row_size, dtype=np.uint8)
         loop = asyncio.get_running_loop()
-        while await loop.run_in_executor(self.host.aux_pool, lambda: T.table_mirror_drop(
-                self.table.buf, seen, cutoff_version, self.host.aux_me, out)) == T.E_BUSY:
+        host = self.host
+        while await loop.run_in_executor(host.aux_pool, lambda: T.table_mirror_drop(
+                self.table.buf, seen, cutoff_version, int(time.time()), host.aux_me,
+                host.aux_slot, R.no_ring(), row, out)) == T.E_BUSY:
             await asyncio.sleep(0.001)
         return int(out[0])
 

@@ -130,3 +130,12 @@ def mi_version(node: Any) -> dict[str, str]:
     except PackageNotFoundError:
         v = "unknown"
     return {"Server": f"fastcluster {v}"}
+
+
+@command("persistence_status")
+def mi_persistence_status(node: Any) -> dict[str, Any]:
+    """The database the tables are written to: backend, last flush (unix ms, rows,
+    seconds), rows waiting for the next flush, rows and size in the database."""
+    if node.persistence is None:
+        return {"backend": "off"}
+    return node.persistence.status()

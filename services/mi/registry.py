@@ -44,6 +44,7 @@ class MINode(Protocol):
     me: int  # lock word
     slot: int
     sip_sockets: list[str]  # labels of the SIP listeners, by index
+    persistence: Any  # the write-behind (status()), or None when it is off
 
     async def run_mi(self, cmd: str, params: Any) -> dict[str, Any]: ...
 

@@ -58,6 +58,7 @@ class MIContext:
     sip_sockets: list[str]
     thread: MIThread
     stats: np.ndarray  # the MI thread's statistics row (its own process slot)
+    persistence: Any = None  # services.cluster.persistence.Persistence, if on
 
     async def run_mi(self, cmd: str, params: Any) -> dict[str, Any]:
         """Run an MI command here (for cluster_broadcast_mi, or for another node):
