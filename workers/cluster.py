@@ -97,9 +97,12 @@ class ClusterProcess(Child):
             entries = [(cl.me, CT.VIEW_ME | (CT.VIEW_UP | CT.VIEW_ENABLED
                                              if cl.enabled(cid) else 0),
                         self.caps.view_bits(cl.me))]
+            sip = [cl.sip[0] if cl.sip else None]  # first SIP listener of each node
             for peer in sorted(cl.peers.values(), key=lambda p: p.node_id):
                 if cid in peer.clusters:
                     flags = (CT.VIEW_UP if cl.is_up(cid, peer.node_id) else 0) | (
                         0 if cid in cl.disabled.get(peer.node_id, ()) else CT.VIEW_ENABLED)
                     entries.append((peer.node_id, flags, self.caps.view_bits(peer.node_id)))
-            ctl.publish_view(index, cid, cl.me, entries[:CT.MAX_VIEW_NODES])
+                    sip.append(peer.sip[0] if peer.sip else None)
+            ctl.publish_view(index, cid, cl.me, entries[:CT.MAX_VIEW_NODES],
+                             sip[:CT.MAX_VIEW_NODES])
