@@ -17,12 +17,14 @@ import numpy as np
 from fastcluster.core.config import Config
 from fastcluster.shm import control as CT
 from fastcluster.shm import ring as R
+from fastcluster.shm import tmring as TR
 from fastcluster.shm.contacts import CONTACT
 from fastcluster.shm.dialogs import DIALOG
 from fastcluster.shm.segment import Segment
 from fastcluster.shm.tables import ContactTable, Table
+from fastcluster.shm.transactions import TRANSACTION
 
-PARTS = ("control", "contacts", "dialogs", "rings")
+PARTS = ("control", "contacts", "dialogs", "rings", "transactions", "tmrings")
 
 
 def part_sizes(cfg: Config) -> dict[str, int]:
@@ -34,6 +36,9 @@ def part_sizes(cfg: Config) -> dict[str, int]:
         "dialogs": Table.size_for(DIALOG, cfg["dialog.capacity"],
                                   cfg["dialog.record_bytes"], nprocs),
         "rings": R.segment_size(nprocs, cfg["clusterer.repl_ring_bytes"]),
+        "transactions": Table.size_for(TRANSACTION, cfg["proxy.transactions"],
+                                       cfg["proxy.record_bytes"], nprocs),
+        "tmrings": TR.segment_size(nprocs),
     }
 
 
@@ -44,6 +49,9 @@ class NodeMemory:
         self.contacts = ContactTable(segments["contacts"].buf)
         self.dialogs = Table(segments["dialogs"].buf, DIALOG)
         self.rings = segments["rings"].buf
+        # local to this node, never replicated (services.sip.tm)
+        self.transactions = Table(segments["transactions"].buf, TRANSACTION)
+        self.tmrings = segments["tmrings"].buf
 
     @classmethod
     def create(cls, cfg: Config, master_pid: int) -> NodeMemory:
@@ -59,6 +67,9 @@ class NodeMemory:
             Table.create(made["dialogs"].buf, DIALOG, cfg["dialog.capacity"],
                          cfg["dialog.record_bytes"], nprocs, node_id)
             R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"])
+            Table.create(made["transactions"].buf, TRANSACTION, cfg["proxy.transactions"],
+                         cfg["proxy.record_bytes"], nprocs, node_id)
+            TR.init_segment(made["tmrings"].buf, nprocs)
             return cls(made)
         except BaseException:
             for seg in made.values():
@@ -94,7 +105,8 @@ class NodeMemory:
 
     def close(self) -> None:
         self.control = self.contacts = self.dialogs = None  # type: ignore[assignment]
-        self.rings = np.zeros(0, np.uint8)
+        self.transactions = None  # type: ignore[assignment]
+        self.rings = self.tmrings = np.zeros(0, np.uint8)
         for seg in self.segments.values():
             seg.close()
 

@@ -15,6 +15,9 @@ from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
+from fastcluster.shm import tmring as TR
+from fastcluster.shm import tmwheel as W
+from fastcluster.shm import transactions as X
 from fastcluster.shm.dialogs import DIALOG, pack_dialog
 from fastcluster.shm.tables import ContactTable, Table
 
@@ -93,4 +96,35 @@ def warm_kernels() -> float:
     # timer and recovery
     contacts.expire(now_s, 60, me)
     contacts.repair(ring, 1, 1)
+
+    _warm_transactions(nprocs, me, now_s)
     return time.perf_counter() - started
+
+
+def _warm_transactions(nprocs: int, me: int, now_s: int) -> None:
+    """The transaction kernels, through the same Python wrappers production uses."""
+    from fastcluster.services.sip.tm import TxWork  # numba-free module level imports
+
+    tx_buf = np.zeros(Table.size_for(X.TRANSACTION, 64, 2048, nprocs), dtype=np.uint8)
+    txs = Table.create(tx_buf, X.TRANSACTION, 64, 2048, nprocs, 1)
+    rings_buf = np.zeros(TR.segment_size(nprocs, 64), dtype=np.uint8)
+    TR.init_segment(rings_buf, nprocs, 64)
+    params = np.array([500, 4000, 5000, 180000, 0, 0, 0, 0], dtype=np.int64)
+    work = TxWork(tx_buf, rings_buf, 1, me, params, [0] * 4096)
+    src = ("127.0.0.1", 5060)
+    for kind in (X.K_REQUEST, X.K_ACK, X.K_CANCEL):
+        work.request(kind, b"warm", b"INVITE sip:w SIP/2.0\r\n\r\n", b"t\n", b"\0", 1,
+                     X.F_INVITE, 1, 0, src)
+    key = work.out().key
+    work.reply(key, 0, 180, X.M_INVITE, b"SIP/2.0 180 x\r\n\r\n")
+    work.reply(key, 0, 486, X.M_INVITE, b"SIP/2.0 486 x\r\n\r\n")
+    X.tx_read(tx_buf, 0, np.uint64(key), np.zeros(txs.row_size, dtype=np.uint8))
+    X.tx_count(tx_buf)
+    X.ident_key(b"warm")
+    wheel = W.wheel_new(256, 0)
+    W.wheel_insert(wheel, 5, 0, 2)
+    out = np.zeros((4, W.ACTION_WORDS), dtype=np.int64)
+    W.tm_tick(tx_buf, TR.all_rings(rings_buf), wheel, params, 10 ** 7, now_s, me, 1, out, 16)
+    W.tm_sweep(tx_buf, wheel, 0, 1, 0, -1, me)
+    txs.expire(now_s, 0, me)
+    txs.repair(R.no_ring(), 1, 1)

@@ -283,8 +283,12 @@ class Master:
         assert self.ctx is not None
         mem = self.ctx.mem
         ring = mem.ring(state.slot)
-        for name, table in (("contacts", mem.contacts), ("dialogs", mem.dialogs)):
-            fixed, freed = table.repair(ring, pid, state.slot)
+        from fastcluster.shm.ring import no_ring
+
+        for name, table, into in (("contacts", mem.contacts, ring),
+                                  ("dialogs", mem.dialogs, ring),
+                                  ("transactions", mem.transactions, no_ring())):
+            fixed, freed = table.repair(into, pid, state.slot)  # transactions: local only
             if fixed or freed:
                 log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
                             {0: "no row in flight", 1: "torn row restored",
