@@ -1,9 +1,10 @@
-"""The timer process: expiry of contacts and dialogs (locally, by their absolute expiry
-time: expiry is never replicated) and NAT pinging of this node's partitions.
+"""The timer process: transaction timers (every TM_TICK_S), expiry of contacts and
+dialogs (locally, by their absolute expiry time: expiry is never replicated) and NAT
+pinging of this node's partitions (every TICK_S).
 
-Each tick handles a slice of the lock regions, so no lock is held long and a pass over
-a large table is spread over `EXPIRY_PASS_S`. Neighbours: shm.tables (expire kernel),
-services.natping.
+Each slow tick handles a slice of the lock regions, so no lock is held long and a pass
+over a large table is spread over `EXPIRY_PASS_S`. Neighbours: shm.tables (expire
+kernel), services.natping, services.sip.tm_timer (transaction timers).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fastcluster.workers.child import Child
 log = logging.getLogger("timer")
 
 TICK_S = 0.1
+TM_TICK_S = 0.01  # transaction timers: T1 is 500 ms, retransmissions want ~10 ms accuracy
 EXPIRY_PASS_S = 1.0  # a whole table is swept once per second
 
 
@@ -26,24 +28,36 @@ class TimerProcess(Child):
 
     def boot(self) -> None:
         from fastcluster.services.sip.natping import NatPinger
+        from fastcluster.services.sip.tm_timer import TmTimer
 
         self.ctx.close_sockets(keep=("sip",))
-        self.cursors = {"contacts": 0, "dialogs": 0}
+        self.cursors = {"contacts": 0, "dialogs": 0, "transactions": 0}
         self.pinger = NatPinger(self, TICK_S)
+        self.tm = TmTimer(self)
 
     def apply_reload(self) -> None:
         self.pinger.apply_config(self.cfg)
+        self.tm.apply_config(self.cfg)
 
     def run(self) -> None:
         ticks_per_pass = max(1, int(EXPIRY_PASS_S / TICK_S))
+        slow_due = 0.0
         while not self.stopping:
             started = time.monotonic()
+            more = self.tm.tick()
+            if started < slow_due:
+                if not more:
+                    time.sleep(max(0.0, TM_TICK_S - (time.monotonic() - started)))
+                continue
+            slow_due = started + TICK_S
+            self.tm.publish()
             self.beat()
             self.check_reload()
             now = int(time.time())
             for name, table, ttl in (
                     ("contacts", self.mem.contacts, self.cfg["usrloc.tombstone_ttl_s"]),
-                    ("dialogs", self.mem.dialogs, self.cfg["dialog.tombstone_ttl_s"])):
+                    ("dialogs", self.mem.dialogs, self.cfg["dialog.tombstone_ttl_s"]),
+                    ("transactions", self.mem.transactions, 0)):
                 budget = -(-table.nregions // ticks_per_pass)
                 nxt, (expired, purged, _) = table.expire(now, ttl, self.me, budget,
                                                          self.cursors[name])
@@ -51,5 +65,7 @@ class TimerProcess(Child):
                 if name == "contacts":
                     self.stats[INDEX["usrloc:expired_contacts"]] += expired
                     self.stats[INDEX["usrloc:purged_tombstones"]] += purged
+                elif name == "transactions":  # rows whose timers all went missing
+                    self.stats[INDEX["tm:expired_rows"]] += expired
             self.pinger.tick(time.monotonic())
-            time.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
+            time.sleep(max(0.0, TM_TICK_S - (time.monotonic() - started)))

@@ -1,6 +1,6 @@
 """The SIP application of a worker: a registrar (RFC 3261 §10.3, RFC 3327 Path, RFC 5626
-instance/reg-id, nathelper-style NAT detection) plus the answers a server owes to every
-other request (OPTIONS 200, Max-Forwards 483, 501 for what is not handled yet).
+instance/reg-id, nathelper-style NAT detection) plus OPTIONS 200 to the server itself;
+every other request and every reply goes to the proxy (services.sip.proxy).
 
 Per REGISTER: parse, resolve every contact's expiry (423 below usrloc.min_expires,
 clamped to usrloc.max_expires), pack the request into this worker's buffer, and let one
@@ -57,6 +57,8 @@ I_ACCEPT, I_REJECT = _I["registrar:accepted_regs"], _I["registrar:rejected_regs"
 I_TOO_LONG, I_FULL = _I["usrloc:refused_too_long"], _I["usrloc:refused_table_full"]
 I_COLLIDE, I_WAITS = _I["usrloc:key_collisions"], _I["usrloc:lock_waits"]
 I_PING_RPL = _I["nathelper:ping_replies"]
+I_ERR_RPL = _I["core:err_replies"]
+I_RCV_REGISTER, I_RCV_OPTIONS = _I["core:rcv_requests_register"], _I["core:rcv_requests_options"]
 
 # kernel result -> (status, reason, counter or -1)
 KERNEL_ERRORS = {
@@ -164,6 +166,10 @@ class SipApp:
         self._date_s = -1
         self._date = b""
         self._logged: set[str] = set()
+        self.server: list[tuple[str, str]] = []
+        from fastcluster.services.sip.proxy import Proxy  # every other request and reply
+
+        self.proxy = Proxy(self)
         self.apply_reload(worker.cfg)
 
     def apply_reload(self, cfg: Config) -> None:
@@ -172,6 +178,7 @@ class SipApp:
         self.default_expires = cfg["usrloc.default_expires"]
         self.max_contacts = cfg["usrloc.max_contacts"]
         self.server = [("Server", cfg["sip.server_header"])] if cfg["sip.server_header"] else []
+        self.proxy.apply_reload(cfg)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -195,6 +202,8 @@ class SipApp:
             msg = parse_message(data)
         except SipParseError as exc:
             counts[I_BAD] += 1
+            if data[:4] == b"SIP/":
+                counts[I_ERR_RPL] += 1  # a malformed reply: dropped
             req = exc.request
             if exc.status and req is not None and req.is_request and req.method != "ACK":
                 self.reply(req, exc.status, exc.reason, addr, listener)
@@ -205,22 +214,20 @@ class SipApp:
             if ping is not None and msg.cseq_method == "OPTIONS":
                 counts[I_PING_RPL] += 1
                 P.mark_reply(self.table, ping[0], np.uint64(ping[1]), int(time.time()))
+                return
+            self.proxy.handle_reply(msg, data, addr, listener)
             return
         counts[I_RCV_REQ] += 1
         method = msg.method
         if method == "REGISTER":
+            self.counts[I_RCV_REGISTER] += 1
             self.register(msg, addr, listener)
-        elif method == "ACK":
-            counts[I_DROP] += 1  # an ACK for one of our final replies
         elif method == "OPTIONS" and _addressed_to_server(msg.ruri):
+            self.counts[I_RCV_OPTIONS] += 1
             self.reply(msg, 200, "OK", addr, listener,
                        [("Allow", ALLOW), ("Accept", "application/sdp")])
-        elif msg.max_forwards == 0:
-            counts[I_483] += 1
-            self.reply(msg, 483, "Too Many Hops", addr, listener)
         else:
-            counts[I_501] += 1
-            self.reply(msg, 501, "Not Implemented", addr, listener, [("Allow", ALLOW)])
+            self.proxy.handle_request(msg, data, addr, listener)
 
     def reply(self, msg: SipMessage, status: int, reason: str, addr: tuple, listener: Any,
               headers: list[tuple[str, str]] | None = None, raw: bytes = b"") -> None:

@@ -219,7 +219,8 @@ def test_other_requests_and_responses() -> None:
             "CSeq: 1 {method}\nMax-Forwards: {mf}\nContent-Length: 0\n\n")
     reply = h.send(base.format(method="OPTIONS", ruri="sip:example.com", mf=70))
     assert status(reply) == 200 and "Allow: REGISTER, OPTIONS" in reply
-    assert status(h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=70))) == 501
+    # other requests go to the proxy: b@example.com never registered
+    assert status(h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=70))) == 404
     assert status(h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=0))) == 483
     assert h.send(base.format(method="ACK", ruri="sip:b@example.com", mf=70)) is None
     response = ("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-3\n"
@@ -227,7 +228,7 @@ def test_other_requests_and_responses() -> None:
                 "CSeq: 1 OPTIONS\nContent-Length: 0\n\n")
     assert h.send(response) is None
     assert h.count("core:rcv_replies") == 1 and h.count("core:rcv_requests") == 4
-    assert h.count("core:unsupported_methods") == 1 and h.count("core:too_many_hops") == 1
+    assert h.count("proxy:not_found") == 1 and h.count("core:too_many_hops") == 1
 
 
 def test_malformed_requests_get_400_or_are_dropped() -> None:

@@ -1,0 +1,442 @@
+"""The stateful proxy of a SIP worker (RFC 3261 §16): every request that is not for the
+registrar, and every response.
+
+A request is validated (§16.3: Max-Forwards, loops, Proxy-Require), its Route header
+processed (§16.4, services.sip.routing), its targets found (§16.5: the next Route hop;
+a home node's hint; the registered contacts of a served AOR; the Request-URI host of a
+foreign domain when relaying is on), then one kernel call (shm.transactions) creates
+its transaction -- or finds it, when this is a retransmission -- and the branches are
+sent (§16.6: our Via, Record-Route, Max-Forwards, the contact as Request-URI, its Path
+or its home node as Route). A response finds its transaction by our branch in its top
+Via and the kernel says what to do with it (§16.7). ACK for 2xx and responses without
+a transaction are forwarded statelessly (§16.11). Timers run in the timer process
+(services.sip.tm_timer). Dialog tracking (the next issue) plugs into `DialogHook`: the
+three call sites are marked "dialog hook". Neighbours: services.sip.registrar
+(dispatch), services.sip.tm, services.sip.routing, services.sip.messages,
+services.sip.location, services.sip.dns.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+from fastcluster.core.config import Config
+from fastcluster.core.sip import SipMessage, build_response, tag_of
+from fastcluster.core.stats import INDEX
+from fastcluster.services.sip import messages as M
+from fastcluster.services.sip import routing as RT
+from fastcluster.services.sip.dns import Resolver
+from fastcluster.services.sip.location import Location
+from fastcluster.services.sip.tm import (
+    REASONS,
+    Listener,
+    Sender,
+    TxWork,
+    branch_request,
+    local_tag,
+    params_from,
+)
+from fastcluster.services.sip.usrloc import normalize_aor
+from fastcluster.shm import control as CT
+from fastcluster.shm import transactions as X
+
+log = logging.getLogger("proxy")
+
+_I = INDEX
+I_METHOD = {m.upper(): _I[f"core:rcv_requests_{m}"] for m in (
+    "invite", "ack", "bye", "cancel", "options", "register", "message", "subscribe",
+    "notify", "info", "update", "prack", "refer", "publish")}
+I_RPL_CLASS = [_I.get(f"core:rcv_replies_{c}xx", -1) for c in range(7)]
+I_SENT, I_483, I_DROP = _I["sl:sent_replies"], _I["core:too_many_hops"], \
+    _I["core:drop_requests"]
+I_SL_CLASS = [_I.get(f"sl:{c}xx_replies", I_SENT) for c in range(7)]
+I_FWD_REQ, I_FWD_RPL, I_DROP_RPL = (_I["core:fwd_requests"], _I["core:fwd_replies"],
+                                    _I["core:drop_replies"])
+I_UAS, I_UAC, I_RCV_TX = _I["tm:UAS_transactions"], _I["tm:UAC_transactions"], \
+    _I["tm:received_replies"]
+I_ABSORBED = _I["tm:absorbed_retransmissions"]
+I_FULL, I_TOO_LONG, I_COLLIDE = (_I["tm:refused_table_full"], _I["tm:refused_too_long"],
+                                 _I["tm:key_collisions"])
+I_LOOKUPS, I_404, I_480 = _I["proxy:lookups"], _I["proxy:not_found"], \
+    _I["proxy:no_contacts"]
+I_HOME, I_RELAYED, I_FOREIGN = (_I["proxy:home_routed"], _I["proxy:relayed_foreign"],
+                                _I["proxy:refused_foreign"])
+I_LOOPS, I_UNROUTABLE = _I["proxy:loops"], _I["proxy:unroutable"]
+
+KERNEL_ERRORS = {X.E_FULL: (503, I_FULL), X.E_TOO_LONG: (513, I_TOO_LONG),
+                 X.E_COLLISION: (500, I_COLLIDE)}
+
+
+class DialogHook(Protocol):
+    """What dialog tracking implements (not part of this issue: no implementation is
+    wired yet, `Proxy.dialogs` stays None). The proxy calls it where RFC 3261 §12
+    dialogs are born and change, after the transaction kernel accepted the message."""
+
+    def on_initial_invite(self, msg: SipMessage, key: int, src: tuple[str, int]) -> None:
+        """An INVITE without To tag created transaction `key` (a dialog may start)."""
+
+    def on_invite_reply(self, msg: SipMessage, key: int, branch: int) -> None:
+        """A response to that INVITE arrived on `branch` (1xx with a To tag: early
+        dialog; 2xx: confirmed; >= 300: the attempt failed)."""
+
+    def on_in_dialog(self, msg: SipMessage) -> None:
+        """A request with a To tag (BYE, re-INVITE, ACK, ...) is being forwarded."""
+
+
+class Refused(Exception):
+    """A request answered with an error instead of being proxied."""
+
+    def __init__(self, status: int, counter: int = -1,
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(status)
+        self.status, self.counter, self.headers = status, counter, headers
+
+
+class Proxy:
+    def __init__(self, app: Any) -> None:
+        worker = app.worker
+        self.app = app
+        self.counts = app.counts
+        self.node = worker.cfg["clusterer.node_id"]
+        self.listeners = [Listener(s.index, s.host, s.port) for s in worker.listeners]
+        self.socks = {s.index: s.sock for s in worker.listeners}
+        self.pairs = [(x.host, x.port) for x in self.listeners]
+        self.local = frozenset(self.pairs)
+        self.needles = tuple(x.hostport.encode() for x in self.listeners)
+        self.mine = frozenset(x.hostport.lower() for x in self.listeners)  # Via sent-by
+        self.params = params_from(worker.cfg)
+        self.tx = TxWork(worker.mem.transactions.buf, worker.mem.tmrings, worker.slot,
+                         worker.me, self.params, self.counts)
+        self.sender = Sender(self.listeners, self._sock, self.node, self.counts)
+        self.location = Location(worker.mem.contacts.buf)
+        self.control = worker.mem.control
+        self.tag = local_tag(self.node, None)
+        self.tag_sig = self.tag[:11]  # "fcL" + node signature
+        self.resolver = Resolver()
+        self.dialogs: DialogHook | None = None  # dialog hook: set by dialog tracking
+        self._view_epoch = -1
+        self._nodes: dict[int, tuple[str, int]] = {}
+        self._peer_ips: frozenset[str] = frozenset()
+        self.apply_reload(worker.cfg)
+
+    def apply_reload(self, cfg: Config) -> None:
+        self.domains = cfg["sip.domains"]
+        self.relay_foreign = cfg["proxy.relay_foreign"]
+        self.serial = cfg["proxy.forking"] == "serial"
+        self.params[:] = params_from(cfg)
+        self.sender.server = self.app.server
+
+    def _sock(self, index: int) -> Any:
+        return self.socks.get(index) or self.socks[0]
+
+    # ---------------------------------------------------------------- cluster view
+
+    def nodes(self) -> dict[int, tuple[str, int]]:
+        """Live nodes of the first cluster and their SIP addresses (cached per view
+        epoch: the cluster process republishes on every change)."""
+        epoch = int(self.control.views[0, 0])
+        if epoch != self._view_epoch and not epoch & 1:
+            _, me, entries = self.control.read_view(0)
+            sip = self.control.read_view_sip(0)
+            self._nodes = {n: sip[n] for n, flags, _ in entries
+                           if flags & CT.VIEW_UP and n in sip and n != me}
+            self._peer_ips = frozenset(h for h, _ in self._nodes.values())
+            self._view_epoch = epoch
+        return self._nodes
+
+    # ---------------------------------------------------------------- requests
+
+    def handle_request(self, msg: SipMessage, data: bytes, addr: tuple, listener: Any) -> None:
+        method = msg.method
+        i = I_METHOD.get(method)
+        if i is not None:
+            self.counts[i] += 1
+        if method == "ACK":
+            self._ack(msg, data, addr, listener)
+            return
+        if method == "CANCEL":
+            self._cancel(msg, addr, listener)
+            return
+        try:
+            if msg.max_forwards == 0:
+                raise Refused(483, I_483)
+            if msg.get("proxy-require") is not None:
+                raise Refused(420, -1, [("Unsupported", ", ".join(
+                    msg.get_all("proxy-require")))])
+            if self._looped(msg, data):
+                raise Refused(482, I_LOOPS)
+            d = RT.process_routes(msg.ruri, msg.get_all("route"), self.pairs)
+            targets = self._targets(msg, d, addr)
+        except Refused as r:
+            if r.counter >= 0:
+                self.counts[r.counter] += 1
+            self.reply(msg, r.status, addr, listener, r.headers)
+            return
+        invite = method == "INVITE"
+        flags = X.F_INVITE if invite else 0
+        if self.serial and len({t.group for t in targets}) > 1:
+            flags |= X.F_SERIAL
+        ident, rfc2543 = self.ident(msg, method)
+        if rfc2543:
+            flags |= X.F_RFC2543
+        result = self.tx.request(X.K_REQUEST, ident, data, RT.encode_targets(targets),
+                                 bytes(t.group for t in targets), len(targets), flags,
+                                 msg.cseq_num, listener.index, addr)
+        if result == X.R_NEW:
+            o = self.tx.out()
+            self.counts[I_UAS] += 1
+            if invite:
+                self.reply(msg, 100, addr, listener)
+                if self.dialogs is not None and not tag_of(msg.to):
+                    self.dialogs.on_initial_invite(msg, o.key, addr)  # dialog hook
+            elif self.dialogs is not None and tag_of(msg.to):
+                self.dialogs.on_in_dialog(msg)  # dialog hook
+            for idx, t in enumerate(targets):
+                if o.start >> idx & 1:
+                    out = branch_request(data, msg, t, o.key, idx, listener.index,
+                                         self.listeners)
+                    self.sender.send(out, t.sock, (t.host, t.port))
+                    self.counts[I_UAC] += 1
+                    if t.home:
+                        self.counts[I_HOME] += 1
+        elif result == X.R_MATCH:
+            o = self.tx.out()
+            self.counts[I_ABSORBED] += 1
+            if o.actions & X.A_SEND_100:
+                self.reply(msg, 100, addr, listener)
+            elif o.actions:
+                response, request, tgt = self.tx.out_strings(o)
+                self.sender.run(o.actions, o, o.key, response, request, tgt, req=msg)
+        else:
+            status, counter = KERNEL_ERRORS.get(result, (500, -1))
+            if counter >= 0:
+                self.counts[counter] += 1
+            self.reply(msg, status, addr, listener)
+
+    def ident(self, msg: SipMessage, method: str) -> tuple[bytes, bool]:
+        """§17.2.3 matching identity: the top Via's branch and sent-by with the method
+        (INVITE for ACK and CANCEL), or the RFC 2543 fields. (ident, is RFC 2543)."""
+        sent_by, branch = M.via_parts(msg.vias[0])
+        if method in ("ACK", "CANCEL"):
+            method = "INVITE"
+        if branch.startswith(M.COOKIE):
+            return f"{branch}\0{sent_by}\0{method}".encode("utf-8", "surrogateescape"), False
+        text = "\0".join(("2543", msg.ruri, tag_of(msg.from_), msg.call_id,
+                          str(msg.cseq_num), M.first_value(msg.vias[0]), method))
+        return text.encode("utf-8", "surrogateescape"), True
+
+    def _looped(self, msg: SipMessage, data: bytes) -> bool:
+        """§16.3 step 4: a Via of ours whose branch carries this request's loop hash."""
+        if not any(n in data for n in self.needles):
+            return False
+        h = None
+        for header in msg.vias:
+            for value in M.split_values(header):
+                sent_by, branch = M.via_parts(value)
+                if sent_by in self.mine:
+                    parsed = M.parse_branch(branch)
+                    if parsed is not None:
+                        if h is None:
+                            h = M.loop_hash(msg) & 0xFFFFFFFF
+                        if parsed[2] == h:
+                            return True
+        return False
+
+    def _from_peer(self, addr: tuple) -> bool:
+        """Whether a datagram came from another node of the cluster (by address: the
+        only ones whose home-node hints are followed)."""
+        self.nodes()
+        return addr[0] in self._peer_ips
+
+    def _targets(self, msg: SipMessage, d: RT.RouteDecision, addr: tuple) -> list[RT.Target]:
+        if d.routes:  # loose routing: the next hop is the top Route (§16.12)
+            return [self._hop(RT.uri_of(d.routes[0]), d.ruri, d.out_sock)]
+        if d.home_dst is not None and d.popped and self._from_peer(addr):
+            # a peer node sends us a call for a contact that registered through us
+            sock = d.home_sock if d.home_sock is not None and \
+                d.home_sock < len(self.listeners) else 0
+            return [RT.Target(sock, d.home_dst[0], d.home_dst[1], d.ruri)]
+        hp = RT.uri_hostport(d.ruri)
+        if hp is None:
+            raise Refused(416, I_UNROUTABLE)
+        if d.popped and tag_of(msg.to) and not RT.is_local(hp, self.local):
+            # in a dialog we record-routed: the Request-URI is the remote target
+            return [self._hop(d.ruri, d.ruri, d.out_sock)]
+        if RT.is_local(hp, self.local) or RT.serves_domain(hp[0], self.domains, self.local):
+            if not RT.has_user(d.ruri):
+                raise Refused(404, I_404)
+            return self._lookup(normalize_aor(d.ruri))
+        if not self.relay_foreign:
+            raise Refused(403, I_FOREIGN)
+        self.counts[I_RELAYED] += 1
+        return [self._hop(d.ruri, d.ruri, d.out_sock, srv=True)]
+
+    def _hop(self, uri: str, ruri: str, out_sock: int | None, srv: bool = False) -> RT.Target:
+        hp = RT.uri_hostport(uri)
+        if hp is None:
+            raise Refused(416, I_UNROUTABLE)
+        dst = self.resolver.rfc3263(*hp) if srv else self.resolver.address(*hp)
+        if dst is None:
+            raise Refused(503 if srv else 404, I_UNROUTABLE)
+        return RT.Target(out_sock or 0, dst[0], dst[1], ruri)
+
+    def _lookup(self, aor: str) -> list[RT.Target]:
+        self.counts[I_LOOKUPS] += 1
+        bindings = self.location.lookup(aor)
+        if not bindings:
+            raise Refused(404, I_404)
+        chosen = RT.select_bindings(bindings, int(time.time()), self.serial, X.MAX_BRANCHES)
+        nodes = self.nodes()
+        targets = []
+        for b, group in chosen:
+            t = RT.binding_target(b, group, self.node, nodes, self.resolver.address)
+            if t is not None:
+                targets.append(t)
+        if not targets:
+            raise Refused(480, I_480)
+        return targets
+
+    def _ack(self, msg: SipMessage, data: bytes, addr: tuple, listener: Any) -> None:
+        if tag_of(msg.to).startswith(self.tag_sig):
+            return  # the ACK of a response we made without a transaction
+        ident, _ = self.ident(msg, "ACK")
+        result = self.tx.request(X.K_ACK, ident, b"", b"", b"", 0, 0, msg.cseq_num,
+                                 listener.index, addr)
+        if result != X.R_NOT_FOUND:
+            return  # the ACK of a non-2xx final: absorbed by its transaction (§17.2.1)
+        if self.dialogs is not None:
+            self.dialogs.on_in_dialog(msg)  # dialog hook
+        self.stateless_request(msg, data, addr)
+
+    def stateless_request(self, msg: SipMessage, data: bytes, addr: tuple) -> None:
+        """§16.11: forward without a transaction (an ACK for a 2xx): Route, or the
+        Request-URI when it is not ours."""
+        d = RT.process_routes(msg.ruri, msg.get_all("route"), self.pairs)
+        try:
+            hp = RT.uri_hostport(d.ruri)
+            if d.routes:
+                t = self._hop(RT.uri_of(d.routes[0]), d.ruri, d.out_sock)
+            elif d.home_dst is not None and d.popped and self._from_peer(addr):
+                t = RT.Target(d.home_sock or 0, d.home_dst[0], d.home_dst[1], d.ruri)
+            elif hp is None or RT.is_local(hp, self.local):
+                raise Refused(404)
+            elif d.popped:  # in a dialog we record-routed: to the remote target
+                t = self._hop(d.ruri, d.ruri, d.out_sock)
+            elif self.relay_foreign and not RT.serves_domain(hp[0], self.domains, self.local):
+                t = self._hop(d.ruri, d.ruri, d.out_sock, srv=True)
+            else:
+                raise Refused(404)  # not routed through us: nothing to do with it
+        except Refused:
+            self.counts[I_DROP] += 1
+            return
+        out_l = self.listeners[t.sock] if t.sock < len(self.listeners) else self.listeners[0]
+        _, top = M.via_parts(msg.vias[0])
+        via = f"Via: SIP/2.0/UDP {out_l.hostport};branch=" + M.stateless_branch(top, msg.ruri)
+        mf = msg.max_forwards - 1 if msg.max_forwards > 0 else 70
+        if msg.max_forwards == 0:
+            self.counts[I_DROP] += 1
+            return
+        out = M.forward_request(data, msg, d.ruri, [via], d.popped, mf)
+        self.sender.send(out, t.sock, (t.host, t.port))
+        self.counts[I_FWD_REQ] += 1
+
+    def _cancel(self, msg: SipMessage, addr: tuple, listener: Any) -> None:
+        ident, _ = self.ident(msg, "CANCEL")
+        result = self.tx.request(X.K_CANCEL, ident, b"", b"", b"", 0, 0, msg.cseq_num,
+                                 listener.index, addr)
+        if result != X.R_MATCH:
+            self.reply(msg, 481, addr, listener)
+            return
+        o = self.tx.out()
+        self.reply(msg, 200, addr, listener, key=o.key)  # §16.10
+        if o.actions & X.A_CANCEL:
+            response, request, targets = self.tx.out_strings(o)
+            self.sender.run(X.A_CANCEL, o, o.key, b"", request, targets)
+
+    def reply(self, msg: SipMessage, status: int, addr: tuple, listener: Any,
+              headers: list[tuple[str, str]] | None = None, key: int | None = None) -> None:
+        """A response of our own, sent to where the request came from."""
+        extra = self.app.server + (headers or [])
+        tag = None if status == 100 else (local_tag(self.node, key) if key is not None
+                                          else self.tag)
+        data = build_response(msg, status, REASONS.get(status, "Error"), extra, to_tag=tag,
+                              received=addr[:2])
+        listener.sock.sendto(data, addr)
+        self.counts[I_SENT] += 1
+        self.counts[I_SL_CLASS[status // 100]] += 1
+
+    # ---------------------------------------------------------------- responses
+
+    def handle_reply(self, msg: SipMessage, data: bytes, addr: tuple, listener: Any) -> None:
+        status = msg.status
+        i = I_RPL_CLASS[min(status // 100, 6)]
+        if i >= 0:
+            self.counts[i] += 1
+        sent_by, branch = M.via_parts(msg.vias[0])
+        parsed = M.parse_branch(branch)
+        stripped = M.strip_top_via(data)
+        if stripped is None or sent_by not in self.mine:
+            self.counts[I_DROP_RPL] += 1  # not sent by us
+            return
+        if parsed is None:
+            self._stateless_reply(stripped, listener)
+            return
+        key, idx, _ = parsed
+        method = msg.cseq_method
+        mclass = X.M_INVITE if method == "INVITE" else (X.M_CANCEL if method == "CANCEL"
+                                                        else X.M_OTHER)
+        result = self.tx.reply(key, idx, status, mclass, stripped)
+        if result != X.R_MATCH:
+            self._stateless_reply(stripped, listener)
+            return
+        self.counts[I_RCV_TX] += 1
+        o = self.tx.out()
+        if o.actions:
+            response, request, targets = self.tx.out_strings(o)
+            self.sender.run(o.actions, o, key, response, request, targets, arriving=stripped,
+                            branch=idx)
+        if self.dialogs is not None and mclass == X.M_INVITE:
+            self.dialogs.on_invite_reply(msg, key, idx)  # dialog hook
+
+    def _stateless_reply(self, stripped: bytes, listener: Any) -> None:
+        """§16.11 / §18.2.2: to the next Via's received/rport, else its sent-by."""
+        dst = next_via_address(stripped)
+        if dst is None:
+            self.counts[I_DROP_RPL] += 1
+            return
+        dst = self.resolver.address(*dst)
+        if dst is None:
+            self.counts[I_DROP_RPL] += 1
+            return
+        self.sender.send(stripped, listener.index, dst)
+        self.counts[I_FWD_RPL] += 1
+
+
+def next_via_address(data: bytes) -> tuple[str, int] | None:
+    """Where a response goes (§18.2.2 with RFC 3581): the top Via's received (else its
+    host) and rport value (else its port, else 5060)."""
+    m = M._TOP_VIA.search(data)
+    if m is None:
+        return None
+    value = M.first_value(m.group(1).decode("utf-8", "surrogateescape"))
+    head, _, params = value.partition(";")
+    sent_by = head.rsplit(None, 1)[-1]
+    if sent_by.startswith("["):
+        host, _, rest = sent_by[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = sent_by.partition(":")
+    port = int(port_text) if port_text.isdigit() else 5060
+    for p in params.split(";"):
+        name, _, val = p.strip().partition("=")
+        name = name.lower()
+        if name == "received" and val:
+            host = val.strip("[]")
+        elif name == "rport" and val.isdigit():
+            port = int(val)
+    return (host, port) if host else None
+
+
+def reason(status: int) -> str:
+    return REASONS.get(status, "Error")
