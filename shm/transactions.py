@@ -125,7 +125,7 @@ __doc__ = __doc__.format(layout=TRANSACTION.layout_table())
 S_IDENT, S_REQUEST, S_TARGETS, S_RESPONSE = range(4)
 _D = TRANSACTION.dtype
 (O_T0, O_SCHED, O_DUE, O_FLAGS, O_CSEQ, O_SRETR, O_SEND, O_STATUS, O_BEST, O_SPORT,
- O_SRETRN, O_NB, O_INSOCK, O_SFAM, O_BESTB, O_SADDR, O_BSTATE, O_BFLAGS, O_BGROUP,
+ O_SRETRN, O_NBR, O_INSOCK, O_SFAM, O_BESTB, O_SADDR, O_BSTATE, O_BFLAGS, O_BGROUP,
  O_BRETRN, O_BSTATUS, O_BRETR, O_BDEAD, O_BC, O_BCANCEL, O_BCEND) = (
     _D.fields[name][1] for name in (
         "t0_ms", "sched_ms", "due_ms", "flags", "cseq", "s_retr", "s_end", "status", "best",
@@ -294,7 +294,7 @@ def _row_due(t, b):
         v = ld32(t.rows8, b + off)
         if v and (due == 0 or t0 + v < due):
             due = t0 + v
-    nb = _u8(t, b, O_NB)
+    nb = _u8(t, b, O_NBR)
     for i in range(nb):
         for off in (O_BRETR, O_BDEAD, O_BC, O_BCANCEL):
             v = ld32(t.rows8, b + off + 4 * i)
@@ -388,7 +388,7 @@ def _out_upstream(t, b, o):
     o[O_ADDR] = ld64(t.rows8, b + O_SADDR)
     o[O_ADDR2] = ld64(t.rows8, b + O_SADDR + 8)
     o[O_SSTATE] = _u8(t, b, R_AUX)
-    o[O_NB] = _u8(t, b, O_NB)
+    o[O_NB] = _u8(t, b, O_NBR)
 
 
 # ---------------------------------------------------------------- branch logic
@@ -414,7 +414,7 @@ def _cancel_branches(t, b, except_i, now, t1):
     st32(t.rows8, b + O_FLAGS, flags | F_CANCELED)
     if not flags & F_INVITE:
         return 0  # only INVITE can be cancelled (§9)
-    nb = _u8(t, b, O_NB)
+    nb = _u8(t, b, O_NBR)
     for j in range(nb):
         if j == except_i:
             continue
@@ -444,7 +444,7 @@ def _start_branch(t, b, i, now, p):
 
 @njit(cache=True)
 def _no_active(t, b):
-    nb = _u8(t, b, O_NB)
+    nb = _u8(t, b, O_NBR)
     for j in range(nb):
         if _active(_bstate(t, b, j)):
             return False
@@ -454,7 +454,7 @@ def _no_active(t, b):
 @njit(cache=True)
 def _next_group(t, b):
     """Serial forking: the lowest group among branches not started yet (-1: none)."""
-    nb = _u8(t, b, O_NB)
+    nb = _u8(t, b, O_NBR)
     g = -1
     for j in range(nb):
         if _bstate(t, b, j) == BS_UNUSED:
@@ -475,7 +475,7 @@ def _send_final(t, b, now, p, arriving_is_best, o):
         g = _next_group(t, b)
         if g >= 0:
             mask = 0
-            nb = _u8(t, b, O_NB)
+            nb = _u8(t, b, O_NBR)
             for j in range(nb):
                 if _bstate(t, b, j) == BS_UNUSED and t.rows8[b + O_BGROUP + j] == g:
                     _start_branch(t, b, j, now, p)
@@ -772,7 +772,7 @@ def tx_request(arena, work, ring, params, me, proc):
         st16(t.rows8, b + O_SPORT, w[I_PORT])
         t.rows8[b + O_SADDR:b + O_SADDR + 16] = work[8 * I_ADDR:8 * I_ADDR + 16]
         nb = min(w[I_NB], MAX_BRANCHES)
-        t.rows8[b + O_NB] = nb
+        t.rows8[b + O_NBR] = nb
         first = 255
         for j in range(nb):
             g = np.int64(work[8 * I_GROUPS + j])
@@ -847,7 +847,7 @@ def tx_reply(arena, work, ring, params, me, proc):
         return R_NOT_FOUND
     b = rbase(t, found)
     i = w[I_BRANCH]
-    if i < 0 or i >= _u8(t, b, O_NB):
+    if i < 0 or i >= _u8(t, b, O_NBR):
         unlock_regions(t, lo, hi)
         o[O_RESULT] = R_NOT_FOUND
         return R_NOT_FOUND
@@ -892,7 +892,7 @@ def fire(t, s, key, at, now, now_s, p, proc, o):
     t1, t2 = p[P_T1], p[P_T2]
     actions = 0
     timed_out = False
-    nb = _u8(t, b, O_NB)
+    nb = _u8(t, b, O_NBR)
     for i in range(nb):
         st = _bstate(t, b, i)
         if _active(st):
@@ -985,6 +985,21 @@ def fire(t, s, key, at, now, now_s, p, proc, o):
     undo_commit(t, s)
     undo_end(t, proc)
     return actions, due, False
+
+
+@njit(cache=True)
+def tx_fire(arena, slot, key, at, now, now_s, params, me, proc, out):
+    """fire() for one row under its region lock, for tests and tools (the timer
+    process goes through shm.tmwheel.tm_tick). out: int64[OUT_WORDS]. Returns
+    (actions, next due, deleted), or (E_BUSY, 0, False)."""
+    t = views(arena)
+    out = unmanaged(out)
+    r = slot >> t.shift
+    if not lock_region(t, r, me):
+        return E_BUSY, 0, False
+    actions, due, deleted = fire(t, slot, np.uint64(key), at, now, now_s, params, proc, out)
+    unlock_regions(t, r, r)
+    return actions, due, deleted
 
 
 @njit(cache=True)

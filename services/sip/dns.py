@@ -129,11 +129,18 @@ class Resolver:
     def __init__(self, nameserver: tuple[str, int] | None = None) -> None:
         self.nameserver = nameserver
         self._cache: dict[tuple[str, int, bool], tuple[float, tuple[str, int] | None]] = {}
+        self._literal: dict[tuple[str, int], tuple[str, int]] = {}
 
     def address(self, host: str, port: int) -> tuple[str, int] | None:
-        """(ip, port) of host (port 0: 5060); IP literals cost nothing."""
+        """(ip, port) of host (port 0: 5060); IP literals cost a dict lookup."""
+        hit = self._literal.get((host, port))
+        if hit is not None:
+            return hit
         if host and (host[0].isdigit() or ":" in host) and is_ip(host):
-            return host, port or 5060
+            if len(self._literal) > 65536:
+                self._literal.clear()
+            found = self._literal[(host, port)] = (host, port or 5060)
+            return found
         return self._cached(host, port, False)
 
     def rfc3263(self, host: str, port: int) -> tuple[str, int] | None:

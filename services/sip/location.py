@@ -21,6 +21,7 @@ from fastcluster.services.sip.messages import split_values
 from fastcluster.services.sip.routing import Binding
 
 MAX_BINDINGS = 64
+CACHE_ROWS = 65536  # decoded contacts kept per process (cleared when full)
 
 _D = CONTACT.dtype
 _FIELDS = ("expires", "state", "aux", "origin", "last_modified", "reg_id", "flags", "q",
@@ -61,14 +62,37 @@ class Location:
         self.row = int(h[T.H_ROW])  # table_group writes one row body every row_size
         self.out = np.zeros(MAX_BINDINGS * self.row, dtype=np.uint8)
         self.mv = memoryview(self.out)
+        self._cache: dict[bytes, Binding] = {}
+        self._groups: dict[str, tuple[np.ndarray, np.uint64, int]] = {}  # AOR -> hash
 
-    def lookup(self, aor: str) -> list[Binding]:
-        """Live (not tombstoned) contacts of `aor`, expired or not (routing filters)."""
-        ident = aor.encode()
-        data = np.frombuffer(ident, dtype=np.uint8)
-        n = T.table_group(self.buf, np.uint64(group_hash_of(ident)), data, len(ident), True,
-                          self.out, MAX_BINDINGS)
-        return [self._decode(i * self.row) for i in range(n)]
+    def lookup(self, aor: str) -> list[tuple[bytes, Binding]]:
+        """Live (not tombstoned) contacts of `aor`, expired or not (routing filters),
+        each with its row bytes (an identity that changes with every new version of
+        the contact: callers key their own caches with it). Rows seen before are not
+        decoded again."""
+        hit = self._groups.get(aor)
+        if hit is None:
+            ident = aor.encode()
+            if len(self._groups) > CACHE_ROWS:
+                self._groups.clear()
+            hit = self._groups[aor] = (np.frombuffer(ident, dtype=np.uint8),
+                                       np.uint64(group_hash_of(ident)), len(ident))
+        data, group, n_ident = hit
+        n = T.table_group(self.buf, group, data, n_ident, True, self.out, MAX_BINDINGS)
+        out = []
+        mv = self.mv
+        cache = self._cache
+        for i in range(n):
+            at = i * self.row
+            used = _FIXED + sum(_LENS_FMT.unpack_from(mv, at + _LENS))
+            raw = bytes(mv[at:at + used])
+            b = cache.get(raw)
+            if b is None:
+                if len(cache) > CACHE_ROWS:
+                    cache.clear()
+                b = cache[raw] = self._decode(at)
+            out.append((raw, b))
+        return out
 
     def _decode(self, at: int) -> Binding:
         mv = self.mv

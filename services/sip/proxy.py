@@ -36,6 +36,7 @@ from fastcluster.services.sip.tm import (
     branch_request,
     local_tag,
     params_from,
+    route_decision,
 )
 from fastcluster.services.sip.usrloc import normalize_aor
 from fastcluster.shm import control as CT
@@ -60,8 +61,10 @@ I_FULL, I_TOO_LONG, I_COLLIDE = (_I["tm:refused_table_full"], _I["tm:refused_too
                                  _I["tm:key_collisions"])
 I_LOOKUPS, I_404, I_480 = _I["proxy:lookups"], _I["proxy:not_found"], \
     _I["proxy:no_contacts"]
-I_HOME, I_RELAYED, I_FOREIGN = (_I["proxy:home_routed"], _I["proxy:relayed_foreign"],
-                                _I["proxy:refused_foreign"])
+I_HOME, I_RELAYED_FOREIGN, I_FOREIGN = (_I["proxy:home_routed"],
+                                        _I["proxy:relayed_foreign"],
+                                        _I["proxy:refused_foreign"])
+I_RELAYED = _I["tm:relayed_replies"]
 I_LOOPS, I_UNROUTABLE = _I["proxy:loops"], _I["proxy:unroutable"]
 
 KERNEL_ERRORS = {X.E_FULL: (503, I_FULL), X.E_TOO_LONG: (513, I_TOO_LONG),
@@ -100,10 +103,10 @@ class Proxy:
         self.counts = app.counts
         self.node = worker.cfg["clusterer.node_id"]
         self.listeners = [Listener(s.index, s.host, s.port) for s in worker.listeners]
-        self.socks = {s.index: s.sock for s in worker.listeners}
+        self.socks = [s.sock for s in sorted(worker.listeners, key=lambda x: x.index)]
         self.pairs = [(x.host, x.port) for x in self.listeners]
         self.local = frozenset(self.pairs)
-        self.needles = tuple(x.hostport.encode() for x in self.listeners)
+        self.via_needles = tuple(x.hostport for x in self.listeners)
         self.mine = frozenset(x.hostport.lower() for x in self.listeners)  # Via sent-by
         self.params = params_from(worker.cfg)
         self.tx = TxWork(worker.mem.transactions.buf, worker.mem.tmrings, worker.slot,
@@ -118,6 +121,8 @@ class Proxy:
         self._view_epoch = -1
         self._nodes: dict[int, tuple[str, int]] = {}
         self._peer_ips: frozenset[str] = frozenset()
+        self._target_cache: dict[tuple[bytes, int], tuple[list[RT.Target], bytes]] = {}
+        self._aors: dict[str, str] = {}  # Request-URI -> AOR
         self.apply_reload(worker.cfg)
 
     def apply_reload(self, cfg: Config) -> None:
@@ -128,7 +133,7 @@ class Proxy:
         self.sender.server = self.app.server
 
     def _sock(self, index: int) -> Any:
-        return self.socks.get(index) or self.socks[0]
+        return self.socks[index] if index < len(self.socks) else self.socks[0]
 
     # ---------------------------------------------------------------- cluster view
 
@@ -166,8 +171,8 @@ class Proxy:
                     msg.get_all("proxy-require")))])
             if self._looped(msg, data):
                 raise Refused(482, I_LOOPS)
-            d = RT.process_routes(msg.ruri, msg.get_all("route"), self.pairs)
-            targets = self._targets(msg, d, addr)
+            d = route_decision(msg, self.listeners)
+            targets, encoded = self._targets(msg, d, addr)
         except Refused as r:
             if r.counter >= 0:
                 self.counts[r.counter] += 1
@@ -175,27 +180,29 @@ class Proxy:
             return
         invite = method == "INVITE"
         flags = X.F_INVITE if invite else 0
-        if self.serial and len({t.group for t in targets}) > 1:
+        groups = bytes(t.group for t in targets)
+        if self.serial and any(groups):
             flags |= X.F_SERIAL
         ident, rfc2543 = self.ident(msg, method)
         if rfc2543:
             flags |= X.F_RFC2543
-        result = self.tx.request(X.K_REQUEST, ident, data, RT.encode_targets(targets),
-                                 bytes(t.group for t in targets), len(targets), flags,
-                                 msg.cseq_num, listener.index, addr)
+        result = self.tx.request(X.K_REQUEST, ident, data, encoded, groups, len(targets),
+                                 flags, msg.cseq_num, listener.index, addr)
         if result == X.R_NEW:
-            o = self.tx.out()
+            key, start = self.tx.new_key_start()
             self.counts[I_UAS] += 1
             if invite:
                 self.reply(msg, 100, addr, listener)
-                if self.dialogs is not None and not tag_of(msg.to):
-                    self.dialogs.on_initial_invite(msg, o.key, addr)  # dialog hook
-            elif self.dialogs is not None and tag_of(msg.to):
-                self.dialogs.on_in_dialog(msg)  # dialog hook
+            if self.dialogs is not None:
+                if "tag" in msg.to and tag_of(msg.to):
+                    self.dialogs.on_in_dialog(msg)  # dialog hook
+                elif invite:
+                    self.dialogs.on_initial_invite(msg, key, addr)  # dialog hook
+            loop = M.loop_hash(msg)
             for idx, t in enumerate(targets):
-                if o.start >> idx & 1:
-                    out = branch_request(data, msg, t, o.key, idx, listener.index,
-                                         self.listeners)
+                if start >> idx & 1:
+                    out = branch_request(data, msg, t, key, idx, listener.index,
+                                         self.listeners, d, loop)
                     self.sender.send(out, t.sock, (t.host, t.port))
                     self.counts[I_UAC] += 1
                     if t.home:
@@ -228,7 +235,8 @@ class Proxy:
 
     def _looped(self, msg: SipMessage, data: bytes) -> bool:
         """§16.3 step 4: a Via of ours whose branch carries this request's loop hash."""
-        if not any(n in data for n in self.needles):
+        needles = self.via_needles
+        if not any(n in v for v in msg.vias for n in needles):
             return False
         h = None
         for header in msg.vias:
@@ -249,28 +257,40 @@ class Proxy:
         self.nodes()
         return addr[0] in self._peer_ips
 
-    def _targets(self, msg: SipMessage, d: RT.RouteDecision, addr: tuple) -> list[RT.Target]:
+    def _targets(self, msg: SipMessage, d: RT.RouteDecision, addr: tuple
+                 ) -> tuple[list[RT.Target], bytes]:
+        """The branches of a request and their `targets` string (§16.5)."""
         if d.routes:  # loose routing: the next hop is the top Route (§16.12)
-            return [self._hop(RT.uri_of(d.routes[0]), d.ruri, d.out_sock)]
+            t = [self._hop(RT.uri_of(d.routes[0]), d.ruri, d.out_sock)]
+            return t, RT.encode_targets(t)
+        ruri = d.ruri or msg.ruri
         if d.home_dst is not None and d.popped and self._from_peer(addr):
             # a peer node sends us a call for a contact that registered through us
             sock = d.home_sock if d.home_sock is not None and \
                 d.home_sock < len(self.listeners) else 0
-            return [RT.Target(sock, d.home_dst[0], d.home_dst[1], d.ruri)]
-        hp = RT.uri_hostport(d.ruri)
+            t = [RT.Target(sock, d.home_dst[0], d.home_dst[1], ruri)]
+            return t, RT.encode_targets(t)
+        hp = RT.uri_hostport(ruri)
         if hp is None:
             raise Refused(416, I_UNROUTABLE)
-        if d.popped and tag_of(msg.to) and not RT.is_local(hp, self.local):
+        if d.popped and "tag" in msg.to and tag_of(msg.to) and not RT.is_local(hp, self.local):
             # in a dialog we record-routed: the Request-URI is the remote target
-            return [self._hop(d.ruri, d.ruri, d.out_sock)]
+            t = [self._hop(ruri, ruri, d.out_sock)]
+            return t, RT.encode_targets(t)
         if RT.is_local(hp, self.local) or RT.serves_domain(hp[0], self.domains, self.local):
-            if not RT.has_user(d.ruri):
+            if not RT.has_user(ruri):
                 raise Refused(404, I_404)
-            return self._lookup(normalize_aor(d.ruri))
+            aor = self._aors.get(ruri)
+            if aor is None:
+                if len(self._aors) > 65536:
+                    self._aors.clear()
+                aor = self._aors[ruri] = normalize_aor(ruri)
+            return self._lookup(aor)
         if not self.relay_foreign:
             raise Refused(403, I_FOREIGN)
-        self.counts[I_RELAYED] += 1
-        return [self._hop(d.ruri, d.ruri, d.out_sock, srv=True)]
+        self.counts[I_RELAYED_FOREIGN] += 1
+        t = [self._hop(ruri, ruri, d.out_sock, srv=True)]
+        return t, RT.encode_targets(t)
 
     def _hop(self, uri: str, ruri: str, out_sock: int | None, srv: bool = False) -> RT.Target:
         hp = RT.uri_hostport(uri)
@@ -281,12 +301,33 @@ class Proxy:
             raise Refused(503 if srv else 404, I_UNROUTABLE)
         return RT.Target(out_sock or 0, dst[0], dst[1], ruri)
 
-    def _lookup(self, aor: str) -> list[RT.Target]:
+    def _lookup(self, aor: str) -> tuple[list[RT.Target], bytes]:
+        """§16.5 location lookup: the AOR's contacts as branches (404: never registered
+        or all removed; 480: none alive or reachable). Targets are cached per contact
+        row version and cluster view."""
         self.counts[I_LOOKUPS] += 1
-        bindings = self.location.lookup(aor)
-        if not bindings:
+        rows = self.location.lookup(aor)
+        if not rows:
             raise Refused(404, I_404)
-        chosen = RT.select_bindings(bindings, int(time.time()), self.serial, X.MAX_BRANCHES)
+        now = int(time.time())
+        self.nodes()
+        epoch = self._view_epoch
+        if len(rows) == 1 and not self.serial:  # the common case, without sorting
+            raw, b = rows[0]
+            if b.expires <= now:
+                raise Refused(480, I_480)
+            hit = self._target_cache.get((raw, epoch))
+            if hit is None:
+                t = RT.binding_target(b, 0, self.node, self.nodes(), self.resolver.address)
+                if t is None:
+                    raise Refused(480, I_480)
+                hit = ([t], RT.encode_targets([t]))
+                if len(self._target_cache) > 65536:
+                    self._target_cache.clear()
+                self._target_cache[(raw, epoch)] = hit
+            return hit
+        bindings = [b for _, b in rows]
+        chosen = RT.select_bindings(bindings, now, self.serial, X.MAX_BRANCHES)
         nodes = self.nodes()
         targets = []
         for b, group in chosen:
@@ -295,10 +336,11 @@ class Proxy:
                 targets.append(t)
         if not targets:
             raise Refused(480, I_480)
-        return targets
+        return targets, RT.encode_targets(targets)
 
     def _ack(self, msg: SipMessage, data: bytes, addr: tuple, listener: Any) -> None:
-        if tag_of(msg.to).startswith(self.tag_sig):
+        totag = tag_of(msg.to)
+        if totag.startswith(self.tag_sig) and totag[11:13] == ".s":
             return  # the ACK of a response we made without a transaction
         ident, _ = self.ident(msg, "ACK")
         result = self.tx.request(X.K_ACK, ident, b"", b"", b"", 0, 0, msg.cseq_num,
@@ -311,20 +353,24 @@ class Proxy:
 
     def stateless_request(self, msg: SipMessage, data: bytes, addr: tuple) -> None:
         """§16.11: forward without a transaction (an ACK for a 2xx): Route, or the
-        Request-URI when it is not ours."""
-        d = RT.process_routes(msg.ruri, msg.get_all("route"), self.pairs)
+        Request-URI of a dialog we record-routed, or a foreign one when relaying."""
+        if msg.max_forwards == 0:
+            self.counts[I_DROP] += 1
+            return
+        d = route_decision(msg, self.listeners)
+        ruri = d.ruri or msg.ruri
         try:
-            hp = RT.uri_hostport(d.ruri)
+            hp = RT.uri_hostport(ruri)
             if d.routes:
-                t = self._hop(RT.uri_of(d.routes[0]), d.ruri, d.out_sock)
+                t = self._hop(RT.uri_of(d.routes[0]), ruri, d.out_sock)
             elif d.home_dst is not None and d.popped and self._from_peer(addr):
-                t = RT.Target(d.home_sock or 0, d.home_dst[0], d.home_dst[1], d.ruri)
+                t = RT.Target(d.home_sock or 0, d.home_dst[0], d.home_dst[1], ruri)
             elif hp is None or RT.is_local(hp, self.local):
                 raise Refused(404)
             elif d.popped:  # in a dialog we record-routed: to the remote target
-                t = self._hop(d.ruri, d.ruri, d.out_sock)
+                t = self._hop(ruri, ruri, d.out_sock)
             elif self.relay_foreign and not RT.serves_domain(hp[0], self.domains, self.local):
-                t = self._hop(d.ruri, d.ruri, d.out_sock, srv=True)
+                t = self._hop(ruri, ruri, d.out_sock, srv=True)
             else:
                 raise Refused(404)  # not routed through us: nothing to do with it
         except Refused:
@@ -332,12 +378,14 @@ class Proxy:
             return
         out_l = self.listeners[t.sock] if t.sock < len(self.listeners) else self.listeners[0]
         _, top = M.via_parts(msg.vias[0])
-        via = f"Via: SIP/2.0/UDP {out_l.hostport};branch=" + M.stateless_branch(top, msg.ruri)
+        via = f"Via: SIP/2.0/UDP {out_l.hostport};branch=" + M.stateless_branch(top, ruri)
         mf = msg.max_forwards - 1 if msg.max_forwards > 0 else 70
-        if msg.max_forwards == 0:
-            self.counts[I_DROP] += 1
-            return
-        out = M.forward_request(data, msg, d.ruri, [via], d.popped, mf)
+        if "strict" in d.notes:
+            routes = d.routes
+            out = M.forward_request(data, msg, ruri, [via, "Route: " + ", ".join(routes)]
+                                    if routes else [via], len(msg.get_all("route")), mf)
+        else:
+            out = M.forward_request(data, msg, ruri, [via], d.popped, mf)
         self.sender.send(out, t.sock, (t.host, t.port))
         self.counts[I_FWD_REQ] += 1
 
@@ -391,10 +439,14 @@ class Proxy:
             self._stateless_reply(stripped, listener)
             return
         self.counts[I_RCV_TX] += 1
-        o = self.tx.out()
-        if o.actions:
+        actions, sock, upstream = self.tx.forward_to()
+        if actions == X.A_FORWARD:  # a provisional or a retransmitted 2xx: pass it on
+            self.sender.send(stripped, sock, upstream)
+            self.counts[I_RELAYED] += 1
+        elif actions:
+            o = self.tx.out()
             response, request, targets = self.tx.out_strings(o)
-            self.sender.run(o.actions, o, key, response, request, targets, arriving=stripped,
+            self.sender.run(actions, o, key, response, request, targets, arriving=stripped,
                             branch=idx)
         if self.dialogs is not None and mclass == X.M_INVITE:
             self.dialogs.on_invite_reply(msg, key, idx)  # dialog hook

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fastcluster.shm.contacts import FLAG_NAT, Q_NONE
 
@@ -26,8 +27,7 @@ _URI_HOSTPORT = re.compile(r"^(?:sips?):(?:[^@;?>]*@)?(\[[^\]]+\]|[^:;?>]+)(?::(
                            re.I)
 
 
-@dataclass(frozen=True)
-class Binding:
+class Binding(NamedTuple):
     """One live contact of an AOR, as the proxy needs it (services.sip.location)."""
     uri: str
     path: tuple[str, ...] = ()
@@ -42,8 +42,7 @@ class Binding:
     last_modified: int = 0
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """One branch: send `ruri` to host:port from listener `sock`, with these Routes."""
     sock: int
     host: str
@@ -77,9 +76,23 @@ def decode_targets(data: bytes) -> list[Target]:
 # ---------------------------------------------------------------- URIs
 
 
+_HOSTPORTS: dict[str, tuple[str, int] | None] = {}
+
+
 def uri_hostport(uri: str) -> tuple[str, int] | None:
     """(host, port or 0) of a sip/sips URI (inside <> or not), host lower case and
-    without brackets; None if it is not one."""
+    without brackets; None if it is not one. Cached: the same URIs (contacts, our
+    Record-Route) come back on every request of a call."""
+    hit = _HOSTPORTS.get(uri, False)
+    if hit is not False:
+        return hit  # type: ignore[return-value]
+    if len(_HOSTPORTS) > 65536:
+        _HOSTPORTS.clear()
+    found = _HOSTPORTS[uri] = _uri_hostport(uri)
+    return found
+
+
+def _uri_hostport(uri: str) -> tuple[str, int] | None:
     text = uri.strip()
     if text.startswith("<"):
         text = text[1:text.find(">")] if ">" in text else text[1:]

@@ -18,15 +18,15 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastcluster.core.sip import SipMessage, SipParseError, build_response, parse_message
+from fastcluster.core.sip import SipMessage, SipParseError, build_response, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import messages as M
-from fastcluster.services.sip.routing import Target, decode_targets, process_routes
+from fastcluster.services.sip.routing import RouteDecision, Target, decode_targets, process_routes
 from fastcluster.shm import tmring as TR
 from fastcluster.shm import transactions as X
 from fastcluster.shm.tables import retry_busy
@@ -34,6 +34,10 @@ from fastcluster.shm.tables import retry_busy
 log = logging.getLogger("tm")
 
 _IN = struct.Struct("<8q16s8q8s")  # input words I_KIND .. I_GROUPS
+_NO_ADDR, _NO_GROUPS = bytes(16), bytes(8)
+_KEY_START = struct.Struct("<5q")  # O_KEY .. O_START
+_FORWARD = struct.Struct("<q24xqqq16s")  # O_ACTIONS, (skip 3), O_SOCK, O_FAM, O_PORT, O_ADDR
+_monotonic, _time = time.monotonic, time.time
 _OUT = struct.Struct("<10q16s8q")  # output words O_RESULT .. O_RETRANS_CANCEL
 REASONS = {100: "Trying", 180: "Ringing", 200: "OK", 403: "Forbidden", 404: "Not Found",
            408: "Request Timeout", 416: "Unsupported URI Scheme",
@@ -71,10 +75,21 @@ def address_of(family: int, raw: bytes, port: int) -> tuple[str, int] | None:
     return None
 
 
+_RAW: dict[str, tuple[int, bytes]] = {}
+
+
 def raw_address(ip: str) -> tuple[int, bytes]:
-    if ":" in ip:
-        return 6, socket.inet_pton(socket.AF_INET6, ip)
-    return 4, socket.inet_pton(socket.AF_INET, ip) + bytes(12)
+    """(family, 16 bytes) of an IP address string (cached)."""
+    hit = _RAW.get(ip)
+    if hit is None:
+        if len(_RAW) > 65536:
+            _RAW.clear()
+        if ":" in ip:
+            hit = 6, socket.inet_pton(socket.AF_INET6, ip)
+        else:
+            hit = 4, socket.inet_pton(socket.AF_INET, ip) + bytes(12)
+        _RAW[ip] = hit
+    return hit
 
 
 def local_tag(node: int, key: int | None) -> str:
@@ -85,8 +100,8 @@ def local_tag(node: int, key: int | None) -> str:
     return f"fcL{sig:08x}" + (f".{key:x}" if key is not None else ".s")
 
 
-@dataclass
-class TxOut:
+class TxOut(NamedTuple):
+    """A kernel's answer (output words; upstream decoded)."""
     result: int
     slot: int
     key: int
@@ -94,7 +109,7 @@ class TxOut:
     status: int
     cancel: int
     start: int
-    sock: int
+    sock: int  # the listener the request came in on (responses go out from it)
     upstream: tuple[str, int] | None
     rsp_len: int
     req_len: int
@@ -104,6 +119,18 @@ class TxOut:
     nbranches: int
     retrans: int
     retrans_cancel: int
+
+
+_ADDRESSES: dict[tuple[int, bytes, int], tuple[str, int] | None] = {}
+
+
+def _upstream(family: int, raw: bytes, port: int) -> tuple[str, int] | None:
+    hit = _ADDRESSES.get((family, raw, port))
+    if hit is None:
+        if len(_ADDRESSES) > 65536:
+            _ADDRESSES.clear()
+        hit = _ADDRESSES[(family, raw, port)] = address_of(family, raw, port)
+    return hit
 
 
 class TxWork:
@@ -122,52 +149,61 @@ class TxWork:
     def _wait(self) -> None:
         self.counts[I_WAITS] += 1
 
-    def _pack(self, kind: int, now_ms: int, now_s: int, flags: int, cseq: int, sock: int,
-              family: int, port: int, addr: bytes, nb: int, strings: tuple[bytes, ...],
-              key: int, branch: int, status: int, groups: bytes) -> None:
-        pos = X.IN_STR
-        mv = self.mv
-        for s in strings:
-            mv[pos:pos + len(s)] = s
-            pos += len(s)
-        ident = strings[0] if len(strings) > 0 else b""
-        lens = [len(s) for s in strings] + [0] * (4 - len(strings))
-        _IN.pack_into(mv, 0, kind, now_ms, now_s, flags, cseq, sock, family, port, addr, nb,
-                      *lens, signed(key), branch, status, groups)
-        del ident
-
     def request(self, kind: int, ident: bytes, request: bytes, targets: bytes, groups: bytes,
                 nb: int, flags: int, cseq: int, sock: int, src: tuple[str, int]) -> int:
         """tx_request; returns the result (R_* or E_*; E_BUSY is retried here)."""
-        if len(ident) + len(request) + len(targets) > X.IN_STR_BYTES:
+        n1, n2, n3 = len(ident), len(request), len(targets)
+        if n1 + n2 + n3 > X.IN_STR_BYTES:
             return X.E_TOO_LONG
         family, raw = raw_address(src[0])
-        self._pack(kind, int(time.monotonic() * 1000), int(time.time()), flags, cseq, sock,
-                   family, src[1], raw, nb, (ident, request, targets), 0, 0, 0,
-                   groups.ljust(8, b"\0"))
-        return retry_busy(self._request, self._wait)
+        mv = self.mv
+        a = X.IN_STR
+        mv[a:a + n1] = ident
+        mv[a + n1:a + n1 + n2] = request
+        mv[a + n1 + n2:a + n1 + n2 + n3] = targets
+        _IN.pack_into(mv, 0, kind, int(_monotonic() * 1000), int(_time()), flags, cseq, sock,
+                      family, src[1], raw, nb, n1, n2, n3, 0, 0, 0, 0, groups.ljust(8, b"\0"))
+        r = X.tx_request(self.arena, self.work, self.ring, self.params, self.me, self.proc)
+        if r == X.E_BUSY:
+            r = retry_busy(self._request, self._wait)
+        return r
 
     def _request(self) -> int:
         return X.tx_request(self.arena, self.work, self.ring, self.params, self.me, self.proc)
 
     def reply(self, key: int, branch: int, status: int, mclass: int, response: bytes) -> int:
-        if len(response) > X.IN_STR_BYTES:
-            response = b""
-        self._pack(mclass, int(time.monotonic() * 1000), int(time.time()), 0, 0, 0, 0, 0,
-                   bytes(16), 0, (b"", b"", b"", response), key, branch, status, bytes(8))
-        # the response is the fourth string: I_RSP_LEN, at the start of the strings area
+        """tx_reply for the response in hand (our Via already stripped)."""
+        n = len(response)
+        if n > X.IN_STR_BYTES:
+            response, n = b"", 0
         mv = self.mv
-        mv[X.IN_STR:X.IN_STR + len(response)] = response
-        return retry_busy(self._reply, self._wait)
+        mv[X.IN_STR:X.IN_STR + n] = response
+        _IN.pack_into(mv, 0, mclass, int(_monotonic() * 1000), int(_time()), 0, 0, 0, 0, 0,
+                      _NO_ADDR, 0, 0, 0, 0, n, signed(key), branch, status, _NO_GROUPS)
+        r = X.tx_reply(self.arena, self.work, self.ring, self.params, self.me, self.proc)
+        if r == X.E_BUSY:
+            r = retry_busy(self._reply, self._wait)
+        return r
 
     def _reply(self) -> int:
         return X.tx_reply(self.arena, self.work, self.ring, self.params, self.me, self.proc)
 
+    def new_key_start(self) -> tuple[int, int]:
+        """(key, branches to start) of R_NEW, without decoding the whole answer."""
+        key, start = _KEY_START.unpack_from(self.mv, X.OUT_AT + 8 * X.O_KEY)[::4]
+        return (key + (1 << 64) if key < 0 else key), start
+
+    def forward_to(self) -> tuple[int, int, tuple[str, int] | None]:
+        """(actions, listener, upstream address) of a reply's answer."""
+        actions, sock, fam, port, raw = _FORWARD.unpack_from(self.mv, X.OUT_AT +
+                                                             8 * X.O_ACTIONS)
+        return actions, sock, _upstream(fam, raw, port)
+
     def out(self) -> TxOut:
         v = _OUT.unpack_from(self.mv, X.OUT_AT)
-        return TxOut(v[0], v[1], unsigned(v[2]), v[3], v[4], v[5], v[6], v[7],
-                     address_of(v[8], v[10], v[9]), v[11], v[12], v[13], v[14], v[15],
-                     v[16], v[17], v[18])
+        return TxOut(v[0], v[1], v[2] + (1 << 64) if v[2] < 0 else v[2], v[3], v[4], v[5],
+                     v[6], v[7], _upstream(v[8], v[10], v[9]), v[11], v[12], v[13], v[14],
+                     v[15], v[16], v[17], v[18])
 
     def out_strings(self, o: TxOut) -> tuple[bytes, bytes, bytes]:
         """(stored response, request, targets) the kernel copied out."""
@@ -187,54 +223,92 @@ class Listener:
     index: int
     host: str
     port: int
+    hostport: str = field(init=False)
+    via_prefix: str = field(init=False)  # "Via: SIP/2.0/UDP host:port;branch=z9hG4bKfc"
 
-    @property
-    def hostport(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        hp = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        object.__setattr__(self, "hostport", hp)
+        object.__setattr__(self, "via_prefix", f"Via: SIP/2.0/UDP {hp};branch={M.STATEFUL}")
 
 
 def via_value(listener: Listener, key: int, index: int, loop: int) -> str:
     return f"SIP/2.0/UDP {listener.hostport};branch={M.branch_id(key, index, loop)}"
 
 
+_RR: dict[tuple[str, str], list[str]] = {}
+
+
 def record_routes(in_l: Listener, out_l: Listener) -> list[str]:
     """Record-Route lines: one entry, or two (`r2=on`) when the request leaves from
     another listener than it came in on (the first faces the next hop)."""
-    if in_l.index == out_l.index:
-        return [f"Record-Route: <sip:{out_l.hostport};lr>"]
-    return [f"Record-Route: <sip:{out_l.hostport};lr;r2=on>",
-            f"Record-Route: <sip:{in_l.hostport};lr;r2=on>"]
+    hit = _RR.get((in_l.hostport, out_l.hostport))
+    if hit is None:
+        if in_l.index == out_l.index:
+            hit = [f"Record-Route: <sip:{out_l.hostport};lr>"]
+        else:
+            hit = [f"Record-Route: <sip:{out_l.hostport};lr;r2=on>",
+                   f"Record-Route: <sip:{in_l.hostport};lr;r2=on>"]
+        _RR[(in_l.hostport, out_l.hostport)] = hit
+    return hit
+
+
+NO_ROUTES = RouteDecision("", [], 0)  # what process_routes says for a request without Route
+
+
+_DECISIONS: dict[tuple, RouteDecision] = {}
+
+
+def route_decision(msg: SipMessage, listeners: list[Listener]) -> RouteDecision:
+    """process_routes for a request (cached: the requests of a dialog repeat it). The
+    result is shared: never change it."""
+    routes = msg.get_all("route")
+    if not routes:
+        return NO_ROUTES
+    key = (msg.ruri, tuple(routes), listeners[0].hostport, len(listeners))
+    hit = _DECISIONS.get(key)
+    if hit is None:
+        if len(_DECISIONS) > 65536:
+            _DECISIONS.clear()
+        hit = _DECISIONS[key] = process_routes(msg.ruri, routes,
+                                               [(x.host, x.port) for x in listeners])
+    return hit
 
 
 def branch_request(data: bytes, msg: SipMessage, target: Target, key: int, index: int,
-                   in_sock: int, listeners: list[Listener]) -> bytes:
+                   in_sock: int, listeners: list[Listener], d: RouteDecision | None = None,
+                   loop: int | None = None) -> bytes:
     """The request as sent on branch `index` (deterministic: retransmissions by the
-    timer rebuild exactly this)."""
+    timer rebuild exactly this). d and loop: the request's route decision and loop
+    hash when the caller has them already."""
     out_l = listeners[target.sock] if target.sock < len(listeners) else listeners[0]
     in_l = listeners[in_sock] if in_sock < len(listeners) else listeners[0]
-    d = process_routes(msg.ruri, msg.get_all("route"), [(x.host, x.port) for x in listeners])
-    lines = ["Via: " + via_value(out_l, key, index, M.loop_hash(msg))]
-    if not _has_to_tag(msg) and msg.method not in ("ACK", "CANCEL"):
+    if d is None:
+        d = route_decision(msg, listeners)
+    if loop is None:
+        loop = M.loop_hash(msg)
+    lines = [f"{out_l.via_prefix}{key:016x}{index:x}{loop & 0xFFFFFFFF:08x}"]
+    if msg.method not in ("ACK", "CANCEL") and not _has_to_tag(msg):
         lines += record_routes(in_l, out_l)
     if "strict" in d.notes:
         pop = len(msg.get_all("route"))
         new_routes = list(target.routes) + d.routes
     else:
         pop = d.popped
-        new_routes = list(target.routes)
-    lines += M.route_lines(new_routes)
+        new_routes = target.routes
+    if new_routes:
+        lines.append("Route: " + ", ".join(new_routes))
     mf = msg.max_forwards - 1 if msg.max_forwards > 0 else 70
     return M.forward_request(data, msg, target.ruri, lines, pop, mf)
 
 
 def _has_to_tag(msg: SipMessage) -> bool:
-    to = msg.to
-    return ";tag=" in to.lower() or "; tag=" in to.lower()
+    return "tag" in msg.to and tag_of(msg.to) != ""
 
 
 def branch_routes(msg: SipMessage, target: Target, listeners: list[Listener]) -> list[str]:
     """The Route values the request carried on a branch (CANCEL and ACK repeat them)."""
-    d = process_routes(msg.ruri, msg.get_all("route"), [(x.host, x.port) for x in listeners])
+    d = route_decision(msg, listeners)
     return list(target.routes) + d.routes
 
 

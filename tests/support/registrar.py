@@ -33,7 +33,8 @@ class FakeSocket:
 
 class Harness:
     def __init__(self, capacity: int = 1000, record_bytes: int = 256,
-                 settings: dict[str, str] | None = None, **usrloc) -> None:
+                 settings: dict[str, str] | None = None, tx_capacity: int = 1000,
+                 **usrloc) -> None:
         cli = {f"usrloc.{k}": str(v) for k, v in usrloc.items()}
         cli.update(settings or {})
         cfg = load(cli=cli, environ={})
@@ -43,8 +44,8 @@ class Harness:
         seg = np.zeros(R.segment_size(4, 1 << 20), dtype=np.uint8)
         R.init_segment(seg, 4, 1 << 20)
         self.ring = R.region(seg, 3)
-        tx_buf = np.zeros(Table.size_for(TRANSACTION, 1000, 2048, 4), dtype=np.uint8)
-        self.transactions = Table.create(tx_buf, TRANSACTION, 1000, 2048, 4, node_id=1)
+        tx_buf = np.zeros(Table.size_for(TRANSACTION, tx_capacity, 2048, 4), dtype=np.uint8)
+        self.transactions = Table.create(tx_buf, TRANSACTION, tx_capacity, 2048, 4, node_id=1)
         self.tmrings = np.zeros(TR.segment_size(4, 1024), dtype=np.uint8)
         TR.init_segment(self.tmrings, 4, 1024)
         self.control = CT.Control.init(np.zeros(CT.segment_size(4), dtype=np.uint8), 4, 1, 1)
