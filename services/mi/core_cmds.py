@@ -24,6 +24,8 @@ GAUGES: dict[str, Callable[[Any], int]] = {
     "dialog:active_dialogs": lambda node: node.mem.dialogs.counters()["live"],
     "dialog:tombstones": lambda node: node.mem.dialogs.counters()["tomb"],
     "dialog:capacity": lambda node: node.mem.dialogs.capacity,
+    "tm:inuse_transactions": lambda node: node.mem.transactions.counters()["live"],
+    "tm:capacity": lambda node: node.mem.transactions.capacity,
 }
 
 
@@ -106,3 +108,6 @@ def mi_version(node: Any) -> dict[str, str]:
     except PackageNotFoundError:
         v = "unknown"
     return {"Server": f"fastcluster {v}"}
+
+
+from fastcluster.services.sip import proxy_mi  # noqa: E402,F401  (t_list, t_stats)

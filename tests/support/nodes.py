@@ -64,6 +64,7 @@ class Node:
                           "secret": "test-secret"},
             "usrloc": {"capacity": 100_000},
             "dialog": {"capacity": 10_000},
+            "proxy": {"transactions": 10_000},
         }
         for section, values in (settings or {}).items():
             base.setdefault(section, {}).update(values)
