@@ -21,6 +21,8 @@ import logging
 import time
 from typing import Any, Protocol
 
+import numpy as np
+
 from fastcluster.core.config import Config
 from fastcluster.core.sip import SipMessage, build_response, tag_of
 from fastcluster.core.stats import INDEX
@@ -40,9 +42,12 @@ from fastcluster.services.sip.tm import (
 )
 from fastcluster.services.sip.usrloc import normalize_aor
 from fastcluster.shm import control as CT
+from fastcluster.shm import sipscan as SC
 from fastcluster.shm import transactions as X
+from fastcluster.shm.sipscan import fast_reply
 
 log = logging.getLogger("proxy")
+_monotonic, _time, _frombuffer = time.monotonic, time.time, np.frombuffer
 
 _I = INDEX
 I_METHOD = {m.upper(): _I[f"core:rcv_requests_{m}"] for m in (
@@ -108,6 +113,9 @@ class Proxy:
         self.local = frozenset(self.pairs)
         self.via_needles = tuple(x.hostport for x in self.listeners)
         self.mine = frozenset(x.hostport.lower() for x in self.listeners)  # Via sent-by
+        self.mine_bytes = np.frombuffer(b"".join(m.encode() + b"\0" for m in sorted(self.mine)),
+                                        dtype=np.uint8)
+        self.scan = np.zeros(SC.S_WORDS, dtype=np.int64)
         self.params = params_from(worker.cfg)
         self.tx = TxWork(worker.mem.transactions.buf, worker.mem.tmrings, worker.slot,
                          worker.me, self.params, self.counts)
@@ -415,6 +423,43 @@ class Proxy:
         self.counts[I_SL_CLASS[status // 100]] += 1
 
     # ---------------------------------------------------------------- responses
+
+    def fast_reply(self, data: bytes, listener: Any) -> bool:
+        """A plain response to one of our branches, relayed in one compiled call
+        (shm.sipscan.fast_reply): parse, match, strip, transaction update. False: not
+        such a response (nothing was done), parse it and go the Python way. With a
+        dialog hook the Python way is always taken (the hook wants a parsed message)."""
+        if self.dialogs is not None:
+            return False
+        tx = self.tx
+        now = _monotonic()
+        r = fast_reply(tx.arena, _frombuffer(data, np.uint8), len(data), self.mine_bytes,
+                       tx.work, tx.ring, self.params, tx.me, tx.proc, int(now * 1000),
+                       int(_time()), self.scan)
+        if r < 0:  # FALLBACK, or a busy lock: the Python way retries
+            return False
+        scan = self.scan
+        counts = self.counts
+        status = int(scan[0])
+        i = I_RPL_CLASS[status // 100]
+        if i >= 0:
+            counts[i] += 1
+        a, b = int(scan[4]), int(scan[5])
+        stripped = data[:a] + data[b:]
+        if r != X.R_MATCH:
+            self._stateless_reply(stripped, listener)
+            return True
+        counts[I_RCV_TX] += 1
+        actions, sock, upstream = tx.forward_to()
+        if actions == X.A_FORWARD:
+            self.sender.send(stripped, sock, upstream)
+            counts[I_RELAYED] += 1
+        elif actions:
+            o = tx.out()
+            response, request, targets = tx.out_strings(o)
+            self.sender.run(actions, o, o.key, response, request, targets, arriving=stripped,
+                            branch=int(scan[2]))
+        return True
 
     def handle_reply(self, msg: SipMessage, data: bytes, addr: tuple, listener: Any) -> None:
         status = msg.status

@@ -198,6 +198,9 @@ class SipApp:
 
     def _handle(self, data: bytes, addr: tuple, listener: Any) -> None:
         counts = self.counts
+        if data[:8] == b"SIP/2.0 " and self.proxy.fast_reply(data, listener):
+            counts[I_RCV_RPL] += 1  # a plain reply relayed by the compiled path
+            return
         try:
             msg = parse_message(data)
         except SipParseError as exc:
