@@ -15,13 +15,13 @@ processes) over the calls answered; sipp's own CPU is printed apart, with the sh
 a core it used: near 100 % means sipp, not the proxy, set the pace. Kamailio runs with
 `-x tlsf` (its faster allocator) and the config in bench/kamailio/proxy.cfg.in (tm,
 registrar lookup, record_route, dialog with one profile, 2 children). Latency: INVITE to
-200 OK as sipp measures it (rtd), p50 and p99, through the proxy minus direct
-(UAC -> UAS). Figures on a shared 2-core VM are noisy: compare within one run.
+200 OK measured by a scripted caller with a scripted callee (tests/support/pyuas.py;
+sipp's response times are whole milliseconds), one call at a time at --rate, p50 and p99,
+through the proxy minus direct (caller -> callee). Figures on a shared 2-core VM are noisy: compare within one run.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import pathlib
 import shutil
@@ -39,6 +39,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 from bench.cpu import cpu_seconds  # noqa: E402
 from tests.support import leaks, sipp  # noqa: E402
 from tests.support.nodes import Node, free_port  # noqa: E402
+from tests.support.pyuas import PyUac, PyUas  # noqa: E402
 
 DOMAIN = "example.com"
 CALLEE = "bob"
@@ -178,21 +179,6 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def rtd_values(stats_dir: pathlib.Path) -> list[float]:
-    """Response times (ms) sipp wrote with -trace_rtt."""
-    out = []
-    for f in stats_dir.glob("*_rtt.csv"):
-        with open(f, newline="") as fh:
-            rows = list(csv.reader(fh, delimiter=";"))
-        for row in rows[1:]:
-            if len(row) >= 2:
-                try:
-                    out.append(float(row[1]))
-                except ValueError:
-                    pass
-    return out
-
-
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     if not s:
@@ -200,28 +186,35 @@ def percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-def run_latency(proxy: Proxy | None, tmp: pathlib.Path, calls: int, rate: int
-                ) -> dict[str, float]:
-    """INVITE -> 200 at `rate` calls/s, through `proxy` or (None) straight to the UAS."""
-    uport = free_port(socket.SOCK_DGRAM)
-    if proxy is not None:
-        target = ("127.0.0.1", proxy.port)
-        register_callee(target, tmp, uport)
-        keys = {"callee": CALLEE, "domain": DOMAIN}
-    else:
-        target = ("127.0.0.1", uport)
-        keys = {"callee": CALLEE, "domain": f"127.0.0.1:{uport}"}
-    uas = start_uas(tmp, uport, calls, 300)
-    work = tmp / ("latency-" + (proxy.name if proxy else "direct"))
+def run_latency(proxy: Proxy | None, calls: int, rate: int) -> dict[str, float]:
+    """INVITE -> 200 OK at `rate` calls/s, through `proxy` or (None) straight to the
+    callee, measured by a scripted caller (sipp's response times are whole ms)."""
+    callee = PyUas("answer")
+    caller = PyUac()
     try:
-        r = sipp.run("uac", target, work, calls, rate=rate, limit=calls, timeout_s=300,
-                     keys=keys, call_ids="l%u-%p",
-                     extra=["-d", "0", "-trace_rtt", "-rtt_freq", "1"])
+        if proxy is not None:
+            target = ("127.0.0.1", proxy.port)
+            status = callee.register(target, f"{CALLEE}@{DOMAIN}")
+            if not status.endswith("200 OK"):
+                raise RuntimeError(f"REGISTER through the proxy: {status}")
+            aor = f"{CALLEE}@{DOMAIN}"
+        else:
+            target = callee.addr
+            aor = f"{CALLEE}@{callee.addr[0]}:{callee.addr[1]}"
+        callee.start()
+        times = []
+        step = 1.0 / rate
+        due = time.monotonic()
+        for n in range(calls):
+            due += step
+            times.append(caller.call(target, aor, n, copies=1) * 1000)
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
     finally:
-        stop(uas)
-    values = rtd_values(work)
-    return {"ok": r.successful, "failed": r.failed, "p50": percentile(values, 50),
-            "p99": percentile(values, 99), "n": len(values)}
+        caller.close()
+        callee.stop()
+    return {"n": len(times), "p50": percentile(times, 50), "p99": percentile(times, 99)}
 
 
 def main() -> int:
@@ -245,19 +238,18 @@ def main() -> int:
         calls = ns.calls if ns.calls != 30_000 else 3000
         with tempfile.TemporaryDirectory() as d:
             tmp = pathlib.Path(d)
-            direct = run_latency(None, tmp, calls, rate)
-            print(f"direct UAC -> UAS: {direct['ok']} ok, {direct['failed']} failed, "
-                  f"INVITE->200 p50 {direct['p50']:.3f} ms, p99 {direct['p99']:.3f} ms",
-                  flush=True)
+            direct = run_latency(None, calls, rate)
+            print(f"direct caller -> callee: {direct['n']} calls at {rate}/s, INVITE->200 "
+                  f"p50 {direct['p50']:.3f} ms, p99 {direct['p99']:.3f} ms", flush=True)
             for name in systems:
                 proxy = _start(name, tmp / name, ns)
                 try:
-                    r = run_latency(proxy, tmp / name, calls, rate)
+                    r = run_latency(proxy, calls, rate)
                 finally:
                     proxy.stop()
-                print(f"{proxy.label}: {r['ok']} ok, {r['failed']} failed, INVITE->200 "
-                      f"p50 {r['p50']:.3f} ms (+{r['p50'] - direct['p50']:.3f}), p99 "
-                      f"{r['p99']:.3f} ms (+{r['p99'] - direct['p99']:.3f})", flush=True)
+                print(f"{proxy.label}: INVITE->200 p50 {r['p50']:.3f} ms "
+                      f"(+{r['p50'] - direct['p50']:.3f}), p99 {r['p99']:.3f} ms "
+                      f"(+{r['p99'] - direct['p99']:.3f})", flush=True)
         return 0
     for run in range(ns.runs):
         with tempfile.TemporaryDirectory() as d:

@@ -151,12 +151,15 @@ class PyUac:
             if msg.status == status and msg.cseq_method == method:
                 return msg
 
-    def call(self, proxy: tuple[str, int], aor: str, n: int, copies: int = 2) -> None:
+    def call(self, proxy: tuple[str, int], aor: str, n: int, copies: int = 2) -> float:
+        """One call; returns the seconds from sending the INVITE to receiving its 200."""
         invite = self._request("INVITE", f"sip:{aor}", n, 1, f"<sip:{aor}>", [],
                                f"z9hG4bK-pyuac-{n}")
+        started = time.perf_counter()
         for _ in range(copies):
             self.sock.sendto(invite, proxy)
         ok = self._wait(200, "INVITE")
+        setup = time.perf_counter() - started
         routes = list(reversed(ok.get_all("record-route")))
         target = ok.get("contact").strip("<>")
         self.sock.sendto(self._request("ACK", target, n, 1, ok.to, routes,
@@ -164,3 +167,4 @@ class PyUac:
         self.sock.sendto(self._request("BYE", target, n, 2, ok.to, routes,
                                        f"z9hG4bK-pybye-{n}"), proxy)
         self._wait(200, "BYE")
+        return setup
