@@ -136,3 +136,15 @@ def _warm_transactions(nprocs: int, me: int, now_s: int) -> None:
     mine = np.frombuffer(b"a:1\0", dtype=np.uint8)
     SC.fast_reply(tx_buf, reply, reply.shape[0], mine, work.work, work.ring, params, me, 1,
                   0, now_s, np.zeros(SC.S_WORDS, dtype=np.int64))
+    from fastcluster.shm import sipreq as RQ
+
+    lst = np.array([[0x7F000001, 5060, 0, 14]], dtype=np.int64)
+    text = np.frombuffer(b"127.0.0.1:5060", dtype=np.uint8)
+    for method in (b"ACK", b"BYE"):
+        req = np.frombuffer(method + b" sip:b@127.0.0.2:5062 SIP/2.0\r\nVia: SIP/2.0/UDP "
+                            b"127.0.0.3:5061;branch=z9hG4bK1\r\nRoute: <sip:127.0.0.1:5060;"
+                            b"lr>\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c"
+                            b"\r\nCSeq: 1 " + method + b"\r\n\r\n", dtype=np.uint8)
+        RQ.fast_request(tx_buf, req, req.shape[0], lst, text, 0, 4, 5061,
+                        np.zeros(16, dtype=np.uint8), work.work, work.ring, params, me, 1, 0,
+                        now_s, np.zeros(RQ.Q_WORDS, dtype=np.int64))

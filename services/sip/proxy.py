@@ -18,6 +18,7 @@ services.sip.location, services.sip.dns.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any, Protocol
 
@@ -38,12 +39,15 @@ from fastcluster.services.sip.tm import (
     branch_request,
     local_tag,
     params_from,
+    raw_address,
     route_decision,
 )
 from fastcluster.services.sip.usrloc import normalize_aor
 from fastcluster.shm import control as CT
+from fastcluster.shm import sipreq as RQ
 from fastcluster.shm import sipscan as SC
 from fastcluster.shm import transactions as X
+from fastcluster.shm.sipreq import fast_request
 from fastcluster.shm.sipscan import fast_reply
 
 log = logging.getLogger("proxy")
@@ -116,6 +120,21 @@ class Proxy:
         self.mine_bytes = np.frombuffer(b"".join(m.encode() + b"\0" for m in sorted(self.mine)),
                                         dtype=np.uint8)
         self.scan = np.zeros(SC.S_WORDS, dtype=np.int64)
+        # the compiled path for in-dialog ACK and BYE (IPv4 listeners only)
+        self.fq = np.zeros(RQ.Q_WORDS, dtype=np.int64)
+        self.fq_listeners = self.fq_text = None
+        if all(":" not in x.host for x in self.listeners):
+            texts = b"".join(x.hostport.lower().encode() for x in self.listeners)
+            rows, at = [], 0
+            for x in self.listeners:
+                t = x.hostport.lower().encode()
+                rows.append((int.from_bytes(socket.inet_aton(x.host), "big"), x.port, at,
+                             len(t)))
+                at += len(t)
+            self.fq_listeners = np.array(rows, dtype=np.int64).reshape(-1, RQ.L_WORDS)
+            self.fq_text = np.frombuffer(texts, dtype=np.uint8)
+        self._src_cache: dict[str, tuple[int, np.ndarray]] = {}
+        self._ips: dict[int, str] = {}
         self.params = params_from(worker.cfg)
         self.tx = TxWork(worker.mem.transactions.buf, worker.mem.tmrings, worker.slot,
                          worker.me, self.params, self.counts)
@@ -202,7 +221,7 @@ class Proxy:
             if invite:
                 self.reply(msg, 100, addr, listener)
             if self.dialogs is not None:
-                if "tag" in msg.to and tag_of(msg.to):
+                if tag_of(msg.to):
                     self.dialogs.on_in_dialog(msg)  # dialog hook
                 elif invite:
                     self.dialogs.on_initial_invite(msg, key, addr)  # dialog hook
@@ -281,7 +300,7 @@ class Proxy:
         hp = RT.uri_hostport(ruri)
         if hp is None:
             raise Refused(416, I_UNROUTABLE)
-        if d.popped and "tag" in msg.to and tag_of(msg.to) and not RT.is_local(hp, self.local):
+        if d.popped and tag_of(msg.to) and not RT.is_local(hp, self.local):
             # in a dialog we record-routed: the Request-URI is the remote target
             t = [self._hop(ruri, ruri, d.out_sock)]
             return t, RT.encode_targets(t)
@@ -423,6 +442,57 @@ class Proxy:
         self.counts[I_SL_CLASS[status // 100]] += 1
 
     # ---------------------------------------------------------------- responses
+
+    def fast_request(self, data: bytes, addr: tuple, listener: Any) -> bool:
+        """An in-dialog ACK or BYE routed by our Record-Route, relayed in one compiled
+        call (shm.sipreq.fast_request). False: nothing was done, go the Python way."""
+        if self.dialogs is not None or self.fq_listeners is None:
+            return False
+        src = self._src_cache.get(addr[0])
+        if src is None:
+            fam, raw = raw_address(addr[0])
+            if len(self._src_cache) > 65536:
+                self._src_cache.clear()
+            src = self._src_cache[addr[0]] = (fam, np.frombuffer(raw, dtype=np.uint8))
+        tx = self.tx
+        q = self.fq
+        r = fast_request(tx.arena, _frombuffer(data, np.uint8), len(data), self.fq_listeners,
+                         self.fq_text, listener.index, src[0], addr[1], src[1], tx.work,
+                         tx.ring, self.params, tx.me, tx.proc, int(_monotonic() * 1000),
+                         int(_time()), q)
+        if r == SC.FALLBACK:
+            return False
+        counts = self.counts
+        if q[RQ.Q_KIND] == RQ.KIND_ACK:
+            if r == X.R_MATCH:
+                counts[I_METHOD["ACK"]] += 1
+                return True  # the ACK of a non-2xx: absorbed
+            if r != X.R_NOT_FOUND:
+                return False
+            counts[I_METHOD["ACK"]] += 1
+            counts[I_FWD_REQ] += 1
+        elif r == X.R_NEW:
+            counts[I_METHOD["BYE"]] += 1
+            counts[I_UAS] += 1
+            counts[I_UAC] += 1
+        elif r == X.R_MATCH:
+            counts[I_METHOD["BYE"]] += 1
+            counts[I_ABSORBED] += 1
+            o = tx.out()
+            if o.actions:
+                response, request, tgt = tx.out_strings(o)
+                self.sender.run(o.actions, o, o.key, response, request, tgt)
+            return True
+        else:
+            return False  # refused (full table ...): the Python way answers
+        n = int(q[RQ.Q_LEN])
+        ip = int(q[RQ.Q_DST_IP])
+        host = self._ips.get(ip)
+        if host is None:
+            host = self._ips[ip] = socket.inet_ntop(socket.AF_INET, ip.to_bytes(4, "big"))
+        self.sender.send(bytes(tx.mv[X.OUT_DATA:X.OUT_DATA + n]), int(q[RQ.Q_SOCK]),
+                         (host, int(q[RQ.Q_DST_PORT])))
+        return True
 
     def fast_reply(self, data: bytes, listener: Any) -> bool:
         """A plain response to one of our branches, relayed in one compiled call

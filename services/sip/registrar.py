@@ -198,8 +198,13 @@ class SipApp:
 
     def _handle(self, data: bytes, addr: tuple, listener: Any) -> None:
         counts = self.counts
-        if data[:8] == b"SIP/2.0 " and self.proxy.fast_reply(data, listener):
+        head = data[:4]
+        if head == b"SIP/" and data[4:8] == b"2.0 " and self.proxy.fast_reply(data, listener):
             counts[I_RCV_RPL] += 1  # a plain reply relayed by the compiled path
+            return
+        if (head == b"ACK " or head == b"BYE ") and self.proxy.fast_request(data, addr,
+                                                                            listener):
+            counts[I_RCV_REQ] += 1  # an in-dialog ACK/BYE relayed by the compiled path
             return
         try:
             msg = parse_message(data)

@@ -303,7 +303,7 @@ def branch_request(data: bytes, msg: SipMessage, target: Target, key: int, index
 
 
 def _has_to_tag(msg: SipMessage) -> bool:
-    return "tag" in msg.to and tag_of(msg.to) != ""
+    return tag_of(msg.to) != ""
 
 
 def branch_routes(msg: SipMessage, target: Target, listeners: list[Listener]) -> list[str]:
