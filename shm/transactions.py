@@ -45,7 +45,7 @@ from numba import njit
 
 from fastcluster.shm.atomics import atomic_add, atomic_store, unmanaged
 from fastcluster.shm.hashing import as_key, hash_bytes
-from fastcluster.shm.raw import ld16, ld32, ld64, ldu64, st16, st32, st64
+from fastcluster.shm.raw import ld16, ld32, ld64, st16, st32, st64
 from fastcluster.shm.rows import RowLayout
 from fastcluster.shm.table import (
     E_BUSY,

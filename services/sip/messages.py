@@ -26,7 +26,7 @@ _IDX_AT = _KEY_AT + 16
 _LOOP_AT = _IDX_AT + 1
 
 _HEAD_LINES = re.compile(rb"\r\n(route|max-forwards)[ \t]*:[ \t]*([^\r\n]*)", re.I)
-_TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.I)
 _CANON = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq",
           "max-forwards": "Max-Forwards", "content-length": "Content-Length",
           "content-type": "Content-Type", "record-route": "Record-Route", "route": "Route",
@@ -208,7 +208,7 @@ def _rebuild(msg: SipMessage, ruri: str, top_lines: list[str], pop_routes: int,
 def strip_top_via(data: bytes) -> bytes | None:
     """The response without its first Via value (the one we added), or None if it has
     no Via line we can find."""
-    m = _TOP_VIA.search(data)
+    m = TOP_VIA.search(data)
     if m is None:
         return None
     value = m.group(1)

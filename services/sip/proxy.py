@@ -583,7 +583,7 @@ class Proxy:
 def next_via_address(data: bytes) -> tuple[str, int] | None:
     """Where a response goes (§18.2.2 with RFC 3581): the top Via's received (else its
     host) and rport value (else its port, else 5060)."""
-    m = M._TOP_VIA.search(data)
+    m = M.TOP_VIA.search(data)
     if m is None:
         return None
     value = M.first_value(m.group(1).decode("utf-8", "surrogateescape"))
@@ -603,7 +603,3 @@ def next_via_address(data: bytes) -> tuple[str, int] | None:
         elif name == "rport" and val.isdigit():
             port = int(val)
     return (host, port) if host else None
-
-
-def reason(status: int) -> str:
-    return REASONS.get(status, "Error")

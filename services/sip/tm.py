@@ -26,7 +26,12 @@ import numpy as np
 from fastcluster.core.sip import SipMessage, SipParseError, build_response, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import messages as M
-from fastcluster.services.sip.routing import RouteDecision, Target, decode_targets, process_routes
+from fastcluster.services.sip.routing import (
+    RouteDecision,
+    Target,
+    decode_targets,
+    process_routes,
+)
 from fastcluster.shm import tmring as TR
 from fastcluster.shm import transactions as X
 from fastcluster.shm.tables import retry_busy
