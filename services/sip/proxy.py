@@ -453,7 +453,9 @@ class Proxy:
             fam, raw = raw_address(addr[0])
             if len(self._src_cache) > 65536:
                 self._src_cache.clear()
-            src = self._src_cache[addr[0]] = (fam, np.frombuffer(raw, dtype=np.uint8))
+            # a writable copy: the array type must be the one warmed before fork (a
+            # read-only view is another numba signature, compiled in the worker)
+            src = self._src_cache[addr[0]] = (fam, np.frombuffer(raw, dtype=np.uint8).copy())
         tx = self.tx
         q = self.fq
         r = fast_request(tx.arena, _frombuffer(data, np.uint8), len(data), self.fq_listeners,

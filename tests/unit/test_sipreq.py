@@ -9,7 +9,7 @@ import random
 import pytest
 
 from fastcluster.core.stats import COUNTERS
-from tests.unit.test_proxy import CALLER, Proxy
+from tests.unit.test_proxy import BOB1, CALLER, Proxy, invite, response_to
 
 OURS = "<sip:192.0.2.1:5060;lr>"
 
@@ -113,3 +113,23 @@ def test_mutated_requests_same_both_ways() -> None:
         data = _mutate(rng, rng.choice(bases)).replace(b"-1\r\n", f"-{k}\r\n".encode(), 1)
         pair.check(data)
     assert pair.taken > 300
+
+
+def test_the_hot_path_uses_only_warmed_kernel_signatures() -> None:
+    """A kernel called with other array types than warm_kernels used is compiled again,
+    inside the worker, for longer than its heartbeat allows: the master kills it."""
+    from fastcluster.shm import sipreq as RQ
+    from fastcluster.shm import sipscan as SC
+    from fastcluster.shm import transactions as X
+    from fastcluster.shm.warm import warm_kernels
+
+    warm_kernels()
+    kernels = (RQ.fast_request, SC.fast_reply, X.tx_request, X.tx_reply)
+    before = [len(k.signatures) for k in kernels]
+    p = Proxy()  # bob registered at BOB1
+    (fwd,) = [d for d, a in p.feed(invite(90), CALLER) if a == BOB1]
+    p.feed(response_to(fwd, 180), BOB1)  # the compiled reply path
+    for data in (request("BYE", n=5), request("ACK", n=6)):  # the compiled request path
+        p.feed(data, CALLER)
+    assert p.stat("tm:relayed_replies") == 1 and p.stat("core:fwd_requests") == 1
+    assert [len(k.signatures) for k in kernels] == before
