@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fastcluster.services.mi.client import MIError
+from fastcluster.shm.node import PARTS
 from tests.support import leaks
 from tests.support.nodes import Node
 
@@ -48,7 +49,7 @@ def test_node_runs_supervised_processes_and_stops_clean(tmp_path) -> None:
         assert cmdline(r["cluster"][0]) == "fastcluster: cluster"
         procs = node.mi("ps")["Processes"]
         assert all(p["Heartbeat_age_ms"] < 2000 for p in procs)
-        assert len(node.shm_names()) == 4
+        assert len(node.shm_names()) == len(PARTS)
         stats = node.mi("get_statistics", statistics=["usrloc:", "core:"])
         assert stats["usrloc:registered_contacts"] == 0 and "core:bad_msgs" in stats
         assert "ps" in node.mi("which")
@@ -117,11 +118,11 @@ def test_kill9_master_then_restart_leaves_nothing(tmp_path) -> None:
     kids = node.children()
     node.kill9()
     wait_for(lambda: not any(leaks.alive(k) for k in kids), what="children to die")
-    assert len(node.shm_names()) == 4  # the dead master could not clean up
+    assert len(node.shm_names()) == len(PARTS)  # the dead master could not clean up
     node.start()
     try:
-        assert "removed 4 shared-memory names left by a previous run" in node.log()
-        assert len(node.shm_names()) == 4
+        assert f"removed {len(PARTS)} shared-memory names left by a previous run" in node.log()
+        assert len(node.shm_names()) == len(PARTS)
     finally:
         assert node.stop() == 0
     assert node.shm_names() == []
@@ -137,7 +138,7 @@ def test_second_master_of_an_instance_refuses(tmp_path) -> None:
         assert twin.wait_exit(60) == 2
         assert "already running" in twin.log() and str(node.pid) in twin.log()
         assert node.mi("ps")["Processes"]  # the first node is untouched
-        assert len(node.shm_names()) == 4
+        assert len(node.shm_names()) == len(PARTS)
     finally:
         node.stop()
 
