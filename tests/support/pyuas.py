@@ -100,6 +100,7 @@ class PyUas:
             if msg.method == "INVITE":
                 if self.mode in ("answer", "answer_twice"):
                     self.sock.sendto(response(msg, 180, "Ringing", tag, self.contact), src)
+                    time.sleep(0.002)  # a callee rings before it answers
                     ok = response(msg, 200, "OK", tag, self.contact)
                     self.sock.sendto(ok, src)
                     if self.mode == "answer_twice":
