@@ -134,6 +134,20 @@ def _sip_listen(text: str) -> tuple[tuple[str, str, int], ...]:
 _sip_listen.__doc__ = "comma-separated udp:HOST:PORT"
 
 
+def _domain_list(text: str) -> tuple[str, ...]:
+    out = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if not item:
+            continue
+        if not all(c.isalnum() or c in ".-_:[]" for c in item):
+            raise SettingValueError(f"{item!r} is not a domain name or address")
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+_domain_list.__doc__ = "comma-separated domain names (may be empty)"
+
+
 def _static_nodes(text: str) -> tuple[tuple[int, str, int], ...]:
     """ID@HOST:PORT[, ...]: nodes provisioned in the INI (OpenSIPS db_mode=1 style)."""
     out = []
@@ -336,9 +350,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("sip", "server_header", _text, "",
       "Value of a Server header added to replies (empty: none)."),
     S("sip", "domains", _domain_list, "",
-      "Domains this registrar serves: a REGISTER whose To host is another one is refused "
-      "(404), and so is one whose Request-URI names another domain (403) unless it is an "
-      "IP address (an edge proxy addressing this node). Empty: any domain."),
+      "Domains this node serves: a REGISTER for another one is refused (404; 403 when "
+      "its Request-URI names another domain, unless it is an IP address: an edge proxy "
+      "addressing this node), requests for them are routed to their registered contacts "
+      "(location lookup), others are relayed only with proxy.relay_foreign. Empty: every "
+      "domain is served."),
     # -- mi
     S("mi", "listen", _host_port, "127.0.0.1:8888",
       "HOST:PORT of the MI HTTP server (JSON-RPC 2.0 at POST /mi)."),
@@ -486,6 +502,38 @@ SETTINGS: tuple[Setting, ...] = (
       "Partitions the contacts are hashed into (by AOR) for NAT pinging; each partition "
       "is pinged by one node. Must be the same on every node: a link to a node with "
       "another value is refused."),
+    # -- proxy
+    S("proxy", "transactions", _int_range(16, 50_000_000), "200000",
+      "Transactions the shared table can hold (one row per proxied request: its server "
+      "transaction and its branches). At 64*T1 of linger after the final response, a "
+      "node proxying R calls/s holds about 2 * R * 64 * T1 of them (640k at 10k "
+      "calls/s with the default T1). A full table answers 503 and counts "
+      "tm:refused_table_full. Each takes proxy.record_bytes + 344 bytes (README)."),
+    S("proxy", "record_bytes", _int_range(512, 32768), "2048",
+      "Bytes for the strings of one transaction together: its identity, the request as "
+      "received, the targets, and the last response. A request that does not fit is "
+      "refused with 513 (tm:refused_too_long); a response that does not fit is still "
+      "forwarded, only not kept for retransmissions.", unit="bytes"),
+    S("proxy", "invite_timeout_s", _int_range(1, 86400), "180",
+      "Timer C (RFC 3261 §16.8): an INVITE branch without a final response for this long "
+      "(restarted by each provisional response) is cancelled and answered 408.",
+      unit="s", reloadable=True),
+    S("proxy", "relay_foreign", _bool, "no",
+      "Relay requests for domains not in sip.domains to their Request-URI host (RFC 3263: "
+      "SRV, then A/AAAA); no: refuse them with 403."),
+    S("proxy", "forking", _choice("parallel", "serial"), "parallel",
+      "How the contacts of an AOR are tried: all at once, or in groups of equal q value, "
+      "highest q first, the next group when every branch of a group failed.",
+      reloadable=True),
+    S("proxy", "t1_ms", _int_range(10, 10000), "500",
+      "RFC 3261 T1 (round-trip estimate): retransmissions start at T1 and transactions "
+      "linger 64*T1 after their final response.", unit="ms", reloadable=True),
+    S("proxy", "t2_ms", _int_range(10, 60000), "4000",
+      "RFC 3261 T2: longest retransmission interval of non-INVITE requests and of final "
+      "responses.", unit="ms", reloadable=True),
+    S("proxy", "t4_ms", _int_range(10, 60000), "5000",
+      "RFC 3261 T4: how long a message may stay in the network (Timers I and K).",
+      unit="ms", reloadable=True),
     # -- dialog
     S("dialog", "capacity", _int_range(16, 50_000_000), "100000",
       "Dialogs the shared table can hold."),

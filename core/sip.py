@@ -1004,6 +1004,9 @@ def _normalize_user(user: str) -> str:
     return "".join(chr(b) if b in _USER_LITERAL else f"%{b:02X}" for b in raw)
 
 
+PASSWORD_IN_AOR = "Password in AOR"  # the 400 reason of canonical_aor for one
+
+
 def canonical_aor(uri: str) -> str:
     """The address-of-record key of a SIP or SIPS URI (RFC 3261 §10.3 step 5).
 
@@ -1022,7 +1025,7 @@ def canonical_aor(uri: str) -> str:
         raise SipParseError(416, "Unsupported URI Scheme")
     u = parse_uri(text)
     if u.password:
-        raise SipParseError(400, "Password in AOR")
+        raise SipParseError(400, PASSWORD_IN_AOR)
     host = u.host
     if host[0] == "[":
         host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"

@@ -38,6 +38,9 @@ Layout (little-endian, W = 8-byte word):
                              then MAX_VIEW_NODES uint64 entries:
                              bits 0-15 node id, 16-31 VIEW_* flags,
                              32-63 capability states (4 bits per capability)
+    ...     24 * MAX_VIEW_NODES * MAX_VIEWS  SIP address of each view entry's node (its
+                             first listener), written with the view under its epoch:
+                             W0 family (4, 6; 0: unknown) | port << 8, W1..2 address
     ...     64 + 2 * MAX_PARTITIONS  partition map: W0 epoch (odd while written),
                              W1 partitions, W2 when it changed (unix ms), W3..7 reserved,
                              then the owner node id of each partition (uint16, 0: none)
@@ -53,6 +56,7 @@ Layout (little-endian, W = 8-byte word):
 """
 from __future__ import annotations
 
+import socket
 import time
 
 import numpy as np
@@ -60,13 +64,14 @@ import numpy as np
 from fastcluster.core.stats import COUNTERS
 
 CONTROL_MAGIC = int.from_bytes(b"FCCTRL01", "little")
-CONTROL_LAYOUT_VERSION = 2
+CONTROL_LAYOUT_VERSION = 3
 HEADER = 512
 SLOT_WORDS = 8
 RELOAD_BYTES = 65536
 MAX_VIEWS = 8  # clusters per node
 MAX_VIEW_NODES = 256  # nodes per cluster seen by workers and the timer
 VIEW_BYTES = 64 + 8 * MAX_VIEW_NODES
+VIEW_SIP_WORDS = 3
 VIEW_UP, VIEW_ME, VIEW_ENABLED = 1, 2, 4
 MAX_PARTITIONS = 65536
 PMAP_BYTES = 64 + 2 * MAX_PARTITIONS
@@ -94,7 +99,8 @@ def nprocs_for(workers: int) -> int:
 
 def segment_size(nprocs: int, ntables: int) -> int:
     return (HEADER + 8 * SLOT_WORDS * nprocs + 8 * len(COUNTERS) * nprocs + RELOAD_BYTES
-            + VIEW_BYTES * MAX_VIEWS + PMAP_BYTES + 8 * STATUS_WORDS * nprocs
+            + VIEW_BYTES * MAX_VIEWS + 8 * VIEW_SIP_WORDS * MAX_VIEW_NODES * MAX_VIEWS
+            + PMAP_BYTES + 8 * STATUS_WORDS * nprocs
             + 8 * NODE_IDS * ntables + 16 * MAX_PEERS * ntables)
 
 
@@ -124,6 +130,10 @@ class Control:
         self.views = buf[off:off + VIEW_BYTES * MAX_VIEWS].view(np.int64).reshape(
             MAX_VIEWS, VIEW_BYTES // 8)
         off += VIEW_BYTES * MAX_VIEWS
+        sip_bytes = 8 * VIEW_SIP_WORDS * MAX_VIEW_NODES * MAX_VIEWS
+        self.view_sip = buf[off:off + sip_bytes].view(np.int64).reshape(
+            MAX_VIEWS, MAX_VIEW_NODES, VIEW_SIP_WORDS)
+        off += sip_bytes
         self.pmap_words = buf[off:off + 64].view(np.int64)
         self.pmap = buf[off + 64:off + PMAP_BYTES].view(np.uint16)
         off += PMAP_BYTES
@@ -186,15 +196,19 @@ class Control:
     # -- cluster views (the cluster process writes, everyone reads)
 
     def publish_view(self, index: int, cluster: int, me: int,
-                     entries: list[tuple[int, int, int]]) -> None:
-        """entries: (node id, VIEW_* flags, capability bits). Single writer."""
+                     entries: list[tuple[int, int, int]],
+                     sip: list[tuple[str, int] | None] | None = None) -> None:
+        """entries: (node id, VIEW_* flags, capability bits); sip: each entry's node's
+        first SIP listener (HOST, PORT), or None. Single writer."""
         if len(entries) > MAX_VIEW_NODES:
             raise ValueError(f"cluster {cluster} has more than {MAX_VIEW_NODES} nodes")
         v = self.views[index]
+        addrs = self.view_sip[index]
         v[0] += 1  # odd: readers retry
         v[1], v[2], v[3] = cluster, len(entries), me
         for i, (node, flags, caps) in enumerate(entries):
             v[8 + i] = node | (flags << 16) | (caps << 32)
+            addrs[i] = _pack_address(sip[i] if sip is not None and i < len(sip) else None)
         v[0] += 1
 
     def read_view(self, index: int) -> tuple[int, int, list[tuple[int, int, int]]]:
@@ -210,6 +224,26 @@ class Control:
             if int(v[0]) == epoch:
                 return cluster, me, [(int(e) & 0xFFFF, (int(e) >> 16) & 0xFFFF,
                                       (int(e) >> 32) & 0xFFFFFFFF) for e in raw]
+
+    def read_view_sip(self, index: int) -> dict[int, tuple[str, int]]:
+        """node id -> its first SIP listener (HOST, PORT), for nodes that have one, as
+        one consistent snapshot with the view."""
+        v = self.views[index]
+        while True:
+            epoch = int(v[0])
+            if epoch & 1:
+                time.sleep(0)
+                continue
+            count = int(v[2])
+            nodes = v[8:8 + count].copy()
+            raw = self.view_sip[index, :count].copy()
+            if int(v[0]) == epoch:
+                out = {}
+                for e, words in zip(nodes, raw):
+                    addr = _unpack_address(words)
+                    if addr is not None:
+                        out[int(e) & 0xFFFF] = addr
+                return out
 
     # -- partition map (the cluster process writes, the timer reads)
 
@@ -255,3 +289,27 @@ class Control:
 
     def reload_blob(self) -> bytes:
         return bytes(self.reload_area[:int(self.words[W_RELOAD_LEN])])
+
+
+def _pack_address(addr: tuple[str, int] | None) -> np.ndarray:
+    words = np.zeros(VIEW_SIP_WORDS, dtype=np.int64)
+    if addr is None:
+        return words
+    host, port = addr
+    if ":" in host:
+        family, raw = 6, socket.inet_pton(socket.AF_INET6, host)
+    else:
+        family, raw = 4, socket.inet_pton(socket.AF_INET, host) + bytes(12)
+    words[0] = family | (int(port) << 8)
+    words[1:3] = np.frombuffer(raw, dtype=np.int64)
+    return words
+
+
+def _unpack_address(words: np.ndarray) -> tuple[str, int] | None:
+    family, port = int(words[0]) & 0xFF, int(words[0]) >> 8
+    if family not in (4, 6):
+        return None
+    raw = words[1:3].tobytes()
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[:4]), port
+    return socket.inet_ntop(socket.AF_INET6, raw), port

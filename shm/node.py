@@ -31,13 +31,18 @@ from fastcluster.shm import control as CT
 from fastcluster.shm import nonces as N
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
+from fastcluster.shm import tmring as TR
 from fastcluster.shm.segment import Segment, names_with_prefix, remove_stale
 from fastcluster.shm.tables import TABLE_INDEX, TABLES, ContactTable, Table
+from fastcluster.shm.transactions import TRANSACTION
 
 log = logging.getLogger("shm")
 COPY_BYTES = 1 << 22
 
-PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings", "nonces")
+# the replicated tables (TABLES), then what stays on this node: rings, nonces, the
+# proxy's transactions (services.sip.tm) and their timer rings
+PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings", "nonces",
+                                                               "transactions", "tmrings")
 NONCE_SLOTS_AUTH_OFF = 1024  # a token table: nothing uses it while auth.enable is off
 
 
@@ -60,6 +65,9 @@ def part_sizes(cfg: Config) -> dict[str, int]:
                                           spec.setting(cfg, "record_bytes"), nprocs)
     sizes["rings"] = R.segment_size(nprocs, cfg["clusterer.repl_ring_bytes"], len(TABLES))
     sizes["nonces"] = N.segment_size(nonce_slots(cfg))
+    sizes["transactions"] = Table.size_for(TRANSACTION, cfg["proxy.transactions"],
+                                           cfg["proxy.record_bytes"], nprocs)
+    sizes["tmrings"] = TR.segment_size(nprocs)
     return sizes
 
 
@@ -76,6 +84,9 @@ class NodeMemory:
             setattr(self, spec.name, self.tables[spec.name])
         self.rings = segments["rings"].buf
         self.nonces = N.NonceTable(segments["nonces"].buf)
+        # local to this node, never replicated (services.sip.tm)
+        self.transactions = Table(segments["transactions"].buf, TRANSACTION)
+        self.tmrings = segments["tmrings"].buf
 
     @classmethod
     def create(cls, cfg: Config, master_pid: int) -> NodeMemory:
@@ -92,6 +103,9 @@ class NodeMemory:
             R.init_segment(made["rings"].buf, nprocs, cfg["clusterer.repl_ring_bytes"],
                            len(TABLES))
             N.init_segment(made["nonces"].buf, nonce_slots(cfg), nonce_key(cfg))
+            Table.create(made["transactions"].buf, TRANSACTION, cfg["proxy.transactions"],
+                         cfg["proxy.record_bytes"], nprocs, node_id)
+            TR.init_segment(made["tmrings"].buf, nprocs)
             return cls(made)
         except BaseException:
             for seg in made.values():
@@ -131,8 +145,8 @@ class NodeMemory:
         for spec in TABLES:
             setattr(self, spec.name, None)
         self.tables = {}
-        self.nonces = None  # type: ignore[assignment]
-        self.rings = np.zeros(0, np.uint8)
+        self.nonces = self.transactions = None  # type: ignore[assignment]
+        self.rings = self.tmrings = np.zeros(0, np.uint8)
         for seg in self.segments.values():
             seg.close()
 
@@ -148,7 +162,8 @@ class Stale:
     removed: the memory lives until close())."""
     segments: dict[str, Segment]
     names: list[str]
-    adopted: dict[str, int] = field(default_factory=dict)  # table -> rows carried over
+    # table -> (records the old table held, those newer than what the new one had)
+    adopted: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def take(cls, prefix: str) -> Stale | None:
@@ -200,8 +215,9 @@ class Stale:
         return None
 
 
-def _copy_rows(src: np.ndarray, dst: np.ndarray) -> int:
-    """Every record of table src into table dst, versions and origins kept."""
+def _copy_rows(src: np.ndarray, dst: np.ndarray) -> tuple[int, int]:
+    """Every record of table src into table dst, versions and origins kept (a record
+    dst holds in a newer version stays). Returns (records in src, records applied)."""
     out = np.zeros(COPY_BYTES, dtype=np.uint8)
     gathered = np.zeros(T.GATHER_COUNTS, dtype=np.int64)
     applied = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
@@ -212,7 +228,7 @@ def _copy_rows(src: np.ndarray, dst: np.ndarray) -> int:
         slot = int(slot)
         T.apply_entries(dst, out, int(nbytes), now_s, 0, T.lock_word(0, CT.SLOT_MASTER),
                         CT.SLOT_MASTER, R.no_ring(), T.NO_SEEN, applied)
-    return int(applied[T.AC_APPLIED])
+    return int(applied[T.AC_ENTRIES]), int(applied[T.AC_APPLIED])
 
 
 def _copy_control(old: CT.Control, new: CT.Control, unsent: dict[int, int]) -> None:

@@ -65,7 +65,8 @@ class Table:
                nprocs: int, node_id: int) -> Table:
         T.init_table(buf, layout.kind, capacity, layout.row_size(record_bytes),
                      layout.fixed_size, layout.lens_off, len(layout.strings), nprocs, node_id)
-        return SPEC_BY_KIND[layout.kind].open(buf)
+        spec = SPEC_BY_KIND.get(layout.kind)  # a replicated table, or a local one
+        return spec.open(buf) if spec is not None else Table(buf, layout)
 
     @staticmethod
     def size_for(layout: RowLayout, capacity: int, record_bytes: int, nprocs: int) -> int:

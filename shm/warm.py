@@ -20,8 +20,12 @@ from fastcluster.shm import nonces as N
 from fastcluster.shm import partitions as P
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
+from fastcluster.shm import tmring as TR
+from fastcluster.shm import tmwheel as W
+from fastcluster.shm import transactions as X
 from fastcluster.shm.dialogs import DIALOG, pack_dialog
 from fastcluster.shm.tables import ContactTable, Table
+from fastcluster.shm.txwork import TxWork
 
 
 KERNEL_MODULES = (C, P, R, T)
@@ -129,4 +133,53 @@ def warm_kernels() -> float:
     contacts.expire(now_s, 60, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)
     contacts.repair(ring, 1, 1)
     T.table_salvage(ct_buf)
+
+    _warm_transactions(nprocs, me, now_s)
     return time.perf_counter() - started
+
+
+def _warm_transactions(nprocs: int, me: int, now_s: int) -> None:
+    """The transaction kernels, through the same Python wrappers production uses."""
+    tx_buf = np.zeros(Table.size_for(X.TRANSACTION, 64, 2048, nprocs), dtype=np.uint8)
+    txs = Table.create(tx_buf, X.TRANSACTION, 64, 2048, nprocs, 1)
+    rings_buf = np.zeros(TR.segment_size(nprocs, 64), dtype=np.uint8)
+    TR.init_segment(rings_buf, nprocs, 64)
+    params = np.array([500, 4000, 5000, 180000, 0, 0, 0, 0], dtype=np.int64)
+    work = TxWork(tx_buf, rings_buf, 1, me, params, [0] * 4096)
+    src = ("127.0.0.1", 5060)
+    for kind in (X.K_REQUEST, X.K_ACK, X.K_CANCEL):
+        work.request(kind, b"warm", b"INVITE sip:w SIP/2.0\r\n\r\n", b"t\n", b"\0", 1,
+                     X.F_INVITE, 1, 0, src)
+    key = work.out().key
+    work.reply(key, 0, 180, X.M_INVITE, b"SIP/2.0 180 x\r\n\r\n")
+    work.reply(key, 0, 486, X.M_INVITE, b"SIP/2.0 486 x\r\n\r\n")
+    X.tx_read(tx_buf, 0, np.uint64(key), np.zeros(txs.row_size, dtype=np.uint8))
+    X.tx_count(tx_buf)
+    X.ident_key(b"warm")
+    wheel = W.wheel_new(256, 0)
+    W.wheel_insert(wheel, 5, 0, 2)
+    out = np.zeros((4, W.ACTION_WORDS), dtype=np.int64)
+    W.tm_tick(tx_buf, TR.all_rings(rings_buf), wheel, params, 10 ** 7, now_s, me, 1, out, 16)
+    W.tm_sweep(tx_buf, wheel, 0, 1, 0, -1, me)
+    txs.expire(now_s, 0, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)
+    txs.repair(R.no_ring(), 1, 1)
+    from fastcluster.shm import sipscan as SC
+
+    reply = np.frombuffer(b"SIP/2.0 180 R\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bKfc" +
+                          b"0" * 25 + b"\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\n"
+                          b"CSeq: 1 INVITE\r\n\r\n", dtype=np.uint8)
+    mine = np.frombuffer(b"a:1\0", dtype=np.uint8)
+    SC.fast_reply(tx_buf, reply, reply.shape[0], mine, work.work, work.ring, params, me, 1,
+                  0, now_s, np.zeros(SC.S_WORDS, dtype=np.int64))
+    from fastcluster.shm import sipreq as RQ
+
+    lst = np.array([[0x7F000001, 5060, 0, 14]], dtype=np.int64)
+    text = np.frombuffer(b"127.0.0.1:5060", dtype=np.uint8)
+    for method in (b"ACK", b"BYE"):
+        req = np.frombuffer(method + b" sip:b@127.0.0.2:5062 SIP/2.0\r\nVia: SIP/2.0/UDP "
+                            b"127.0.0.3:5061;branch=z9hG4bK1\r\nRoute: <sip:127.0.0.1:5060;"
+                            b"lr>\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c"
+                            b"\r\nCSeq: 1 " + method + b"\r\n\r\n", dtype=np.uint8)
+        RQ.fast_request(tx_buf, req, req.shape[0], lst, text, 0, 4, 5061,
+                        np.zeros(16, dtype=np.uint8), work.work, work.ring, params, me, 1, 0,
+                        now_s, np.zeros(RQ.Q_WORDS, dtype=np.int64))

@@ -141,8 +141,11 @@ class ClusterProcess(Child):
             entries = [(api.me, CT.VIEW_ME | (CT.VIEW_UP | CT.VIEW_ENABLED
                                               if api.enabled(cid) else 0),
                         api.capability_bits(api.me))]
+            sip = [api.sip[0] if api.sip else None]  # first SIP listener of each node
             for view in api.nodes(cid):
                 flags = (CT.VIEW_UP if view.reachable else 0) | (
                     CT.VIEW_ENABLED if view.enabled else 0)
                 entries.append((view.node_id, flags, api.capability_bits(view.node_id)))
-            ctl.publish_view(index, cid, api.me, entries[:CT.MAX_VIEW_NODES])
+                sip.append(view.sip[0] if view.sip else None)
+            ctl.publish_view(index, cid, api.me, entries[:CT.MAX_VIEW_NODES],
+                             sip[:CT.MAX_VIEW_NODES])

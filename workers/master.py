@@ -33,6 +33,7 @@ from fastcluster.core.config import Config, ConfigError
 from fastcluster.core.errors import EXIT_BOOT, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, StartupError
 from fastcluster.core.settings import SETTINGS
 from fastcluster.shm import control as CT
+from fastcluster.shm import ring as R
 from fastcluster.workers import osutil
 from fastcluster.workers.child import Child, NodeContext, SipSocket, child_entry
 
@@ -107,7 +108,8 @@ def adopt_stale(cfg: Config, stale: Stale, mem: NodeMemory) -> None:
     else:
         log.warning("adopted the tables a killed master left: %s in %.2f s; this node "
                     "re-sends what it had not replicated and syncs",
-                    ", ".join(f"{n} {r}" for n, r in stale.adopted.items()),
+                    ", ".join(f"{n} {held} ({newer} newer than what was loaded)"
+                              for n, (held, newer) in stale.adopted.items()),
                     time.monotonic() - started)
 
 
@@ -358,11 +360,17 @@ class Master:
         mem = self.ctx.mem
         for slot in (state.slot,) + state.cls.writer_slots:
             for name, table in mem.tables.items():
-                fixed, freed = table.repair(mem.ring(slot, name), pid, slot)
-                if fixed or freed:
-                    log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
-                                {0: "no row in flight", 1: "torn row restored",
-                                 2: "finished row re-queued"}[fixed], freed)
+                self._report_repair(name, pid, *table.repair(mem.ring(slot, name), pid, slot))
+        # the proxy's transactions: local, never replicated (no ring)
+        self._report_repair("transactions", pid,
+                            *mem.transactions.repair(R.no_ring(), pid, state.slot))
+
+    @staticmethod
+    def _report_repair(name: str, pid: int, fixed: int, freed: int) -> None:
+        if fixed or freed:
+            log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
+                        {0: "no row in flight", 1: "torn row restored",
+                         2: "finished row re-queued"}[fixed], freed)
 
     def respawn_due(self) -> None:
         now = time.monotonic()

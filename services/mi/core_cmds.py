@@ -26,6 +26,8 @@ GAUGES: dict[str, Callable[[Any], int]] = {
     "dialog:active_dialogs": lambda node: node.mem.dialogs.counters()["live"],
     "dialog:tombstones": lambda node: node.mem.dialogs.counters()["tomb"],
     "dialog:capacity": lambda node: node.mem.dialogs.capacity,
+    "tm:inuse_transactions": lambda node: node.mem.transactions.counters()["live"],
+    "tm:capacity": lambda node: node.mem.transactions.capacity,
 }
 
 
@@ -139,3 +141,4 @@ def mi_persistence_status(node: Any) -> dict[str, Any]:
     if node.persistence is None:
         return {"backend": "off"}
     return node.persistence.status()
+from fastcluster.services.sip import proxy_mi  # noqa: E402,F401  (t_list, t_stats)

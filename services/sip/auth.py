@@ -19,7 +19,7 @@ from fastcluster.core import digest as D
 from fastcluster.core.config import Config
 from fastcluster.core.sip import SipMessage
 from fastcluster.core.stats import INDEX
-from fastcluster.services.sip.subscribers import CredentialCache, Credentials, StoreError
+from fastcluster.services.sip.subscribers import Credentials, StoreError
 
 # verdict -> (status, reason); 401s carry a challenge
 ANSWERS = {

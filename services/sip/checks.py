@@ -1,7 +1,8 @@
 """What a request must pass before the registrar acts on it (RFC 3261 §8.2 and §10.3,
 RFC 3327, RFC 5626), as pure functions: each returns None or the `Refusal` to answer,
 with the counter that records its cause. services.sip.registrar calls them in the
-order of §8.2 (method, Request-URI, extensions) then §10.3 (domain, AOR); they are
+order of §8.2 (Via, Request-URI, extensions) then §10.3 (domain, AOR); the proxy's
+requests pass the first two; they are
 tested by tables in tests/unit/test_checks.py. The common forms take one regex match.
 Neighbours: core.sip (parsing), core.stats (the counters named here).
 """
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from fastcluster.core.sip import SipMessage, SipParseError, parse_name_addr, parse_uri, \
     parse_via
 
+# Methods this node answers as the UAS of a request addressed to itself (a Request-URI
+# without user part: §8.2.1); every method addressed to a user is proxied.
 SERVED = ("REGISTER", "OPTIONS")
 ALLOW = ", ".join(SERVED)
-# Methods this node knows but does not serve yet (405 with Allow); others are 501.
+# Known methods (405 with Allow when addressed to this node); others are 501.
 KNOWN = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "SUBSCRIBE", "NOTIFY", "PUBLISH",
                    "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER"))
 # Requests that can only belong to a transaction or dialog: none exists here (481).
@@ -34,12 +37,11 @@ class Refusal:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def check_method(method: str, max_forwards: int) -> Refusal | None:
-    """§8.2.1: served methods pass; the rest get their answer."""
+def check_method(method: str) -> Refusal | None:
+    """§8.2.1, for a request addressed to this node itself: served methods pass; the
+    rest get their answer (services.sip.proxy asks, before looking for a user)."""
     if method in SERVED:
         return None
-    if max_forwards == 0:  # it would have to be forwarded: RFC 3261 §16.3 step 2
-        return Refusal(483, "Too Many Hops", "core:too_many_hops")
     if method in IN_DIALOG:
         return Refusal(481, "Call/Transaction Does Not Exist", "core:no_transaction")
     if method in KNOWN:

@@ -1,6 +1,6 @@
 """The SIP application of a worker: a registrar (RFC 3261 §10.3, RFC 3327 Path, RFC 5626
-instance/reg-id, nathelper-style NAT detection) plus the answers a server owes to every
-other request (OPTIONS 200, Max-Forwards 483, 501 for what is not handled yet).
+instance/reg-id, nathelper-style NAT detection) plus OPTIONS 200 to the server itself;
+every other request and every reply goes to the proxy (services.sip.proxy).
 
 Per REGISTER: parse, resolve every contact's expiry (423 below usrloc.min_expires,
 clamped to usrloc.max_expires), pack the request into this worker's buffer, and let one
@@ -35,8 +35,10 @@ from fastcluster.core.sip import (
 )
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import checks
+from fastcluster.services.sip import routing as RT
 from fastcluster.services.sip.auth import Authenticator
 from fastcluster.services.sip.natping import parse_callid
+from fastcluster.services.sip.proxy import Proxy
 from fastcluster.services.sip.subscribers import StoreError
 from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
@@ -65,6 +67,8 @@ I_COLLIDE, I_WAITS = _I["usrloc:key_collisions"], _I["usrloc:lock_waits"]
 I_PING_RPL = _I["nathelper:ping_replies"]
 I_NOT_SYNCED = _I["registrar:refused_not_synced"]
 CONTACTS_BIT = 1 << TABLE_INDEX["contacts"]
+I_ERR_RPL = _I["core:err_replies"]
+I_RCV_REGISTER, I_RCV_OPTIONS = _I["core:rcv_requests_register"], _I["core:rcv_requests_options"]
 
 # Looks for the binding a retransmitted digest answer's original is committing (bounded:
 # a real replay costs RETRANS_TRIES kernel calls and yields, never a sleep).
@@ -172,6 +176,9 @@ class SipApp:
         self._path: list[str] | None = None  # of the REGISTER being handled
         self._outbound = False  # its reg-id was honoured (RFC 5626)
         self._replay: Any = None  # its digest answer reused a nonce count (auth.Outcome)
+        self.server: list[tuple[str, str]] = []
+        self.proxy = Proxy(self)  # every other request, and every response
+        self.fast = self.proxy.fast  # compiled relays, tried before parsing
         self.apply_config(worker.cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -183,6 +190,7 @@ class SipApp:
         self.default_expires = cfg["usrloc.default_expires"]
         self.max_contacts = cfg["usrloc.max_contacts"]
         self.server = [("Server", cfg["sip.server_header"])] if cfg["sip.server_header"] else []
+        self.proxy.apply_reload(cfg)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -202,10 +210,19 @@ class SipApp:
 
     def _handle(self, data: bytes, addr: tuple, listener: Any) -> None:
         counts = self.counts
+        head = data[:4]
+        if head == b"SIP/" and data[4:8] == b"2.0 " and self.fast.reply(data, listener):
+            counts[I_RCV_RPL] += 1  # a plain reply relayed by the compiled path
+            return
+        if (head == b"ACK " or head == b"BYE ") and self.fast.request(data, addr, listener):
+            counts[I_RCV_REQ] += 1  # an in-dialog ACK/BYE relayed by the compiled path
+            return
         try:
             msg = parse_message(data)
         except SipParseError as exc:
             counts[I_BAD] += 1
+            if data[:4] == b"SIP/":
+                counts[I_ERR_RPL] += 1  # a malformed reply: dropped
             req = exc.request
             if exc.status and req is not None and req.is_request and req.method != "ACK":
                 self.reply(req, exc.status, exc.reason, addr, listener)
@@ -216,28 +233,35 @@ class SipApp:
             if ping is not None and msg.cseq_method == "OPTIONS":
                 counts[I_PING_RPL] += 1
                 P.mark_reply(self.table, ping[0], np.uint64(ping[1]), int(time.time()))
+                return
+            self.proxy.handle_reply(msg, data, addr, listener)
             return
         counts[I_RCV_REQ] += 1
         method = msg.method
-        if method == "ACK":
-            counts[I_DROP] += 1  # an ACK for one of our final replies
-            return
-        # RFC 3261 §8.2 in its order: method, Request-URI, extensions; Via first, as
-        # every answer is routed by it.
-        refusal = checks.check_via(msg) or checks.check_method(method, msg.max_forwards) \
-            or checks.check_request_uri(msg.ruri) or checks.check_require(msg)
+        # RFC 3261 §8.2, as a UAS: Via first (every answer is routed by it), Request-URI,
+        # Require; what is proxied passes §16.3's checks instead (services.sip.proxy)
+        # (an OPTIONS for this node, or one that may go no further: §16.3 step 2)
+        mine = method == "REGISTER" or method == "OPTIONS" and (
+            not RT.has_user(msg.ruri) or msg.max_forwards == 0)
+        refusal = checks.check_via(msg) or checks.check_request_uri(msg.ruri) or \
+            checks.check_require(msg) if mine else None
         if refusal is not None:
             counts[INDEX[refusal.counter]] += 1
             if method == "REGISTER":
                 counts[I_REJECT] += 1
-            self.reply(msg, refusal.status, refusal.reason, addr, listener,
-                       list(refusal.headers))
+            if method != "ACK":  # an ACK is never answered
+                self.reply(msg, refusal.status, refusal.reason, addr, listener,
+                           list(refusal.headers))
         elif method == "REGISTER":
+            counts[I_RCV_REGISTER] += 1
             self.register(msg, addr, listener)
-        else:  # OPTIONS: this node answers for itself (RFC 3261 §11.2)
+        elif mine:  # OPTIONS: this node answers for itself (RFC 3261 §11.2)
+            counts[I_RCV_OPTIONS] += 1
             self.reply(msg, 200, "OK", addr, listener,
                        [("Allow", ALLOW), ("Accept", "application/sdp"),
                         ("Supported", checks.SUPPORTED_HEADER)])
+        else:
+            self.proxy.handle_request(msg, data, addr, listener)
 
     def reply(self, msg: SipMessage, status: int, reason: str, addr: tuple, listener: Any,
               headers: list[tuple[str, str]] | None = None, raw: bytes = b"") -> None:
@@ -442,3 +466,4 @@ def _q_per_mille(text: str | None) -> int:
     if not 0.0 <= q <= 1.0:
         raise Refuse(400, "Invalid q value")
     return int(round(q * 1000))
+

@@ -50,6 +50,9 @@ def test_join_through_one_seed_kill_and_restart(tmp_path) -> None:
             cluster, me, entries = mem.control.read_view(0)
             assert cluster == 1 and me == 1
             assert {nid for nid, flags, _ in entries if flags & VIEW_UP} == {1, 2, 3, 4}
+            # with each node's first SIP listener (the proxy routes through home nodes)
+            assert mem.control.read_view_sip(0) == {
+                n.node_id: ("127.0.0.1", n.sip_port) for n in nodes}
         finally:
             mem.close()
     finally:

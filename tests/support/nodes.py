@@ -75,6 +75,7 @@ class Node:
                           "secret": "test-secret"},
             "usrloc": {"capacity": 100_000},
             "dialog": {"capacity": 10_000},
+            "proxy": {"transactions": 10_000},
         }
         if netns:  # listeners on a network address: the MI needs a token, SIP auth or
             # the operator's explicit choice of an open registrar (the tests register

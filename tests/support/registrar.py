@@ -1,5 +1,7 @@
 """An in-memory registrar for unit tests: SipApp, the code a worker runs, over a contact
-table and ring in private memory, with a socket that records what would be sent."""
+table and ring in private memory, with a socket that records what would be sent. It
+has a transaction table, timer rings and a control segment too, so the proxy of the
+same SipApp runs on it (tests/unit/test_proxy.py)."""
 from __future__ import annotations
 
 import types
@@ -11,15 +13,18 @@ from fastcluster.core.stats import COUNTERS, INDEX
 from fastcluster.services.sip import subscribers
 from fastcluster.services.sip.auth import Authenticator
 from fastcluster.services.sip.registrar import SipApp
-from fastcluster.shm import control as CT
 from fastcluster.services.sip.subscribers import CredentialCache
+from fastcluster.shm import control as CT
 from fastcluster.shm import nonces as N
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
+from fastcluster.shm import tmring as TR
 from fastcluster.shm.contacts import CONTACT
-from fastcluster.shm.tables import ContactTable, Table
+from fastcluster.shm.tables import TABLES, ContactTable, Table
+from fastcluster.shm.transactions import TRANSACTION
 
 SRC = ("192.0.2.10", 5070)
+LISTEN = ("192.0.2.1", 5060)  # the worker's listener
 
 
 class FakeSocket:
@@ -37,7 +42,7 @@ class Harness:
 
     def __init__(self, capacity: int = 1000, record_bytes: int = 256,
                  settings: dict[str, str] | None = None, db_path: str = "",
-                 nonce_key: bytes = b"k" * 32, **usrloc) -> None:
+                 nonce_key: bytes = b"k" * 32, tx_capacity: int = 1000, **usrloc) -> None:
         cli = {f"usrloc.{k}": str(v) for k, v in usrloc.items()}
         cli.update(settings or {})
         if db_path:
@@ -46,16 +51,24 @@ class Harness:
         buf = np.zeros(Table.size_for(CONTACT, capacity, record_bytes, 4), dtype=np.uint8)
         self.table = Table.create(buf, CONTACT, capacity, record_bytes, 4, node_id=1)
         assert isinstance(self.table, ContactTable)
-        self.words = np.zeros(64, dtype=np.int64)
-        self.words[CT.W_SYNCED] = -1  # every table synced (a lone node)
         seg = np.zeros(R.segment_size(4, 1 << 20), dtype=np.uint8)
         R.init_segment(seg, 4, 1 << 20)
         self.ring = R.region(seg, 3)
+        tx_buf = np.zeros(Table.size_for(TRANSACTION, tx_capacity, 2048, 4), dtype=np.uint8)
+        self.transactions = Table.create(tx_buf, TRANSACTION, tx_capacity, 2048, 4, node_id=1)
+        self.tmrings = np.zeros(TR.segment_size(4, 1024), dtype=np.uint8)
+        TR.init_segment(self.tmrings, 4, 1024)
+        self.control = CT.Control.init(np.zeros(CT.segment_size(4, len(TABLES)), np.uint8),
+                                       4, 1, 1, len(TABLES))
+        self.control.words[CT.W_SYNCED] = -1  # every table synced (a lone node)
+        self.sock = FakeSocket()
+        self.listener = types.SimpleNamespace(sock=self.sock, index=0, host=LISTEN[0],
+                                              port=LISTEN[1])
         worker = types.SimpleNamespace(
-            mem=types.SimpleNamespace(contacts=self.table,
-                                      control=types.SimpleNamespace(words=self.words)),
-            rings={"contacts": self.ring},
-            me=T.lock_word(1, 3), slot=3, cfg=cfg, pid=1)
+            mem=types.SimpleNamespace(contacts=self.table, transactions=self.transactions,
+                                      tmrings=self.tmrings, control=self.control),
+            rings={"contacts": self.ring}, me=T.lock_word(1, 3), slot=3, cfg=cfg, pid=1,
+            listeners=[self.listener])
         self.counts = [0] * len(COUNTERS)
         self.credentials: CredentialCache | None = None
         if cfg["auth.enable"]:
@@ -69,8 +82,6 @@ class Harness:
             worker.authenticator = Authenticator(cfg, self.nonces.key, self.nonces,
                                                  self.credentials, self.counts)
         self.app = SipApp(worker, self.counts)
-        self.sock = FakeSocket()
-        self.listener = types.SimpleNamespace(sock=self.sock, index=0)
 
     def send(self, text: str, src: tuple = SRC) -> str | None:
         data = text.replace("\n", "\r\n").encode()

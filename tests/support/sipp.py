@@ -88,3 +88,37 @@ def _counts(stats: pathlib.Path) -> tuple[int, int, float]:
     seconds = float(last[col["CurrentTime"]].split()[-1]) - \
         float(last[col["StartTime"]].split()[-1])
     return ok, failed, (ok / seconds if seconds > 0 else 0.0)
+
+
+class Uas:
+    """A sipp UAS running in the background (bench/sipp/uas*.xml) until it served
+    `calls` calls; `finish` waits for it and reads its statistics."""
+
+    def __init__(self, scenario: str, port: int, workdir: pathlib.Path, calls: int,
+                 timeout_s: int = 60, extra: list[str] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.stats = workdir / f"{scenario}-{port}-{time.monotonic_ns()}.csv"
+        cmd = ["sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1",
+               "-p", str(port), "-m", str(calls), "-nostdin", "-trace_stat", "-stf",
+               str(self.stats), "-fd", "3600", "-timeout", f"{timeout_s}s",
+               "-trace_err"] + (extra or [])
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     cwd=workdir, text=True)
+        leaks.register(self.proc.pid)
+        self.workdir = workdir
+        time.sleep(0.2)  # bound before the first INVITE comes
+
+    def finish(self, timeout: float = 30) -> SippResult:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        ok, failed, rate = _counts(self.stats)
+        return SippResult(self.proc.returncode, ok, failed, time.monotonic() - self.started,
+                          rate, out[-3000:], self.stats)
+
+    def errors(self) -> str:
+        return "".join(p.read_text(errors="replace")[-3000:]
+                       for p in self.workdir.glob("*errors.log"))

@@ -220,21 +220,26 @@ def test_other_requests_and_responses() -> None:
             "CSeq: 1 {method}\nMax-Forwards: {mf}\nContent-Length: 0\n\n")
     reply = h.send(base.format(method="OPTIONS", ruri="sip:example.com", mf=70))
     assert status(reply) == 200 and "Allow: REGISTER, OPTIONS" in reply
-    reply = h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=70))
-    assert status(reply) == 405 and "Allow: REGISTER, OPTIONS" in reply  # known, not served
-    reply = h.send(base.format(method="FOOBAR", ruri="sip:b@example.com", mf=70))
-    assert status(reply) == 501 and "Allow: REGISTER, OPTIONS" in reply  # unknown
-    assert status(h.send(base.format(method="BYE", ruri="sip:b@example.com", mf=70))) == 481
-    assert status(h.send(base.format(method="CANCEL", ruri="sip:b@example.com", mf=70))) == 481
+    # other requests go to the proxy: b@example.com never registered
+    assert status(h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=70))) == 404
+    # an unknown method is proxied like any other (RFC 3261 §16.6: a proxy forwards it)
+    assert status(h.send(base.format(method="FOOBAR", ruri="sip:b@example.com", mf=70))) == 404
     assert status(h.send(base.format(method="INVITE", ruri="sip:b@example.com", mf=0))) == 483
+    # for this node itself (no user part): what it does not serve gets its answer
+    reply = h.send(base.format(method="INVITE", ruri="sip:example.com", mf=70))
+    assert status(reply) == 405 and "Allow: REGISTER, OPTIONS" in reply
+    reply = h.send(base.format(method="FOOBAR", ruri="sip:example.com", mf=70))
+    assert status(reply) == 501 and "Allow: REGISTER, OPTIONS" in reply
+    assert status(h.send(base.format(method="BYE", ruri="sip:example.com", mf=70))) == 481
     assert h.send(base.format(method="ACK", ruri="sip:b@example.com", mf=70)) is None
     response = ("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bK-3\n"
                 "From: <sip:a@example.com>;tag=1\nTo: <sip:b@example.com>;tag=2\nCall-ID: y\n"
                 "CSeq: 1 OPTIONS\nContent-Length: 0\n\n")
     assert h.send(response) is None
-    assert h.count("core:rcv_replies") == 1 and h.count("core:rcv_requests") == 7
-    assert h.count("core:unsupported_methods") == 1 and h.count("core:too_many_hops") == 1
-    assert h.count("core:method_not_allowed") == 1 and h.count("core:no_transaction") == 2
+    assert h.count("core:rcv_replies") == 1 and h.count("core:rcv_requests") == 8
+    assert h.count("proxy:not_found") == 2 and h.count("core:too_many_hops") == 1
+    assert h.count("core:method_not_allowed") == 1 and h.count("core:no_transaction") == 1
+    assert h.count("core:unsupported_methods") == 1
 
 
 def test_malformed_requests_get_400_or_are_dropped() -> None:
@@ -264,11 +269,11 @@ def test_removing_a_binding_this_node_never_had_leaves_a_tombstone() -> None:
 def test_wildcard_removal_waits_until_the_contacts_are_synced() -> None:
     h = Harness()
     h.send(register(expires=600))
-    h.words[CT.W_SYNCED] = 0  # this node's contacts not synced yet
+    h.control.words[CT.W_SYNCED] = 0  # this node's contacts not synced yet
     reply = h.send(register(cseq=2, contacts=["*"], expires=0))
     assert status(reply) == 503 and "Retry-After: 1" in reply
     assert h.count("registrar:refused_not_synced") == 1
     assert len(h.contacts("alice@example.com")) == 1
-    h.words[CT.W_SYNCED] = -1
+    h.control.words[CT.W_SYNCED] = -1
     assert status(h.send(register(cseq=3, contacts=["*"], expires=0))) == 200
     assert h.contacts("alice@example.com") == []

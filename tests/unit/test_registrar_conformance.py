@@ -145,8 +145,16 @@ def test_rfc4475_bext01_require_and_proxy_require() -> None:
                    "Proxy-Require: noProxiesSupportThis, norDoAnyProxiesSupportThis\n"
                    "CSeq: 8 OPTIONS\nVia: SIP/2.0/UDP fold-and-staple.example.com;"
                    "branch=z9hG4bKkdjuw\nContent-Length: 0\n\n")
+    # an OPTIONS for a user is proxied: the proxy refuses what Proxy-Require asks of it
     assert status(reply) == 420
-    assert header(reply, "Unsupported") == ["nothingsupportsthis, nothingsupportsthiseither"]
+    assert header(reply, "Unsupported") == ["noProxiesSupportThis, norDoAnyProxiesSupportThis"]
+    reply = h.send("OPTIONS sip:example.com SIP/2.0\nTo: sip:j_user@example.com\n"
+                   "From: sip:caller@example.net;tag=242etr\nMax-Forwards: 6\n"
+                   "Call-ID: bext01.1\nRequire: nothingSupportsThis\n"
+                   "CSeq: 8 OPTIONS\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKkdjuw2\n"
+                   "Content-Length: 0\n\n")
+    assert status(reply) == 420  # for this node itself: the UAS refuses what Require asks
+    assert header(reply, "Unsupported") == ["nothingsupportsthis"]
 
 
 def test_rfc4475_unkscm_options_with_unknown_scheme() -> None:
@@ -174,7 +182,7 @@ def test_to_display_name_with_escaped_controls_is_served() -> None:
     assert status(reply) == 200 and len(h.contacts("alice@example.com")) == 1
 
 
-def test_options_is_answered_for_any_sip_uri() -> None:
+def test_options_for_this_node_or_at_max_forwards_0_is_answered_here() -> None:
     h = Harness()
     for ruri in ("sip:example.com", "sip:user@example.com"):
         reply = h.send(f"OPTIONS {ruri} SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5070;"

@@ -2,9 +2,10 @@
 written out for this suite from the RFCs' text (CRLF line ends; where a body's bytes
 cannot be typed -- the binary part of §3.1.1.11 -- a body of the same nature is used,
 and Content-Length is the length of the body as written here). Each is parsed, checked
-for what the RFC says it exercises, and answered by the registrar (SipApp) as a node
-that serves REGISTER and OPTIONS must answer it: well-formed messages never get 400,
-the invalid ones of RFC 5118 do."""
+for what the RFC says it exercises, and answered by SipApp as a registrar and proxy must answer it: well-formed messages
+never get 400 (a request for a user nobody registered is proxied to nowhere: 404; one
+for this node itself that it does not serve: 405/501/481), the invalid ones of RFC 5118
+do."""
 from __future__ import annotations
 
 import pytest
@@ -93,7 +94,7 @@ def test_wsinv() -> None:
     assert m.get("subject") == "" and m.get("unknownheaderwithunusualvalue") == ";;,,;;,;"
     assert m.get("newfangledheader") == "newfangled value continued newfangled value"
     assert aor_of(m.to) == "vivekg@chair-dnrc.example.com"
-    assert answer(WSINV) == 405  # well formed; INVITE is not served by this node
+    assert answer(WSINV) == 404  # well formed; proxied, and vivekg never registered
 
 
 # 3.1.1.2 Wide range of valid characters
@@ -127,7 +128,7 @@ def test_intmeth() -> None:
     assert f.params["tag"] == "_token~1'+`*%!-."
     assert m.call_id == "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"
     assert m.get("extensionHeader-!.%*+_`'~") == "\ufeff大停電"
-    assert answer(INTMETH) == 501  # an unknown method, with Allow
+    assert answer(INTMETH) == 404  # an unknown method to a user: proxied like any other
 
 
 # 3.1.1.3 Valid use of the % escaping mechanism
@@ -156,7 +157,7 @@ def test_esc01() -> None:
     (c,) = parse_contacts(m)
     assert parse_uri(c.uri).params == {"%6c%72": None, "n%61me": "v%61lue%25%34%31"}
     assert m.call_id == "esc01.239409asdfakjkn23onasd0-3234" and len(m.body) == 150
-    assert answer(ESC01) == 405
+    assert answer(ESC01) == 404
 
 
 # 3.1.1.4 Escaped nulls in URIs
@@ -223,7 +224,7 @@ def test_lwsdisp() -> None:
     m = parse_message(LWSDISP)
     f = parse_name_addr(m.from_)
     assert (f.display, f.uri, f.params) == ("caller", "sip:caller@example.com", {"tag": "323"})
-    assert answer(LWSDISP) == 200
+    assert answer(LWSDISP) == 404  # an OPTIONS for a user: proxied
 
 
 # 3.1.1.7 Long values in header fields
@@ -274,7 +275,7 @@ def test_longreq() -> None:
     reply = Harness()
     reply.app.handle(LONGREQ, ("192.0.2.77", 5060), reply.listener)
     out = reply.sock.sent[-1][0]
-    assert out.startswith(b"SIP/2.0 405 ") and out.count(b"\r\nVia: ") == 34
+    assert out.startswith(b"SIP/2.0 404 ") and out.count(b"\r\nVia: ") == 34
 
 
 # 3.1.1.8 Extra trailing octets in a UDP datagram
@@ -328,7 +329,7 @@ def test_semiuri() -> None:
     u = parse_uri(m.ruri)
     assert (u.user, u.host, u.params) == ("user;par=u%40example.net", "example.com", {})
     assert len(m.get_all("accept")) == 6
-    assert answer(SEMIURI) == 200
+    assert answer(SEMIURI) == 404
 
 
 # 3.1.1.10 Varied and unknown transport types
@@ -352,7 +353,7 @@ def test_transports() -> None:
     m = parse_message(TRANSPORTS)
     assert [parse_via(v).transport for v in m.vias] == ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"]
     assert m.call_id == "transports.kijh4akdnaqjkwendsasfdj"
-    assert answer(TRANSPORTS) == 200
+    assert answer(TRANSPORTS) == 404
 
 
 # 3.1.1.11 Multipart MIME message (a binary part with NUL octets)
@@ -386,7 +387,11 @@ MPART01 = text(
 def test_mpart01_frames_the_binary_body() -> None:
     m = parse_message(MPART01)
     assert m.body == MPART and m.content_length == len(MPART)
-    assert answer(MPART01) == 405
+    h = Harness()  # proxied by its Route, the body's bytes as they came
+    h.app.handle(MPART01, ("192.0.2.77", 5060), h.listener)
+    (out, to), = h.sock.sent
+    assert to == ("127.0.0.1", 5080) and out.startswith(b"MESSAGE sip:kumiko@example.org ")
+    assert parse_message(out).body == MPART
 
 
 # 3.1.1.12 Unusual reason phrase
@@ -473,21 +478,21 @@ RFC5118 = {
         "Via: SIP/2.0/UDP [2001:db8::20];branch=z9hG4bKas3-111",
         "Call-ID: SSG9559905523997077@hlau_4100",
         'Contact: "Caller" <sip:caller@[2001:db8::20]>', "CSeq: 8612 INVITE",
-        "Max-Forwards: 70", "Content-Type: application/sdp", body=SDP6), 405),
+        "Max-Forwards: 70", "Content-Type: application/sdp", body=SDP6), 404),
     "4.7 IPv4 and IPv6 in Vias": (v6(
         "BYE sip:user@host.example.net SIP/2.0",
         "Via: SIP/2.0/UDP [2001:db8::9:1]:6050;branch=z9hG4bKas3-111",
         "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKjhja8781hjuaij65144",
         "Via: SIP/2.0/TCP [2001:db8::9:255];branch=z9hG4bK451jj;received=192.0.2.200",
         "Call-ID: 997077@lau_4100", "Max-Forwards: 70", "CSeq: 89187 BYE",
-        "To: sip:user@example.net;tag=9817--94", "From: sip:user@example.com;tag=81x2"), 481),
+        "To: sip:user@example.net;tag=9817--94", "From: sip:user@example.com;tag=81x2"), 404),
     "4.8 IPv4 and IPv6 in SDP": (v6(
         "INVITE sip:user@[2001:db8::10] SIP/2.0", "To: sip:user@[2001:db8::10]",
         "From: sip:user@example.com;tag=81x2",
         "Via: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111",
         "Call-ID: SSG9559905523997077@hlau_4100",
         'Contact: "Caller" <sip:caller@[2001:db8::9:1]>', "Max-Forwards: 70",
-        "CSeq: 8912 INVITE", "Content-Type: application/sdp", body=SDP_MULTI), 405),
+        "CSeq: 8912 INVITE", "Content-Type: application/sdp", body=SDP_MULTI), 404),
     "4.9 IPv4-mapped IPv6": (v6(
         "INVITE sip:user@example.com SIP/2.0", "To: sip:user@example.com",
         "From: sip:user@east.example.com;tag=81x2",
@@ -495,11 +500,11 @@ RFC5118 = {
         "Via: SIP/2.0/UDP [::ffff:192.0.2.2];branch=z9hG4bKas3-111",
         "Call-ID: SSG9559905523997077@hlau_4100",
         'Contact: "T. desk phone" <sip:ted@[::ffff:192.0.2.2]>', "CSeq: 612 INVITE",
-        "Max-Forwards: 70", "Content-Type: application/sdp", body=SDP_MAPPED), 405),
+        "Max-Forwards: 70", "Content-Type: application/sdp", body=SDP_MAPPED), 404),
     "4.10 three colons": (v6("OPTIONS sip:user@[2001:db8:::192.0.2.1] SIP/2.0",
                              "To: sip:user@[2001:db8:::192.0.2.1]", *OPT_1010), 400),
     "4.10 two colons": (v6("OPTIONS sip:user@[2001:db8::192.0.2.1] SIP/2.0",
-                           "To: sip:user@[2001:db8::192.0.2.1]", *OPT_1010), 200),
+                           "To: sip:user@[2001:db8::192.0.2.1]", *OPT_1010), 404),
 }
 
 
