@@ -125,9 +125,9 @@ def _cmd_warm(argv: Sequence[str]) -> int:
     cfg = _load_from_args(ns)
     os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(cfg.numba_cache_dir)
     from fastcluster.shm.warm import warm_kernels
+    from fastcluster.workers.master import warm_with_progress
 
-    seconds = warm_kernels(lambda done, total, step, elapsed: print(
-        f"kernels: {done}/{total} ({step}) after {elapsed:.1f} s", flush=True))
+    seconds = warm_with_progress(warm_kernels, say=lambda text: print(text, flush=True))
     print(f"kernels ready in {seconds:.2f} s (cache: {os.environ['NUMBA_CACHE_DIR']})")
     return EXIT_OK
 
