@@ -177,3 +177,28 @@ def test_a_node_without_syslog_socket_refuses_to_start(tmp_path) -> None:
                      "--core-data-dir", str(tmp_path / "data"))
     assert result.returncode == 2
     assert "cannot log to syslog" in result.stderr
+
+
+def test_a_slow_kernel_load_says_it_is_compiling() -> None:
+    """Loading cached kernels takes ~0.3 s; anything slower is the first compile, and
+    the log says so (then how far it got) instead of staying silent for a minute."""
+    import time
+
+    from fastcluster.workers.master import warm_with_progress
+
+    said: list[str] = []
+
+    def slow(progress) -> float:
+        time.sleep(1.3)
+        progress(1, 2, "tables", 1.3)
+        progress(2, 2, "contacts", 1.4)
+        return 1.4
+
+    assert warm_with_progress(slow, said.append) == 1.4
+    assert said[0].startswith("compiling the numba kernels into ")
+    assert "1-2 minutes" in said[0]
+    assert said[1:] == ["kernels: 1/2 compiled (tables), 1 s",
+                        "kernels: 2/2 compiled (contacts), 1 s"]
+    said.clear()
+    warm_with_progress(lambda progress: (progress(1, 1, "tables", 0.1), 0.1)[1], said.append)
+    assert said == []  # a warm cache: nothing to say
