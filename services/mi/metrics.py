@@ -17,6 +17,7 @@ services.mi.status (the snapshot), services.mi.pages (the route), workers.cluste
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,8 @@ from fastcluster.core.stats import COUNTERS, GAUGES, METRIC_PREFIX, METRICS, met
 from fastcluster.services.cluster.api import Capability, ClusterAPI, Delivery
 from fastcluster.shm import table as T
 from fastcluster.shm.tables import SPEC_BY_KIND
+
+log = logging.getLogger("metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DECLARED = {m.name: m for m in METRICS}
@@ -94,6 +97,7 @@ class Observer:
         self.watch = SyncWatch(clock)
         self.last_sync: dict[str, dict[str, Any]] = {}  # for the status page
         self._lock = threading.Lock()
+        self.failed = False
 
     def collectors(self) -> list[Histogram]:
         return [self.sync_seconds, self.sync_rows, self.lag]
@@ -120,6 +124,17 @@ class Observer:
             lag_ms = max(0.0, now - T.version_ms(int(low)))
             self.lag.labels(table).observe(lag_ms / 1000)
 
+    def _safely(self, fn: Callable[..., None], *args: Any) -> None:
+        """An observation that fails must never fail the replication it watches: it is
+        logged once and skipped."""
+        try:
+            fn(*args)
+        except Exception:
+            if not self.failed:
+                log.exception("metrics: an observation failed (logged once; replication "
+                              "goes on)")
+            self.failed = True
+
     def observe(self, cap: Capability) -> Capability:
         """The capability with its sync-chunk and realtime-batch callbacks observed."""
         table = SPEC_BY_KIND[cap.wire_id].name if cap.wire_id in SPEC_BY_KIND \
@@ -128,13 +143,13 @@ class Observer:
 
         async def chunk(data: bytes, counts: np.ndarray) -> bool:
             ok = await apply_chunk(data, counts)
-            self.sync_chunk(cap.name, counts)
+            self._safely(self.sync_chunk, cap.name, counts)
             return ok
 
         async def batch(d: Delivery) -> bool:
             ok = await apply_batch(d)
             if ok:
-                self.batch(table, d.payload)
+                self._safely(self.batch, table, d.payload)
             return ok
 
         return dataclasses.replace(cap, apply_chunk=chunk, apply_batch=batch)

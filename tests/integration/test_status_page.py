@@ -99,3 +99,31 @@ def test_status_page_follows_a_node_killed_and_restarted(tmp_path) -> None:
             page.close()
         for n in nodes:
             n.stop()
+
+
+def test_status_page_draws_a_route_through_a_relay(tmp_path, cut_link) -> None:
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    cut_link(hosts[0], hosts[2])  # nodes 1 and 3 reach each other only through node 2
+    nodes = start_cluster(tmp_path, 3, hosts=hosts, seed_index=1)
+    page = None
+    try:
+        wait_until(lambda: up_set(nodes[0]) == {2, 3}, 20, "node 3 reachable from node 1")
+        page = browser.Browser(tmp_path / "browser")
+        page.get(f"http://127.0.0.1:{nodes[0].mi_port}/")
+        routes = page.wait("const r = [...document.querySelectorAll('#graph "
+                           "polyline.route')]; return r.length === 1 && "
+                           "r.map(p => p.dataset.node + ' via ' + p.dataset.via);", 30,
+                           "a relayed route")
+        assert routes == ["3 via 2"]
+        assert page.run(NODES_JS) == {"1": "Up", "2": "Up", "3": "Up"}
+        assert page.run("return [...document.querySelectorAll('#graph line.link')].map("
+                        "l => l.dataset.link).sort();") == ["1-2", "2-3"]
+        label = page.run("return document.querySelector('#graph g.node[data-node=\"3\"]')"
+                         ".textContent;")
+        assert "via 2" in label
+        page.screenshot(browser.artifacts_dir() / "status_page" / "4-relayed-route.png")
+    finally:
+        if page is not None:
+            page.close()
+        for n in nodes:
+            n.stop()

@@ -195,3 +195,23 @@ def test_metric_names_are_valid_and_unique() -> None:
         [stats.METRIC_PREFIX + m.name for m in METRICS]
     assert len(names) == len(set(names))
     assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", n) for n in names)
+
+
+def test_a_failing_observation_never_fails_replication(caplog) -> None:
+    from fastcluster.services.cluster.api import Capability
+
+    observer = Observer()
+
+    async def apply_batch(d) -> bool:
+        return True
+
+    cap = observer.observe(Capability("usrloc-contact-repl", 1, 1, lambda p: None,
+                                      apply_batch, apply_batch))
+
+    class Garbled:
+        payload = b"\x00"  # shorter than the batch prefix: the observation raises
+
+    assert asyncio.run(cap.apply_batch(Garbled())) is True
+    assert asyncio.run(cap.apply_batch(Garbled())) is True
+    assert observer.failed
+    assert len([r for r in caplog.records if "observation failed" in r.getMessage()]) == 1
