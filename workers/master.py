@@ -463,7 +463,7 @@ def warm_with_progress(warm: Callable[..., float],
         slow.set()
         say(f"compiling the numba kernels into "
             f"{os.environ.get('NUMBA_CACHE_DIR', 'the numba cache')}: the first start after "
-            "an install or upgrade takes 1-2 minutes on 2 cores; later starts load them in "
+            "an install or upgrade takes 1-3 minutes on 2 cores; later starts load them in "
             "under a second")
         osutil.sd_notify("STATUS=compiling the numba kernels (first start)")
 
