@@ -150,11 +150,22 @@ class Config:
         return str(self.values[name])
 
     def describe(self, name: str, with_origin: bool = True) -> str:
-        """`usrloc.max_expires = 3600 (default)`, for errors involving several settings."""
+        """`[usrloc] max_expires = 3600 (default)`, for errors involving several
+        settings."""
         text = self.text(name)
         shown = text if text else "(empty)"
         origin = self.sources.get(name, "default")
-        return f"{name} = {shown}" + (f" ({origin})" if with_origin else "")
+        return f"{ini_name(name)} = {shown}" + (f" ({origin})" if with_origin else "")
+
+
+def ini_name(name: str) -> str:
+    """usrloc.max_expires -> [usrloc] max_expires: settings are named in messages as
+    operators write them in the INI file."""
+    section, _, key = name.partition(".")
+    return f"[{section}] {key}"
+
+
+_SETTING_NAMES = re.compile(r"\b(" + "|".join(re.escape(s.name) for s in SETTINGS) + r")\b")
 
 
 # ---------------------------------------------------------------- loading
@@ -286,11 +297,11 @@ def validate(cfg: Config) -> None:
 
     def fail(reason: str, *names: str) -> None:
         at = blame(cfg, names)
-        others = [cfg.describe(n) for n in names if n != at]
+        values = [cfg.describe(at, with_origin=False)] + [cfg.describe(n) for n in names
+                                                          if n != at]
         section, _, key = at.partition(".")
-        text = cfg.text(at) or "(empty)"
-        raise ConfigError(cfg.sources[at], section, key,
-                          f"{reason} ({'; '.join([f'{at} = {text}'] + others)})")
+        reason = _SETTING_NAMES.sub(lambda m: ini_name(m.group(1)), reason)
+        raise ConfigError(cfg.sources[at], section, key, f"{reason} ({'; '.join(values)})")
 
     host, port = cfg["clusterer.bin_listen"]
     if not cfg["clusterer.secret"] and not _is_loopback(host):

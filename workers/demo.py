@@ -470,39 +470,41 @@ def parser() -> argparse.ArgumentParser:
         prog="fastcluster demo", allow_abbrev=False,
         description="Start a local demo cluster (Ctrl-C stops it), or send a running one "
                     "a burst of REGISTERs (`fastcluster demo register`).")
-    p.add_argument("action", nargs="?", choices=("start", "register"), default="start")
-    p.add_argument("-n", "--nodes", type=int, default=3,
-                   help="start: nodes (1..20, default 3)")
-    p.add_argument("-w", "--workers", type=int, default=2,
-                   help="start: SIP workers per node (default 2)")
-    p.add_argument("--dir", default=default_dir(),
-                   help="folder of the demo's nodes (default %(default)s; emptied at start)")
-    p.add_argument("--host", default="127.0.0.1", help="loopback address (127.0.0.1)")
-    p.add_argument("--sip-port", type=int, default=5060, help="node 1's SIP port (5060); "
-                   "node K uses this + K - 1, likewise for the other ports")
-    p.add_argument("--mi-port", type=int, default=8888, help="node 1's MI port (8888)")
-    p.add_argument("--bin-port", type=int, default=5555,
-                   help="node 1's cluster port (5555)")
-    p.add_argument("--instance-prefix", default="demo",
-                   help="node K's instance is PREFIX + K (default demo)")
-    p.add_argument("-c", "--count", type=int, default=1000,
-                   help="register: REGISTERs to send (1000)")
-    p.add_argument("--node", type=int, default=1, help="register: node to send them to (1)")
-    p.add_argument("--window", type=int, default=200,
-                   help="register: REGISTERs waiting for an answer at most (200)")
-    p.add_argument("--domain", default="demo.example", help="register: AOR domain")
+    actions = p.add_subparsers(dest="action")
+    start = actions.add_parser("start", help="start the demo (the default)")
+    start.add_argument("-n", "--nodes", type=int, default=3, help="nodes (1..20, default 3)")
+    start.add_argument("-w", "--workers", type=int, default=2,
+                       help="SIP workers per node (default 2)")
+    start.add_argument("--host", default="127.0.0.1", help="loopback address (127.0.0.1)")
+    start.add_argument("--sip-port", type=int, default=5060, help="node 1's SIP port "
+                       "(5060); node K uses this + K - 1, likewise for the other ports")
+    start.add_argument("--mi-port", type=int, default=8888, help="node 1's MI port (8888)")
+    start.add_argument("--bin-port", type=int, default=5555,
+                       help="node 1's cluster port (5555)")
+    start.add_argument("--instance-prefix", default="demo",
+                       help="node K's instance is PREFIX + K (default demo)")
+    reg = actions.add_parser("register", help="send a running demo a burst of REGISTERs")
+    reg.add_argument("-n", "--count", type=int, default=1000,
+                     help="REGISTERs to send (1000), users user1..userN")
+    reg.add_argument("--node", type=int, default=1, help="node to send them to (1)")
+    reg.add_argument("--window", type=int, default=200,
+                     help="REGISTERs waiting for an answer at most (200)")
+    reg.add_argument("--domain", default="demo.example", help="AOR domain (demo.example)")
+    for sub in (start, reg):
+        sub.add_argument("--dir", default=default_dir(),
+                         help="folder of the demo's nodes (default %(default)s; emptied "
+                              "at start)")
     return p
 
 
 def main(argv: list[str] | tuple[str, ...]) -> int:
     p = parser()
     args = list(argv)
-    if args[:1] == ["register"] and any(a in ("-n",) for a in args[1:]):
-        # `demo register -n 1000` reads naturally: -n is the count there
-        args = [("--count" if a == "-n" else a) for a in args]
+    if not args or args[0] not in ("start", "register", "-h", "--help"):
+        args.insert(0, "start")  # `fastcluster demo -n 3`
     ns = p.parse_args(args)
-    if not 1 <= ns.nodes <= 20:
-        p.error("--nodes must be 1..20")
     if ns.action == "register":
         return register(ns)
+    if not 1 <= ns.nodes <= 20:
+        p.error("--nodes must be 1..20")
     return run(ns)

@@ -59,7 +59,7 @@ def test_load_order_default_ini_env_cli(tmp_path: pathlib.Path) -> None:
     ("[clusterer]\nnode_id = 70000\n", "clusterer", "node_id", "outside"),
     ("[clusterer]\nseeds = 127.0.0.1\n", "clusterer", "seeds", "not HOST:PORT"),
     ("[clusterer]\nbin_listen = 10.0.0.1:5555\n", "clusterer", "bin_listen",
-     "empty clusterer.secret"),
+     "empty [clusterer] secret"),
     ("[usrloc]\nping_partitions = 5000\n", "usrloc", "ping_partitions", "power of two"),
     ("[usrloc]\nping_partitions = 1024\n", "usrloc", "ping_partitions", "outside"),
     ("[usrloc]\nmin_expires = 4000\n", "usrloc", "min_expires", "greater than"),
@@ -114,7 +114,7 @@ def test_replication_cluster_auto_and_checked() -> None:
         "usrloc.replication_cluster") == 0
     with pytest.raises(ConfigError) as err:
         load(cli={"clusterer.cluster_id": "2", "dialog.replication_cluster": "1"}, environ={})
-    assert "not one of clusterer.cluster_id" in str(err.value)
+    assert "not one of [clusterer] cluster_id" in str(err.value)
 
 
 def test_secret_is_masked() -> None:
@@ -176,8 +176,8 @@ def test_open_listeners_need_a_token_or_authentication(cli: dict, ok: bool) -> N
         # located at the value the operator gave, naming what to set and its origin
         assert err.value.key == "listen" and "loopback" in str(err.value)
         assert "command line --" in err.value.source
-        assert "mi.token = (empty) (default)" in str(err.value) or \
-            "auth.enable = no (default)" in str(err.value)
+        assert "[mi] token = (empty) (default)" in str(err.value) or \
+            "[auth] enable = no (default)" in str(err.value)
 
 
 @pytest.mark.parametrize("text, parsed", [
@@ -244,17 +244,18 @@ def test_check_config_prints_values_as_written_with_their_origin(tmp_path) -> No
     # the error sits at the value the operator gave, whichever setting it is, and
     # names every other value involved with its own origin
     ({"usrloc.max_expires": "30"}, {}, "command line --usrloc-max-expires "
-     "([usrloc] max_expires)", ["usrloc.min_expires = 60 (default)"]),
+     "([usrloc] max_expires)", ["[usrloc] max_expires = 30;",
+                                "[usrloc] min_expires = 60 (default)"]),
     ({}, {"FASTCLUSTER_USRLOC_MIN_EXPIRES": "7200"}, "environment "
      "FASTCLUSTER_USRLOC_MIN_EXPIRES ([usrloc] min_expires)",
-     ["usrloc.max_expires = 3600 (default)"]),
+     ["[usrloc] max_expires = 3600 (default)"]),
     ({"clusterer.bin_listen": "192.0.2.1:5555"}, {}, "command line "
      "--clusterer-bin-listen ([clusterer] bin_listen)",
-     ["clusterer.secret = (empty) (default)"]),
+     ["[clusterer] secret = (empty) (default)"]),
     ({"clusterer.preset": "wan", "clusterer.ping_timeout_ms": "100"}, {},
      "command line --clusterer-ping-timeout-ms ([clusterer] ping_timeout_ms)",
-     ["clusterer.preset = wan (command line --clusterer-preset)",
-      "clusterer.ping_interval_ms = 0 (default)"]),
+     ["[clusterer] preset = wan (command line --clusterer-preset)",
+      "[clusterer] ping_interval_ms = 0 (default)"]),
 ])
 def test_cross_field_errors_name_the_real_origins(args, env, location, names) -> None:
     with pytest.raises(ConfigError) as err:
