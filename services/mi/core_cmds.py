@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from fastcluster.core.stats import ALIASES, COUNTERS
+from fastcluster.core.stats import GAUGES as DECLARED_GAUGES
 from fastcluster.services.mi.registry import REGISTRY, MIError, command
 from fastcluster.shm import control as CT
 from fastcluster.shm import dialogs as D
+
 
 def _dialogs_in(state: int) -> Callable[[Any], int]:
     def count(node: Any) -> int:
@@ -28,7 +30,7 @@ def _dialogs_in(state: int) -> Callable[[Any], int]:
     return count
 
 
-# Gauges: name -> function(node) computed on demand (never stored).
+# How each gauge declared in core.stats is computed (on demand, never stored).
 GAUGES: dict[str, Callable[[Any], int]] = {
     "usrloc:registered_contacts": lambda node: node.mem.contacts.counters()["live"],
     "usrloc:registered_aors": lambda node: node.mem.contacts.count_groups(),
@@ -42,6 +44,8 @@ GAUGES: dict[str, Callable[[Any], int]] = {
     "tm:inuse_transactions": lambda node: node.mem.transactions.counters()["live"],
     "tm:capacity": lambda node: node.mem.transactions.capacity,
 }
+if set(GAUGES) != {f"{g}:{n}" for g, n, _ in DECLARED_GAUGES}:  # one declaration per fact
+    raise RuntimeError("core.stats.GAUGES and the gauges computed here differ")
 
 
 def _selected(names: list[str], candidates: list[str]) -> list[str]:

@@ -188,7 +188,8 @@ def test_partition_heals_without_losing_changes(tmp_path, cut_link) -> None:
                    what="node 3 cut off")
         register(nodes[0], tmp_path, 2000, "left")  # each side changes on its own
         register(nodes[2], tmp_path, 2000, "right")
-        assert nodes[1].mi("ul_digest")["contacts"] == 2000
+        wait_until(lambda: nodes[1].mi("ul_digest")["contacts"] == 2000, timeout=10,
+                   what="node 1's side replicated to node 2")
         assert nodes[2].mi("ul_digest")["contacts"] == 2000
         cut_link.heal()
         wait_until(lambda: all_equal(nodes) and nodes[0].mi("ul_digest")["contacts"] == 4000,
