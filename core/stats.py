@@ -120,7 +120,8 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
                                       "cluster from the replicated dialog"),
     ("dialog", "lock_waits", "dialog operations that found their lock busy and yielded"),
     ("clusterer", "shtag_changes", "times a sharing tag became active or backup here"),
-    ("clusterer", "shtag_takeovers", "sharing tags this node took over automatically"),
+    ("clusterer", "shtag_takeovers", "sharing tags this node took over automatically "
+                                   "from a node that went down (not a first activation)"),
     ("clusterer", "refused_links", "connections refused (bad secret, duplicate id, ...)"),
     ("clusterer", "corrupt_frames", "connections dropped for a frame that did not decode"),
     ("clusterer", "bad_messages", "well-framed messages whose content made no sense"),

@@ -15,7 +15,9 @@ Who acts is decided by `decide`, a pure function of what this node sees:
   several tags spread), and that node activates the tag with the epoch above the one
   it knew -- only on a side of a partition that sees a majority of the declaring nodes
   (two sides can never both have one), and only once it heard every Up declaring
-  node's tags since it came up (a stale view never elects);
+  node's tags since it came up (a stale view never elects), and, in its first
+  seed_fallback_interval_s, not for a holder it never saw Up (a node joining hears of
+  the holder through another node before its own link to it is up);
 - a returning former holder hears the higher epoch and stays backup.
 
 The declaring nodes of each tag are kept in the data directory (shtags.json), so a node
@@ -166,6 +168,7 @@ class SharingTags:
             raise ValueError(f"more than {MAX_TAGS} sharing tags")
         self.tags: dict[tuple[str, int], Tag] = {}
         self.heard: set[tuple[int, int]] = set()  # (cluster, node) heard since it came up
+        self.seen_up: set[tuple[int, int]] = set()  # (cluster, node) seen Up since the start
         self.contact = False  # heard any other node since the start
         self.started = time.monotonic()
         self.joining = bool(cfg["clusterer.seeds"] or cfg["clusterer.nodes"])
@@ -291,10 +294,17 @@ class SharingTags:
     def view(self, t: Tag) -> TagView:
         up = frozenset(self.node.routing.up_nodes(t.cluster)) | {self.me}
         declared = frozenset(t.declared)
+        self.seen_up |= {(t.cluster, n) for n in up}
         settled = all((t.cluster, n) in self.heard for n in declared & up if n != self.me)
-        if self.joining and not self.contact and \
-                time.monotonic() - self.started < self.grace_s:
+        young = time.monotonic() - self.started < self.grace_s
+        if self.joining and not self.contact and young:
             settled = False  # a joining node first meets the cluster
+        holder = t.current.holder
+        if young and holder and holder not in up and (t.cluster, holder) not in self.seen_up:
+            # a holder this node never saw Up since it started may just not be linked
+            # yet (it heard of it through another node): it is not "down" before the
+            # grace is over (a node that joined takes nothing from a live holder)
+            settled = False
         return TagView(self.me, declared, frozenset(n for n, p in t.declared.items() if p),
                        up, settled, t.current, self.auto)
 
@@ -304,8 +314,9 @@ class SharingTags:
         for t in self.tags.values():
             d = decide(t.name, self.view(t))
             if d.activate is not None:
+                if t.current.holder:  # not the first activation of a tag nobody held
+                    self.node.count("clusterer:shtag_takeovers")
                 t.current = d.activate
-                self.node.count("clusterer:shtag_takeovers")
                 announce = t.note = f"took {t.name} over (epoch {t.current.epoch}): " \
                                     f"{d.reason}"
             changed |= self._set(t, d.active, t.note if t.note and d.active == (
