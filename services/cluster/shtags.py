@@ -295,11 +295,15 @@ class SharingTags:
         up = frozenset(self.node.routing.up_nodes(t.cluster)) | {self.me}
         declared = frozenset(t.declared)
         self.seen_up |= {(t.cluster, n) for n in up}
-        settled = all((t.cluster, n) in self.heard for n in declared & up if n != self.me)
+        holder = t.current.holder
+        # the holder counts among the nodes to hear from: an activation learnt through a
+        # third node, before the holder's own declaration, must not make it look like a
+        # holder that no longer declares the tag
+        settled = all((t.cluster, n) in self.heard for n in (declared | {holder}) & up
+                      if n != self.me)
         young = time.monotonic() - self.started < self.grace_s
         if self.joining and not self.contact and young:
             settled = False  # a joining node first meets the cluster
-        holder = t.current.holder
         if young and holder and holder not in up and (t.cluster, holder) not in self.seen_up:
             # a holder this node never saw Up since it started may just not be linked
             # yet (it heard of it through another node): it is not "down" before the

@@ -225,3 +225,78 @@ def test_lifetime_ends_the_call_with_one_bye_per_leg_from_the_active_node(tmp_pa
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_profile_limit_holds_across_nodes_and_dlg_end_dlg_ends_calls_from_the_holder(
+        tmp_path) -> None:
+    """At most 2 calls to a user across the cluster: 2 calls through node 1 are up; a
+    third through node 2 is refused 403 (node 1's counts, replicated). dlg_end_dlg asked
+    on node 2 ends both calls: the tag's active node (node 1) sends the BYEs."""
+    nodes = cluster(tmp_path, 2, dialog={"profiles": "calls, per_callee=to_user",
+                                         "profile_limits": "per_callee=2"})
+    n1, n2 = nodes
+    work, port = tmp_path / "sipp", free_port(socket.SOCK_DGRAM)
+    try:
+        register_callee(n1, work, port)
+        uas = sipp.Uas("uas_via", port, work, 2, timeout_s=90)
+        held = Background("uac_wait_bye", ("127.0.0.1", n1.sip_port), work, 2, rate=20,
+                          keys={"callee": "bob", "domain": DOMAIN}, call_ids="h%u-%p",
+                          extra=["-trace_err"], timeout_s=60)
+        wait_until(lambda: confirmed_everywhere(nodes, 2), timeout=20,
+                   what="both calls confirmed on both nodes", step=0.05)
+        wait_until(lambda: profile(n2, "per_callee", "bob") == 2, timeout=5,
+                   what="node 1's counts seen on node 2")
+        r = sipp.run("uac_refused", ("127.0.0.1", n2.sip_port), work, 1,
+                     keys={"callee": "bob", "domain": DOMAIN}, call_ids="x%u-%p",
+                     extra=["-trace_err"], timeout_s=30)
+        assert (r.successful, r.failed) == (1, 0), r.stdout
+        assert stat(n2, "dialog:profile_refused") == 1
+        assert len(dialogs(n1)) == 2 and profile(n1, "per_callee", "bob") == 2
+        for d in dialogs(n2):
+            assert n2.mi("dlg_end_dlg", dialog_id=d["ID"]) == "OK"
+        r, u = held.join(), uas.finish(timeout=30)
+        assert (r.successful, r.failed) == (2, 0), r.stdout
+        assert (u.successful, u.failed) == (2, 0), uas.errors()
+        wait_until(lambda: all(dialogs(n) == [] for n in nodes), timeout=10,
+                   what="the dialogs ended on every node")
+        assert stat(n1, "dialog:ended_by_mi") == 2 and stat(n1, "dialog:byes_sent") == 4
+        assert stat(n2, "dialog:byes_sent") == 0
+        wait_until(lambda: [profile(n) for n in nodes] == [0, 0], timeout=5,
+                   what="profiles back to 0")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_after_a_takeover_the_new_holder_runs_the_lifetime_timers(tmp_path) -> None:
+    """Calls through node 2 while vip is active on node 1; node 1 is SIGKILLed before the
+    lifetime; the node that took vip over sends one BYE to each leg, the other none."""
+    calls = 3
+    nodes = cluster(tmp_path, 3, dialog={"default_timeout_s": 10})
+    n1, n2, n3 = nodes
+    work, port = tmp_path / "sipp", free_port(socket.SOCK_DGRAM)
+    try:
+        register_callee(n2, work, port)
+        uas = sipp.Uas("uas_via", port, work, calls, timeout_s=90)
+        caller = Background("uac_wait_bye", ("127.0.0.1", n2.sip_port), work, calls,
+                            rate=20, keys={"callee": "bob", "domain": DOMAIN},
+                            call_ids="t%u-%p", extra=["-trace_err"], timeout_s=60)
+        wait_until(lambda: confirmed_everywhere(nodes, calls), timeout=20,
+                   what="every call confirmed on every node", step=0.05)
+        n1.kill9()
+        survivors = [n2, n3]
+        wait_until(lambda: [holder(n) for n in survivors] in ([2, 2], [3, 3]), timeout=5,
+                   what="vip taken over", step=0.01)
+        new = survivors[0] if holder(n2) == 2 else survivors[1]
+        other = n3 if new is n2 else n2
+        r, u = caller.join(), uas.finish(timeout=30)
+        assert (r.successful, r.failed) == (calls, 0), r.stdout
+        assert (u.successful, u.failed) == (calls, 0), uas.errors()
+        wait_until(lambda: all(dialogs(n) == [] for n in survivors), timeout=10,
+                   what="the dialogs ended on every node")
+        assert stat(new, "dialog:byes_sent") == 2 * calls
+        assert stat(other, "dialog:byes_sent") == 0
+        assert stat(new, "dialog:expired_dialogs") == calls
+    finally:
+        for n in nodes:
+            n.stop()

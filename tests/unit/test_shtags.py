@@ -89,6 +89,10 @@ def view(me=2, declared=(1, 2, 3), preferred=(), up=(1, 2, 3), settled=True,
     # a holder that no longer declares the tag is as good as gone
     (view(me=2, declared=(2, 3), up=(1, 2, 3), preferred=(2,)), True, Activation(2, 2),
      "node 1 is down"),
+    # ... unless its declaration was not heard yet (the activation came through a third
+    # node first): the service does not call that settled
+    (view(me=2, declared=(2, 3), up=(1, 2, 3), preferred=(2,), settled=False), False,
+     None, "waiting"),
     # manual mode: the holder acts, nobody takes over, majority or not
     (view(me=1, up=(1,), auto=False), True, None, "set by MI"),
     (view(me=2, up=(2, 3), auto=False), False, None, "active on node 1"),
