@@ -23,7 +23,9 @@ import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
+from fastcluster.core.config import kernel_cache_dir, numba_cache_base  # noqa: E402
+
+os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the nodes' rule
 
 from bench.cpu import cpu_seconds  # noqa: E402
 from tests.support.nodes import start_cluster, wait_until  # noqa: E402

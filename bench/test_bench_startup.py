@@ -2,8 +2,8 @@
 
     .venv/bin/pytest bench/test_bench_startup.py --benchmark-only -s
 
-Target (issue 2): <= 1.5 s. The cache lives in NUMBA_CACHE_DIR (.numba_cache/ by
-default for scripts/; ~/.cache/fastcluster/numba for a plain `fastcluster`).
+Target (issue 2): <= 1.5 s. The cache is the nodes' own (core.config.numba_cache_base:
+$NUMBA_CACHE_DIR, else ~/.cache/fastcluster/numba), whatever starts them.
 """
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
-"""The `fastcluster` command: run a node, check a config, call the MI, print references.
-
-    fastcluster [-c FILE.ini] [-w N] [--SECTION-KEY VALUE ...]   run a node (foreground)
-    fastcluster check-config [-c FILE.ini] [options]             validate, print, exit
-    fastcluster mi [--mi-url URL] CMD [name=value ... | value ...]  call the MI, print JSON
-    fastcluster user add|passwd|del|list [-c FILE.ini] [USER@DOMAIN]  manage subscribers
-    fastcluster warm [options]                                   compile/cache the kernels
-    fastcluster settings-doc                                     print docs/settings.md
+"""The `fastcluster` command: run a node, a demo cluster, check a config, call the MI,
+print references.
 
 Options are derived from core.settings. Exit codes: 0 ok, 1 runtime failure, 2 bad
 configuration or usage (nothing started), 3 a child failed at boot. Heavy imports (numba)
-happen only after the configuration is valid, with NUMBA_CACHE_DIR already set.
+happen only after the configuration is valid, with NUMBA_CACHE_DIR already set
+(core.config.kernel_cache_dir: one cache rule for every way of starting).
 """
 from __future__ import annotations
 
@@ -21,11 +16,46 @@ import sys
 from collections.abc import Sequence
 
 from fastcluster.core.config import ConfigError, Config, kernel_cache_dir, load, \
-    render_reference
+    render_ini_sample, render_reference
+from fastcluster.core.stats import render_statistics_doc
 from fastcluster.core.errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
 from fastcluster.core.settings import SECTIONS, SETTINGS
 
-COMMANDS = ("run", "check-config", "mi", "warm", "settings-doc", "user", "db")
+# Subcommands and what `fastcluster --help` says of them, first.
+COMMANDS: dict[str, str] = {
+    "run": "run a node in the foreground (the default: `fastcluster [options]`)",
+    "demo": "start a local demo cluster of N nodes (`demo -n 3`), or send it REGISTERs "
+            "(`demo register`)",
+    "check-config": "validate the configuration, print each value and its origin, exit",
+    "mi": "call an MI command of a running node and print its JSON result",
+    "user": "add, change, delete or list subscribers (digest authentication)",
+    "db": "export or import this node's persisted tables (a portable dump)",
+    "warm": "compile the numba kernels into the cache and exit",
+    "settings-doc": "print docs/settings.md (generated from the settings)",
+    "statistics-doc": "print docs/statistics.md (generated from the statistics)",
+    "ini-sample": "print fastcluster.ini.sample (every setting at its default)",
+}
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return (f"fastcluster {v('fastcluster-sip')} (Python {sys.version.split()[0]}, "
+            f"numba {v('numba')}, numpy {v('numpy')})")
+
+
+def _commands_text() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["commands:"] + [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`fastcluster COMMAND --help` tells more; `fastcluster --version` prints the "
+                  "version.", "", "Options of `fastcluster [run]` (every setting of a node):"]
+    return "\n".join(lines)
 
 
 def _settings_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -57,31 +87,36 @@ def _load_from_args(ns: argparse.Namespace) -> Config:
 
 def _cmd_check_config(argv: Sequence[str]) -> int:
     parser = _settings_parser("fastcluster check-config",
-                              "Validate the configuration, print the effective values, exit.")
+                              "Validate the configuration, print each value as written and "
+                              "where it comes from, exit.")
     ns = parser.parse_args(argv)
     cfg = _load_from_args(ns)
     width = max(len(s.name) for s in SETTINGS)
-    for name, value in cfg.public().items():
-        print(f"{name:<{width}}  {_show(value):<30}  ({cfg.sources[name]})")
-    print(f"configuration OK (instance {cfg.instance})")
+    for s in SETTINGS:
+        text = cfg.text(s.name)
+        print(f"{s.name:<{width}}  {text if text else '(empty)':<30}  "
+              f"({cfg.sources[s.name]})")
+    print(f"configuration OK (instance {cfg.instance}, data in {cfg.data_dir})")
     return EXIT_OK
 
 
-def _show(value: object) -> str:
-    if isinstance(value, tuple):
-        return ",".join(":".join(str(p) for p in v) if isinstance(v, tuple) else str(v)
-                        for v in value)
-    return str(value)
-
-
 def _cmd_run(argv: Sequence[str]) -> int:
-    parser = _settings_parser("fastcluster", __doc__.split("\n\n")[0])
+    parser = _settings_parser("fastcluster", _commands_text())
+    parser.usage = "fastcluster [COMMAND] [-c FILE.ini] [-w N] [--SECTION-KEY VALUE ...]"
     ns = parser.parse_args(argv)
     cfg = _load_from_args(ns)
     os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(cfg.numba_cache_dir)
     from fastcluster.workers.master import run_master  # after NUMBA_CACHE_DIR is set
 
     return run_master(cfg)
+
+
+def _cmd_demo(argv: Sequence[str]) -> int:
+    # the demo's nodes are `fastcluster` processes: they find the same kernel cache
+    os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(load(check=False).numba_cache_dir)
+    from fastcluster.workers.demo import main as demo_main
+
+    return demo_main(argv)
 
 
 def _cmd_warm(argv: Sequence[str]) -> int:
@@ -91,8 +126,9 @@ def _cmd_warm(argv: Sequence[str]) -> int:
     cfg = _load_from_args(ns)
     os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(cfg.numba_cache_dir)
     from fastcluster.shm.warm import warm_kernels
+    from fastcluster.workers.master import warm_with_progress
 
-    seconds = warm_kernels()
+    seconds = warm_with_progress(warm_kernels, say=lambda text: print(text, flush=True))
     print(f"kernels ready in {seconds:.2f} s (cache: {os.environ['NUMBA_CACHE_DIR']})")
     return EXIT_OK
 
@@ -133,10 +169,12 @@ def _cmd_mi(argv: Sequence[str]) -> int:
     parser.add_argument("-c", "--config", metavar="FILE.ini",
                         help="take the MI address and token from this node's configuration")
     parser.add_argument("--mi-url", default=None,
-                        help="MI endpoint (default: from -c, else http://127.0.0.1:8888/mi)")
+                        help="MI endpoint, http://HOST:PORT/mi or HOST:PORT (default: "
+                             "[mi] listen as the node reads it: -c FILE, then "
+                             "$FASTCLUSTER_MI_LISTEN, else 127.0.0.1:8888)")
     parser.add_argument("--mi-token", default=None,
-                        help="access token ([mi] token); default $FASTCLUSTER_MI_TOKEN, "
-                             "else from -c")
+                        help="access token (default: [mi] token as the node reads it: "
+                             "-c FILE, then $FASTCLUSTER_MI_TOKEN)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (30)")
     parser.add_argument("command", help="MI command, e.g. ps, get_statistics, ul_dump")
     parser.add_argument("params", nargs="*", metavar="name=value | value",
@@ -144,13 +182,11 @@ def _cmd_mi(argv: Sequence[str]) -> int:
                              "JSON), or positional values in the command's order")
     ns = parser.parse_args(argv)
     params = _mi_params(parser, ns.params)
-    url, token = ns.mi_url, ns.mi_token or os.environ.get("FASTCLUSTER_MI_TOKEN")
-    if ns.config:
-        cfg = load(ns.config)
-        host, port = cfg["mi.listen"]
-        url = url or f"http://{f'[{host}]' if ':' in host else host}:{port}/mi"
-        token = token or cfg["mi.token"] or None
-    url = url or "http://127.0.0.1:8888/mi"
+    cfg = load(ns.config, check=False)  # defaults, -c FILE, environment: as the node
+    host, port = cfg["mi.listen"]
+    url = _mi_url(ns.mi_url) if ns.mi_url else \
+        f"http://{f'[{host}]' if ':' in host else host}:{port}/mi"
+    token = ns.mi_token or cfg["mi.token"] or None
     from fastcluster.services.mi.client import MIError, call
 
     try:
@@ -163,6 +199,13 @@ def _cmd_mi(argv: Sequence[str]) -> int:
         return EXIT_RUNTIME
     print(json.dumps(result, indent=2))
     return EXIT_OK
+
+
+def _mi_url(text: str) -> str:
+    """--mi-url as given, or HOST:PORT made into http://HOST:PORT/mi."""
+    if "://" in text:
+        return text
+    return f"http://{text}/mi"
 
 
 def _cmd_user(argv: Sequence[str]) -> int:
@@ -263,25 +306,35 @@ def _password(ns: argparse.Namespace) -> str:
     return password
 
 
+def _print(text: str) -> int:
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+HANDLERS = {
+    "run": _cmd_run,
+    "demo": _cmd_demo,
+    "check-config": _cmd_check_config,
+    "mi": _cmd_mi,
+    "user": _cmd_user,
+    "db": _cmd_db,
+    "warm": _cmd_warm,
+    "settings-doc": lambda argv: _print(render_reference()),
+    "statistics-doc": lambda argv: _print(render_statistics_doc()),
+    "ini-sample": lambda argv: _print(render_ini_sample()),
+}
+assert set(HANDLERS) == set(COMMANDS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("--version", "-V"):
+        print(version_text())
+        return EXIT_OK
     command = args[0] if args and args[0] in COMMANDS else "run"
     rest = args[1:] if args and args[0] in COMMANDS else args
     try:
-        if command == "check-config":
-            return _cmd_check_config(rest)
-        if command == "mi":
-            return _cmd_mi(rest)
-        if command == "warm":
-            return _cmd_warm(rest)
-        if command == "user":
-            return _cmd_user(rest)
-        if command == "db":
-            return _cmd_db(rest)
-        if command == "settings-doc":
-            sys.stdout.write(render_reference())
-            return EXIT_OK
-        return _cmd_run(rest)
+        return HANDLERS[command](rest)
     except ConfigError as exc:
         print(f"fastcluster: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

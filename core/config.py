@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -36,8 +37,18 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, section: str, key: str, reason: str) -> None:
         self.source, self.section, self.key, self.reason = source, section, key, reason
-        where = f"[{section}] {key}" if key else f"[{section}]" if section else ""
-        super().__init__(f"{source}: {where}: {reason}" if where else f"{source}: {reason}")
+        super().__init__(f"{where(source, section, key)}: {reason}")
+
+
+def where(source: str, section: str, key: str) -> str:
+    """One location for a setting's value: `FILE:LINE [section] key`, `default [section]
+    key`, or the environment variable / command-line flag with the INI name it sets."""
+    name = f"[{section}] {key}" if key else f"[{section}]" if section else ""
+    if not name:
+        return source
+    if source.startswith(("environment ", "command line ")):
+        return f"{source} ({name})"
+    return f"{source} {name}"
 
 
 @dataclass(frozen=True)
@@ -45,9 +56,10 @@ class Config:
     """Immutable, validated settings: `cfg["usrloc.capacity"]` or `cfg.usrloc.capacity`."""
 
     values: Mapping[str, Any]
-    sources: Mapping[str, str]
+    sources: Mapping[str, str]  # where each value came from (default, FILE:LINE, ...)
     ini_path: str | None = None
     cli: Mapping[str, str] = field(default_factory=dict)  # raw command-line layer, for reload
+    texts: Mapping[str, str] = field(default_factory=dict)  # each value as written
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -109,10 +121,7 @@ class Config:
 
     @property
     def numba_cache_dir(self) -> str:
-        if self.values["core.numba_cache_dir"]:
-            return os.path.expanduser(self.values["core.numba_cache_dir"])
-        return os.environ.get("NUMBA_CACHE_DIR") or os.path.expanduser(
-            "~/.cache/fastcluster/numba")
+        return numba_cache_base(self.values["core.numba_cache_dir"])
 
     def replication_cluster(self, name: str) -> int:
         """usrloc.replication_cluster or dialog.replication_cluster, auto resolved."""
@@ -131,6 +140,32 @@ class Config:
             value = self.values[s.name]
             out[s.name] = ("***" if value else "") if s.secret else value
         return out
+
+    def text(self, name: str) -> str:
+        """The value as the operator wrote it (`auto`, `127.0.0.1:8898`), secrets masked."""
+        if SETTINGS_BY_NAME[name].secret:
+            return "***" if self.values[name] else ""
+        if name in self.texts:
+            return self.texts[name].strip()
+        return str(self.values[name])
+
+    def describe(self, name: str, with_origin: bool = True) -> str:
+        """`[usrloc] max_expires = 3600 (default)`, for errors involving several
+        settings."""
+        text = self.text(name)
+        shown = text if text else "(empty)"
+        origin = self.sources.get(name, "default")
+        return f"{ini_name(name)} = {shown}" + (f" ({origin})" if with_origin else "")
+
+
+def ini_name(name: str) -> str:
+    """usrloc.max_expires -> [usrloc] max_expires: settings are named in messages as
+    operators write them in the INI file."""
+    section, _, key = name.partition(".")
+    return f"[{section}] {key}"
+
+
+_SETTING_NAMES = re.compile(r"\b(" + "|".join(re.escape(s.name) for s in SETTINGS) + r")\b")
 
 
 # ---------------------------------------------------------------- loading
@@ -168,6 +203,7 @@ def read_ini(path: str) -> dict[str, tuple[str, str]]:
                           "section given twice") from None
     except configparser.Error as exc:
         raise ConfigError(path, "", "", str(exc).splitlines()[0]) from None
+    lines = _key_lines(path)
     found: dict[str, tuple[str, str]] = {}
     for section in parser.sections():
         if section not in SECTIONS:
@@ -178,8 +214,29 @@ def read_ini(path: str) -> dict[str, tuple[str, str]]:
         for key, text in parser.items(section, raw=True):
             if key not in known:
                 raise _unknown(path, section, key, known)
-            found[f"{section}.{key}"] = (text, f"{path} [{section}] {key}")
+            line = lines.get((section, key))
+            found[f"{section}.{key}"] = (text, f"{path}:{line}" if line else path)
     return found
+
+
+def _key_lines(path: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> line number in an INI file that configparser already read."""
+    out: dict[tuple[str, str], int] = {}
+    section = ""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                stripped = line.strip()
+                if not stripped or stripped[0] in "#;" or line[0] in " \t":
+                    continue
+                if stripped.startswith("[") and "]" in stripped:
+                    section = stripped[1:stripped.index("]")].strip()
+                    continue
+                key = re.split(r"[=:]", stripped, maxsplit=1)[0].strip().lower()
+                out.setdefault((section, key), number)
+    except OSError:
+        pass
+    return out
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -202,8 +259,9 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
 
 
 def load(ini_path: str | None = None, cli: Mapping[str, str] | None = None,
-         environ: Mapping[str, str] | None = None) -> Config:
-    """Build a validated Config from all sources, later sources winning."""
+         environ: Mapping[str, str] | None = None, check: bool = True) -> Config:
+    """Build a validated Config from all sources, later sources winning. check=False
+    skips the rules between settings (`fastcluster mi` only wants the MI address)."""
     layers: dict[str, tuple[str, str]] = {s.name: (s.default, "default") for s in SETTINGS}
     if ini_path:
         layers.update(read_ini(ini_path))
@@ -215,8 +273,11 @@ def load(ini_path: str | None = None, cli: Mapping[str, str] | None = None,
     values = {name: _parse(SETTINGS_BY_NAME[name], text, src)
               for name, (text, src) in layers.items()}
     sources = {name: src for name, (_, src) in layers.items()}
-    cfg = Config(values=values, sources=sources, ini_path=ini_path, cli=dict(cli or {}))
-    validate(cfg)
+    texts = {name: text for name, (text, _) in layers.items()}
+    cfg = Config(values=values, sources=sources, ini_path=ini_path, cli=dict(cli or {}),
+                 texts=texts)
+    if check:
+        validate(cfg)
     return cfg
 
 
@@ -224,57 +285,77 @@ def _is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
 
 
-def validate(cfg: Config) -> None:
-    """Rules that involve more than one setting."""
+def blame(cfg: Config, names: tuple[str, ...]) -> str:
+    """Which of the settings a cross-field error is located at: the first one the
+    operator gave (file, environment, command line), else the first one."""
+    return next((n for n in names if cfg.sources.get(n, "default") != "default"), names[0])
 
-    def fail(name: str, reason: str) -> None:
-        section, _, key = name.partition(".")
-        raise ConfigError(cfg.sources[name], section, key, reason)
+
+def validate(cfg: Config) -> None:
+    """Rules that involve more than one setting. An error is located at the value the
+    operator gave (`blame`) and names the other values involved with their origin."""
+
+    def fail(reason: str, *names: str) -> None:
+        at = blame(cfg, names)
+        values = [cfg.describe(at, with_origin=False)] + [cfg.describe(n) for n in names
+                                                          if n != at]
+        section, _, key = at.partition(".")
+        reason = _SETTING_NAMES.sub(lambda m: ini_name(m.group(1)), reason)
+        raise ConfigError(cfg.sources[at], section, key, f"{reason} ({'; '.join(values)})")
 
     host, port = cfg["clusterer.bin_listen"]
     if not cfg["clusterer.secret"] and not _is_loopback(host):
-        fail("clusterer.secret", f"an empty secret is refused while bin_listen ({host}) "
-             "is not a loopback address")
+        fail("an empty clusterer.secret is refused while clusterer.bin_listen is not a "
+             "loopback address", "clusterer.bin_listen", "clusterer.secret")
     mi_host = cfg["mi.listen"][0]
     if not cfg["mi.token"] and not _is_loopback(mi_host):
-        fail("mi.token", f"an empty token is refused while mi.listen ({mi_host}) is not a "
-             "loopback address")
+        fail("an empty mi.token is refused while mi.listen is not a loopback address",
+             "mi.listen", "mi.token")
     open_sip = [h for _, h, _ in cfg["sip.listen"] if not _is_loopback(h)]
     if open_sip and not cfg["auth.enable"] and not cfg["auth.allow_open_registrar"]:
-        fail("auth.enable", f"authentication is off while sip.listen has the non-loopback "
-             f"address {open_sip[0]}: set auth.enable = yes (and add users with "
-             "`fastcluster user add`), or auth.allow_open_registrar = yes on purpose")
+        fail(f"authentication is off while sip.listen has the non-loopback address "
+             f"{open_sip[0]}: set auth.enable = yes (and add users with `fastcluster user "
+             "add`), or auth.allow_open_registrar = yes on purpose", "sip.listen",
+             "auth.enable", "auth.allow_open_registrar")
     if cfg["usrloc.min_expires"] > cfg["usrloc.max_expires"]:
-        fail("usrloc.min_expires", f"greater than usrloc.max_expires "
-             f"({cfg['usrloc.max_expires']})")
+        fail("usrloc.min_expires is greater than usrloc.max_expires", "usrloc.min_expires",
+             "usrloc.max_expires")
     ping = cfg.timing("ping_interval_ms")
     timeout = cfg.timing("ping_timeout_ms")
     if timeout < ping:
-        fail("clusterer.ping_timeout_ms", f"{timeout:g} ms is shorter than the ping "
-             f"interval ({ping:g} ms): every idle link would be probed")
+        fail(f"the ping timeout ({timeout:g} ms) is shorter than the ping interval "
+             f"({ping:g} ms): every idle link would be probed", "clusterer.ping_timeout_ms",
+             "clusterer.ping_interval_ms", "clusterer.preset")
     if cfg["script.max_message_bytes"] + 4096 > cfg["clusterer.max_frame_bytes"]:
-        fail("script.max_message_bytes", "must leave 4096 bytes of clusterer.max_frame_bytes "
-             "for framing")
+        fail("script.max_message_bytes must leave 4096 bytes of clusterer.max_frame_bytes "
+             "for framing", "script.max_message_bytes", "clusterer.max_frame_bytes")
     if cfg["clusterer.sync_packet_size"] > cfg["clusterer.max_frame_bytes"] // 2:
-        fail("clusterer.sync_packet_size", "must be at most half of max_frame_bytes")
+        fail("clusterer.sync_packet_size must be at most half of clusterer.max_frame_bytes",
+             "clusterer.sync_packet_size", "clusterer.max_frame_bytes")
     for name in ("usrloc.replication_cluster", "dialog.replication_cluster"):
         cluster = cfg.replication_cluster(name)
         if cluster and cluster not in cfg["clusterer.cluster_id"]:
-            fail(name, f"cluster {cluster} is not one of clusterer.cluster_id "
-                 f"({', '.join(map(str, cfg['clusterer.cluster_id']))})")
+            fail(f"cluster {cluster} is not one of clusterer.cluster_id", name,
+                 "clusterer.cluster_id")
     me = cfg["clusterer.node_id"]
     for node_id, nhost, nport in cfg["clusterer.nodes"]:
         if node_id == me and (nhost, nport) != cfg["clusterer.bin_listen"]:
-            fail("clusterer.nodes", f"node {me} (this node) is listed with another address")
+            fail(f"node {me} (this node) is listed with another address than "
+                 "clusterer.bin_listen", "clusterer.nodes", "clusterer.node_id",
+                 "clusterer.bin_listen")
     used: dict[tuple[str, int], str] = {}
     endpoints = [("mi.listen", cfg["mi.listen"]), ("clusterer.bin_listen", (host, port))]
     endpoints += [("sip.listen", (h, p)) for _, h, p in cfg["sip.listen"]]
     for name, endpoint in endpoints:
         # SIP is UDP, the others TCP: only a TCP/TCP clash is a real conflict.
         if name != "sip.listen" and endpoint in used:
-            fail(name, f"{endpoint[0]}:{endpoint[1]} is also {used[endpoint]}")
+            fail(f"{name} and {used[endpoint]} are the same address", name, used[endpoint])
         if name != "sip.listen":
             used[endpoint] = name
+    module = cfg["script.module"]
+    if module and not os.path.isfile(os.path.expanduser(module)):
+        fail(f"{os.path.abspath(os.path.expanduser(module))} is not a file",
+             "script.module")
 
 
 def reload(old: Config) -> tuple[Config, list[str], list[str]]:
@@ -294,10 +375,28 @@ def reload(old: Config) -> tuple[Config, list[str], list[str]]:
             applied.append(s.name)
         else:
             ignored.append(s.name)
-    cfg = Config(values=values, sources=dict(fresh.sources), ini_path=old.ini_path,
-                 cli=old.cli)
+    kept = {n: old for n in ignored}  # what still runs is described as it was
+    texts = {s.name: kept.get(s.name, fresh).texts.get(s.name, "") for s in SETTINGS}
+    sources = {s.name: kept.get(s.name, fresh).sources.get(s.name, "default")
+               for s in SETTINGS}
+    cfg = Config(values=values, sources=sources, ini_path=old.ini_path, cli=old.cli,
+                 texts=texts)
     validate(cfg)
     return cfg, applied, ignored
+
+
+def numba_cache_base(setting: str = "", environ: Mapping[str, str] | None = None) -> str:
+    """The one rule for where compiled kernels live, whatever starts the node (the
+    console script, scripts/run, the demo, the tests): core.numba_cache_dir, else
+    $NUMBA_CACHE_DIR, else $XDG_CACHE_HOME/fastcluster/numba (~/.cache/...); the
+    kernels go in a subfolder per version of their sources (kernel_cache_dir)."""
+    env = os.environ if environ is None else environ
+    if setting:
+        return os.path.expanduser(setting)
+    if env.get("NUMBA_CACHE_DIR"):
+        return env["NUMBA_CACHE_DIR"]
+    cache = env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache, "fastcluster", "numba")
 
 
 def kernel_fingerprint() -> str:
@@ -356,3 +455,41 @@ def render_reference() -> str:
                      f"{p['node_timeout_s']:g} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def render_ini_sample() -> str:
+    """fastcluster.ini.sample, generated from SETTINGS: every key commented out at its
+    default, with its doc, type, unit and other names (a test fails when it is stale)."""
+    import textwrap
+
+    out = [
+        "# fastcluster configuration: every setting at its default, commented out.",
+        "# Generated from core/settings.py by `fastcluster ini-sample`; do not edit this "
+        "copy.",
+        "# Copy it (e.g. to /etc/fastcluster/fastcluster.ini), uncomment what you change, "
+        "and",
+        "# check it with `fastcluster check-config -c FILE`. Load order: these defaults, "
+        "this",
+        "# file, the environment (FASTCLUSTER_SECTION_KEY), the command line "
+        "(--section-key).",
+        "# Settings marked 'reloaded on SIGHUP' apply without a restart "
+        "(systemctl reload).",
+        "",
+    ]
+    for section in SECTIONS:
+        out += [f"[{section}]", ""]
+        for s in SETTINGS:
+            if s.section != section:
+                continue
+            facts = [f"Type: {s.type_doc}."]
+            if s.unit:
+                facts.append(f"Unit: {s.unit}.")
+            if s.reloadable:
+                facts.append("Reloaded on SIGHUP.")
+            facts.append(f"Also {s.flag}" + (f" / {s.short}" if s.short else "") +
+                         f", ${s.env}.")
+            text = s.doc + " " + " ".join(facts)
+            out += textwrap.wrap(text, 86, initial_indent="# ", subsequent_indent="# ",
+                                 break_on_hyphens=False)
+            out += [f";{s.key} = {s.default}".rstrip(), ""]
+    return "\n".join(out)

@@ -204,6 +204,17 @@ def _power_of_two_at_least(lo: int, hi: int) -> Parser:
     return parse
 
 
+def _syslog_address(text: str) -> str:
+    """/path/of/unix/socket or HOST:PORT (UDP)."""
+    value = text.strip()
+    if not value.startswith("/"):
+        _host_port(value)
+    return value
+
+
+_syslog_address.__doc__ = "socket path or HOST:PORT"
+
+
 _HOSTNAME_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9\-_]*[a-z0-9])?")
 
 
@@ -309,7 +320,20 @@ SETTINGS: tuple[Setting, ...] = (
     S("core", "workers", _int_range(1, 256), "8",
       "SIP worker processes forked by the master.", short="-w"),
     S("core", "log_level", _choice("debug", "info", "warning", "error"), "info",
-      "Lowest level of log lines written to stderr.", reloadable=True),
+      "Lowest level of log lines written.", reloadable=True),
+    S("core", "log_format", _choice("text", "json"), "text",
+      "text: `DATE TIME node=ID PROC[PID] LEVEL LOGGER: message`; json: one object per "
+      "line (ts, level, node, proc, pid, logger, msg, exc) for log shippers."),
+    S("core", "log_target", _choice("stderr", "syslog"), "stderr",
+      "Where log lines go: stderr (under systemd: the journal) or syslog "
+      "(core.syslog_address, ident fastcluster)."),
+    S("core", "syslog_address", _syslog_address, "/dev/log",
+      "Syslog socket when core.log_target = syslog: the path of a unix datagram socket, "
+      "or HOST:PORT for UDP."),
+    S("core", "syslog_facility", _choice("daemon", "user", "local0", "local1", "local2",
+                                          "local3", "local4", "local5", "local6",
+                                          "local7"), "daemon",
+      "Syslog facility of the log lines."),
     S("core", "instance", _text, "",
       "Name of this node instance on this machine: it prefixes the shared-memory names "
       "(/dev/shm/fastcluster.INSTANCE.*) and the lock file. Empty means 'n<node_id>'."),
@@ -318,7 +342,10 @@ SETTINGS: tuple[Setting, ...] = (
       "else /tmp/fastcluster-<uid>."),
     S("core", "numba_cache_dir", _text, "",
       "Where compiled numba kernels are cached, in a subfolder per version of the kernel "
-      "sources. Empty means $NUMBA_CACHE_DIR if set, else ~/.cache/fastcluster/numba."),
+      "sources. Empty means $NUMBA_CACHE_DIR if set, else "
+      "$XDG_CACHE_HOME/fastcluster/numba (~/.cache/fastcluster/numba): the same cache "
+      "whether the node is started by the console script, scripts/run, the demo or the "
+      "tests."),
     S("core", "data_dir", _text, "",
       "Folder of this instance's state that outlives a restart (known cluster members, "
       "the subscriber database, the persistence database). Empty means /var/lib/fastcluster/<instance> for root, "

@@ -1,11 +1,18 @@
-"""Statistics declared once: every counter a process increments, by group and name.
+"""Statistics declared once: every counter a process increments, every gauge the MI
+computes, and the labelled metrics of the cluster, by group and name.
 
 Each process owns one row of counters in the control segment (single writer, no atomics);
 the MI sums the rows. Gauges (registered contacts, ...) are computed from the tables by
 the MI, not stored here. Names follow OpenSIPS where OpenSIPS has them (core, sl,
-registrar, usrloc groups). Neighbours: shm.control (storage), services.mi (get_statistics).
+registrar, usrloc groups). `get_statistics`, the Prometheus exposition (`GET /metrics`,
+names from `metric_name`, help from the description) and docs/statistics.md
+(`render_statistics_doc`) all derive from these tuples. Neighbours: shm.control
+(storage), services.mi (get_statistics, metrics).
 """
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("core", "rcv_requests", "SIP requests received"),
@@ -156,3 +163,136 @@ ALIASES: dict[str, str] = {
 }
 
 INDEX: dict[str, int] = {f"{g}:{n}": i for i, (g, n, _) in enumerate(COUNTERS)}
+
+# Gauges: figures read from the tables when asked (services.mi.core_cmds computes each
+# one by name), never stored.
+GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("usrloc", "registered_contacts", "contacts registered now (live rows of the contact "
+                                      "table)"),
+    ("usrloc", "registered_aors", "AORs with at least one registered contact"),
+    ("usrloc", "tombstones", "removed contacts kept as tombstones"),
+    ("usrloc", "capacity", "contacts the shared table can hold (usrloc.capacity)"),
+    ("dialog", "active_dialogs", "dialogs held now (live rows of the dialog table)"),
+    ("dialog", "tombstones", "ended dialogs kept as tombstones"),
+    ("dialog", "capacity", "dialogs the shared table can hold (dialog.capacity)"),
+    ("tm", "inuse_transactions", "transactions held now (server transactions in the table, "
+                                 "lingering ones included)"),
+    ("tm", "capacity", "transactions the shared table can hold (proxy.transactions)"),
+)
+
+METRIC_PREFIX = "fastcluster_"
+
+
+def metric_name(stat: str) -> str:
+    """The Prometheus name of a statistic: "usrloc:registered_contacts" ->
+    "fastcluster_usrloc_registered_contacts" (counters get "_total" when exposed)."""
+    return METRIC_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", stat.replace(":", "_"))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A Prometheus metric with labels, beyond the flat statistics: what the cluster
+    process knows about links, capabilities, syncs and replication."""
+    name: str  # without METRIC_PREFIX; counters without "_total"
+    kind: str  # gauge, counter, histogram
+    labels: tuple[str, ...]
+    help: str
+    buckets: tuple[float, ...] = ()
+
+
+_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0, 60.0)
+_SYNC_S_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_SYNC_ROWS_BUCKETS = (0.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
+
+METRICS: tuple[Metric, ...] = (
+    Metric("build_info", "gauge", ("version",), "always 1; the version of this node"),
+    Metric("process_heartbeat_age_seconds", "gauge", ("process",),
+           "age of each process's last heartbeat (the master stops a child past "
+           "core.child_timeout_s)"),
+    Metric("node_up", "gauge", ("cluster", "node"),
+           "1 while the node is reachable from this one, directly or through a relay"),
+    Metric("node_next_hop", "gauge", ("cluster", "node"),
+           "node through which messages to the node go (itself: a direct link; 0: none)"),
+    Metric("link_state", "gauge", ("cluster", "node", "state"),
+           "this node's direct link to the node: 1 for its state (Up, Probe, Down), 0 for "
+           "the others"),
+    Metric("link_rtt_seconds", "gauge", ("cluster", "node"),
+           "round-trip time of the direct link, from its heartbeats"),
+    Metric("link_clock_skew_seconds", "gauge", ("cluster", "node"),
+           "how far the node's clock is ahead of this one's"),
+    Metric("capability_state", "gauge", ("cluster", "capability", "node", "state"),
+           "each node's state of each capability: 1 for its state (not synced, sync "
+           "pending, sync in progress, synced), 0 for the others"),
+    Metric("capability_enabled", "gauge", ("cluster", "capability", "node"),
+           "1 while the node has the capability enabled"),
+    Metric("sync_progress_ratio", "gauge", ("capability",),
+           "share of the hash space received by the full sync under way here (absent: "
+           "none under way)"),
+    Metric("sync_records_received", "gauge", ("capability",),
+           "rows received so far by the full sync under way here"),
+    Metric("sync_duration_seconds", "histogram", ("capability",),
+           "full syncs completed here as receiver: time from the first chunk request to "
+           "synced (donor switches included)", _SYNC_S_BUCKETS),
+    Metric("sync_records", "histogram", ("capability",),
+           "full syncs completed here as receiver: rows received", _SYNC_ROWS_BUCKETS),
+    Metric("replication_lag_seconds", "histogram", ("table",),
+           "realtime batches applied here: age of the batch's oldest row (its version, "
+           "the origin's clock: clock skew adds to it)", _LAG_BUCKETS),
+    Metric("replication_ring_fill_ratio", "gauge", ("table",),
+           "fullest replication ring of the table (one per process): bytes waiting for "
+           "the cluster process over the ring's size"),
+    Metric("replication_ring_pending_bytes", "gauge", ("table",),
+           "bytes waiting in the table's replication rings"),
+    Metric("replication_ring_rows_pushed", "counter", ("table",),
+           "rows pushed into the table's replication rings since the node started"),
+    Metric("replication_ring_rows_not_pushed", "counter", ("table",),
+           "rows a full ring could not take (backpressure: re-sent from the table)"),
+    Metric("replication_backlog_bytes", "gauge", ("cluster", "node"),
+           "bytes queued on the link towards the node, not yet written"),
+    Metric("natping_partitions", "gauge", (), "NAT ping partitions (usrloc.ping_partitions)"),
+    Metric("natping_partitions_owned", "gauge", (),
+           "NAT ping partitions this node pings"),
+)
+
+
+def render_statistics_doc() -> str:
+    """docs/statistics.md, generated from the declarations above (a test fails when the
+    file is stale)."""
+    lines = [
+        "# Statistics reference",
+        "",
+        "Generated from `core/stats.py` by `fastcluster statistics-doc`; do not edit.",
+        "",
+        "`fastcluster mi get_statistics [group: | group:name ...]` returns the statistics "
+        "below as a flat `{\"group:name\": number}` object; `GET /metrics` on the MI "
+        "server exposes the same figures to Prometheus under the names shown (counters "
+        "with the `_total` suffix), then the labelled metrics of the last section. "
+        "Counters are summed over the node's processes and grow until "
+        "`reset_statistics` or a restart; gauges are read from the tables when asked.",
+        "",
+    ]
+    groups = list(dict.fromkeys(g for g, _, _ in COUNTERS + GAUGES))
+    for group in groups:
+        lines += [f"## {group}", "", "| statistic | kind | Prometheus | meaning |",
+                  "|---|---|---|---|"]
+        for kind, table in (("counter", COUNTERS), ("gauge", GAUGES)):
+            for g, name, doc in table:
+                if g != group:
+                    continue
+                suffix = "_total" if kind == "counter" else ""
+                lines.append(f"| `{g}:{name}` | {kind} | `{metric_name(f'{g}:{name}')}"
+                             f"{suffix}` | {doc} |")
+        lines.append("")
+    lines += ["## OpenSIPS names", "",
+              "Accepted wherever a statistic is named (not exposed twice to Prometheus):",
+              "", "| alias | same as |", "|---|---|"]
+    lines += [f"| `{alias}` | `{real}` |" for alias, real in ALIASES.items()]
+    lines += ["", "## Cluster metrics (Prometheus only)", "",
+              "| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for m in METRICS:
+        suffix = "_total" if m.kind == "counter" else ""
+        labels = ", ".join(f"`{label}`" for label in m.labels)
+        lines.append(f"| `{METRIC_PREFIX}{m.name}{suffix}` | {m.kind} | {labels} | {m.help} |")
+    lines.append("")
+    return "\n".join(lines)

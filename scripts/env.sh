@@ -1,9 +1,10 @@
 # Shared by scripts/run and scripts/test: a virtualenv in .venv with the project
-# installed (editable), and one numba cache for every process started from here.
+# installed (editable). Compiled kernels go where `fastcluster` itself puts them
+# (core.config.numba_cache_base: $NUMBA_CACHE_DIR if set, else ~/.cache/fastcluster/numba),
+# so the scripts, the console script, the demo and the tests share one cache.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$ROOT/.numba_cache}"
 
 apt_install() {
   if [ "$(id -u)" != 0 ]; then

@@ -12,6 +12,7 @@ imported: core.cli does it). Neighbours: every kernel module in shm/.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,9 +43,22 @@ def freeze_kernels() -> int:
     return frozen
 
 
-def warm_kernels() -> float:
-    """Run every kernel once on small tables; returns the seconds it took."""
+Progress = Callable[[int, int, str, float], None]  # (steps done, steps, step, seconds)
+STEPS = ("tables", "contacts", "dialogs", "replication and sync", "partitions and NAT "
+         "pinging", "nonces", "timer and recovery", "transactions")
+
+
+def warm_kernels(progress: Progress | None = None) -> float:
+    """Run every kernel once on small tables; returns the seconds it took. progress is
+    called after each of STEPS (the first compile takes minutes: say where it is)."""
     started = time.perf_counter()
+    done = iter(range(1, len(STEPS) + 1))
+
+    def step(name: str) -> None:
+        assert name in STEPS
+        if progress is not None:
+            progress(next(done), len(STEPS), name, time.perf_counter() - started)
+
     nprocs = 2
     ring_buf = np.zeros(R.segment_size(nprocs, 1 << 16), dtype=np.uint8)
     R.init_segment(ring_buf, nprocs, 1 << 16)
@@ -56,6 +70,7 @@ def warm_kernels() -> float:
     dialogs = Table.create(dl_buf, DIALOG, 64, 512, nprocs, 1)
     me = T.lock_word(1, 1)
     now_s = int(time.time())
+    step("tables")
 
     # contacts: register, read, remove
     work = np.zeros(C.WORK_BYTES, dtype=np.uint8)
@@ -74,6 +89,7 @@ def warm_kernels() -> float:
     contacts.remove(b"warm@x", b"", ring, me, 1)
     C.contact_key_of(b"warm@x", b"sip:warm@x")
     C.contact_key_of(b"warm@x", b"sip:warm@x", b"<urn:x>", 1)
+    step("contacts")
 
     # dialogs: generic put
     drow = np.zeros(dialogs.row_size, dtype=np.uint8)
@@ -86,6 +102,7 @@ def warm_kernels() -> float:
     keys = np.zeros(1, dtype=np.uint64)
     T.table_find(dl_buf, keys[0], keys[0])
     T.table_find_batch(dl_buf, keys, keys, np.zeros(1, dtype=np.int64))
+    step("dialogs")
 
     # replication and sync paths
     wire = np.zeros(1 << 16, dtype=np.uint8)
@@ -110,6 +127,7 @@ def warm_kernels() -> float:
                             np.zeros(1024, np.uint8), np.zeros(1, np.int64))
         T.table_gather(buf, 0, wire, wire.shape[0], np.zeros(T.GATHER_COUNTS, np.int64))
         T.table_since(buf, 0, 0, 1, wire, wire.shape[0])
+    step("replication and sync")
 
     # partitions and NAT pinging
     owners = np.zeros(16, dtype=np.uint16)
@@ -123,18 +141,22 @@ def warm_kernels() -> float:
     P.missed_over(ct_buf, slots, 0, 1, slots)
     P.count_owned(ct_buf, owners, 1, True, 1)
     C.ul_remove_slot(ct_buf, ring, 0, np.uint64(2), now_s * 1000, me, 1, row)
+    step("partitions and NAT pinging")
 
     # digest nonce replay table
     nb = np.zeros(N.segment_size(64), dtype=np.uint8)
     N.init_segment(nb, 64, bytes(32))
     N.NonceTable(nb).use(12345, 1, now_s, now_s + 60)
+    step("nonces")
 
     # timer and recovery
     contacts.expire(now_s, 60, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)
     contacts.repair(ring, 1, 1)
     T.table_salvage(ct_buf)
+    step("timer and recovery")
 
     _warm_transactions(nprocs, me, now_s)
+    step("transactions")
     return time.perf_counter() - started
 
 

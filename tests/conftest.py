@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import pathlib
 
-from fastcluster.core.config import kernel_cache_dir  # noqa: E402  (imports no numba)
+from fastcluster.core.config import kernel_cache_dir, numba_cache_base  # imports no numba
 
-# Before anything imports numba: one cache for the session and for the nodes it starts,
-# keyed on the kernel sources (the nodes' CLI applies the same key and finds it done).
+# Before anything imports numba: the nodes' own cache rule (core.config.numba_cache_base),
+# keyed on the kernel sources, for the session and for the nodes it starts (their CLI
+# applies the same key and finds it done).
 REPO = pathlib.Path(__file__).resolve().parent.parent
-os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(
-    os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".numba_cache")))
+os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())
 
 import pytest  # noqa: E402
 

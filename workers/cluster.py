@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastcluster.core.messages import fingerprint
 from fastcluster.services.cluster.ae import AntiEntropy
-from fastcluster.services.cluster.api import ClusterAPI
 from fastcluster.services.cluster.capabilities import Capabilities
 from fastcluster.services.cluster.node import ClusterNode
 from fastcluster.services.cluster.partitions import PartitionMap
@@ -30,6 +29,7 @@ from fastcluster.services.cluster.persistence import enabled as persistence_enab
 from fastcluster.services.cluster.replication import Replication
 from fastcluster.services.cluster.sync import SyncManager
 from fastcluster.services.mi import clusterer_cmds, core_cmds, remote  # noqa: F401 (commands)
+from fastcluster.services.mi.metrics import OBSERVER, ObservedAPI
 from fastcluster.services.mi.server import MIContext, MIThread
 from fastcluster.services.script.bridge import ScriptBridge
 from fastcluster.services.sip import dialog, natping, usrloc  # noqa: F401  (MI commands)
@@ -65,7 +65,8 @@ class ClusterProcess(Child):
         self.node = ClusterNode(self.cfg, self.stats, build_fingerprint())
         caps = Capabilities(self.node, self.publish_views)
         self.sync = SyncManager(self.node, caps, int(self.mem.control.words[W_LAST_CONTACT]))
-        self.cluster = ClusterAPI(self.node, caps, self.sync)
+        # the consumers' API, with the capabilities' data paths observed for the metrics
+        self.cluster = ObservedAPI(self.node, caps, self.sync)
         self.replication = Replication(self, self.cluster)
         self.antientropy = AntiEntropy(self, self.cluster, self.replication)
         self.partitions = PartitionMap(self.mem.control, self.cluster,
@@ -132,6 +133,7 @@ class ClusterProcess(Child):
         self.partitions.update()
         self.script.push_snapshot()
         api = self.cluster
+        OBSERVER.capability_states({c.name: c.state.text for c in api.capabilities()})
         ctl = self.mem.control
         replicated = {r.spec.name for r in self.replication.tables.values()}
         ctl.words[CT.W_SYNCED] = sum(

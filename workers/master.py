@@ -20,12 +20,15 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgpack
+import numpy as np
 
 from fastcluster.core import config as config_mod
 from fastcluster.core import logsetup
@@ -44,6 +47,7 @@ log = logging.getLogger("master")
 
 TICK_S = 0.1
 PAUSED_S = 1.0  # a loop turn this late means the master itself did not run
+COMPILE_NOTICE_S = 1.0  # loading cached kernels takes ~0.3 s: longer means compiling
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT)
 
 
@@ -147,6 +151,34 @@ def open_subscribers(cfg: Config) -> None:
     log.info("authentication on: %d subscribers in %s", users, path)
 
 
+class Systemd:
+    """What the master tells systemd (Type=notify; nothing when not under systemd):
+    READY=1 once every child has booted (stamped a heartbeat after its start), then
+    WATCHDOG=1 at half of WatchdogSec= if systemd asked for it."""
+
+    def __init__(self, pid: int, status: str) -> None:
+        self.pid, self.status = pid, status
+        self.ready = False
+        self.watchdog_s = osutil.sd_watchdog_interval_s()
+        self.watchdog_at = 0.0
+
+    def tick(self, now: float, children: Iterable[ChildState], slots: np.ndarray) -> None:
+        if not self.ready and all(c.pid and slots[c.slot, CT.P_HEARTBEAT] >
+                                  slots[c.slot, CT.P_STARTED] for c in children):
+            self.ready = True
+            osutil.sd_notify(f"READY=1\nMAINPID={self.pid}\nSTATUS={self.status}")
+        if self.watchdog_s and now - self.watchdog_at >= self.watchdog_s:
+            self.watchdog_at = now
+            osutil.sd_notify("WATCHDOG=1")
+
+
+def report_repair(name: str, pid: int, fixed: int, freed: int) -> None:
+    if fixed or freed:
+        log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
+                    {0: "no row in flight", 1: "torn row restored",
+                     2: "finished row re-queued"}[fixed], freed)
+
+
 class Master:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -161,6 +193,8 @@ class Master:
         self._prefaulting: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self.resumed_at = -1e9
+        self.systemd = Systemd(self.pid, f"node {cfg['clusterer.node_id']} running: "
+                                         f"{cfg['core.workers']} sip workers")
 
     # -- start
 
@@ -184,7 +218,7 @@ class Master:
             script_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             script_sock.bind(self.cfg.script_address)
             script_sock.listen(4)
-        seconds = warm_kernels()
+        seconds = warm_with_progress(warm_kernels)
         log.info("kernels ready in %.2f s (%d frozen: no compiling after fork)", seconds,
                  freeze_kernels())
         stale = Stale.take(self.cfg.shm_prefix)  # a killed master's segments
@@ -288,6 +322,8 @@ class Master:
                 return self.exit_code
             self.watchdog()
             self.respawn_due()
+            assert self.ctx is not None
+            self.systemd.tick(now, self.children.values(), self.ctx.mem.control.slots)
 
     def handle_term(self) -> None:
         log.info("SIGTERM: stopping")
@@ -305,6 +341,14 @@ class Master:
         """Reaping happens on every loop turn; the signal only wakes the loop."""
 
     def handle_hup(self) -> None:
+        assert self.ctx is not None
+        osutil.sd_notify("RELOADING=1")
+        try:
+            self._reload()
+        finally:
+            osutil.sd_notify("READY=1")
+
+    def _reload(self) -> None:
         assert self.ctx is not None
         try:
             cfg, applied, ignored = config_mod.reload(self.cfg)
@@ -360,17 +404,10 @@ class Master:
         mem = self.ctx.mem
         for slot in (state.slot,) + state.cls.writer_slots:
             for name, table in mem.tables.items():
-                self._report_repair(name, pid, *table.repair(mem.ring(slot, name), pid, slot))
+                report_repair(name, pid, *table.repair(mem.ring(slot, name), pid, slot))
         # the proxy's transactions: local, never replicated (no ring)
-        self._report_repair("transactions", pid,
+        report_repair("transactions", pid,
                             *mem.transactions.repair(R.no_ring(), pid, state.slot))
-
-    @staticmethod
-    def _report_repair(name: str, pid: int, fixed: int, freed: int) -> None:
-        if fixed or freed:
-            log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
-                        {0: "no row in flight", 1: "torn row restored",
-                         2: "finished row re-queued"}[fixed], freed)
 
     def respawn_due(self) -> None:
         now = time.monotonic()
@@ -415,6 +452,7 @@ class Master:
     def stop(self) -> None:
         """Stop every child (SIGTERM, then SIGKILL), then remove all shared memory."""
         self.stopping = True
+        osutil.sd_notify("STOPPING=1")
         self._stop_prefault.set()
         if self._prefaulting is not None:
             self._prefaulting.join()
@@ -442,9 +480,44 @@ class Master:
         self.lock.release()
 
 
+def warm_with_progress(warm: Callable[..., float],
+                       say: Callable[[str], None] = log.info) -> float:
+    """Load the kernels (shm.warm). Loading them from the cache takes well under a
+    second; when it takes longer, the kernels are being compiled -- the first start
+    after an install or an upgrade, a minute or two on 2 cores -- and the log says so,
+    then how far it got, instead of staying silent."""
+    slow = threading.Event()
+
+    def announce() -> None:
+        slow.set()
+        say(f"compiling the numba kernels into "
+            f"{os.environ.get('NUMBA_CACHE_DIR', 'the numba cache')}: the first start after "
+            "an install or upgrade takes 1-3 minutes on 2 cores; later starts load them in "
+            "under a second")
+        osutil.sd_notify("STATUS=compiling the numba kernels (first start)")
+
+    def progress(done: int, total: int, step: str, elapsed: float) -> None:
+        if slow.is_set():
+            say(f"kernels: {done}/{total} compiled ({step}), {elapsed:.0f} s")
+
+    timer = threading.Timer(COMPILE_NOTICE_S, announce)
+    timer.daemon = True
+    timer.start()
+    try:
+        return warm(progress)
+    finally:
+        timer.cancel()
+        timer.join()  # no thread of ours may be running at fork
+
+
 def run_master(cfg: Config) -> int:
     """`fastcluster` in the foreground: returns the process exit code."""
-    logsetup.setup(cfg["clusterer.node_id"], "master", cfg["core.log_level"])
+    try:
+        logsetup.setup_from(cfg, "master")
+    except OSError as exc:
+        print(f"fastcluster: cannot log to syslog at {cfg['core.syslog_address']}: {exc}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     osutil.set_title(f"fastcluster: master (node {cfg['clusterer.node_id']}, "
                      f"instance {cfg.instance})")
     master = Master(cfg)

@@ -1,7 +1,8 @@
 """Operating-system details of the process model: parent-death signal, process titles,
 the per-instance lock file.
 
-Linux only (prctl). Neighbours: workers.master, workers.child.
+systemd notifications (sd_notify: readiness, reload, stop, watchdog). Linux only (prctl).
+Neighbours: workers.master, workers.child.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ctypes
 import fcntl
 import os
 import signal
+import socket
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_NAME = 15
@@ -98,3 +100,31 @@ class InstanceLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about the service: READY=1, RELOADING=1, STOPPING=1,
+    STATUS=..., WATCHDOG=1. A datagram on $NOTIFY_SOCKET, as sd_notify(3) sends it;
+    False when there is no such socket (not under systemd) or it refuses."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        return True
+    except OSError:
+        return False
+
+
+def sd_watchdog_interval_s() -> float:
+    """Half the WatchdogSec= systemd gave this process (0: none): how often to ping."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+        pid = int(os.environ.get("WATCHDOG_PID", str(os.getpid())))
+    except ValueError:
+        return 0.0
+    return usec / 2e6 if usec > 0 and pid == os.getpid() else 0.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastcluster.services.cluster.api import ClusterAPI, SendResult
+from fastcluster.services.cluster.api import ClusterAPI, NodeView, SendResult
 from fastcluster.services.mi import remote
 from fastcluster.services.mi.registry import INVALID_PARAMS, MIError, MINode, command
 from fastcluster.shm.tables import TABLES
@@ -38,6 +38,14 @@ def _status(value: Any) -> bool:
     return str(value) == "1"
 
 
+def link_state(view: NodeView) -> str:
+    """clusterer_list's link_state: Up when reachable (directly or through a relay),
+    else Probe while our own link probes it, else Down."""
+    if view.reachable:
+        return "Up"
+    return "Probe" if view.direct_link == "Probe" else "Down"
+
+
 @command("clusterer_list", cluster=True)
 def mi_clusterer_list(node: MINode) -> dict[str, Any]:
     """Every known node of every cluster, with its link state and next hop."""
@@ -45,12 +53,7 @@ def mi_clusterer_list(node: MINode) -> dict[str, Any]:
     for cid in node.cluster.clusters:
         nodes = []
         for view in node.cluster.nodes(cid):
-            if view.reachable:
-                state = "Up"
-            elif view.direct_link == "Probe":
-                state = "Probe"
-            else:
-                state = "Down"
+            state = link_state(view)
             url = f"bin:{view.url[0]}:{view.url[1]}" if view.url else "none"
             nodes.append({"node_id": view.node_id, "db_id": view.node_id, "url": url,
                           "link_state": state, "direct_link": view.direct_link,

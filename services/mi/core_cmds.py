@@ -14,10 +14,11 @@ from importlib.metadata import PackageNotFoundError, version as dist_version
 from typing import Any
 
 from fastcluster.core.stats import ALIASES, COUNTERS
+from fastcluster.core.stats import GAUGES as DECLARED_GAUGES
 from fastcluster.services.mi.registry import REGISTRY, MIError, command
 from fastcluster.shm import control as CT
 
-# Gauges: name -> function(node) computed on demand (never stored).
+# How each gauge declared in core.stats is computed (on demand, never stored).
 GAUGES: dict[str, Callable[[Any], int]] = {
     "usrloc:registered_contacts": lambda node: node.mem.contacts.counters()["live"],
     "usrloc:registered_aors": lambda node: node.mem.contacts.count_groups(),
@@ -29,6 +30,8 @@ GAUGES: dict[str, Callable[[Any], int]] = {
     "tm:inuse_transactions": lambda node: node.mem.transactions.counters()["live"],
     "tm:capacity": lambda node: node.mem.transactions.capacity,
 }
+if set(GAUGES) != {f"{g}:{n}" for g, n, _ in DECLARED_GAUGES}:  # one declaration per fact
+    raise RuntimeError("core.stats.GAUGES and the gauges computed here differ")
 
 
 def _selected(names: list[str], candidates: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ objects, never a crash. Neighbours: services.mi.core_cmds / clusterer_cmds, serv
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import inspect
 import json

@@ -1,4 +1,5 @@
-"""The MI's HTTP side, in a thread of its own: JSON-RPC 2.0 at `POST /mi`.
+"""The MI's HTTP side, in a thread of its own: JSON-RPC 2.0 at `POST /mi`, and the status
+page and Prometheus metrics at `GET /` and `GET /metrics` (services.mi.pages).
 
 The server runs its own asyncio loop in an `MIThread`, so no MI request -- a batch of
 cheap commands, a dump of a million contacts, a slow client -- ever holds up the
@@ -31,6 +32,7 @@ import numpy as np
 from fastcluster.core.config import Config
 from fastcluster.services.cluster.api import ClusterAPI
 from fastcluster.core.stats import INDEX
+from fastcluster.services.mi.pages import ROUTES, query_authorization
 from fastcluster.services.mi.registry import Command, Streamed, authorized, dispatch, \
     handle_body
 from fastcluster.shm.node import NodeMemory
@@ -190,12 +192,20 @@ class MIServer:
             await self._send(writer, 400, b'{"error": "bad request line"}', False)
             return False
         method, path = parts[0], parts[1]
-        if not authorized(self.node.cfg["mi.token"], headers.get("authorization")):
+        route, _, query = path.partition("?")
+        token = self.node.cfg["mi.token"]
+        if not authorized(token, headers.get("authorization")) and not (
+                method == "GET" and authorized(token, query_authorization(query))):
             self.node.stats[INDEX["mi:unauthorized"]] += 1
             await self._send(writer, 401, b'{"error": "missing or wrong MI token"}', False)
             return False
-        if path.split("?")[0] != "/mi":
-            await self._send(writer, 404, b'{"error": "use POST /mi"}', keep)
+        if method == "GET" and route in ROUTES:  # the status page, the metrics
+            code, content_type, page = await ROUTES[route](self.node)
+            await self._send(writer, code, page, keep, content_type)
+            return keep
+        if route != "/mi":
+            await self._send(writer, 404, b'{"error": "use POST /mi (GET / is the status '
+                                          b'page, GET /metrics the metrics)"}', keep)
             return keep
         if method != "POST":
             await self._send(writer, 405, b'{"error": "use POST /mi"}', keep)
@@ -244,12 +254,13 @@ class MIServer:
         return keep
 
     @staticmethod
-    async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, keep: bool) -> None:
+    async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, keep: bool,
+                    content_type: str = "application/json") -> None:
         reason = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
                   404: "Not Found",
                   405: "Method Not Allowed", 411: "Length Required",
                   413: "Payload Too Large", 503: "Service Unavailable"}[status]
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                      f"Content-Length: {len(body)}\r\nConnection: "
                      f"{'keep-alive' if keep else 'close'}\r\n\r\n".encode() + body)
         try:

@@ -139,8 +139,11 @@ def test_a_node_restarted_alone_keeps_what_it_missed_and_resurrects_nothing(tmp_
         assert nodes[2].stop() == 0  # node 3 away, its database holding the 2000
         register(nodes[0], tmp_path, 1000, "a", cseq=2, expires=0, lport=lport)
         register(nodes[1], tmp_path, 700, "b")
+        # node 2's last REGISTERs are replicated asynchronously: wait for both to agree
+        wait_until(lambda: nodes[0].mi("ul_digest") == nodes[1].mi("ul_digest")
+                   and nodes[0].mi("ul_digest")["contacts"] == 1700,
+                   timeout=20, what="1700 contacts on nodes 1 and 2")
         expected = nodes[0].mi("ul_digest")
-        assert expected["contacts"] == 1700
         nodes[2].start()
         wait_synced([nodes[2]])
         wait_until(lambda: all_equal(nodes), timeout=20, what="converged")

@@ -112,9 +112,10 @@ class Node:
     def shm_names(self) -> list[str]:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(self.shm_prefix))
 
-    def start(self, wait: bool = True, timeout: float = 60.0, args: list[str] | None = None
-              ) -> Node:
-        env = dict(os.environ)
+    def start(self, wait: bool = True, timeout: float = 60.0, args: list[str] | None = None,
+              env: dict[str, str] | None = None) -> Node:
+        """env: extra environment variables for the node (NOTIFY_SOCKET, ...)."""
+        env = {**os.environ, **(env or {})}
         self.killed = False
         self._log = open(self.log_path, "ab")
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []

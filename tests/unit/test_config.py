@@ -58,12 +58,13 @@ def test_load_order_default_ini_env_cli(tmp_path: pathlib.Path) -> None:
     ("[mi]\nlisten = 127.0.0.1:99999\n", "mi", "listen", "outside 1..65535"),
     ("[clusterer]\nnode_id = 70000\n", "clusterer", "node_id", "outside"),
     ("[clusterer]\nseeds = 127.0.0.1\n", "clusterer", "seeds", "not HOST:PORT"),
-    ("[clusterer]\nbin_listen = 10.0.0.1:5555\n", "clusterer", "secret", "empty secret"),
+    ("[clusterer]\nbin_listen = 10.0.0.1:5555\n", "clusterer", "bin_listen",
+     "empty [clusterer] secret"),
     ("[usrloc]\nping_partitions = 5000\n", "usrloc", "ping_partitions", "power of two"),
     ("[usrloc]\nping_partitions = 1024\n", "usrloc", "ping_partitions", "outside"),
     ("[usrloc]\nmin_expires = 4000\n", "usrloc", "min_expires", "greater than"),
     ("[core]\nworkers = 2\nworkers = 3\n", "core", "workers", "given twice"),
-    ("[mi]\nlisten = 127.0.0.1:5555\n", "clusterer", "bin_listen", "also mi.listen"),
+    ("[mi]\nlisten = 127.0.0.1:5555\n", "mi", "listen", "same address"),
 ])
 def test_bad_ini_names_file_section_key_reason(tmp_path, text, section, key, reason) -> None:
     ini = write(tmp_path, text)
@@ -113,7 +114,7 @@ def test_replication_cluster_auto_and_checked() -> None:
         "usrloc.replication_cluster") == 0
     with pytest.raises(ConfigError) as err:
         load(cli={"clusterer.cluster_id": "2", "dialog.replication_cluster": "1"}, environ={})
-    assert "not one of clusterer.cluster_id" in str(err.value)
+    assert "not one of [clusterer] cluster_id" in str(err.value)
 
 
 def test_secret_is_masked() -> None:
@@ -172,7 +173,11 @@ def test_open_listeners_need_a_token_or_authentication(cli: dict, ok: bool) -> N
     else:
         with pytest.raises(ConfigError) as err:
             load(cli=cli, environ={})
-        assert err.value.key in ("token", "enable") and "loopback" in str(err.value)
+        # located at the value the operator gave, naming what to set and its origin
+        assert err.value.key == "listen" and "loopback" in str(err.value)
+        assert "command line --" in err.value.source
+        assert "[mi] token = (empty) (default)" in str(err.value) or \
+            "[auth] enable = no (default)" in str(err.value)
 
 
 @pytest.mark.parametrize("text, parsed", [
@@ -217,3 +222,93 @@ def test_data_dir_and_subscriber_database(monkeypatch) -> None:
     assert cfg.data_dir == "/srv/fc" and cfg.auth_db_path == "/etc/fc/users.db"
     assert load(cli={"core.data_dir": "/srv/fc"}, environ={}).auth_db_path == \
         "/srv/fc/subscriber.sqlite"
+
+
+def test_check_config_prints_values_as_written_with_their_origin(tmp_path) -> None:
+    ini = write(tmp_path, "[mi]\nlisten = 127.0.0.1:8898\n\n[usrloc]\n"
+                          "replication_cluster = auto\n")
+    result = run_cli("check-config", "-c", ini, "--clusterer-seeds",
+                     "127.0.0.1:5556, 127.0.0.1:5557")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "127.0.0.1:8898" in lines["mi.listen"] and f"({ini}:2)" in lines["mi.listen"]
+    assert " auto " in lines["usrloc.replication_cluster"] and f"({ini}:5)" in \
+        lines["usrloc.replication_cluster"]
+    assert "127.0.0.1:5556, 127.0.0.1:5557" in lines["clusterer.seeds"]
+    assert "(command line --clusterer-seeds)" in lines["clusterer.seeds"]
+    assert "udp:127.0.0.1:5060" in lines["sip.listen"] and "(default)" in lines["sip.listen"]
+    assert "-1" not in lines["dialog.replication_cluster"]
+
+
+@pytest.mark.parametrize("args, env, location, names", [
+    # the error sits at the value the operator gave, whichever setting it is, and
+    # names every other value involved with its own origin
+    ({"usrloc.max_expires": "30"}, {}, "command line --usrloc-max-expires "
+     "([usrloc] max_expires)", ["[usrloc] max_expires = 30;",
+                                "[usrloc] min_expires = 60 (default)"]),
+    ({}, {"FASTCLUSTER_USRLOC_MIN_EXPIRES": "7200"}, "environment "
+     "FASTCLUSTER_USRLOC_MIN_EXPIRES ([usrloc] min_expires)",
+     ["[usrloc] max_expires = 3600 (default)"]),
+    ({"clusterer.bin_listen": "192.0.2.1:5555"}, {}, "command line "
+     "--clusterer-bin-listen ([clusterer] bin_listen)",
+     ["[clusterer] secret = (empty) (default)"]),
+    ({"clusterer.preset": "wan", "clusterer.ping_timeout_ms": "100"}, {},
+     "command line --clusterer-ping-timeout-ms ([clusterer] ping_timeout_ms)",
+     ["[clusterer] preset = wan (command line --clusterer-preset)",
+      "[clusterer] ping_interval_ms = 0 (default)"]),
+])
+def test_cross_field_errors_name_the_real_origins(args, env, location, names) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(cli=args, environ=env)
+    message = str(err.value)
+    assert message.startswith(location + ": "), message
+    assert message.count(location) == 1  # one location, not repeated
+    for name in names:
+        assert name in message, message
+    assert "default:" not in message
+
+
+def test_errors_give_one_location_with_the_line(tmp_path) -> None:
+    ini = write(tmp_path, "[core]\nworkers = 2\n\n[usrloc]\nmin_expires = x\n")
+    with pytest.raises(ConfigError) as err:
+        load(ini, environ={})
+    assert str(err.value) == f"{ini}:5 [usrloc] min_expires: 'x' is not an integer"
+
+
+def test_missing_script_module_is_a_config_error(tmp_path) -> None:
+    missing = tmp_path / "nope.py"
+    result = run_cli("check-config", "--script-module", str(missing))
+    assert result.returncode == 2
+    assert f"{missing} is not a file" in result.stderr
+    assert "command line --script-module ([script] module)" in result.stderr
+    present = tmp_path / "hooks.py"
+    present.write_text("")
+    assert load(cli={"script.module": str(present)}, environ={})["script.module"]
+
+
+def test_ini_sample_is_current_and_valid(tmp_path) -> None:
+    sample = REPO / "fastcluster.ini.sample"
+    assert sample.read_text() == config.render_ini_sample(), \
+        "fastcluster.ini.sample is stale: run `fastcluster ini-sample > fastcluster.ini.sample`"
+    cfg = load(str(sample), environ={})  # everything commented out: the defaults
+    assert all(cfg.sources[s.name] == "default" for s in SETTINGS)
+    # every key is there at its default: uncommenting all of them changes nothing
+    uncommented = tmp_path / "all.ini"
+    uncommented.write_text("\n".join(line[1:] if line.startswith(";") else line
+                                     for line in sample.read_text().splitlines()))
+    full = load(str(uncommented), environ={})
+    for s in SETTINGS:
+        assert full.sources[s.name].startswith(str(uncommented)), s.name
+        assert full[s.name] == cfg[s.name], s.name
+        assert f"Also {s.flag}" in sample.read_text().replace("\n# ", " ")
+
+
+def test_numba_cache_rule() -> None:
+    """One rule for the console script, the scripts, the demo and the tests."""
+    assert config.numba_cache_base("", {}).endswith("/.cache/fastcluster/numba")
+    assert config.numba_cache_base("", {"XDG_CACHE_HOME": "/c"}) == "/c/fastcluster/numba"
+    assert config.numba_cache_base("", {"NUMBA_CACHE_DIR": "/n", "XDG_CACHE_HOME": "/c"}) \
+        == "/n"
+    assert config.numba_cache_base("/s", {"NUMBA_CACHE_DIR": "/n"}) == "/s"
+    assert "NUMBA_CACHE_DIR" not in (REPO / "scripts" / "env.sh").read_text().replace(
+        "$NUMBA_CACHE_DIR", "")
