@@ -23,8 +23,10 @@ bench/kamailio/registrar.cfg.in) and per load:
 - sipp's CPU (share of one core: near 100 % means sipp, not the node, set the pace),
   the load average before the run.
 Figures on the shared 2-core VM are noisy: compare within one run, repeat (--repeat).
-SIP_PROFILE_TREE=/path/to/another/checkout runs that tree's node (its own .venv python
-runs this file) with the same client, for before/after comparisons of two builds.
+--baseline /path/to/another/checkout (with its own .venv and warmed .numba_cache) runs
+that tree's node too, in the same run with the same client and sipp, labelled by its
+folder name: before/after comparisons of two builds. (SIP_PROFILE_TREE runs only that
+tree, with its own .venv python running this file.)
 """
 from __future__ import annotations
 
@@ -321,13 +323,25 @@ class System:
 
 
 class FastclusterSystem(System):
-    def __init__(self, tmp: pathlib.Path, workers: int, dispatch: str, users: int) -> None:
-        self.node = Node(tmp, workers=workers, settings={
+    def __init__(self, tmp: pathlib.Path, workers: int, dispatch: str, users: int,
+                 tree: pathlib.Path | None = None) -> None:
+        from tests.support import nodes
+
+        node = Node(tmp, workers=workers, settings={
             "sip": {"dispatch": dispatch}, "usrloc": {"capacity": max(users * 3, 100_000)},
-            "core": {"log_level": "warning"}}).start()
+            "core": {"log_level": "warning"}})
+        env = {}
+        if tree is not None:  # another build: its python, its kernel cache
+            nodes.PYTHON = str(tree / ".venv" / "bin" / "python")
+            env["NUMBA_CACHE_DIR"] = str(tree / ".numba_cache")
+        try:
+            self.node = node.start(env=env)
+        finally:
+            nodes.PYTHON = sys.executable
         self.port = self.node.sip_port
-        self.label = f"fastcluster -w {workers} {dispatch}"
-        self.short = f"f{workers}{dispatch[0]}"
+        build = f" [{tree.name}]" if tree is not None else ""
+        self.label = f"fastcluster{build} -w {workers} {dispatch}"
+        self.short = f"f{workers}{dispatch[0]}{'b' if tree is not None else ''}"
         self._roles: dict[str, list[int]] = {}
         for p in self.node.mi("ps")["Processes"]:
             self._roles.setdefault(p["Role"], []).append(p["PID"])
@@ -368,21 +382,25 @@ def main() -> int:
     ap.add_argument("--kamailio-children", type=int, default=2)
     ap.add_argument("--only-kamailio", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--baseline", type=pathlib.Path, help="another checkout to run too")
     ns = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}",
           flush=True)
     configs: list[tuple[str, int, str]] = []
     if not ns.only_kamailio:
-        configs += [("fastcluster", int(w), d) for w in ns.workers.split(",")
-                    for d in ns.dispatch.split(",")]
+        kinds = ["fastcluster"] + (["baseline"] if ns.baseline else [])
+        configs += [(kind, int(w), d) for w in ns.workers.split(",")
+                    for d in ns.dispatch.split(",") for kind in kinds]
     if ns.kamailio or ns.only_kamailio:
         configs.append(("kamailio", ns.kamailio_children, ""))
     for rep in range(ns.repeat):
         for kind, workers, dispatch in configs:
             with tempfile.TemporaryDirectory() as d:
                 tmp = pathlib.Path(d)
-                system: System = (FastclusterSystem(tmp, workers, dispatch, ns.users)
-                                  if kind == "fastcluster" else KamailioSystem(tmp, workers))
+                system: System = (
+                    KamailioSystem(tmp, workers) if kind == "kamailio" else
+                    FastclusterSystem(tmp, workers, dispatch, ns.users,
+                                      ns.baseline if kind == "baseline" else None))
                 try:
                     print(f"run {rep + 1}: {system.label} (load average "
                           f"{os.getloadavg()[0]:.2f})", flush=True)
