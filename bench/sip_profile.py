@@ -3,7 +3,8 @@ the SIP path of one node (and of Kamailio `-x tlsf`, registrar only, in the same
 
     .venv/bin/python -m bench.sip_profile [--workers 2,8] [--dispatch shared,reuseport]
         [--rates 1,1000,10000,max] [--users 200000] [--kamailio] [--seconds 3]
-        [--one-at-a-time 2000] [--only-kamailio]
+        [--one-at-a-time 2000] [--only-kamailio] [--baseline TREE]
+        [--set section.key=value ...]
 
 Per system (fastcluster -w N in each dispatch mode; Kamailio 5.6 `-x tlsf`, 2 children,
 bench/kamailio/registrar.cfg.in) and per load:
@@ -324,12 +325,17 @@ class System:
 
 class FastclusterSystem(System):
     def __init__(self, tmp: pathlib.Path, workers: int, dispatch: str, users: int,
-                 tree: pathlib.Path | None = None) -> None:
+                 tree: pathlib.Path | None = None, extra: list[str] | None = None) -> None:
         from tests.support import nodes
 
-        node = Node(tmp, workers=workers, settings={
+        settings: dict[str, dict[str, object]] = {
             "sip": {"dispatch": dispatch}, "usrloc": {"capacity": max(users * 3, 100_000)},
-            "core": {"log_level": "warning"}})
+            "core": {"log_level": "warning"}}
+        for item in extra or []:  # --set section.key=value
+            name, _, value = item.partition("=")
+            section, _, key = name.partition(".")
+            settings.setdefault(section, {})[key] = value
+        node = Node(tmp, workers=workers, settings=settings)
         env = {}
         if tree is not None:  # another build: its python, its kernel cache
             nodes.PYTHON = str(tree / ".venv" / "bin" / "python")
@@ -340,7 +346,8 @@ class FastclusterSystem(System):
             nodes.PYTHON = sys.executable
         self.port = self.node.sip_port
         build = f" [{tree.name}]" if tree is not None else ""
-        self.label = f"fastcluster{build} -w {workers} {dispatch}"
+        self.label = f"fastcluster{build} -w {workers} {dispatch}" + "".join(
+            f" {x}" for x in extra or [])
         self.short = f"f{workers}{dispatch[0]}{'b' if tree is not None else ''}"
         self._roles: dict[str, list[int]] = {}
         for p in self.node.mi("ps")["Processes"]:
@@ -383,6 +390,8 @@ def main() -> int:
     ap.add_argument("--only-kamailio", action="store_true")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--baseline", type=pathlib.Path, help="another checkout to run too")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a setting for fastcluster's nodes (both builds)")
     ns = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}",
           flush=True)
@@ -400,7 +409,7 @@ def main() -> int:
                 system: System = (
                     KamailioSystem(tmp, workers) if kind == "kamailio" else
                     FastclusterSystem(tmp, workers, dispatch, ns.users,
-                                      ns.baseline if kind == "baseline" else None))
+                                      ns.baseline if kind == "baseline" else None, ns.set))
                 try:
                     print(f"run {rep + 1}: {system.label} (load average "
                           f"{os.getloadavg()[0]:.2f})", flush=True)
