@@ -7,9 +7,11 @@ from __future__ import annotations
 import random
 import types
 
+import numpy as np
 import pytest
 
 from fastcluster.services.sip import plainreg, registrar
+from fastcluster.shm import table as T
 from tests.support.registrar import Harness
 
 SRC = ("192.0.2.10", 5070)
@@ -120,6 +122,10 @@ def test_plain_and_general_agree_on_generated_requests(seed: int) -> None:
         if len(plain.sock.sent) > before:
             assert plain.sock.sent[-1][1] == general.sock.sent[-1][1]
     assert rows(plain) == rows(general)
+    # what persistence and replication read: the dirty marks and the ring's changes
+    assert np.array_equal(T.dirty_marks(plain.table.buf), T.dirty_marks(general.table.buf))
+    assert np.count_nonzero(T.dirty_marks(plain.table.buf)) > 0
+    assert np.array_equal(plain.ring, general.ring) and np.count_nonzero(plain.ring)
     assert 0.25 < sum(took) / len(took) < 0.9  # both ways were exercised
 
 
