@@ -81,24 +81,27 @@ class Fastcluster(Proxy):
 class Kamailio(Proxy):
     name = "kamailio"
 
-    def __init__(self, tmp: pathlib.Path) -> None:
+    def __init__(self, tmp: pathlib.Path, config: str = "proxy", children: int = 2) -> None:
+        """config: bench/kamailio/<config>.cfg.in (proxy; registrar for the REGISTER
+        comparisons in bench.sip_profile)."""
         binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
         self.port = free_port(socket.SOCK_DGRAM)
         cfg = tmp / "kamailio.cfg"
-        cfg.write_text((REPO / "bench" / "kamailio" / "proxy.cfg.in").read_text()
-                       .replace("{port}", str(self.port)).replace("{mpath}", KAMAILIO_MODULES))
+        cfg.write_text((REPO / "bench" / "kamailio" / f"{config}.cfg.in").read_text()
+                       .replace("{port}", str(self.port)).replace("{mpath}", KAMAILIO_MODULES)
+                       .replace("{children}", str(children)))
         self.log = open(tmp / "kamailio.log", "wb")
         self.proc = subprocess.Popen([binary, "-f", str(cfg), "-x", "tlsf", "-DD", "-E",
                                       "-m", "1024", "-M", "16", "-w", str(tmp)],
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         leaks.register(self.proc.pid)
-        self.label = "kamailio 5.6 -x tlsf (2 children)"
+        self.label = f"kamailio 5.6 -x tlsf ({children} children)"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kamailio exited: {(tmp / 'kamailio.log').read_text()}")
-            if len(leaks.children_of(self.proc.pid)) >= 3:
+            if len(leaks.children_of(self.proc.pid)) >= children + 1:
                 time.sleep(0.5)
                 return
             time.sleep(0.1)

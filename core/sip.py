@@ -41,6 +41,7 @@ __all__ = [
     "parse_uri",
     "parse_via",
     "split_list",
+    "stamp_top_via",
     "tag_of",
 ]
 
@@ -1201,6 +1202,10 @@ def _stamp_top_via(line: str, source: tuple[str, int]) -> str:
     if others:
         return ", ".join([top, *others])
     return top
+
+
+stamp_top_via = _stamp_top_via  # what build_response does to the top Via, for callers
+# that build a response without a SipMessage (services.sip.plainreg)
 
 
 def _check_lines(lines: list[str], text: str) -> None:

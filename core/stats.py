@@ -166,6 +166,8 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("nathelper", "contacts_removed", "contacts removed after usrloc.max_pings_lost misses"),
     ("nathelper", "unreachable", "contacts not pinged: no address to send to"),
     ("nathelper", "send_errors", "pings the socket refused to send"),
+    ("nathelper", "pings_as_home", "NAT pings of contacts registered through this node in "
+     "other nodes' partitions (a NAT lets only the node it registered through in)"),
     ("script", "requests_sent", "requests the script sent (per destination node)"),
     ("script", "replies_sent", "replies the script sent"),
     ("script", "requests_received", "requests delivered to the script's on_request"),

@@ -313,3 +313,25 @@ def _unpack_address(words: np.ndarray) -> tuple[str, int] | None:
     if family == 4:
         return socket.inet_ntop(socket.AF_INET, raw[:4]), port
     return socket.inet_ntop(socket.AF_INET6, raw), port
+
+
+class UpNodes:
+    """The other nodes Up in view `index` and their first SIP listener (node id ->
+    (HOST, PORT)), read again only when the view's epoch moved: what a SIP worker or the
+    timer needs to send something through a contact's home node."""
+
+    def __init__(self, control: Control, index: int = 0) -> None:
+        self.control = control
+        self.index = index
+        self.epoch = -1
+        self.nodes: dict[int, tuple[str, int]] = {}
+
+    def get(self) -> dict[int, tuple[str, int]]:
+        epoch = int(self.control.views[self.index, 0])
+        if epoch != self.epoch and not epoch & 1:
+            _, me, entries = self.control.read_view(self.index)
+            sip = self.control.read_view_sip(self.index)
+            self.nodes = {n: sip[n] for n, flags, _ in entries
+                          if flags & VIEW_UP and n in sip and n != me}
+            self.epoch = epoch
+        return self.nodes

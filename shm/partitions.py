@@ -42,6 +42,7 @@ from fastcluster.shm.table import (
     R_STATE,
     ST_LIVE,
     local_index,
+    r_origin,
     rbase,
     seg_span,
     views,
@@ -81,11 +82,14 @@ def compute_owners(nodes, n, owners):
 def select_due(arena, first, end, owners, owners_old, me, gained, out, max_out):
     """The slots among [first, end) holding a record of a partition this node owns in
     the current map (or the previous one: while views may disagree a duplicate ping is
-    better than a missed one); when `gained` is a non-empty mask, only those of the
+    better than a missed one), or, in other partitions, a record registered through this
+    node (its origin: a NAT lets only that node in, so the pinger (services.sip.natping)
+    pings those itself); when `gained` is a non-empty mask, only the records of the
     partitions marked in gained[p] (a node that gains partitions pings them at once).
-    Reads the key array only: ping_targets, which reads the row anyway to build the
-    ping, drops what is not a live (NAT-ed) contact. Returns how many slots it wrote to
-    out (at most max_out) and the slot where it stopped.
+    Reads the key array, and a row's origin only outside our partitions: ping_targets,
+    which reads the row anyway to build the ping, drops what is not a live (NAT-ed)
+    contact. Returns how many slots it wrote to out (at most max_out) and the slot
+    where it stopped.
 
     owners, owners_old: uint16[P]; gained: uint8[P] (or empty); out: int64[max_out].
     """
@@ -100,16 +104,20 @@ def select_due(arena, first, end, owners, owners_old, me, gained, out, max_out):
     while s < end and n < max_out:
         k = t.keys[s]
         p = np.int64(k & mask)
-        out[n] = s  # branch-free: kept (n moves on) only when the slot qualifies
-        n += (k > K_FREE) & ((owners[p] == me) | (owners_old[p] == me)) & (
-            not use_gained or gained[p] != 0)
+        out[n] = s  # kept (n moves on) only when the slot qualifies
+        if k > K_FREE:
+            if (owners[p] == me) | (owners_old[p] == me):
+                n += not use_gained or gained[p] != 0
+            elif not use_gained:
+                n += r_origin(t, s) == me
         s += 1
     return n, s
 
 
 # A ping target in ping_targets' output: TARGET_WORDS int64 words [slot, key, family,
-# port, sock, uri_len, path_len, 0], 16 address bytes, then the URI and the Path (the
-# contact's stored Path header values, RFC 3327), padded to 8 bytes.
+# port, sock, uri_len, path_len, origin], 16 address bytes, then the URI and the Path (the
+# contact's stored Path header values, RFC 3327), padded to 8 bytes. origin: the node
+# the contact registered through (its home: the only one its NAT may let in).
 TARGET_WORDS = 8
 TARGET_HEAD = 8 * TARGET_WORDS + 16
 
@@ -152,7 +160,7 @@ def ping_targets(arena, slots, first, n, now_s, nat_only, flag_nat, out, out_max
         st64(out, off + 32, t.rows8[base + R_AUX])  # the listener it registered through
         st64(out, off + 40, ulen)
         st64(out, off + 48, plen)
-        st64(out, off + 56, 0)
+        st64(out, off + 56, r_origin(t, s))
         copy(out, off + 64, t.rows8, base + O_RADDR, 16)
         copy(out, off + TARGET_HEAD, t.rows8, uoff, ulen)
         copy(out, off + TARGET_HEAD + ulen, t.rows8, poff, plen)

@@ -1,7 +1,8 @@
 """Clusterer MI commands, written against the narrow cluster API (shapes follow OpenSIPS
 3.x): clusterer_list, clusterer_list_topology, clusterer_set_status,
 clusterer_remove_node, clusterer_list_cap, clusterer_set_cap_status, ul_cluster_sync,
-dlg_cluster_sync, clusterer_list_shtags, clusterer_shtag_set_active, cluster_send_mi /
+dlg_cluster_sync, cluster_range_digests (what anti-entropy compares),
+clusterer_list_shtags, clusterer_shtag_set_active, cluster_send_mi /
 cluster_broadcast_mi (also under the clusterer_ prefix).
 
 `link_state` is Up when the node is reachable, directly or through a relay (then
@@ -14,9 +15,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+
 from fastcluster.services.cluster.api import ClusterAPI, NodeView, SendResult
 from fastcluster.services.mi import remote
 from fastcluster.services.mi.registry import INVALID_PARAMS, MIError, MINode, command
+from fastcluster.shm import table as T
 from fastcluster.shm.tables import TABLES
 
 REMOTE_MI_TIMEOUT_S = 10.0
@@ -183,6 +187,31 @@ def mi_clusterer_shtag_set_active(node: MINode, tag: str) -> str:
     if refused is not None:
         raise MIError(404 if "not declared" in refused else 409, refused)
     return "OK"
+
+
+def _int_param(value: Any, name: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise MIError(400, f"Bad value for '{name}'") from None
+    if not low <= n <= high:
+        raise MIError(400, f"'{name}' must be {low}..{high}")
+    return n
+
+
+@command("cluster_range_digests")
+def mi_cluster_range_digests(node: MINode, table: str, first: Any = 0,
+                             count: Any = T.NRANGES) -> dict[str, Any]:
+    """The per-range digests anti-entropy compares, for `count` ranges from `first`:
+    equal on nodes holding the same rows (live and tombstones) of those ranges."""
+    if table not in node.mem.tables:
+        raise MIError(404, f"Table not found (one of {', '.join(node.mem.tables)})")
+    lo = _int_param(first, "first", 0, T.NRANGES - 1)
+    n = _int_param(count, "count", 1, T.NRANGES - lo)
+    digests = node.mem.tables[table].range_digests()[lo:lo + n].copy()
+    return {"table": table, "ranges": T.NRANGES, "first": lo,
+            "ranges_with_rows": int(np.count_nonzero(digests)),
+            "digests": [f"{int(d) & 0xFFFFFFFFFFFFFFFF:016x}" for d in digests]}
 
 
 def _params(cmd_params: Any) -> Any:

@@ -2,7 +2,10 @@
 
 Every tick the pinger sweeps the next slice of the contact table, so the whole table is
 covered once per natping_interval_s with a flat load; a kernel picks the live,
-NAT-flagged (or all) contacts whose partition this node owns, and each gets a SIP
+NAT-flagged (or all) contacts whose partition this node owns or that registered through
+this node, `pings_it` keeps those this node pings (a contact registered straight from
+behind a NAT is pinged by the node it registered through while that node is live: its
+NAT lets no other in; the rest by the partition's owner), and each gets a SIP
 OPTIONS (or a CRLF CRLF keep-alive) from the listener it registered through, to its
 received address, or, when it registered through an edge proxy that added a Path
 (RFC 3327), to the first Path hop with the Path as its Route set, so the edge reaches a
@@ -33,7 +36,7 @@ from fastcluster.services.mi.registry import command
 from fastcluster.shm import contacts as C
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
-from fastcluster.shm.control import Control
+from fastcluster.shm.control import Control, UpNodes
 from fastcluster.shm.tables import retry_busy
 
 log = logging.getLogger("natping")
@@ -72,6 +75,17 @@ def parse_callid(callid: str) -> tuple[int, int] | None:
         return int(parts[1]), int(parts[2], 16)
     except ValueError:
         return None
+
+
+def pings_it(me: int, origin: int, live: dict[int, Any] | set[int], behind_nat: bool,
+             partition_mine: bool) -> bool:
+    """Whether this node pings a contact. One registered straight from behind a NAT (a
+    received address, no Path) is pinged by the node it registered through while that
+    node is live, whatever the partition: the NAT lets only that node in. Any other, or
+    one whose node is gone, by its partition's owner. `live`: the other live nodes."""
+    if behind_nat and (origin == me or origin in live):
+        return origin == me
+    return partition_mine
 
 
 class NatPinger:
@@ -115,6 +129,7 @@ class NatPinger:
         self.branch = 0
         self.no_gain = np.zeros(0, dtype=np.uint8)
         self.routes: dict[str, tuple[tuple, str] | None] = {}
+        self.homes = UpNodes(timer.mem.control)  # live nodes a contact may call home
         self.apply_config(timer.cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -206,8 +221,17 @@ class NatPinger:
         pinged = []
         keepalive = self.keepalive
         head_len = P.TARGET_HEAD
+        homes = self.homes.get()
+        mask = self.owners.shape[0] - 1
+        as_home = 0
         for _ in range(count):
-            slot, key, family, port, sock_index, ulen, plen, _ = ENTRY.unpack_from(data, off)
+            slot, key, family, port, sock_index, ulen, plen, origin = \
+                ENTRY.unpack_from(data, off)
+            mine = self.node in (self.owners[key & mask], self.owners_old[key & mask])
+            if not pings_it(self.node, origin, homes, family != 0 and not plen, mine):
+                off += head_len + ((ulen + plen + 7) & ~7)
+                continue
+            as_home += not mine
             text = off + head_len
             uri = data[text:text + ulen].decode("utf-8", "replace")
             route = ""
@@ -239,6 +263,8 @@ class NatPinger:
                 pinged.append(slot)
             except OSError:
                 self._count("nathelper:send_errors")
+        if as_home:
+            self._count("nathelper:pings_as_home", as_home)
         if pinged:
             slots = np.array(pinged, dtype=np.int64)
             worst = int(P.mark_ping(self.table.buf, slots, len(pinged)))

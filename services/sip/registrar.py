@@ -38,6 +38,7 @@ from fastcluster.services.sip import checks
 from fastcluster.services.sip import routing as RT
 from fastcluster.services.sip.auth import Authenticator
 from fastcluster.services.sip.natping import parse_callid
+from fastcluster.services.sip.plainreg import PlainRegister
 from fastcluster.services.sip.proxy import Proxy
 from fastcluster.services.sip.subscribers import StoreError
 from fastcluster.shm import contacts as C
@@ -154,6 +155,21 @@ def contact_parts(uri: str) -> tuple[str, str, int]:
     return canonical, host.strip("[]"), u.port
 
 
+class DateLine:
+    """`Date:` header line (RFC 3261 §10.3 step 8), formatted once per second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.line = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode()
+        return self.line
+
+
 class SipApp:
     def __init__(self, worker: Any, counts: list[int]) -> None:
         self.worker = worker
@@ -169,8 +185,7 @@ class SipApp:
         self.out = self.work[C.WORK_OUT:C.WORK_ROW]
         self.out_words = self.out[:C.OUT_TEXT].view(np.int64)
         self.to_tag = f"fc{worker.cfg['clusterer.node_id']:x}.{worker.pid:x}"
-        self._date_s = -1
-        self._date = b""
+        self.date_line = DateLine()
         self._logged: set[str] = set()
         self.auth: Authenticator | None = getattr(worker, "authenticator", None)
         self._path: list[str] | None = None  # of the REGISTER being handled
@@ -179,6 +194,7 @@ class SipApp:
         self.server: list[tuple[str, str]] = []
         self.proxy = Proxy(self)  # every other request, and every response
         self.fast = self.proxy.fast  # compiled relays, tried before parsing
+        self.plain = PlainRegister(self)  # the plain REGISTER, tried before parsing
         self.apply_config(worker.cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -191,6 +207,7 @@ class SipApp:
         self.max_contacts = cfg["usrloc.max_contacts"]
         self.server = [("Server", cfg["sip.server_header"])] if cfg["sip.server_header"] else []
         self.proxy.apply_reload(cfg)
+        self.plain.apply_config(self)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -211,6 +228,8 @@ class SipApp:
     def _handle(self, data: bytes, addr: tuple, listener: Any) -> None:
         counts = self.counts
         head = data[:4]
+        if head == b"REGI" and self.plain.handle(data, addr, listener):
+            return
         if head == b"SIP/" and data[4:8] == b"2.0 " and self.fast.reply(data, listener):
             counts[I_RCV_RPL] += 1  # a plain reply relayed by the compiled path
             return
@@ -321,7 +340,7 @@ class SipApp:
             if self._outbound and "outbound" in supported:
                 headers.append(("Supported", "outbound"))  # RFC 5626 §6
         self.reply(msg, 200, "OK", addr, listener, headers,
-                   self._date_line() + out[C.OUT_TEXT:C.OUT_TEXT + text_len].tobytes())
+                   self.date_line() + out[C.OUT_TEXT:C.OUT_TEXT + text_len].tobytes())
 
     def _register(self, msg: SipMessage, addr: tuple, listener: Any) -> int:
         """Refuse (raise Refuse / SipParseError) or apply the REGISTER; the kernel's
@@ -423,13 +442,13 @@ class SipApp:
             C.MODE_RETRANS_ONLY if self._replay is not None else 0)
         if n < 0:
             raise Refuse(500, "Contact too long for usrloc.record_bytes", counter=I_TOO_LONG)
-        status = retry_busy(self._kernel, self._lock_wait)
+        status = retry_busy(self.kernel, self.lock_wait)
         tries = 1
         while status == C.REG_E_NOT_RETRANS and tries < RETRANS_TRIES:
             # Two copies of one request may run in two workers at once: the first took
             # the nonce count and is about to commit; let it, then look again.
             os.sched_yield()
-            status = retry_busy(self._kernel, self._lock_wait)
+            status = retry_busy(self.kernel, self.lock_wait)
             tries += 1
         return status
 
@@ -441,19 +460,11 @@ class SipApp:
     def contacts_synced(self) -> bool:
         return bool(int(self.words[CT.W_SYNCED]) & CONTACTS_BIT)
 
-    def _kernel(self) -> int:
+    def kernel(self) -> int:
         return C.ul_register(self.table, self.ring, self.work, self.me, self.proc)
 
-    def _lock_wait(self) -> None:
+    def lock_wait(self) -> None:
         self.counts[I_WAITS] += 1
-
-    def _date_line(self) -> bytes:
-        """`Date:` header line (RFC 3261 §10.3 step 8), formatted once per second."""
-        now = int(time.time())
-        if now != self._date_s:
-            self._date_s = now
-            self._date = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode()
-        return self._date
 
 
 def _q_per_mille(text: str | None) -> int:

@@ -54,7 +54,7 @@ class Targets:
         self.location = Location(worker.mem.contacts.buf)
         self.control = worker.mem.control
         self.resolver = Resolver()
-        self._view_epoch = -1
+        self._up = CT.UpNodes(self.control)
         self._nodes: dict[int, tuple[str, int]] = {}
         self._peer_ips: frozenset[str] = frozenset()
         self._down_epoch = -1
@@ -69,17 +69,13 @@ class Targets:
         self.serial = cfg["proxy.forking"] == "serial"
 
     def nodes(self) -> dict[int, tuple[str, int]]:
-        """Live nodes of the first cluster and their SIP addresses (cached per view
-        epoch: the cluster process republishes on every change)."""
-        epoch = int(self.control.views[0, 0])
-        if epoch != self._view_epoch and not epoch & 1:
-            _, me, entries = self.control.read_view(0)
-            sip = self.control.read_view_sip(0)
-            self._nodes = {n: sip[n] for n, flags, _ in entries
-                           if flags & CT.VIEW_UP and n in sip and n != me}
-            self._peer_ips = frozenset(h for h, _ in self._nodes.values())
-            self._view_epoch = epoch
-        return self._nodes
+        """Live nodes of the first cluster and their SIP addresses (read again when the
+        cluster process republished its view)."""
+        nodes = self._up.get()
+        if nodes is not self._nodes:
+            self._nodes = nodes
+            self._peer_ips = frozenset(h for h, _ in nodes.values())
+        return nodes
 
     def down_peer(self, hostport: tuple[str, int]) -> int:
         """The node whose SIP address this is, if it is a node of the cluster that is
@@ -163,7 +159,7 @@ class Targets:
             raise Refused(404, I_404)
         now = int(time.time())
         self.nodes()
-        epoch = self._view_epoch
+        epoch = self._up.epoch
         if len(rows) == 1 and not self.serial:  # the common case, without sorting
             raw, b = rows[0]
             if b.expires <= now:

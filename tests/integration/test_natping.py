@@ -1,5 +1,7 @@
 """NAT pinging shared by real nodes: every contact pinged every interval, by exactly one
-node in steady state; no contact left unpinged when a node dies or joins."""
+node in steady state (the node it registered through: a NAT lets only that one in); no
+contact left unpinged when a node dies (its partitions' owners take its contacts) or
+joins."""
 from __future__ import annotations
 
 import socket
@@ -69,9 +71,9 @@ def per_user(pings: list[tuple[float, bytes, int]]) -> dict[bytes, list[tuple[fl
     return out
 
 
-def register_nat(node: Node, tmp, count: int, lport: int) -> None:
+def register_nat(node: Node, tmp, count: int, lport: int, prefix: str = "n") -> None:
     r = sipp.run("register_nat", ("127.0.0.1", node.sip_port), tmp / "sipp", count,
-                 rate=8000, keys={"user": "n", "reg_cseq": 1, "expires": 3600},
+                 rate=8000, keys={"user": prefix, "reg_cseq": 1, "expires": 3600},
                  local_port=lport)
     assert (r.successful, r.failed) == (count, 0), r.stdout
 
@@ -87,13 +89,15 @@ def test_pinging_is_shared_complete_and_survives_death_and_join(tmp_path) -> Non
     try:
         wait_synced(nodes)
         lport = free_port(socket.SOCK_DGRAM)
-        register_nat(nodes[0], tmp_path, CONTACTS, lport)
+        homes = {"a": 1, "b": 2, "c": 3}  # a third of the phones registers through each
+        for prefix, node_id in homes.items():
+            register_nat(nodes[node_id - 1], tmp_path, CONTACTS // 3, lport, prefix)
         sink = Sink(lport)
         wait_until(lambda: all(n.mi("ul_digest")["contacts"] == CONTACTS for n in nodes),
                    timeout=20, what="replicated")
         assert sum(owned(n) for n in nodes) == 4096
         by_port = {n.sip_port: n.node_id for n in nodes}
-        # steady state: every contact pinged every interval, each by one node only
+        # steady state: every contact pinged every interval, by its home node only
         time.sleep(INTERVAL + 0.5)  # any pinging that started with the map is over
         start = time.monotonic()
         time.sleep(3 * INTERVAL)
@@ -101,25 +105,29 @@ def test_pinging_is_shared_complete_and_survives_death_and_join(tmp_path) -> Non
         assert len(window) == CONTACTS
         for user, pings in window.items():
             assert 2 <= len(pings) <= 4, (user, pings)
-            assert len({port for _, port in pings}) == 1, (user, pings)
+            assert {by_port[port] for _, port in pings} == {homes[user[:1].decode()]}, \
+                (user, pings)
             gaps = [b[0] - a[0] for a, b in zip(pings, pings[1:])]
             assert max(gaps) <= INTERVAL + 0.5, (user, gaps)
-        senders = {by_port[p] for pings in window.values() for _, p in pings}
-        assert senders == {1, 2, 3}
-        # a node dies: its contacts are taken over within interval + detection + a tick
+        for n in nodes:  # most of a node's phones are in other nodes' partitions
+            as_home = n.mi("get_statistics", statistics=["nathelper:pings_as_home"])
+            assert as_home["nathelper:pings_as_home"] > 0
+        # a node dies: the partitions' owners take its contacts over (their NAT may drop
+        # those pings: at least the contacts are not left silent) within an interval
+        # after the death is seen
         victim = nodes[2]
         victim_port = victim.sip_port
-        victim_users = {u for u, p in window.items() if p[0][1] == victim_port}
+        victim_users = {u for u in window if u.startswith(b"c")}
         killed = time.monotonic()
         victim.kill9()
         wait_until(lambda: sum(owned(n) for n in nodes[:2]) == 4096, timeout=5,
                    what="partitions taken over")
-        time.sleep(2 * INTERVAL)
+        time.sleep(2 * INTERVAL + 1)
         after = per_user(sink.between(killed - INTERVAL, time.monotonic()))
         for user in victim_users:
             times = [t for t, _ in after[user]]
             gaps = [b - a for a, b in zip(times, times[1:])]
-            assert times and max(gaps) <= INTERVAL + 1.5, (user, gaps)
+            assert times and max(gaps) <= 2 * INTERVAL + 1, (user, gaps)
             assert any(port != victim_port and t > killed for t, port in after[user])
         # a fourth node joins: about a quarter of the partitions move to it
         before = {n.node_id: owned(n) for n in nodes[:2]}

@@ -4,7 +4,8 @@ from (a NAT that only lets in its binding's peer), and exactly which messages ar
 retransmission and replies to it again).
 
 `PyUas(mode)`: "answer" (180, 200, then ACK and BYE -> 200), "answer_twice" (the same
-with its 200 sent twice) or "busy_twice" (486, and the same 486 again after the ACK). Every datagram is recorded with its source; the
+with its 200 sent twice) or "busy_twice" (486, and the same 486 again after the ACK);
+OPTIONS -> 200 in every mode. Every datagram is recorded with its source; the
 `allowed` set, when given, is the only source it accepts (the others are recorded and
 dropped, as a NAT would). Registration goes through `register(node_addr, aor, contact)`.
 """
@@ -114,6 +115,8 @@ class PyUas:
                                               cseq=f"{msg.cseq_num} INVITE"), src)
                 else:
                     self.completed += 1
+            elif msg.method == "OPTIONS":  # a NAT ping (or a keep-alive check)
+                self.sock.sendto(response(msg, 200, "OK", tag, self.contact), src)
             elif msg.method == "BYE":
                 self.sock.sendto(response(msg, 200, "OK", tag, self.contact), src)
                 self.completed += 1

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fastcluster.services.sip.natping import CALLID_PREFIX, parse_callid
+from fastcluster.services.sip.natping import CALLID_PREFIX, parse_callid, pings_it
 from fastcluster.shm import partitions as P
 from fastcluster.shm import table as T
 from fastcluster.shm.contacts import CONTACT, FLAG_NAT, contact_key_of
@@ -70,12 +70,19 @@ def fill(h: Harness, rng: random.Random, count: int) -> None:
 
 def ref_select(buf: np.ndarray, first: int, end: int, owners: np.ndarray,
                old: np.ndarray, me: int, gained: np.ndarray) -> list[int]:
+    """Ours by partition (only the gained ones, if any), or, without gained, by origin:
+    registered through `me`."""
     t = T.views(buf)
     out = []
     for s in range(first, min(end, int(t.nslots))):
         key = int(t.keys[s])
         p = key & (owners.shape[0] - 1)
-        if key > 1 and me in (owners[p], old[p]) and (gained.shape[0] == 0 or gained[p]):
+        if key <= 1:
+            continue
+        if me in (owners[p], old[p]):
+            if gained.shape[0] == 0 or gained[p]:
+                out.append(s)
+        elif gained.shape[0] == 0 and int(T.r_origin(t, s)) == me:
             out.append(s)
     return out
 
@@ -86,7 +93,11 @@ def test_due_selection_and_ping_targets_match_reference(seed: int) -> None:
     h = Harness(capacity=600, min_expires=1)
     fill(h, rng, 400)
     buf = h.table.buf
-    nslots = int(T.views(buf).nslots)
+    t = T.views(buf)
+    nslots = int(t.nslots)
+    for slot in range(nslots):  # as if half had registered through nodes 2 and 3
+        if t.keys[slot] > 1 and rng.random() < 0.5:
+            t.rows16[(T.rbase(t, slot) + T.R_ORIGIN) >> 1] = rng.choice([2, 3])
     owners = kernel_owners([1, 2, 3])
     old = kernel_owners([1, 2]) if seed % 2 else owners
     gained = np.array([rng.random() < 0.3 for _ in range(PARTS if seed >= 2 else 0)],
@@ -101,7 +112,6 @@ def test_due_selection_and_ping_targets_match_reference(seed: int) -> None:
     # what the pings need, for the live, unexpired, NAT-ed ones, in small buffers
     now = int(time.time()) + 2  # the contacts registered with Expires: 1 are over
     slots = np.array(got, dtype=np.int64)
-    t = T.views(buf)
     expected = []
     for slot in got:
         body = t.rows8[T.rbase(t, slot):T.rbase(t, slot) + int(t.body)]
@@ -164,3 +174,16 @@ def test_contact_keys_carry_the_aor_partition_and_ping_callids_round_trip() -> N
         assert parse_callid(f"{CALLID_PREFIX}7-123-{key:x}") == (123, key)
     assert parse_callid(f"{CALLID_PREFIX}7-123--5") is None
     assert parse_callid("fcpingx") is None and parse_callid("other") is None
+
+
+@pytest.mark.parametrize("me, origin, live, behind_nat, mine, pings", [
+    (1, 1, {2}, True, False, True),     # ours, behind a NAT: we ping it wherever it is
+    (1, 2, {2}, True, True, False),     # node 2's, alive: node 2 pings it, not the owner
+    (1, 2, set(), True, True, True),    # node 2's, gone: the partition's owner does
+    (1, 2, set(), True, False, False),  # ... and only the owner
+    (1, 2, {2}, False, True, True),     # a public address or a Path: by partition
+    (1, 1, {2}, False, False, False),
+    (1, 0, {2}, True, True, True),      # no origin known: by partition
+])
+def test_who_pings_a_contact(me, origin, live, behind_nat, mine, pings) -> None:
+    assert pings_it(me, origin, live, behind_nat, mine) is pings

@@ -1,0 +1,44 @@
+"""A whole REGISTER in one process: SipApp.handle on the datagram sipp sends, through
+the plain path (services.sip.plainreg) and through the general way, each time for a
+new user (an insert into the contact table, the reply built, no socket).
+
+Run: .venv/bin/pytest bench/test_bench_register.py --benchmark-only -q
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from tests.support.registrar import Harness
+
+SRC = ("127.0.0.1", 5070)
+
+
+def datagram(n: int) -> bytes:
+    return (f"REGISTER sip:127.0.0.1:5060 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{n}-1-0\r\n"
+            f"From: <sip:load{n}@example.com>;tag={n}x1234\r\n"
+            f"To: <sip:load{n}@example.com>\r\n"
+            f"Call-ID: reg-load{n}@fastcluster\r\n"
+            f"CSeq: 1 REGISTER\r\n"
+            f"Contact: <sip:load{n}@127.0.0.1:5070>\r\n"
+            f"Max-Forwards: 70\r\nExpires: 3600\r\nUser-Agent: sipp-fastcluster\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("way", ["plain", "general"])
+def test_register_new_user(benchmark: Any, way: str) -> None:
+    h = Harness(capacity=1_200_000)
+    h.app.plain.enabled = way == "plain"
+    numbers = itertools.count()
+    handle, listener = h.app.handle, h.listener
+
+    def one() -> None:
+        handle(datagram(next(numbers)), SRC, listener)
+        if len(h.sock.sent) > 1000:
+            h.sock.sent.clear()
+
+    benchmark.pedantic(one, rounds=20_000, warmup_rounds=1000)
+    assert h.count("registrar:accepted_regs") == 21_000
