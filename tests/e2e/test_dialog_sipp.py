@@ -300,3 +300,36 @@ def test_after_a_takeover_the_new_holder_runs_the_lifetime_timers(tmp_path) -> N
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_pings_end_a_call_whose_callee_went_away(tmp_path) -> None:
+    """[dialog] ping_interval_s = 1: the tag's active node pings both legs of a call set
+    up through it; the caller answers (sipp -aa), the callee is killed: its ping goes
+    unanswered, and at the next ping the node ends the call (BYE to the caller)."""
+    nodes = cluster(tmp_path, 2, dialog={"ping_interval_s": 1})
+    n1, n2 = nodes
+    work, port = tmp_path / "sipp", free_port(socket.SOCK_DGRAM)
+    uas = None
+    try:
+        register_callee(n1, work, port)
+        uas = sipp.Uas("uas_via", port, work, 1, timeout_s=90, extra=["-aa"])
+        caller = Background("uac_wait_bye", ("127.0.0.1", n1.sip_port), work, 1, rate=20,
+                            keys={"callee": "bob", "domain": DOMAIN}, call_ids="p%u-%p",
+                            extra=["-trace_err", "-aa"], timeout_s=60)
+        wait_until(lambda: confirmed_everywhere(nodes, 1), timeout=20,
+                   what="the call confirmed on both nodes", step=0.05)
+        wait_until(lambda: stat(n1, "dialog:ping_replies") >= 4, timeout=10,
+                   what="both legs answered pings")
+        assert stat(n1, "dialog:ended_by_ping") == 0
+        uas.proc.kill()  # the callee goes away without a BYE
+        r = caller.join()
+        assert (r.successful, r.failed) == (1, 0), r.stdout
+        wait_until(lambda: all(dialogs(n) == [] for n in nodes), timeout=10,
+                   what="the dialog ended on both nodes")
+        assert stat(n1, "dialog:ended_by_ping") == 1
+        assert stat(n2, "dialog:pings_sent") == 0  # only the tag's active node pings
+    finally:
+        if uas is not None:
+            uas.finish(timeout=5)
+        for n in nodes:
+            n.stop()
