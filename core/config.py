@@ -128,6 +128,21 @@ class Config:
         value = self.values[name]
         return self.values["clusterer.cluster_id"][0] if value == -1 else value
 
+    def sharing_tags(self) -> list[tuple[str, int, str]]:
+        """clusterer.sharing_tags with each tag's cluster resolved: (name, cluster,
+        active|backup)."""
+        first = self.values["clusterer.cluster_id"][0]
+        return [(name, cluster or first, state)
+                for name, cluster, state in self.values["clusterer.sharing_tags"]]
+
+    def dialog_sharing_tag(self) -> str:
+        """The tag dialogs created here carry ("": none): dialog.sharing_tag, else the
+        first sharing tag of the dialog replication cluster."""
+        if self.values["dialog.sharing_tag"]:
+            return self.values["dialog.sharing_tag"]
+        cluster = self.replication_cluster("dialog.replication_cluster")
+        return next((n for n, c, _ in self.sharing_tags() if c == cluster), "")
+
     def timing(self, key: str) -> float:
         """ping_interval_ms, ping_timeout_ms or node_timeout_s, with the preset applied."""
         explicit = self.values[f"clusterer.{key}"]
@@ -337,6 +352,21 @@ def validate(cfg: Config) -> None:
         if cluster and cluster not in cfg["clusterer.cluster_id"]:
             fail(f"cluster {cluster} is not one of clusterer.cluster_id", name,
                  "clusterer.cluster_id")
+    for name, cluster, _ in cfg.sharing_tags():
+        if cluster not in cfg["clusterer.cluster_id"]:
+            fail(f"tag {name}: cluster {cluster} is not one of clusterer.cluster_id",
+                 "clusterer.sharing_tags", "clusterer.cluster_id")
+    tag = cfg["dialog.sharing_tag"]
+    dlg_cluster = cfg.replication_cluster("dialog.replication_cluster")
+    if tag and (tag, dlg_cluster) not in {(n, c) for n, c, _ in cfg.sharing_tags()}:
+        fail(f"{tag!r} is not declared in clusterer.sharing_tags for cluster "
+             f"{dlg_cluster} (the dialog replication cluster)", "dialog.sharing_tag",
+             "clusterer.sharing_tags")
+    profiles = {name for name, _ in cfg["dialog.profiles"]}
+    for name, _ in cfg["dialog.profile_limits"]:
+        if name not in profiles:
+            fail(f"profile {name!r} is not in dialog.profiles", "dialog.profile_limits",
+                 "dialog.profiles")
     me = cfg["clusterer.node_id"]
     for node_id, nhost, nport in cfg["clusterer.nodes"]:
         if node_id == me and (nhost, nport) != cfg["clusterer.bin_listen"]:

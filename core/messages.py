@@ -192,6 +192,7 @@ class ScriptCtl:
     mi_reply: list[Any] | None = None  # [call id, ok, value]
     snapshot: dict[int, Any] | None = None  # cluster view for the script's API
     event: list[Any] | None = None  # [cluster, node, up]
+    shtag: list[Any] | None = None  # [tag, cluster, active, reason]: a tag changed here
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,30 @@ class AePull:
     """Anti-entropy: send me your rows of these ranges (a bitmap of NRANGES bits)."""
     kind: int
     ranges: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Shtags:
+    """A node's sharing tags of one cluster: those it declares (tag -> 1 if it prefers
+    to be active at start, else 0) and the newest activation it knows of every tag
+    (tag -> [epoch, holder node]). Sent on every change, to nodes that come up, and
+    every SHTAG_REFRESH_S (services.cluster.shtags)."""
+    cluster: int
+    declared: dict[str, int]
+    known: dict[str, list[int]]
+    reason: str = ""  # why the sender changed a tag, for the receivers' logs
+
+
+@dataclass(frozen=True, slots=True)
+class ProfCounts:
+    """A node's dialog profile counts in one cluster: scope (a sharing tag active on the
+    sender, or "" for its dialogs without a tag) -> profile (`name` or `name/value`) ->
+    dialogs. full: the whole set; else what changed since the message numbered seq - 1
+    (0: none left). services.sip.profile_repl."""
+    cluster: int
+    seq: int
+    full: bool
+    counts: dict[str, dict[str, int]]
 
 
 # Raw payloads of REPL and AE_ROWS start with this prefix, then row entries (shm.ring
@@ -268,6 +293,8 @@ MESSAGES: tuple[tuple[int, str, type | None], ...] = (
     (29, "AE_DIGESTS", AeDigests),  # anti-entropy: my range digests, compare them
     (30, "AE_PULL", AePull),     # anti-entropy: send me your rows of these ranges
     (31, "AE_ROWS", RAW),        # anti-entropy: rows of differing ranges
+    (32, "SHTAGS", Shtags),      # a node's sharing tags: declared, newest activations
+    (33, "PROF_COUNTS", ProfCounts),  # a node's dialog profile counts (dialog-prof-repl)
 )
 
 Msg = IntEnum("Msg", [(name, number) for number, name, _ in MESSAGES],  # type: ignore[misc]

@@ -242,6 +242,77 @@ def _domain_list(text: str) -> tuple[str, ...]:
 
 _domain_list.__doc__ = "comma-separated domains (may be empty)"
 
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+SHTAG_STATES = ("active", "backup")
+
+
+def _sharing_tags(text: str) -> tuple[tuple[str, int, str], ...]:
+    """NAME[/CLUSTER]=active|backup[, ...] -> ((name, cluster or 0: the first of
+    clusterer.cluster_id, state), ...)."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        tag, sep, state = item.partition("=")
+        name, slash, cluster_text = tag.strip().partition("/")
+        state = state.strip().lower()
+        if not sep or state not in SHTAG_STATES:
+            raise SettingValueError(f"{item!r} is not NAME[/CLUSTER]=active|backup")
+        if not _NAME.fullmatch(name):
+            raise SettingValueError(f"{name!r} is not a tag name (1-32 of A-Z a-z 0-9 _ . -)")
+        cluster = _int_range(1, 65535)(cluster_text) if slash else 0
+        if any(n == name and c == cluster for n, c, _ in out):
+            raise SettingValueError(f"sharing tag {tag.strip()!r} is listed twice")
+        out.append((name, cluster, state))
+    return tuple(out)
+
+
+_sharing_tags.__doc__ = "comma-separated NAME[/CLUSTER]=active|backup (may be empty)"
+
+# What a profile's value can be taken from (services.sip.dialog_rules reads them).
+PROFILE_FIELDS = ("from_user", "from_domain", "from_uri", "to_user", "to_domain", "to_uri",
+                  "ruri_user", "ruri_domain", "source_ip")
+
+
+def _profile_rules(text: str) -> tuple[tuple[str, str], ...]:
+    """NAME[=FIELD][, ...] -> ((name, field or ""), ...)."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, field_name = (x.strip() for x in item.partition("="))
+        if not _NAME.fullmatch(name) or "/" in name:
+            raise SettingValueError(f"{name!r} is not a profile name (1-32 of A-Z a-z 0-9 "
+                                    "_ . -)")
+        if sep and field_name not in PROFILE_FIELDS:
+            raise SettingValueError(f"{field_name!r} is not one of {', '.join(PROFILE_FIELDS)}")
+        if any(n == name for n, _ in out):
+            raise SettingValueError(f"profile {name!r} is listed twice")
+        out.append((name, field_name))
+    return tuple(out)
+
+
+_profile_rules.__doc__ = ("comma-separated NAME or NAME=FIELD, FIELD one of "
+                          + ", ".join(PROFILE_FIELDS) + " (may be empty)")
+
+
+def _profile_limits(text: str) -> tuple[tuple[str, int], ...]:
+    """NAME=MAX[, ...] -> ((name, max), ...)."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, limit = (x.strip() for x in item.partition("="))
+        if not sep or not _NAME.fullmatch(name):
+            raise SettingValueError(f"{item!r} is not NAME=MAX")
+        if any(n == name for n, _ in out):
+            raise SettingValueError(f"profile {name!r} has two limits")
+        out.append((name, _int_range(0, 1 << 31)(limit)))
+    return tuple(out)
+
+
+_profile_limits.__doc__ = "comma-separated NAME=MAX (may be empty)"
+
 DIGEST_ALGORITHMS = ("SHA-256", "MD5")  # RFC 8760 names, strongest first
 
 
@@ -480,6 +551,18 @@ SETTINGS: tuple[Setting, ...] = (
       "(clusterer:clock_skew_warnings) and shown in clusterer_list. Versions of "
       "records are hybrid clocks: a node whose clock is ahead wins conflicts it should "
       "lose.", unit="ms", reloadable=True),
+    S("clusterer", "sharing_tags", _sharing_tags, "",
+      "Sharing tags this node declares, each active on at most one node of its cluster "
+      "at a time: NAME[/CLUSTER]=active|backup (CLUSTER: the first of cluster_id). "
+      "`active` is a preference: the node takes the tag at start if no other node holds "
+      "it. See shtag_takeover."),
+    S("clusterer", "shtag_takeover", _choice("auto", "manual"), "auto",
+      "auto: when a tag's active node goes down, one Up node that declares the tag takes "
+      "it over, chosen the same way on every node, and only on the side of a partition "
+      "that sees a majority of the nodes declaring the tag (an active node that loses "
+      "that majority steps down); every activation carries an epoch, the higher wins. "
+      "manual: tags change only by clusterer_shtag_set_active (OpenSIPS's way, with "
+      "keepalived or an operator)."),
     S("clusterer", "repl_ring_bytes", _power_of_two_at_least(65536, 1 << 30), "4194304",
       "Replication ring of each process: changes waiting for the cluster process. When "
       "full, changes are not lost: the gap is recorded, counted and re-sent from the "
@@ -572,6 +655,44 @@ SETTINGS: tuple[Setting, ...] = (
     S("dialog", "tombstone_ttl_s", _int_range(1, 86400), "120",
       "Least time an ended dialog is kept as a tombstone (see usrloc.tombstone_ttl_s).",
       unit="s"),
+    S("dialog", "track", _choice("all", "none"), "all",
+      "Which initial INVITEs the proxy creates a dialog for: all (or those dialog."
+      "track_domains names), or none (no dialog tracking: no profiles, limits, "
+      "lifetimes, and in-dialog requests cannot be taken over from a dead node).",
+      reloadable=True),
+    S("dialog", "track_domains", _domain_list, "",
+      "With track = all, only INVITEs whose Request-URI domain is one of these get a "
+      "dialog (empty: every INVITE).", reloadable=True),
+    S("dialog", "default_timeout_s", _int_range(10, 30 * 86400), "43200",
+      "Lifetime of a confirmed dialog: when it ends, the node running the dialog's "
+      "timers (its sharing tag's active node) sends a BYE to each leg.", unit="s",
+      reloadable=True),
+    S("dialog", "ping_interval_s", _int_range(0, 86400), "0",
+      "In-dialog OPTIONS pings to both legs of every confirmed dialog, from the node "
+      "running its timers, this often; a leg that does not answer by the next ping, or "
+      "answers 481, ends the dialog (BYEs to both legs). 0: no pings.", unit="s",
+      reloadable=True),
+    S("dialog", "sharing_tag", _text, "",
+      "Sharing tag every dialog created here carries (one of clusterer.sharing_tags of "
+      "the dialog replication cluster): only the node where it is active runs the "
+      "dialog's timers and counts it in profiles. Empty: the first of "
+      "clusterer.sharing_tags in that cluster; with no tags, dialogs carry none and the "
+      "node that created each one runs its timers."),
+    S("dialog", "profiles", _profile_rules, "",
+      "Profiles every tracked dialog is put in: NAME (no value) or NAME=FIELD (the "
+      "value taken from the INVITE), e.g. `calls, calls_per_user=from_user`. Counts are "
+      "cluster-wide (capability dialog-prof-repl)."),
+    S("dialog", "profile_limits", _profile_limits, "",
+      "Most dialogs a profile may hold cluster-wide (per value, for a profile with "
+      "values), e.g. `calls_per_user=2`: an INVITE that would go beyond is answered 403 "
+      "Too Many Calls (dialog:profile_refused).", reloadable=True),
+    S("dialog", "profile_values", _int_range(16, 10_000_000), "65536",
+      "Distinct profile values (per sharing tag) the shared counters hold; a value "
+      "beyond is not counted (dialog:profile_values_refused, logged)."),
+    S("dialog", "profile_expiry_s", _float_range(0.5, 3600), "10",
+      "Counts another node reported are dropped when it has not refreshed them for this "
+      "long (it went away); a sharing tag's counts are taken only from the tag's active "
+      "node.", unit="s", reloadable=True),
     # -- persistence
     S("persistence", "url", _text, "",
       "Where the contacts and dialogs are kept across restarts (write-behind, never on "

@@ -98,6 +98,30 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("proxy", "refused_foreign", "requests refused 403: domain not served, relaying off"),
     ("proxy", "loops", "requests answered 482: a loop through this node"),
     ("proxy", "unroutable", "requests answered 4xx/5xx: no usable destination"),
+    ("dialog", "processed_dialogs", "dialogs created (initial INVITEs tracked)"),
+    ("dialog", "expired_dialogs", "dialogs ended at their lifetime (BYEs sent), or dropped "
+                                  "unconfirmed after Timer C"),
+    ("dialog", "failed_dialogs", "dialogs that never got a 2xx (rejected, cancelled, "
+                                 "timed out)"),
+    ("dialog", "terminated_dialogs", "confirmed dialogs ended by a BYE through the proxy"),
+    ("dialog", "ended_by_mi", "dialogs ended by dlg_end_dlg (BYEs sent)"),
+    ("dialog", "ended_by_ping", "dialogs ended because a leg did not answer its "
+                                "in-dialog ping, or answered 481"),
+    ("dialog", "byes_sent", "BYEs this node sent itself (lifetime, dlg_end_dlg, pings)"),
+    ("dialog", "pings_sent", "in-dialog OPTIONS pings sent"),
+    ("dialog", "ping_replies", "replies to in-dialog pings"),
+    ("dialog", "own_replies", "replies to the BYEs this node sent itself"),
+    ("dialog", "refused", "INVITEs answered 500/503: their dialog could not be stored "
+                          "(table full, strings wider than dialog.record_bytes)"),
+    ("dialog", "profile_refused", "INVITEs answered 403 Too Many Calls (dialog.profile_limits)"),
+    ("dialog", "profile_values_refused", "profile values not counted: the counters are full "
+                                         "(dialog.profile_values) or the value is too long"),
+    ("dialog", "taken_over_requests", "in-dialog requests routed for a dead node of the "
+                                      "cluster from the replicated dialog"),
+    ("dialog", "lock_waits", "dialog operations that found their lock busy and yielded"),
+    ("clusterer", "shtag_changes", "times a sharing tag became active or backup here"),
+    ("clusterer", "shtag_takeovers", "sharing tags this node took over automatically "
+                                   "from a node that went down (not a first activation)"),
     ("clusterer", "refused_links", "connections refused (bad secret, duplicate id, ...)"),
     ("clusterer", "corrupt_frames", "connections dropped for a frame that did not decode"),
     ("clusterer", "bad_messages", "well-framed messages whose content made no sense"),
@@ -175,6 +199,9 @@ GAUGES: tuple[tuple[str, str, str], ...] = (
     ("usrloc", "tombstones", "removed contacts kept as tombstones"),
     ("usrloc", "capacity", "contacts the shared table can hold (usrloc.capacity)"),
     ("dialog", "active_dialogs", "dialogs held now (live rows of the dialog table)"),
+    ("dialog", "early_dialogs", "dialogs held now in the early state (a 1xx with a To tag, "
+                                "no 2xx yet)"),
+    ("dialog", "confirmed_dialogs", "dialogs held now confirmed and acknowledged (ACK seen)"),
     ("dialog", "tombstones", "ended dialogs kept as tombstones"),
     ("dialog", "capacity", "dialogs the shared table can hold (dialog.capacity)"),
     ("tm", "inuse_transactions", "transactions held now (server transactions in the table, "

@@ -1,9 +1,19 @@
-"""The dialog table: row layout and a Python writer.
+"""The dialog table: row layout, the Python packer, and the dialog kernels.
 
-Dialogs use the generic engine (shm.table) as they are: key = hash of (Call-ID,
-from-tag), group = hash of the Call-ID, so all dialogs of a Call-ID share a probe run.
-The proxy that creates dialogs comes later; until then `pack_dialog` + `table_put` is
-how tests and the MI write them. Neighbours: shm.table, services.dialog.
+Dialogs use the generic engine (shm.table): key = hash of (Call-ID, the caller's From
+tag), group = hash of the Call-ID, so all dialogs of a Call-ID share a probe run. The
+proxy's dialog tracking (services.sip.dialogs) writes them with `dlg_apply`, which
+merges a change into the stored row under the slot's lock: two workers handling a
+call's 180 and 200 at once cannot undo each other (a state never goes back, CSeqs only
+grow, flags only add up). Every change is pushed to the writer's ring and replicated
+like any row (capability dialog-dlg-repl). The row's `expires` is the lifetime end plus
+EXPIRY_GRACE_S: the node that runs the dialog's timers (its sharing tag's active node)
+ends it at `timeout` with BYEs; every node drops it by itself only if nobody did.
+
+The slot head's per-node word (shm.table, never replicated) holds the in-dialog ping
+state of the node that pings (PING_* bits), set by the worker that gets a ping's reply.
+Neighbours: shm.table (engine), shm.profiles (counts dialogs per profile),
+services.sip.dialogs (tracking), services.sip.dialog_timer (lifetime, pings).
 
 Dialog row (fixed part; the blob follows):
 
@@ -16,19 +26,59 @@ Dialog row (fixed part; the blob follows):
     29      1     aux: table-specific byte
     30      2     origin: node id that made this version
     32      4     start: unix seconds the dialog was created
-    36      4     caller_cseq: last CSeq from the caller
-    40      4     callee_cseq: last CSeq from the callee
-    44      4     flags: dialog flags
-    48      24    lens: u16 lengths of: callid, from_tag, to_tag, from_uri, to_uri, caller_contact, callee_contact, caller_route, callee_route, caller_sock, callee_sock, profiles
-    72      ...   string blob (usrloc/dialog record_bytes)
+    36      4     timeout: unix seconds its lifetime ends
+    40      4     caller_cseq: last CSeq from the caller
+    44      4     callee_cseq: last CSeq from the callee
+    48      4     flags: dialog flags (F_*)
+    52      2     creator: node that created it (runs its timers when it has no sharing tag)
+    54      26    lens: u16 lengths of: callid, from_tag, to_tag, from_uri, to_uri, caller_contact, callee_contact, caller_route, callee_route, caller_sock, callee_sock, profiles, shtag
+    80      ...   string blob (usrloc/dialog record_bytes)
+
+aux is the dialog state (dlg_state): 1 unconfirmed, 2 early, 3 confirmed without its ACK
+yet, 4 confirmed, 5 deleted (OpenSIPS's numbers). Strings: the route sets are the Record-Route values towards each leg, comma-separated,
+in the order a request to that leg carries them as Route; `profiles` lists the
+dialog's profiles one per line (`name` or `name/value`); `shtag` is its sharing tag.
 """
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
+from fastcluster.shm.atomics import atomic_cas, atomic_load, unmanaged
 from fastcluster.shm.hashing import SEED_GROUP, group_hash_of, key_hash_of
-from fastcluster.shm.rows import RowLayout
-from fastcluster.shm.table import ST_LIVE, ST_TOMB
+from fastcluster.shm.raw import ld32, ldu64, st16, st32, st64
+from fastcluster.shm.rows import ROW_HEAD, RowLayout
+from fastcluster.shm.table import (
+    E_BUSY,
+    E_FULL,
+    E_NOT_FOUND,
+    E_TOO_LONG,
+    H_LIVE,
+    H_TOMB,
+    K_FREE,
+    R_AUX,
+    R_EXPIRES,
+    R_ORIGIN,
+    R_VERSION,
+    R_STATE,
+    ST_LIVE,
+    ST_TOMB,
+    blob_used,
+    home_of,
+    local_index,
+    lock_region,
+    next_version,
+    publish_counts,
+    r_state,
+    r_version,
+    rbase,
+    read_row,
+    scan_locked,
+    seg_span,
+    unlock_regions,
+    views,
+    write_row,
+)
 
 KIND_DIALOGS = 2
 
@@ -37,18 +87,46 @@ DIALOG = RowLayout(
     kind=KIND_DIALOGS,
     fields=(
         ("start", "<u4", "unix seconds the dialog was created"),
+        ("timeout", "<u4", "unix seconds its lifetime ends"),
         ("caller_cseq", "<u4", "last CSeq from the caller"),
         ("callee_cseq", "<u4", "last CSeq from the callee"),
-        ("flags", "<u4", "dialog flags"),
+        ("flags", "<u4", "dialog flags (F_*)"),
+        ("creator", "<u2", "node that created it (runs its timers when it has no "
+                           "sharing tag)"),
     ),
     strings=("callid", "from_tag", "to_tag", "from_uri", "to_uri", "caller_contact",
              "callee_contact", "caller_route", "callee_route", "caller_sock",
-             "callee_sock", "profiles"),
+             "callee_sock", "profiles", "shtag"),
     aux_name="dlg_state",
 )
+STRING_INDEX = {name: i for i, name in enumerate(DIALOG.strings)}
+S_CALLID, S_FROM_TAG = STRING_INDEX["callid"], STRING_INDEX["from_tag"]
+S_PROFILES, S_SHTAG = STRING_INDEX["profiles"], STRING_INDEX["shtag"]
 
-# OpenSIPS dialog states
+# OpenSIPS dialog states (dlg_list "state")
 DLG_UNCONFIRMED, DLG_EARLY, DLG_CONFIRMED_NA, DLG_CONFIRMED, DLG_DELETED = 1, 2, 3, 4, 5
+# flags
+F_END = 1  # dlg_end_dlg asked for its end: the node running its timers sends the BYEs
+F_PING_CALLER = 2  # in-dialog OPTIONS pings to the caller
+F_PING_CALLEE = 4  # and to the callee
+EXPIRY_GRACE_S = 60  # a dialog nobody ended is dropped everywhere this long after timeout
+
+# dlg_apply operations and results
+OP_CREATE, OP_UPDATE, OP_DELETE, OP_FAIL = 1, 2, 3, 4
+E_EXISTS = -8  # OP_CREATE found the dialog (a retransmitted or spiralled INVITE)
+
+# per-node ping state in the slot head's local word (never replicated)
+PING_CALLER_OUT = 1  # a ping to the caller is unanswered
+PING_CALLEE_OUT = 2
+PING_CALLER_481 = 4  # the caller answered 481: the dialog is gone there
+PING_CALLEE_481 = 8
+
+_D = DIALOG.dtype
+O_START, O_TIMEOUT = _D.fields["start"][1], _D.fields["timeout"][1]
+O_CALLER_CSEQ, O_CALLEE_CSEQ = _D.fields["caller_cseq"][1], _D.fields["callee_cseq"][1]
+O_FLAGS, O_CREATOR = _D.fields["flags"][1], _D.fields["creator"][1]
+NSTRINGS = len(DIALOG.strings)
+NSTATES = 8  # dlg_count_states buckets (dlg_state values)
 
 
 def dialog_ids(callid: bytes, from_tag: bytes) -> tuple[int, int]:
@@ -59,26 +137,230 @@ def dialog_ids(callid: bytes, from_tag: bytes) -> tuple[int, int]:
 
 def pack_dialog(row: np.ndarray, row_size: int, *, strings: dict[str, bytes],
                 timeout: int, start: int, dlg_state: int, caller_cseq: int = 0,
-                callee_cseq: int = 0, flags: int = 0, deleted: bool = False) -> None:
-    """Fill row (uint8[row_size]) with a dialog ready for table_put. Raises ValueError
-    when the strings do not fit (nothing is truncated)."""
+                callee_cseq: int = 0, flags: int = 0, creator: int = 0,
+                deleted: bool = False, expires: int | None = None) -> None:
+    """Fill row (uint8[>= body]) with a dialog (or, for dlg_apply, a change of one): its
+    expires is timeout + EXPIRY_GRACE_S unless given. Raises ValueError when the
+    strings do not fit (nothing is truncated)."""
     unknown = set(strings) - set(DIALOG.strings)
     if unknown:
         raise ValueError(f"unknown dialog strings: {sorted(unknown)}")
     values = [strings.get(name, b"") for name in DIALOG.strings]
-    room = row_size - DIALOG.fixed_size
+    room = row_size - ROW_HEAD - DIALOG.fixed_size
     if sum(map(len, values)) > room:
         raise ValueError(f"dialog strings need {sum(map(len, values))} bytes, "
                          f"dialog.record_bytes allows {room}")
     key, group = dialog_ids(values[0], values[1])
-    row[:] = 0
+    row[:DIALOG.fixed_size] = 0
     rec = row[:DIALOG.fixed_size].view(DIALOG.dtype)
     rec["key"], rec["group"] = key, group
-    rec["expires"], rec["state"] = timeout, ST_TOMB if deleted else ST_LIVE
-    rec["aux"], rec["start"], rec["flags"] = dlg_state, start, flags
-    rec["caller_cseq"], rec["callee_cseq"] = caller_cseq, callee_cseq
+    rec["expires"] = expires if expires is not None else (
+        timeout + EXPIRY_GRACE_S if timeout else 0)
+    rec["state"] = ST_TOMB if deleted else ST_LIVE
+    rec["aux"], rec["start"], rec["flags"], rec["timeout"] = dlg_state, start, flags, timeout
+    rec["caller_cseq"], rec["callee_cseq"], rec["creator"] = caller_cseq, callee_cseq, creator
     rec["lens"] = [len(v) for v in values]
     pos = DIALOG.fixed_size
     for v in values:
         row[pos:pos + len(v)] = np.frombuffer(v, np.uint8)
         pos += len(v)
+
+
+# ---------------------------------------------------------------- kernels
+
+
+@njit(cache=True, inline="always")
+def _merge(t, s, p8, op, now_s, out8):
+    """Build into out8 the row that results from applying change p8 (operation op) to
+    slot s's record; returns the bytes used, or E_TOO_LONG. The identity (key, group,
+    Call-ID, From tag), start and creator stay; CSeqs take the larger; flags add up;
+    the dialog state never goes back: a change to a lower state (a late 180 after the
+    200) only brings its CSeqs and flags. OP_DELETE makes a tombstone of the record."""
+    base = rbase(t, s)
+    old_state = t.rows8[base + R_AUX]
+    new_state = p8[R_AUX]
+    take = op == OP_UPDATE and new_state >= old_state
+    out8[:t.fixed] = t.rows8[base:base + t.fixed]
+    st32(out8, O_CALLER_CSEQ, max(ld32(t.rows8, base + O_CALLER_CSEQ), ld32(p8, O_CALLER_CSEQ)))
+    st32(out8, O_CALLEE_CSEQ, max(ld32(t.rows8, base + O_CALLEE_CSEQ), ld32(p8, O_CALLEE_CSEQ)))
+    st32(out8, O_FLAGS, ld32(t.rows8, base + O_FLAGS) | ld32(p8, O_FLAGS))
+    if op == OP_DELETE or op == OP_FAIL:
+        out8[R_STATE] = ST_TOMB
+        out8[R_AUX] = DLG_DELETED
+        st32(out8, R_EXPIRES, now_s)
+    elif take:
+        out8[R_AUX] = new_state
+        if ld32(p8, O_TIMEOUT):
+            st32(out8, O_TIMEOUT, ld32(p8, O_TIMEOUT))
+            st32(out8, R_EXPIRES, ld32(p8, R_EXPIRES))
+    pos = t.fixed
+    for i in range(t.nlens):
+        o_off, o_len = seg_span(t, t.rows8, base, i)
+        p_off, p_len = seg_span(t, p8, 0, i)
+        if take and p_len > 0 and i != S_CALLID and i != S_FROM_TAG:
+            if pos + p_len > t.body:
+                return E_TOO_LONG
+            out8[pos:pos + p_len] = p8[p_off:p_off + p_len]
+            st16(out8, t.lens_off + 2 * i, p_len)
+            pos += p_len
+        else:
+            if pos + o_len > t.body:
+                return E_TOO_LONG
+            out8[pos:pos + o_len] = t.rows8[o_off:o_off + o_len]
+            st16(out8, t.lens_off + 2 * i, o_len)
+            pos += o_len
+    return pos
+
+
+@njit(cache=True, inline="always")
+def _stamp(t, out8, version):
+    """out8 shows what write_row stores: this node's version and origin."""
+    st64(out8, R_VERSION, version)
+    st16(out8, R_ORIGIN, t.node_id)
+
+
+@njit(cache=True)
+def dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8):
+    """Apply a dialog change under the lock of its slot's region.
+
+    p8: a row made by pack_dialog (uint8[>= body], read only): key and group name the
+    dialog. op: OP_CREATE inserts it (E_EXISTS if the dialog is there and live: the
+    stored one is left as it is); OP_UPDATE merges it into the live record (_merge);
+    OP_DELETE turns the live record into a tombstone, OP_FAIL too unless it is
+    confirmed (E_EXISTS: a 2xx on another branch made it). Whatever was written is pushed
+    to `ring`; out8 (uint8[>= body]) receives the resulting row (for E_EXISTS, the
+    stored one). Returns the slot, or E_EXISTS / E_NOT_FOUND (no live record to
+    change) / E_BUSY / E_FULL / E_TOO_LONG."""
+    t = views(arena)
+    ring = unmanaged(ring)
+    p8 = unmanaged(p8)
+    out8 = unmanaged(out8)
+    if blob_used(t, p8, 0) > t.body - t.fixed:
+        return E_TOO_LONG
+    key = ldu64(p8, 0)
+    group = ldu64(p8, 8)
+    home = home_of(t, group)
+    lo = home >> t.shift
+    if not lock_region(t, lo, me):
+        return E_BUSY
+    found, free, hi, status = scan_locked(t, home, key, group, me, lo)
+    result = status
+    dl = dt = df = 0
+    now_s = now_ms // 1000
+    if status == 0:
+        live = found >= 0 and r_state(t, found) == ST_LIVE
+        if op == OP_CREATE:
+            if live:
+                n = t.fixed + blob_used(t, t.rows8, rbase(t, found))
+                out8[:n] = t.rows8[rbase(t, found):rbase(t, found) + n]
+                result = E_EXISTS
+            else:
+                target = found
+                if found < 0:
+                    if t.h[H_LIVE] + t.h[H_TOMB] >= t.capacity or free < 0:
+                        target = E_FULL
+                    else:
+                        target = free
+                if target >= 0:
+                    n = t.fixed + blob_used(t, p8, 0)
+                    out8[:n] = p8[:n]
+                    version = next_version(now_ms, 0 if found < 0 else
+                                           r_version(t, found))
+                    _stamp(t, out8, version)
+                    dl, dt, df = write_row(t, ring, proc, target, out8, 0, n, key, version)
+                result = target
+        elif not live:
+            result = E_NOT_FOUND
+        elif op == OP_FAIL and t.rows8[rbase(t, found) + R_AUX] >= DLG_CONFIRMED_NA:
+            result = E_EXISTS  # confirmed by another branch: it stays
+        else:
+            n = _merge(t, found, p8, op, now_s, out8)
+            if n < 0:
+                result = n
+            else:
+                version = next_version(now_ms, r_version(t, found))
+                _stamp(t, out8, version)
+                dl, dt, df = write_row(t, ring, proc, found, out8, 0, n, key, version)
+                result = found
+    unlock_regions(t, lo, hi)
+    publish_counts(t, dl, dt, df)
+    return result
+
+
+@njit(cache=True)
+def dlg_get(arena, key, group, out8):
+    """Copy the record (LIVE or TOMB) with this key and group into out8, consistently
+    (seqlock). Returns its slot, or E_NOT_FOUND. Lock-free."""
+    t = views(arena)
+    out8 = unmanaged(out8)
+    s = home_of(t, group)
+    while s < t.nslots:
+        k = atomic_load(t.keys, s)
+        if k == 0:
+            return E_NOT_FOUND
+        if k == key and ldu64(t.rows8, rbase(t, s) + 8) == group:
+            if read_row(t, s, out8, 0) == key:
+                return s
+            return E_NOT_FOUND
+        s += 1
+    return E_NOT_FOUND
+
+
+@njit(cache=True, nogil=True)
+def dlg_due(arena, start, end, now_s, pings, out8, out_slots, max_rows):
+    """Live dialogs in slots [start, end) whose timers have something to do: lifetime
+    over (timeout <= now_s), an end asked for (F_END), or, when `pings`, a confirmed
+    dialog with pings on. Their rows go to out8 (one every row_size bytes), their
+    slots to out_slots. Returns (next start slot (>= end when done), rows)."""
+    t = views(arena)
+    out8 = unmanaged(out8)
+    s = start
+    n = 0
+    end = min(end, t.nslots)
+    while s < end and n < max_rows:
+        if t.keys[s] > K_FREE and r_state(t, s) == ST_LIVE:
+            base = rbase(t, s)
+            flags = ld32(t.rows8, base + O_FLAGS)
+            due = ld32(t.rows8, base + O_TIMEOUT) <= now_s or (flags & F_END) != 0
+            if not due and pings and (flags & (F_PING_CALLER | F_PING_CALLEE)) != 0:
+                due = t.rows8[base + R_AUX] >= DLG_CONFIRMED_NA
+            if due:
+                at = n * t.row
+                if read_row(t, s, out8, at) > K_FREE and out8[at + R_STATE] == ST_LIVE:
+                    out_slots[n] = s
+                    n += 1
+        s += 1
+    return s, n
+
+
+@njit(cache=True, nogil=True)
+def dlg_count_states(arena, out):
+    """out[dlg_state] += live dialogs in that state (out: int64[NSTATES])."""
+    t = views(arena)
+    for s in range(t.nslots):
+        if t.keys[s] > K_FREE and r_state(t, s) == ST_LIVE:
+            st = t.rows8[rbase(t, s) + R_AUX]
+            if st < out.shape[0]:
+                out[st] += 1
+
+
+@njit(cache=True)
+def dlg_ping_mark(arena, key, group, set_bits, clear_bits):
+    """Change the ping bits of a live dialog's per-node word: clear `clear_bits`, then
+    set `set_bits` (atomically: a worker marking a reply and the timer sending the next
+    ping may meet). Returns the word as it was, or E_NOT_FOUND."""
+    t = views(arena)
+    s = home_of(t, group)
+    while s < t.nslots:
+        k = atomic_load(t.keys, s)
+        if k == 0:
+            return E_NOT_FOUND
+        if k == key and ldu64(t.rows8, rbase(t, s) + 8) == group:
+            i = local_index(t, s)
+            while True:
+                old = atomic_load(t.rows64, i)
+                new = (old & ~np.uint64(clear_bits)) | np.uint64(set_bits)
+                if atomic_cas(t.rows64, i, old, new) == old:
+                    return np.int64(old)
+        s += 1
+    return E_NOT_FOUND

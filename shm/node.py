@@ -29,7 +29,9 @@ from fastcluster.core.config import Config
 from fastcluster.core.digest import derive_key
 from fastcluster.shm import control as CT
 from fastcluster.shm import nonces as N
+from fastcluster.shm import profiles as PF
 from fastcluster.shm import ring as R
+from fastcluster.shm import shtags as SH
 from fastcluster.shm import table as T
 from fastcluster.shm import tmring as TR
 from fastcluster.shm.segment import Segment, names_with_prefix, remove_stale
@@ -40,9 +42,10 @@ log = logging.getLogger("shm")
 COPY_BYTES = 1 << 22
 
 # the replicated tables (TABLES), then what stays on this node: rings, nonces, the
-# proxy's transactions (services.sip.tm) and their timer rings
-PARTS = ("control",) + tuple(spec.name for spec in TABLES) + ("rings", "nonces",
-                                                               "transactions", "tmrings")
+# proxy's transactions (services.sip.tm) and their timer rings, the sharing tag states
+# and the dialog profile counters (both rebuilt at every start)
+PARTS = ("control",) + tuple(spec.name for spec in TABLES) + (
+    "rings", "nonces", "transactions", "tmrings", "shtags", "profiles")
 NONCE_SLOTS_AUTH_OFF = 1024  # a token table: nothing uses it while auth.enable is off
 
 
@@ -68,6 +71,8 @@ def part_sizes(cfg: Config) -> dict[str, int]:
     sizes["transactions"] = Table.size_for(TRANSACTION, cfg["proxy.transactions"],
                                            cfg["proxy.record_bytes"], nprocs)
     sizes["tmrings"] = TR.segment_size(nprocs)
+    sizes["shtags"] = SH.segment_size()
+    sizes["profiles"] = PF.segment_size(cfg["dialog.profile_values"])
     return sizes
 
 
@@ -87,6 +92,8 @@ class NodeMemory:
         # local to this node, never replicated (services.sip.tm)
         self.transactions = Table(segments["transactions"].buf, TRANSACTION)
         self.tmrings = segments["tmrings"].buf
+        self.shtags = SH.ShtagStates(segments["shtags"].buf)
+        self.profiles = PF.ProfileCounters(segments["profiles"].buf)
 
     @classmethod
     def create(cls, cfg: Config, master_pid: int) -> NodeMemory:
@@ -106,6 +113,8 @@ class NodeMemory:
             Table.create(made["transactions"].buf, TRANSACTION, cfg["proxy.transactions"],
                          cfg["proxy.record_bytes"], nprocs, node_id)
             TR.init_segment(made["tmrings"].buf, nprocs)
+            SH.init_segment(made["shtags"].buf)
+            PF.init_segment(made["profiles"].buf, cfg["dialog.profile_values"])
             return cls(made)
         except BaseException:
             for seg in made.values():
@@ -146,6 +155,7 @@ class NodeMemory:
             setattr(self, spec.name, None)
         self.tables = {}
         self.nonces = self.transactions = None  # type: ignore[assignment]
+        self.shtags = self.profiles = None  # type: ignore[assignment]
         self.rings = self.tmrings = np.zeros(0, np.uint8)
         for seg in self.segments.values():
             seg.close()

@@ -17,8 +17,10 @@ from collections.abc import Callable
 import numpy as np
 
 from fastcluster.shm import contacts as C
+from fastcluster.shm import dialogs as D
 from fastcluster.shm import nonces as N
 from fastcluster.shm import partitions as P
+from fastcluster.shm import profiles as PF
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
 from fastcluster.shm import tmring as TR
@@ -29,7 +31,7 @@ from fastcluster.shm.tables import ContactTable, Table
 from fastcluster.shm.txwork import TxWork
 
 
-KERNEL_MODULES = (C, P, R, T)
+KERNEL_MODULES = (C, D, P, PF, R, T)
 
 
 def freeze_kernels() -> int:
@@ -44,7 +46,8 @@ def freeze_kernels() -> int:
 
 
 Progress = Callable[[int, int, str, float], None]  # (steps done, steps, step, seconds)
-STEPS = ("tables", "contacts", "dialogs", "replication and sync", "partitions and NAT "
+STEPS = ("tables", "contacts", "dialogs", "dialog tracking and profiles",
+         "replication and sync", "partitions and NAT "
          "pinging", "nonces", "timer and recovery", "transactions")
 
 
@@ -104,6 +107,9 @@ def warm_kernels(progress: Progress | None = None) -> float:
     T.table_find_batch(dl_buf, keys, keys, np.zeros(1, dtype=np.int64))
     step("dialogs")
 
+    _warm_dialogs(dialogs, dl_buf, ring, me, now_s)
+    step("dialog tracking and profiles")
+
     # replication and sync paths
     wire = np.zeros(1 << 16, dtype=np.uint8)
     n = R.ring_drain(ring, wire, 0)
@@ -158,6 +164,42 @@ def warm_kernels(progress: Progress | None = None) -> float:
     _warm_transactions(nprocs, me, now_s)
     step("transactions")
     return time.perf_counter() - started
+
+
+def _warm_dialogs(dialogs: Table, dl_buf: np.ndarray, ring: np.ndarray, me: int,
+                  now_s: int) -> None:
+    """Dialog tracking, timers and profile counts, with the types their callers use
+    (services.sip.dialogs / dialog_timer / dialog MI, shm.profiles.ProfileCounters)."""
+    patch = np.zeros(dialogs.row_size, dtype=np.uint8)
+    out = np.zeros(dialogs.row_size, dtype=np.uint8)
+    strings = {"callid": b"warm-call", "from_tag": b"f", "shtag": b"vip",
+               "profiles": b"calls\ncalls_per_user/warm"}
+    for op, state in ((D.OP_CREATE, D.DLG_UNCONFIRMED), (D.OP_UPDATE, D.DLG_CONFIRMED_NA),
+                      (D.OP_FAIL, 0), (D.OP_DELETE, 0)):
+        D.pack_dialog(patch, dialogs.row_size, strings=strings, timeout=now_s + 60,
+                      start=now_s, dlg_state=state, creator=1)
+        D.dlg_apply(dl_buf, ring, patch, op, now_s * 1000, me, 1, out)
+    key, group = D.dialog_ids(b"warm-call", b"f")
+    D.dlg_get(dl_buf, np.uint64(key), np.uint64(group), out)
+    D.dlg_ping_mark(dl_buf, np.uint64(key), np.uint64(group), 0, 0)
+    slots = np.zeros(4, dtype=np.int64)
+    rows = np.zeros(4 * dialogs.row_size, dtype=np.uint8)
+    D.dlg_due(dl_buf, 0, 16, now_s, True, rows, slots, 4)
+    D.dlg_due(dl_buf, 0, 16, now_s, False, rows, slots, 4)
+    D.dlg_count_states(dl_buf, np.zeros(D.NSTATES, dtype=np.int64))
+    seg = np.zeros(PF.segment_size(64), dtype=np.uint8)
+    PF.init_segment(seg, 64)
+    counters = PF.ProfileCounters(seg)
+    names = [PF.name_of(b"vip", b"calls"), PF.name_of(PF.REMOTE_SCOPE, b"calls")]
+    counters.add(names, 1)
+    counters.get(names)
+    counters.set_remote({b"calls": 1})
+    scratch = np.zeros(counters.nslots, dtype=np.int64)
+    PF.prof_begin(seg, scratch)
+    PF.prof_scan(dl_buf, seg, 0, dialogs.nslots, np.frombuffer(b"vip\0", np.uint8).copy(), 1,
+                 1, scratch, np.zeros(dialogs.row_size, np.uint8),
+                 np.zeros(PF.NAME_BYTES, np.uint8))
+    PF.prof_end(seg, scratch)
 
 
 def _warm_transactions(nprocs: int, me: int, now_s: int) -> None:

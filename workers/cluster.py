@@ -27,12 +27,14 @@ from fastcluster.services.cluster.partitions import PartitionMap
 from fastcluster.services.cluster.persistence import Persistence
 from fastcluster.services.cluster.persistence import enabled as persistence_enabled
 from fastcluster.services.cluster.replication import Replication
+from fastcluster.services.cluster.shtags import SharingTags
 from fastcluster.services.cluster.sync import SyncManager
 from fastcluster.services.mi import clusterer_cmds, core_cmds, remote  # noqa: F401 (commands)
 from fastcluster.services.mi.metrics import OBSERVER, ObservedAPI
 from fastcluster.services.mi.server import MIContext, MIThread
 from fastcluster.services.script.bridge import ScriptBridge
 from fastcluster.services.sip import dialog, natping, usrloc  # noqa: F401  (MI commands)
+from fastcluster.services.sip.profile_repl import ProfileReplication
 from fastcluster.shm import control as CT
 from fastcluster.shm import table as T
 from fastcluster.shm.control import W_LAST_CONTACT
@@ -65,14 +67,16 @@ class ClusterProcess(Child):
         self.node = ClusterNode(self.cfg, self.stats, build_fingerprint())
         caps = Capabilities(self.node, self.publish_views)
         self.sync = SyncManager(self.node, caps, int(self.mem.control.words[W_LAST_CONTACT]))
+        self.shtags = SharingTags(self.node, self.mem.shtags)
         # the consumers' API, with the capabilities' data paths observed for the metrics
-        self.cluster = ObservedAPI(self.node, caps, self.sync)
+        self.cluster = ObservedAPI(self.node, caps, self.sync, self.shtags)
         self.replication = Replication(self, self.cluster)
         self.antientropy = AntiEntropy(self, self.cluster, self.replication)
         self.partitions = PartitionMap(self.mem.control, self.cluster,
                                        SPEC_BY_NAME["contacts"].capability,
                                        self.cfg["usrloc.ping_partitions"])
         self.script = ScriptBridge(self, self.cluster)
+        self.profile_repl = ProfileReplication(self, self.cluster)
         self.cluster.on_topology_change(self.publish_views)
         # write-behind to the database: a thread, with the sync applier's statistics row
         # (that thread counts nothing itself)
@@ -85,6 +89,7 @@ class ClusterProcess(Child):
 
     def apply_reload(self) -> None:
         self.node.apply_config(self.cfg)
+        self.profile_repl.apply_config(self.cfg)
         if self.mi.context is not None:
             self.mi.context.cfg = self.cfg
 
@@ -109,7 +114,9 @@ class ClusterProcess(Child):
         self.publish_views()
         self.sync.start()
         tasks = [asyncio.create_task(t) for t in (self._beat(), self.replication.run(),
-                                                   self.sync.run(), self.antientropy.run())]
+                                                   self.sync.run(), self.antientropy.run(),
+                                                   self.shtags.run(),
+                                                   self.profile_repl.run())]
         await self.stop_event.wait()
         for task in tasks:
             task.cancel()

@@ -42,6 +42,7 @@ class SipWorker(Child):
         return f"sip worker {self.number}"
 
     def boot(self) -> None:
+        from fastcluster.services.sip.dialogs import DialogTracker
         from fastcluster.services.sip.registrar import SipApp
 
         self.ctx.close_sockets(keep=("sip",))
@@ -70,9 +71,19 @@ class SipWorker(Child):
             self.authenticator = Authenticator(self.cfg, self.mem.nonces.key, self.mem.nonces,
                                                self.credentials, self.counts)
         self.app = SipApp(self, self.counts)
+        # dialog tracking plugs into the proxy (services.sip.proxy.DialogHook)
+        listeners = sorted(self.listeners, key=lambda x: x.index)
+        self.dialogs = DialogTracker(self, self.counts, self.app.proxy.local,
+                                     [x.label for x in listeners])
+        self._wire_dialogs()
+
+    def _wire_dialogs(self) -> None:
+        self.app.proxy.dialogs = self.dialogs if self.cfg["dialog.track"] == "all" else None
 
     def apply_reload(self) -> None:
         self.app.apply_config(self.cfg)
+        self.dialogs.apply_config(self.cfg)
+        self._wire_dialogs()
 
     def idle(self) -> None:
         self.beat()

@@ -1,7 +1,9 @@
 """The timer process: transaction timers (every TM_TICK_S), expiry of contacts and
 dialogs (locally, by their absolute expiry time: expiry is never replicated), the purge
 of tombstones every member has (the horizons the cluster process publishes in
-shm.control), and NAT pinging of this node's partitions (every TICK_S).
+shm.control), NAT pinging of this node's partitions, and the timers of the dialogs this
+node runs with the recount of its profile counts (services.sip.dialog_timer; every
+TICK_S).
 
 Each slow tick handles a slice of the lock regions, so no lock is held long and a pass
 over a large table is spread over `EXPIRY_PASS_S`. Neighbours: shm.tables (expire
@@ -34,6 +36,7 @@ class TimerProcess(Child):
     title = "timer"
 
     def boot(self) -> None:
+        from fastcluster.services.sip.dialog_timer import DialogTimer
         from fastcluster.services.sip.natping import NatPinger
         from fastcluster.services.sip.tm_timer import TmTimer
 
@@ -41,10 +44,14 @@ class TimerProcess(Child):
         self.cursors = {name: 0 for name, *_ in self._expiring()}
         self.pinger = NatPinger(self, TICK_S)
         self.tm = TmTimer(self)
+        socks = self.tm.socks
+        self.dialogs = DialogTimer(self, lambda i: socks.get(i) or socks[0],
+                                   [(x.host, x.port) for x in self.tm.listeners], TICK_S)
 
     def apply_reload(self) -> None:
         self.pinger.apply_config(self.cfg)
         self.tm.apply_config(self.cfg)
+        self.dialogs.apply_config(self.cfg)
 
     def run(self) -> None:
         ticks_per_pass = max(1, int(EXPIRY_PASS_S / TICK_S))
@@ -73,6 +80,7 @@ class TimerProcess(Child):
                 elif name == "transactions":  # rows whose timers all went missing
                     self.stats[INDEX["tm:expired_rows"]] += expired
             self.pinger.tick(time.monotonic())
+            self.dialogs.tick(time.monotonic())
             time.sleep(max(0.0, TM_TICK_S - (time.monotonic() - started)))
 
     def _expiring(self) -> Iterator[tuple[str, Table, int, np.ndarray]]:

@@ -11,6 +11,7 @@ What OpenSIPS's clusterer offers its modules through api.h, for fastcluster's co
     peers_with / backlog / drain         who takes a capability's realtime batches
     synced_nodes / my_index / next_hop   who shares work (partitioning) and routes
     nodes / capabilities / request_sync  views and actions for the MI
+    shtags / shtag_set_active / ...      sharing tags (OpenSIPS's shtag_* API)
 
 Everything behind it -- links, heartbeats, membership, routing, capability floods, the
 sync protocol -- is private to the package; workers.cluster builds it and hands this
@@ -34,6 +35,7 @@ from fastcluster.services.cluster.dispatch import Delivery, Mode
 if TYPE_CHECKING:
     from fastcluster.services.cluster.capabilities import Capabilities, CapView
     from fastcluster.services.cluster.node import ClusterNode
+    from fastcluster.services.cluster.shtags import SharingTags
     from fastcluster.services.cluster.sync import SyncManager
 
 log = logging.getLogger("clusterer")
@@ -140,10 +142,12 @@ class NodeView:
 
 
 class ClusterAPI:
-    def __init__(self, node: ClusterNode, caps: Capabilities, sync: SyncManager) -> None:
+    def __init__(self, node: ClusterNode, caps: Capabilities, sync: SyncManager,
+                 shtags: SharingTags | None = None) -> None:
         self._node = node
         self._caps = caps
         self._sync = sync
+        self._shtags = shtags
         self.me = node.me
         self.clusters = node.clusters
         self.url = node.url
@@ -297,3 +301,29 @@ class ClusterAPI:
     def capability_bits(self, node_id: int) -> int:
         """Packed capability states of a node, for the shared-memory views."""
         return self._caps.view_bits(node_id)
+
+    # ---------------------------------------------------------------- sharing tags
+
+    def shtags(self) -> list[dict[str, Any]]:
+        """Every sharing tag this node knows: Tag, Cluster, State (active/backup here),
+        Epoch, Holder, Declared_by, Majority, Reason (clusterer_list_shtags)."""
+        return self._shtags.listing() if self._shtags is not None else []
+
+    def shtag_set_active(self, name: str, cluster: int) -> str | None:
+        """Activate a tag here (the others step down); the reason it is refused, or
+        None."""
+        if self._shtags is None:
+            return "sharing tags are not running"
+        return self._shtags.set_active(name, cluster)
+
+    def shtag_holders(self, cluster: int) -> dict[str, int]:
+        """tag -> the node its newest activation names (0: none), for a cluster."""
+        if self._shtags is None:
+            return {}
+        return {t.name: t.current.holder for t in self._shtags.tags.values()
+                if t.cluster == cluster}
+
+    def on_shtag_change(self, fn: Callable[[str, int, bool, str], None]) -> None:
+        """fn(tag, cluster, active here, reason) whenever a tag changes state here."""
+        if self._shtags is not None:
+            self._shtags.subscribe(fn)

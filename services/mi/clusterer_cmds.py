@@ -1,7 +1,8 @@
 """Clusterer MI commands, written against the narrow cluster API (shapes follow OpenSIPS
 3.x): clusterer_list, clusterer_list_topology, clusterer_set_status,
 clusterer_remove_node, clusterer_list_cap, clusterer_set_cap_status, ul_cluster_sync,
-dlg_cluster_sync, cluster_range_digests (what anti-entropy compares), cluster_send_mi /
+dlg_cluster_sync, cluster_range_digests (what anti-entropy compares),
+clusterer_list_shtags, clusterer_shtag_set_active, cluster_send_mi /
 cluster_broadcast_mi (also under the clusterer_ prefix).
 
 `link_state` is Up when the node is reachable, directly or through a relay (then
@@ -165,6 +166,27 @@ def mi_ul_cluster_sync(node: MINode) -> str:
 def mi_dlg_cluster_sync(node: MINode) -> str:
     """Start a full sync of the dialogs from a donor."""
     return _request_sync(node, "dialogs")
+
+
+@command("clusterer_list_shtags", cluster=True)
+def mi_clusterer_list_shtags(node: MINode) -> list[dict[str, Any]]:
+    """Every sharing tag: Tag, Cluster, State here (active/backup), its newest
+    activation (Epoch, Holder), the nodes declaring it, whether this node sees a
+    majority of them, and why it is in that state."""
+    return node.cluster.shtags()
+
+
+@command("clusterer_shtag_set_active", cluster=True)
+def mi_clusterer_shtag_set_active(node: MINode, tag: str) -> str:
+    """Make a sharing tag (NAME or NAME/CLUSTER) active on this node; the node holding
+    it steps down when it hears the higher epoch."""
+    api = node.cluster
+    name, slash, cluster_text = str(tag).partition("/")
+    cluster = _cluster(api, cluster_text) if slash else api.clusters[0]
+    refused = api.shtag_set_active(name, cluster)
+    if refused is not None:
+        raise MIError(404 if "not declared" in refused else 409, refused)
+    return "OK"
 
 
 def _int_param(value: Any, name: str, low: int, high: int) -> int:

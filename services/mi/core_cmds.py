@@ -13,10 +13,22 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version as dist_version
 from typing import Any
 
+import numpy as np
+
 from fastcluster.core.stats import ALIASES, COUNTERS
 from fastcluster.core.stats import GAUGES as DECLARED_GAUGES
 from fastcluster.services.mi.registry import REGISTRY, MIError, command
 from fastcluster.shm import control as CT
+from fastcluster.shm import dialogs as D
+
+
+def _dialogs_in(state: int) -> Callable[[Any], int]:
+    def count(node: Any) -> int:
+        out = np.zeros(D.NSTATES, dtype=np.int64)
+        D.dlg_count_states(node.mem.dialogs.buf, out)
+        return int(out[state])
+    return count
+
 
 # How each gauge declared in core.stats is computed (on demand, never stored).
 GAUGES: dict[str, Callable[[Any], int]] = {
@@ -25,6 +37,8 @@ GAUGES: dict[str, Callable[[Any], int]] = {
     "usrloc:tombstones": lambda node: node.mem.contacts.counters()["tomb"],
     "usrloc:capacity": lambda node: node.mem.contacts.capacity,
     "dialog:active_dialogs": lambda node: node.mem.dialogs.counters()["live"],
+    "dialog:early_dialogs": _dialogs_in(D.DLG_EARLY),
+    "dialog:confirmed_dialogs": _dialogs_in(D.DLG_CONFIRMED),
     "dialog:tombstones": lambda node: node.mem.dialogs.counters()["tomb"],
     "dialog:capacity": lambda node: node.mem.dialogs.capacity,
     "tm:inuse_transactions": lambda node: node.mem.transactions.counters()["live"],

@@ -6,6 +6,7 @@ guide). It may define hooks, each optional, called with OpenSIPS's event paramet
     def on_request(cluster_id, src_id, msg, tag)    # E_CLUSTERER_REQ_RECEIVED
     def on_reply(cluster_id, src_id, msg, tag)      # E_CLUSTERER_RPL_RECEIVED
     def on_node_state(cluster_id, node_id, up)      # E_CLUSTERER_NODE_STATE_CHANGED
+    def on_shtag_change(tag, cluster_id, active, reason)  # a sharing tag changed here
 
 and MI commands (`@mi_command("name")`, called as handler(**params)). It calls:
 
@@ -54,7 +55,7 @@ from fastcluster.services.cluster.api import SendResult
 if TYPE_CHECKING:
     from fastcluster.services.script.runtime import Runtime
 
-HOOKS = ("on_request", "on_reply", "on_node_state")
+HOOKS = ("on_request", "on_reply", "on_node_state", "on_shtag_change")
 
 __all__ = ["MessageTooLarge", "Replies", "ScriptMIError", "SendResult",
            "cluster_broadcast_req", "cluster_check_addr", "cluster_nodes", "cluster_send_req",

@@ -50,6 +50,7 @@ class ScriptBridge:
             api.handle(Msg.SCRIPT_REQ, self.from_node, Mode.INLINE)
             api.handle(Msg.SCRIPT_RPL, self.from_node, Mode.INLINE)
             api.on_node_event(self.on_node_event)
+            api.on_shtag_change(self.on_shtag_change)
 
     def _count(self, name: str, n: int = 1) -> None:
         self.proc.stats[INDEX[name]] += n
@@ -169,6 +170,11 @@ class ScriptBridge:
     def on_node_event(self, cluster: int, node: int, up: bool) -> None:
         self.push_snapshot()  # the hook then sees the new state through the API
         if self.link is not None and not self._control(ScriptCtl(event=[cluster, node, up])):
+            self._count("script:dropped_msgs")
+
+    def on_shtag_change(self, tag: str, cluster: int, active: bool, reason: str) -> None:
+        if self.link is not None and not self._control(ScriptCtl(
+                shtag=[tag, cluster, active, reason])):
             self._count("script:dropped_msgs")
 
     # -- MI commands defined by the script

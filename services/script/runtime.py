@@ -306,6 +306,9 @@ class Runtime:
         if p.event is not None:
             cluster, node, up = p.event
             self._event("on_node_state", (int(cluster), int(node), bool(up)))
+        if p.shtag is not None:
+            tag, cluster, active, reason = p.shtag
+            self._event("on_shtag_change", (str(tag), int(cluster), bool(active), str(reason)))
         if p.mi_call is not None:
             call_id, name, params = p.mi_call
             self.mi_pool.submit(self._mi_call, call_id, name, params or {})

@@ -10,8 +10,10 @@ or its home node as Route). A response finds its transaction by our branch in it
 Via and the kernel says what to do with it (§16.7). ACK for 2xx and responses without
 a transaction are forwarded statelessly (§16.11); plain responses and in-dialog
 ACK/BYE take compiled relays first (services.sip.fastpath). Timers run in the timer process
-(services.sip.tm_timer). Dialog tracking (the next issue) plugs into `DialogHook`: the
-three call sites are marked "dialog hook". Neighbours: services.sip.registrar
+(services.sip.tm_timer). Dialog tracking (services.sip.dialogs) plugs into `DialogHook`:
+the call sites are marked "dialog hook". With it, an in-dialog request whose next hop is
+the Record-Route of a node of the cluster that is down is routed here instead, from the
+replicated dialog (`route_for`). Neighbours: services.sip.registrar
 (dispatch), services.sip.tm, services.sip.targets, services.sip.fastpath,
 services.sip.routing, services.sip.messages.
 """
@@ -59,25 +61,36 @@ I_FULL, I_TOO_LONG, I_COLLIDE = (_I["tm:refused_table_full"], _I["tm:refused_too
 I_HOME = _I["proxy:home_routed"]
 I_RELAYED = _I["tm:relayed_replies"]
 I_LOOPS = _I["proxy:loops"]
+I_TAKEN = _I["dialog:taken_over_requests"]
 
 KERNEL_ERRORS = {X.E_FULL: (503, I_FULL), X.E_TOO_LONG: (513, I_TOO_LONG),
                  X.E_COLLISION: (500, I_COLLIDE)}
 
 
 class DialogHook(Protocol):
-    """What dialog tracking implements (not part of this issue: no implementation is
-    wired yet, `Proxy.dialogs` stays None). The proxy calls it where RFC 3261 §12
-    dialogs are born and change, after the transaction kernel accepted the message."""
+    """What dialog tracking implements (services.sip.dialogs). The proxy calls it where
+    RFC 3261 §12 dialogs are born and change; the call sites are marked "dialog hook"."""
 
-    def on_initial_invite(self, msg: SipMessage, key: int, src: tuple[str, int]) -> None:
-        """An INVITE without To tag created transaction `key` (a dialog may start)."""
+    def admit(self, msg: SipMessage, src: tuple, listener: int) -> int:
+        """An initial INVITE about to be proxied (its targets found): 0 to go on, or
+        the status to refuse it with (a profile limit, no room for its dialog)."""
 
-    def on_invite_reply(self, msg: SipMessage, key: int, branch: int) -> None:
-        """A response to that INVITE arrived on `branch` (1xx with a To tag: early
-        dialog; 2xx: confirmed; >= 300: the attempt failed)."""
+    def on_invite_reply(self, msg: SipMessage, key: int, branch: int,
+                        final_status: int) -> None:
+        """A response to an initial INVITE arrived on `branch` of transaction `key`;
+        final_status: the transaction's final response upstream if this one made it
+        (0 otherwise)."""
 
     def on_in_dialog(self, msg: SipMessage) -> None:
         """A request with a To tag (BYE, re-INVITE, ACK, ...) is being forwarded."""
+
+    def on_own_reply(self, msg: SipMessage, branch: str) -> bool:
+        """A response whose top Via branch may be one of the requests dialog tracking
+        sent itself; True if it was (then it is handled)."""
+
+    def owns(self, msg: SipMessage) -> bool:
+        """Whether a live dialog of this in-dialog request is known here (the request
+        may then be routed for a dead node whose Record-Route it names)."""
 
 
 class Proxy:
@@ -132,8 +145,12 @@ class Proxy:
                     msg.get_all("proxy-require")))])
             if self._looped(msg, data):
                 raise Refused(482, I_LOOPS)
-            d = route_decision(msg, self.listeners)
+            d = self.route_for(msg)
             targets, encoded = self.targets.of_request(msg, d, addr)
+            if self.dialogs is not None and method == "INVITE" and not tag_of(msg.to):
+                refusal = self.dialogs.admit(msg, addr, listener.index)  # dialog hook
+                if refusal:
+                    raise Refused(refusal)
         except Refused as r:
             if r.counter >= 0:
                 self.counts[r.counter] += 1
@@ -154,11 +171,8 @@ class Proxy:
             self.counts[I_UAS] += 1
             if invite:
                 self.reply(msg, 100, addr, listener)
-            if self.dialogs is not None:
-                if tag_of(msg.to):
-                    self.dialogs.on_in_dialog(msg)  # dialog hook
-                elif invite:
-                    self.dialogs.on_initial_invite(msg, key, addr)  # dialog hook
+            if self.dialogs is not None and tag_of(msg.to):
+                self.dialogs.on_in_dialog(msg)  # dialog hook
             loop = M.loop_hash(msg)
             for idx, t in enumerate(targets):
                 if start >> idx & 1:
@@ -231,7 +245,7 @@ class Proxy:
         if msg.max_forwards == 0:
             self.counts[I_DROP] += 1
             return
-        d = route_decision(msg, self.listeners)
+        d = self.route_for(msg)
         ruri = d.ruri or msg.ruri
         where = self.targets
         try:
@@ -264,6 +278,24 @@ class Proxy:
             out = M.forward_request(data, msg, ruri, [via], d.popped, mf)
         self.sender.send(out, t.sock, (t.host, t.port))
         self.counts[I_FWD_REQ] += 1
+
+    def route_for(self, msg: SipMessage) -> RT.RouteDecision:
+        """§16.4 for a request; with dialog tracking, an in-dialog request whose next hop
+        is the Record-Route of a node of the cluster that is down, for a dialog known
+        here, has that entry taken as ours: it goes on to the other leg from here."""
+        d = route_decision(msg, self.listeners)
+        if self.dialogs is None or not d.routes or "strict" in d.notes:
+            return d
+        hp = RT.uri_hostport(RT.uri_of(d.routes[0]))
+        if hp is None or not self.targets.down_peer(hp) or not tag_of(msg.to) or \
+                not self.dialogs.owns(msg):  # dialog hook
+            return d
+        self.counts[I_TAKEN] += 1
+        d = RT.process_routes(msg.ruri, msg.get_all("route"),
+                              self.pairs + [(hp[0], hp[1] or 5060)])
+        if d.out_sock is not None and d.out_sock >= len(self.pairs):
+            d.out_sock = None
+        return d
 
     def _cancel(self, msg: SipMessage, addr: tuple, listener: Any) -> None:
         ident, _ = self.ident(msg, "CANCEL")
@@ -304,6 +336,8 @@ class Proxy:
             self.counts[I_DROP_RPL] += 1  # not sent by us
             return
         if parsed is None:
+            if self.dialogs is not None and self.dialogs.on_own_reply(msg, branch):
+                return  # a reply to a BYE or ping of our own (dialog hook)
             self.stateless_reply(stripped, listener)
             return
         key, idx, _ = parsed
@@ -316,16 +350,19 @@ class Proxy:
             return
         self.counts[I_RCV_TX] += 1
         actions, sock, upstream = self.tx.forward_to()
+        final = 0
         if actions == X.A_FORWARD:  # a provisional or a retransmitted 2xx: pass it on
             self.sender.send(stripped, sock, upstream)
             self.counts[I_RELAYED] += 1
         elif actions:
             o = self.tx.out()
+            if actions & X.A_FIRST_FINAL:
+                final = o.status
             response, request, targets = self.tx.out_strings(o)
             self.sender.run(actions, o, key, response, request, targets, arriving=stripped,
                             branch=idx)
         if self.dialogs is not None and mclass == X.M_INVITE:
-            self.dialogs.on_invite_reply(msg, key, idx)  # dialog hook
+            self.dialogs.on_invite_reply(msg, key, idx, final)  # dialog hook
 
     def stateless_reply(self, stripped: bytes, listener: Any) -> None:
         """§16.11 / §18.2.2: to the next Via's received/rport, else its sent-by."""

@@ -29,7 +29,7 @@ return out;"""
 
 def all_synced(caps: dict[str, str], nodes: range) -> bool:
     return all(caps.get(f"{cap}/{n}") == "synced" for n in nodes
-               for cap in ("usrloc-contact-repl", "dialog-dlg-repl"))
+               for cap in ("usrloc-contact-repl", "dialog-dlg-repl", "dialog-prof-repl"))
 
 
 def test_status_page_follows_a_node_killed_and_restarted(tmp_path) -> None:
@@ -47,7 +47,7 @@ def test_status_page_follows_a_node_killed_and_restarted(tmp_path) -> None:
                   "[...document.querySelectorAll('#graph g.node')].every("
                   "g => g.dataset.link === 'Up');", 30, "three nodes Up")
         page.wait(f"const caps = (() => {{{CAPS_JS}}})(); "
-                  "return Object.values(caps).length === 6 && "
+                  "return Object.values(caps).length === 9 && "  # 3 capabilities
                   "Object.values(caps).every(s => s === 'synced');", 30, "all synced")
         assert page.run(NODES_JS) == {"1": "Up", "2": "Up", "3": "Up"}
         assert page.run("return document.querySelector('#graph g.node[data-me=yes]')"

@@ -1,0 +1,345 @@
+"""Dialog replication and sharing tag figures with real nodes on loopback (issue 16).
+
+    .venv/bin/python -m bench.dialogs calls [--calls 20000] [--limit 300] [--workers 2]
+        [--only fastcluster|kamailio] [--runs 1]
+    .venv/bin/python -m bench.dialogs takeover [--trials 20] [--dialogs 1000]
+    .venv/bin/python -m bench.dialogs sync [--dialogs 100000]
+
+calls: two fastcluster nodes replicating dialogs and contacts (dialog-dlg-repl,
+usrloc-contact-repl, dialog-prof-repl, a sharing tag), calls through node 1 (sipp,
+closed loop, bench.load_calls's scenario: INVITE/180/200/ACK/BYE), then two Kamailio
+5.6 instances (-x tlsf) replicating usrloc and dialogs with DMQ (dmq_usrloc, dialog
+enable_dmq; bench/kamailio/proxy_dmq.cfg.in), side by side in one run. CPU per call:
+every process of both instances over the calls answered. Node 2's dialog count is
+checked to follow (dlg_list empty at the end, processed dialogs replicated).
+
+takeover: three nodes declaring the tag vip, DIALOGS dialogs of that tag in profile
+`calls` (written through node 3's shared memory, replicated); each trial kills -9 the
+tag's holder and times, polling both survivors' MI every 2 ms, kill -> one survivor
+active and both agreeing; meanwhile it samples profile_get_size calls on both: above
+DIALOGS would be a double count. Then the killed node is started again (it stays
+backup) and the next trial kills the holder, wherever it is now.
+
+sync: a donor holding DIALOGS dialogs shaped like tracked calls (tags, URIs, contacts,
+route sets, profiles, sharing tag: ~250 bytes of strings), then a fresh node joins:
+time from its sync request to synced (its log), and dlg_digest equal.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from fastcluster.core.config import kernel_cache_dir, numba_cache_base  # noqa: E402
+
+os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the nodes' rule
+
+import numpy as np  # noqa: E402
+
+from bench.load_calls import KAMAILIO_MODULES, run_load  # noqa: E402
+from fastcluster.shm.dialogs import pack_dialog  # noqa: E402
+from tests.support import leaks  # noqa: E402
+from tests.support.nodes import (  # noqa: E402
+    Node,
+    cap_state,
+    free_port,
+    start_cluster,
+    up_set,
+    wait_synced,
+    wait_until,
+)
+from tests.support.writer import SLOT, Writer  # noqa: E402
+
+DOMAIN = "example.com"
+
+
+# ---------------------------------------------------------------- calls
+
+
+class FastclusterPair:
+    name = "fastcluster"
+
+    def __init__(self, tmp: pathlib.Path, workers: int) -> None:
+        def tags(n: Node) -> None:
+            n.settings["clusterer"]["sharing_tags"] = \
+                "vip=active" if n.node_id == 1 else "vip=backup"
+            n.write_ini()
+
+        self.nodes = start_cluster(tmp, 2, workers=workers, before_start=tags, settings={
+            "core": {"log_level": "warning"}, "sip": {"dispatch": "reuseport"},
+            "proxy": {"transactions": 1_000_000}, "dialog": {"capacity": 200_000,
+                                                             "profiles": "calls"},
+            "usrloc": {"natping_interval_s": 0}})
+        wait_synced(self.nodes)
+        self.port = self.nodes[0].sip_port
+        self.label = f"2 fastcluster nodes -w {workers} replicating dialogs"
+
+    def pids(self) -> list[int]:
+        return [p["PID"] for n in self.nodes for p in n.mi("ps")["Processes"]]
+
+    def check(self, ok: int) -> str:
+        n1, n2 = self.nodes
+        wait_until(lambda: n2.mi("get_statistics", statistics=["dialog:active_dialogs"])
+                   ["dialog:active_dialogs"] == 0, timeout=30, what="node 2 drained")
+        made = n1.mi("get_statistics", statistics=["dialog:processed_dialogs"])
+        return f"node 1 tracked {made['dialog:processed_dialogs']} dialogs, node 2 holds 0 live"
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+class KamailioPair:
+    name = "kamailio"
+
+    def __init__(self, tmp: pathlib.Path) -> None:
+        binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        ports = [free_port(socket.SOCK_DGRAM) for _ in range(4)]
+        self.port = ports[0]
+        self.procs: list[subprocess.Popen] = []
+        self.logs = []
+        template = (REPO / "bench" / "kamailio" / "proxy_dmq.cfg.in").read_text()
+        for i, (port, dmq, peer) in enumerate(((ports[0], ports[1], ports[3]),
+                                               (ports[2], ports[3], ports[1]))):
+            cfg = tmp / f"kamailio{i}.cfg"
+            cfg.write_text(template.replace("{port}", str(port))
+                           .replace("{dmq_port}", str(dmq))
+                           .replace("{peer_dmq_port}", str(peer))
+                           .replace("{mpath}", KAMAILIO_MODULES))
+            log = open(tmp / f"kamailio{i}.log", "wb")
+            self.logs.append(log)
+            proc = subprocess.Popen([binary, "-f", str(cfg), "-x", "tlsf", "-DD", "-E",
+                                     "-m", "512", "-M", "16", "-w", str(tmp)],
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            leaks.register(proc.pid)
+            self.procs.append(proc)
+        self.label = "2 kamailio 5.6 -x tlsf (2 children) with DMQ usrloc + dialogs"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for i, p in enumerate(self.procs):
+                if p.poll() is not None:
+                    raise RuntimeError(f"kamailio exited: {(tmp / f'kamailio{i}.log').read_text()}")
+            if all(len(leaks.children_of(p.pid)) >= 3 for p in self.procs):
+                time.sleep(1.0)  # the DMQ nodes meet
+                return
+            time.sleep(0.1)
+        raise RuntimeError("kamailio did not start")
+
+    def pids(self) -> list[int]:
+        return [x for p in self.procs for x in [p.pid] + leaks.children_of(p.pid)]
+
+    def check(self, ok: int) -> str:
+        return ""
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for log in self.logs:
+            log.close()
+
+
+def calls(ns: argparse.Namespace) -> None:
+    systems = [s for s in ("fastcluster", "kamailio") if ns.only in (None, s)]
+    for run in range(ns.runs):
+        with tempfile.TemporaryDirectory() as d:
+            for name in systems:
+                tmp = pathlib.Path(d) / name
+                tmp.mkdir()
+                pair = FastclusterPair(tmp, ns.workers) if name == "fastcluster" else \
+                    KamailioPair(tmp)
+                try:
+                    r = run_load(pair, tmp, ns.calls, ns.rate, ns.limit, False, 0)
+                    note = pair.check(r["ok"])
+                finally:
+                    pair.stop()
+                print(f"run {run + 1} {pair.label}, closed loop -l {ns.limit}: {r['ok']} ok, "
+                      f"{r['failed']} failed, {r['rate']:.0f} calls/s, CPU of both "
+                      f"{r['cpu']:.1f} s = {r['us_per_call']:.0f} us/call; sipp UAC "
+                      f"{r['uac_cpu'] / r['wall']:.0%} of a core, UAS "
+                      f"{r['uas_cpu'] / r['wall']:.0%}. {note}", flush=True)
+
+
+# ---------------------------------------------------------------- takeover
+
+
+def tag_view(node: Node) -> tuple[str, int]:
+    (t,) = [t for t in node.mi("clusterer_list_shtags") if t["Tag"] == "vip"]
+    return t["State"], t["Holder"]
+
+
+def write_dialogs(node: Node, count: int, tag: str = "vip", profiles: str = "calls",
+                  timeout_s: int = 3600) -> None:
+    """count dialogs shaped like tracked calls, written through node's shared memory
+    (replicated to the others like the node's own)."""
+    w = Writer(node.shm_prefix)
+    try:
+        table = w.mem.dialogs
+        row = np.zeros(table.row_size, dtype=np.uint8)
+        now = int(time.time())
+        for i in range(count):
+            pack_dialog(row, table.row_size, strings={
+                "callid": f"bench-{i}-{now}@10.0.0.1".encode(), "from_tag": b"a1b2c3d4",
+                "to_tag": f"t{i:08x}".encode(), "from_uri": f"sip:u{i}@example.com".encode(),
+                "to_uri": b"sip:bob@example.com",
+                "caller_contact": f"sip:u{i}@10.0.0.1:5060".encode(),
+                "callee_contact": b"sip:bob@10.0.0.2:5060",
+                "caller_route": b"<sip:10.0.0.9:5060;lr>",
+                "callee_route": b"<sip:10.0.0.8:5060;lr>",
+                "caller_sock": b"udp:127.0.0.1:5060", "profiles": profiles.encode(),
+                "shtag": tag.encode()}, timeout=now + timeout_s, start=now, dlg_state=4,
+                caller_cseq=1, callee_cseq=1, creator=node.node_id)
+            while table.put(row, w.rings["dialogs"], w.me, SLOT) < 0:
+                time.sleep(0.001)  # the ring drains
+    finally:
+        w.close()
+
+
+def takeover(ns: argparse.Namespace) -> None:
+    def tags(n: Node) -> None:
+        n.settings["clusterer"]["sharing_tags"] = "vip=backup"
+        n.write_ini()
+
+    with tempfile.TemporaryDirectory() as d:
+        nodes = start_cluster(pathlib.Path(d), 3, workers=1, before_start=tags, settings={
+            "core": {"log_level": "warning"}, "dialog": {"profiles": "calls"}})
+        try:
+            for n in nodes:
+                wait_until(lambda n=n: len(up_set(n)) == 2, timeout=30, what="linked")
+            wait_synced(nodes)
+            write_dialogs(nodes[2], ns.dialogs)
+
+            def size(n: Node) -> int:
+                return n.mi("profile_get_size", profile="calls")["Profile"]["count"]
+
+            wait_until(lambda: all(size(n) == ns.dialogs for n in nodes), timeout=30,
+                       what="dialogs counted once everywhere")
+            times, peak = [], 0
+            for trial in range(ns.trials):
+                holder = wait_until(lambda: _one_holder(nodes), timeout=10, what="one holder")
+                victim = nodes[holder - 1]
+                survivors = [n for n in nodes if n is not victim]
+                victim.kill9()
+                t0 = time.monotonic()
+                while True:
+                    views = [tag_view(n) for n in survivors]
+                    active = [s for s, _ in views].count("active")
+                    if active == 1 and len({h for _, h in views}) == 1 and \
+                            views[0][1] != holder:
+                        break
+                    if time.monotonic() - t0 > 10:
+                        raise RuntimeError(f"no takeover: {views}")
+                    time.sleep(0.002)
+                took = time.monotonic() - t0
+                times.append(took)
+                # the profile count through and after the takeover: never above
+                end = time.monotonic() + 1.5
+                while time.monotonic() < end:
+                    peak = max(peak, *(size(n) for n in survivors))
+                    time.sleep(0.01)
+                wait_until(lambda: all(size(n) == ns.dialogs for n in survivors),
+                           timeout=10, what="dialogs counted once after the takeover")
+                print(f"trial {trial + 1}: node {holder} killed, vip on node "
+                      f"{views[0][1]} after {took * 1000:.1f} ms", flush=True)
+                victim.stop()
+                victim.start()
+                wait_until(lambda: all(len(up_set(n)) == 2 for n in nodes), timeout=30,
+                           what="three nodes linked again")
+                wait_until(lambda: cap_state(victim, "dialog-dlg-repl") == "synced",
+                           timeout=30, what="restarted node synced")
+            times.sort()
+            print(f"takeover after kill -9, {len(times)} trials: median "
+                  f"{statistics.median(times) * 1000:.1f} ms, max {times[-1] * 1000:.1f} ms; "
+                  f"profile 'calls' ({ns.dialogs} dialogs) at most {peak} on the survivors "
+                  f"during the takeovers (above {ns.dialogs}: double count)")
+        finally:
+            for n in nodes:
+                n.stop()
+
+
+def _one_holder(nodes: list[Node]) -> int:
+    views = [tag_view(n) for n in nodes]
+    active = [i + 1 for i, (s, _) in enumerate(views) if s == "active"]
+    if len(active) == 1 and {h for _, h in views} == set(active):
+        return active[0]
+    return 0
+
+
+# ---------------------------------------------------------------- sync
+
+
+def log_time(line: str) -> datetime.datetime:
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+
+
+def sync(ns: argparse.Namespace) -> None:
+    settings = {"dialog": {"capacity": int(ns.dialogs * 1.2) + 1000},
+                "clusterer": {"seed_fallback_interval_s": 0.5},
+                "core": {"log_level": "info"}}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = pathlib.Path(d)
+        donor = start_cluster(tmp, 1, settings=settings)[0]
+        receiver = None
+        try:
+            wait_synced([donor])
+            t = time.perf_counter()
+            write_dialogs(donor, ns.dialogs, tag="", timeout_s=86400)
+            print(f"{ns.dialogs} dialogs written on the donor in {time.perf_counter() - t:.1f} s",
+                  flush=True)
+            receiver = Node(tmp, node_id=2, workers=1, settings={
+                **settings, "clusterer": {"seeds": donor.bin_addr}}).start()
+            wait_until(lambda: cap_state(receiver, "dialog-dlg-repl") == "synced",
+                       timeout=120, what="synced")
+            lines = receiver.log().splitlines()
+            asked = next(log_time(x) for x in lines if "dialog-dlg-repl: sync wanted" in x)
+            synced = next(x for x in lines if "dialog-dlg-repl: synced from" in x)
+            took = (log_time(synced) - asked).total_seconds()
+            print(f"fresh node, {ns.dialogs} dialogs: request -> synced {took:.3f} s "
+                  f"({synced.split('INFO sync: ')[1]})")
+            assert receiver.mi("dlg_digest") == donor.mi("dlg_digest")
+        finally:
+            donor.stop()
+            if receiver is not None:
+                receiver.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("calls")
+    c.add_argument("--calls", type=int, default=20_000)
+    c.add_argument("--rate", type=int, default=20_000)
+    c.add_argument("--limit", type=int, default=300)
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--only", choices=("fastcluster", "kamailio"))
+    c.add_argument("--runs", type=int, default=1)
+    t = sub.add_parser("takeover")
+    t.add_argument("--trials", type=int, default=20)
+    t.add_argument("--dialogs", type=int, default=1000)
+    s = sub.add_parser("sync")
+    s.add_argument("--dialogs", type=int, default=100_000)
+    ns = ap.parse_args()
+    {"calls": calls, "takeover": takeover, "sync": sync}[ns.what](ns)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

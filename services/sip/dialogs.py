@@ -1,0 +1,295 @@
+"""Dialog tracking in a SIP worker: the proxy's DialogHook (services.sip.proxy).
+
+An initial INVITE the proxy is about to relay is *admitted* here: its dialog is created
+in the shared dialog table (state unconfirmed, the caller's side: tags, URIs, Contact,
+route set, CSeq) and counted in its profiles -- or refused, before any branch goes out,
+when a profile limit would be passed (403), the table is full (503) or the strings do
+not fit (500). Responses to the INVITE make it early (1xx with a To tag) or confirmed
+(2xx: the callee's side, and its lifetime [dialog] default_timeout_s from now); a
+failure as the transaction's final response deletes it. In-dialog requests move it
+along: the ACK confirms it, a BYE deletes it, others raise the CSeqs. Every change is a
+`dlg_apply` kernel call (shm.dialogs): merged under the row's lock and replicated.
+
+A node that did not route a call may get its in-dialog requests (the routing node
+died, its address moved): the proxy asks `owns` whether a live dialog is known here
+before it routes such a request for the dead node. Replies to the BYEs and pings this
+node sends itself (services.sip.dialog_timer) are taken by `on_own_reply`.
+Neighbours: services.sip.proxy (the hook's caller), services.sip.dialog_rules (pure
+rules), shm.dialogs, shm.profiles, shm.shtags.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from fastcluster.core.config import Config
+from fastcluster.core.sip import SipMessage, SipParseError, parse_name_addr, tag_of
+from fastcluster.core.stats import INDEX
+from fastcluster.services.sip import dialog_rules as DR
+from fastcluster.services.sip import messages as M
+from fastcluster.services.sip import routing as RT
+from fastcluster.shm import dialogs as D
+from fastcluster.shm import table as T
+from fastcluster.shm.hashing import group_hash_of
+from fastcluster.shm.profiles import REMOTE_SCOPE, name_of
+from fastcluster.shm.tables import retry_busy
+
+log = logging.getLogger("dialog")
+
+_I = INDEX
+I_PROCESSED, I_FAILED = _I["dialog:processed_dialogs"], _I["dialog:failed_dialogs"]
+I_TERMINATED, I_REFUSED = _I["dialog:terminated_dialogs"], _I["dialog:refused"]
+I_PROFILE_REFUSED = _I["dialog:profile_refused"]
+I_VALUES_REFUSED = _I["dialog:profile_values_refused"]
+I_PING_RPL, I_OWN_RPL = _I["dialog:ping_replies"], _I["dialog:own_replies"]
+I_WAITS = _I["dialog:lock_waits"]
+UNCONFIRMED_MARGIN_S = 32  # an unconfirmed dialog outlives Timer C by this (64*T1)
+LIMIT_STATUS = 403
+
+
+class DialogStore:
+    """One process's handle on the dialog kernels: a change packed, applied, read."""
+
+    def __init__(self, table: Any, ring: np.ndarray, me: int, proc: int,
+                 counts: Any) -> None:
+        self.table = table
+        self.arena = table.buf
+        self.row_size = table.row_size
+        self.ring = ring
+        self.me, self.proc = me, proc
+        self.counts = counts
+        self.patch = np.zeros(self.row_size, dtype=np.uint8)
+        self.out = np.zeros(self.row_size, dtype=np.uint8)
+
+    def _wait(self) -> None:
+        self.counts[I_WAITS] += 1
+
+    def apply(self, op: int, strings: dict[str, bytes], *, state: int = 0, timeout: int = 0,
+              start: int = 0, caller_cseq: int = 0, callee_cseq: int = 0, flags: int = 0,
+              creator: int = 0) -> int:
+        """dlg_apply of a change; the slot, or E_* (E_TOO_LONG when the strings do not
+        fit the row)."""
+        try:
+            D.pack_dialog(self.patch, self.row_size, strings=strings, timeout=timeout,
+                          start=start, dlg_state=state, caller_cseq=caller_cseq,
+                          callee_cseq=callee_cseq, flags=flags, creator=creator)
+        except ValueError:
+            return T.E_TOO_LONG
+        now_ms = int(time.time() * 1000)
+        return retry_busy(lambda: D.dlg_apply(self.arena, self.ring, self.patch, op, now_ms,
+                                              self.me, self.proc, self.out), self._wait)
+
+    def get(self, callid: bytes, tag: bytes) -> dict | None:
+        """The dialog (live or a tombstone) of Call-ID and caller tag, decoded."""
+        key, group = D.dialog_ids(callid, tag)
+        if D.dlg_get(self.arena, np.uint64(key), np.uint64(group), self.out) < 0:
+            return None
+        return D.DIALOG.decode(self.out, 1, self.row_size)[0]
+
+    def live(self, callid: bytes, tag: bytes) -> bool:
+        key, group = D.dialog_ids(callid, tag)
+        return D.dlg_get(self.arena, np.uint64(key), np.uint64(group), self.out) >= 0 and \
+            self.out[T.R_STATE] == T.ST_LIVE
+
+    def out_state(self) -> int:
+        """dlg_state of the row the last apply left in `out`."""
+        return int(self.out[T.R_AUX])
+
+
+def _uri(value: str) -> str:
+    """The URI of a From/To/Contact value (the first, for a list)."""
+    try:
+        return parse_name_addr(M.first_value(value)).uri
+    except SipParseError:
+        return RT.uri_of(value)
+
+
+class DialogTracker:
+    """The proxy's DialogHook in one SIP worker."""
+
+    def __init__(self, worker: Any, counts: Any, local: frozenset[tuple[str, int]],
+                 labels: list[str]) -> None:
+        mem = worker.mem
+        self.store = DialogStore(mem.dialogs, worker.rings["dialogs"], worker.me,
+                                 worker.slot, counts)
+        self.counts = counts
+        self.profiles = mem.profiles
+        self.tags = mem.shtags
+        self.node = worker.cfg["clusterer.node_id"]
+        self.mine = local  # our listeners: our own Record-Route entries
+        self.labels = labels  # "udp:HOST:PORT" of each listener, by index
+        self._logged: set[str] = set()
+        self.apply_config(worker.cfg)
+
+    def apply_config(self, cfg: Config) -> None:
+        self.track = cfg["dialog.track"] == "all"
+        self.domains = cfg["dialog.track_domains"]
+        self.lifetime_s = cfg["dialog.default_timeout_s"]
+        self.unconfirmed_s = cfg["proxy.invite_timeout_s"] + UNCONFIRMED_MARGIN_S
+        self.ping_flags = D.F_PING_CALLER | D.F_PING_CALLEE if \
+            cfg["dialog.ping_interval_s"] else 0
+        self.rules = cfg["dialog.profiles"]
+        self.limits = dict(cfg["dialog.profile_limits"])
+        self.shtag = cfg.dialog_sharing_tag()
+        self.cluster = cfg.replication_cluster("dialog.replication_cluster") or \
+            cfg["clusterer.cluster_id"][0]
+
+    def _log_once(self, cause: str) -> None:
+        if cause not in self._logged and len(self._logged) < 100:
+            self._logged.add(cause)
+            log.warning("%s (further ones are only counted)", cause)
+
+    # ---------------------------------------------------------------- initial INVITE
+
+    def tracked(self, msg: SipMessage) -> bool:
+        if not self.track:
+            return False
+        if not self.domains:
+            return True
+        hp = RT.uri_hostport(msg.ruri)
+        return hp is not None and hp[0].lower() in self.domains
+
+    def admit(self, msg: SipMessage, src: tuple, listener: int) -> int:
+        """An initial INVITE about to be proxied: create its dialog and count it in its
+        profiles. 0: go on; else the status to refuse it with (counted)."""
+        if not self.tracked(msg):
+            return 0
+        callid = msg.call_id.encode()
+        from_tag = tag_of(msg.from_).encode()
+        if self.store.live(callid, from_tag):
+            return 0  # a retransmission, or a spiral back through us: already there
+        entries = DR.profiles_of(self.rules, msg, src[0])
+        names = [name_of(self.shtag.encode(), e.encode()) for e in entries]
+        if names:
+            counted = self.profiles.add(names, 1)
+            if counted < len(names):
+                self.counts[I_VALUES_REFUSED] += len(names) - counted
+                self._log_once("a profile value was not counted: dialog.profile_values "
+                               "are all used, or the value is too long")
+            over = self.over_limit(entries) if self.limits else None
+            if over is not None:
+                self.profiles.add(names, -1)
+                self.counts[I_PROFILE_REFUSED] += 1
+                return LIMIT_STATUS
+        now = int(time.time())
+        caller_route = DR.caller_route_of_request(msg.get_all("record-route"))
+        contact = msg.get("contact")
+        r = self.store.apply(D.OP_CREATE, {
+            "callid": callid, "from_tag": from_tag, "from_uri": _uri(msg.from_).encode(),
+            "to_uri": _uri(msg.to).encode(),
+            "caller_contact": _uri(contact).encode() if contact else b"",
+            "caller_route": ", ".join(caller_route).encode(),
+            "caller_sock": self.labels[listener].encode() if listener < len(self.labels)
+            else b"", "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
+            state=D.DLG_UNCONFIRMED, timeout=now + self.unconfirmed_s, start=now,
+            caller_cseq=max(0, msg.cseq_num), flags=self.ping_flags, creator=self.node)
+        if r >= 0:
+            self.counts[I_PROCESSED] += 1
+            return 0
+        if r == D.E_EXISTS:
+            return 0
+        if names:
+            self.profiles.add(names, -1)
+        self.counts[I_REFUSED] += 1
+        if r == T.E_TOO_LONG:
+            self._log_once("an INVITE was refused 500: its dialog does not fit "
+                           "dialog.record_bytes")
+            return 500
+        self._log_once(f"an INVITE was refused 503: the dialog table is full ({r})")
+        return 503
+
+    def over_limit(self, entries: list[str]) -> str | None:
+        """The first of a new dialog's profile entries whose cluster-wide count (the new
+        dialog, already reserved, included) is above its limit."""
+        limited = [e for e in entries if DR.limit_of(e, self.limits) is not None]
+        if not limited:
+            return None
+        scopes = {b"", self.shtag.encode()} | {name.encode() for name, c in self.tags.read()
+                                               if c == self.cluster}
+        names = []
+        for e in limited:
+            names += [name_of(s, e.encode()) for s in scopes] + [name_of(REMOTE_SCOPE,
+                                                                        e.encode())]
+        values = self.profiles.get(names)
+        per = len(scopes) + 1
+        counts = {e: sum(values[i * per:(i + 1) * per]) for i, e in enumerate(limited)}
+        return DR.exceeded(counts, self.limits)
+
+    # ---------------------------------------------------------------- responses
+
+    def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int) -> None:
+        to_tag = tag_of(msg.to)
+        state = DR.state_of_reply(msg.status, to_tag, final_status)
+        if state is None:
+            return
+        ids = {"callid": msg.call_id.encode(), "from_tag": tag_of(msg.from_).encode()}
+        if state == DR.FAILED:
+            if self.store.apply(D.OP_FAIL, ids) >= 0:
+                self.counts[I_FAILED] += 1
+            return
+        caller_route, callee_route = DR.route_sets(msg.get_all("record-route"), self.mine)
+        contact = msg.get("contact")
+        now = int(time.time())
+        timeout = now + (self.lifetime_s if state == D.DLG_CONFIRMED_NA else self.unconfirmed_s)
+        ids.update(to_tag=to_tag.encode(),
+                   callee_contact=_uri(contact).encode() if contact else b"",
+                   caller_route=", ".join(caller_route).encode(),
+                   callee_route=", ".join(callee_route).encode())
+        self.store.apply(D.OP_UPDATE, ids, state=state, timeout=timeout)
+
+    def on_own_reply(self, msg: SipMessage, branch: str) -> bool:
+        """A reply to a BYE or ping this node sent itself (services.sip.dialog_timer):
+        taken here (True), or not one of those (False)."""
+        own = DR.parse_own_branch(branch)
+        if own is None:
+            return False
+        kind, callee, key = own
+        if kind == "b":
+            self.counts[I_OWN_RPL] += 1
+            return True
+        self.counts[I_PING_RPL] += 1
+        if msg.status < 200:
+            return True
+        out_bit = D.PING_CALLEE_OUT if callee else D.PING_CALLER_OUT
+        gone = msg.status == 481 or msg.status == 408
+        set_bits = (D.PING_CALLEE_481 if callee else D.PING_CALLER_481) if gone else 0
+        D.dlg_ping_mark(self.store.arena, np.uint64(key),
+                        np.uint64(group_hash_of(msg.call_id.encode())), set_bits, out_bit)
+        return True
+
+    # ---------------------------------------------------------------- in-dialog requests
+
+    def _ids(self, msg: SipMessage) -> tuple[dict[str, bytes], bool] | None:
+        """The dialog's identity strings, and whether the request comes from the callee
+        (its From tag is the dialog's To tag); None if no live dialog is known."""
+        callid = msg.call_id.encode()
+        from_tag = tag_of(msg.from_).encode()
+        if self.store.live(callid, from_tag):
+            return {"callid": callid, "from_tag": from_tag}, False
+        to_tag = tag_of(msg.to).encode()
+        if to_tag and self.store.live(callid, to_tag):
+            return {"callid": callid, "from_tag": to_tag}, True
+        return None
+
+    def owns(self, msg: SipMessage) -> bool:
+        """Whether a live dialog of this in-dialog request is known here."""
+        return self._ids(msg) is not None
+
+    def on_in_dialog(self, msg: SipMessage) -> None:
+        found = self._ids(msg)
+        if found is None:
+            return
+        ids, from_callee = found
+        cseq = max(0, msg.cseq_num)
+        cseqs = {"callee_cseq": cseq} if from_callee else {"caller_cseq": cseq}
+        method = msg.method
+        if method == "BYE":
+            if self.store.apply(D.OP_DELETE, ids, **cseqs) >= 0:
+                self.counts[I_TERMINATED] += 1
+        elif method == "ACK":
+            self.store.apply(D.OP_UPDATE, ids, state=D.DLG_CONFIRMED, **cseqs)
+        else:
+            self.store.apply(D.OP_UPDATE, ids, **cseqs)
