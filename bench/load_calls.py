@@ -60,13 +60,13 @@ class Proxy:
 class Fastcluster(Proxy):
     name = "fastcluster"
 
-    def __init__(self, tmp: pathlib.Path, workers: int, dispatch: str, transactions: int
-                 ) -> None:
+    def __init__(self, tmp: pathlib.Path, workers: int, dispatch: str, transactions: int,
+                 track: str = "all") -> None:
         self.node = Node(tmp, workers=workers, settings={
             "core": {"log_level": "warning"}, "sip": {"dispatch": dispatch},
-            "proxy": {"transactions": transactions}}).start()
+            "proxy": {"transactions": transactions}, "dialog": {"track": track}}).start()
         self.port = self.node.sip_port
-        self.label = f"fastcluster -w {workers} ({dispatch})"
+        self.label = f"fastcluster -w {workers} ({dispatch}, dialog.track = {track})"
 
     def pids(self) -> list[int]:
         return [p["PID"] for p in self.node.mi("ps")["Processes"]]
@@ -232,10 +232,15 @@ def main() -> int:
     ap.add_argument("--transactions", type=int, default=1_000_000)
     ap.add_argument("--only", choices=("fastcluster", "kamailio"))
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--dialogs", choices=("all", "none", "both"), default="all",
+                    help="dialog.track of the fastcluster node (both: without, then with, "
+                    "side by side)")
     ap.add_argument("--latency", action="store_true",
                     help="call setup latency at --rate (default 100/s): proxy vs direct")
     ns = ap.parse_args()
-    systems = [s for s in ("fastcluster", "kamailio") if ns.only in (None, s)]
+    tracks = ["none", "all"] if ns.dialogs == "both" else [ns.dialogs]
+    systems = [f"fastcluster/{t}" for t in tracks if ns.only in (None, "fastcluster")]
+    systems += ["kamailio"] if ns.only in (None, "kamailio") else []
     if ns.latency:
         rate = ns.rate if ns.rate != 20_000 else 100
         calls = ns.calls if ns.calls != 30_000 else 3000
@@ -282,7 +287,8 @@ def _start(name: str, tmp: pathlib.Path, ns: argparse.Namespace) -> Proxy:
     tmp.mkdir(parents=True, exist_ok=True)
     if name == "kamailio":
         return Kamailio(tmp)
-    return Fastcluster(tmp, ns.workers, ns.dispatch, ns.transactions)
+    return Fastcluster(tmp, ns.workers, ns.dispatch, ns.transactions,
+                       track=name.split("/")[1])
 
 
 if __name__ == "__main__":

@@ -64,7 +64,10 @@ class Events:
         self.routes: list[Callable[[int, int], None]] = []  # a node's next hop changed
         self.topologies: list[Callable[[], None]] = []  # after any topology change
         self.links: list[Callable[[int], None]] = []  # a direct link was established
-        self.forgets: list[Callable[[int], None]] = []  # a node was removed
+        self.forgets: list[Callable[[int], None]] = []  # a node was removed or forgotten
+        # ... removed by an operator (clusterer_remove_node, here or on another node),
+        # not merely unseen for long: a partition is no reason to stop counting a node
+        self.removals: list[Callable[[int], None]] = []
         self.restarts: list[Callable[[int], None]] = []  # a node came back as a new process
 
     @staticmethod

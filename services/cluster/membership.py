@@ -234,7 +234,7 @@ class Membership:
             for c in node.clusters:
                 self.set_status(c, False)
             return
-        self.forget(p.target)
+        self.forget(p.target, removed=True)
 
     def handle_set_status(self, d: Delivery) -> None:
         self.set_status(d.payload.cluster, d.payload.status)
@@ -250,9 +250,10 @@ class Membership:
         seq = node.seq.next(int(time.time() * 1000))
         node.flood.fresh(int(Msg.REMOVE), node.me, seq)
         node.routing.flood(Msg.REMOVE, Remove(node_id, node.me, seq), exclude=None)
-        self.forget(node_id)
+        self.forget(node_id, removed=True)
 
-    def forget(self, node_id: int, why: str = "removed") -> None:
+    def forget(self, node_id: int, why: str = "removed", removed: bool = False) -> None:
+        """Drop a node: removed by an operator (`removed`), or unseen for long."""
         node = self.node
         log.info("node %d %s", node_id, why)
         self.removed[node_id] = self.desc_seq.get(node_id, 0)
@@ -261,7 +262,7 @@ class Membership:
             conn.close()
         node.peers.pop(node_id, None)
         node.flood.forget(node_id)
-        for hook in node.events.forget:
+        for hook in node.events.forget + (node.events.removals if removed else []):
             hook(node_id)
         node.routing.forget_advert(node_id)
         node.routing.advertise()

@@ -183,7 +183,10 @@ class SharingTags:
                 t.current = Activation(1, self.me)  # older epoch than any MI change)
         node.dispatcher.register(Msg.SHTAGS, self.handle, Mode.INLINE)
         node.events.nodes.append(self.on_node)
-        node.events.forgets.append(self.forget)
+        # only an operator's removal shrinks a tag's declaring nodes: forgetting a node
+        # unseen for long would let a minority side of a long partition count itself a
+        # majority and activate the tag a second time
+        node.events.removals.append(self.forget)
         self.publish()
 
     def tag(self, name: str, cluster: int) -> Tag:

@@ -20,6 +20,7 @@ from fastcluster.core.stats import GAUGES as DECLARED_GAUGES
 from fastcluster.services.mi.registry import REGISTRY, MIError, command
 from fastcluster.shm import control as CT
 from fastcluster.shm import dialogs as D
+from fastcluster.shm import transactions as X
 
 
 def _dialogs_in(state: int) -> Callable[[Any], int]:
@@ -41,7 +42,9 @@ GAUGES: dict[str, Callable[[Any], int]] = {
     "dialog:confirmed_dialogs": _dialogs_in(D.DLG_CONFIRMED),
     "dialog:tombstones": lambda node: node.mem.dialogs.counters()["tomb"],
     "dialog:capacity": lambda node: node.mem.dialogs.capacity,
-    "tm:inuse_transactions": lambda node: node.mem.transactions.counters()["live"],
+    # counted in the table, not from the header counter: that one can drift when a
+    # worker is killed in the middle of a transaction (a lost or raced counter update)
+    "tm:inuse_transactions": lambda node: int(X.tx_count(node.mem.transactions.buf)[0]),
     "tm:capacity": lambda node: node.mem.transactions.capacity,
 }
 if set(GAUGES) != {f"{g}:{n}" for g, n, _ in DECLARED_GAUGES}:  # one declaration per fact

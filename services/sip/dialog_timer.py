@@ -118,11 +118,25 @@ class DialogTimer:
             self.cursor = int(nxt)
             for row in D.DIALOG.decode(self.rows, int(n), self.row_size):
                 if self.runs(row, active):
-                    self._due(row, now_s)
+                    self._due_safely(row, now_s)
             if n < MAX_DUE:
                 break
         if self.cursor >= self.nslots:
             self.cursor = 0
+
+    def _due_safely(self, row: dict, now_s: int) -> None:
+        """_due, and a dialog whose timers fail is ended here rather than failing the
+        timer process (which also runs transactions, expiry and NAT pings) each tick."""
+        try:
+            self._due(row, now_s)
+        except Exception:  # noqa: BLE001 - whatever a hostile row holds
+            log.exception("dialog %r: its timers failed; it is removed", row.get("callid"))
+            try:
+                self.store.apply(D.OP_DELETE, {"callid": row["callid"].encode(),
+                                               "from_tag": row["from_tag"].encode()})
+                self.stats[I_FAILED] += 1
+            except Exception:  # noqa: BLE001
+                log.exception("dialog %r could not be removed", row.get("callid"))
 
     def _due(self, row: dict, now_s: int) -> None:
         ids = {"callid": row["callid"].encode(), "from_tag": row["from_tag"].encode()}
@@ -172,7 +186,7 @@ class DialogTimer:
         try:
             data = DR.in_dialog_request(method, leg, row["callid"], self.via_host, branch)
             self.sock_of(0).sendto(data, dst)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, OverflowError) as exc:
             log.info("dialog %s: %s to the %s leg not sent: %s", row["callid"], method,
                      "callee" if callee else "caller", exc)
             return False

@@ -351,18 +351,22 @@ class Proxy:
         self.counts[I_RCV_TX] += 1
         actions, sock, upstream = self.tx.forward_to()
         final = 0
-        if actions == X.A_FORWARD:  # a provisional or a retransmitted 2xx: pass it on
-            self.sender.send(stripped, sock, upstream)
-            self.counts[I_RELAYED] += 1
-        elif actions:
+        o = None
+        if actions and actions != X.A_FORWARD:
             o = self.tx.out()
             if actions & X.A_FIRST_FINAL:
                 final = o.status
+        if self.dialogs is not None and mclass == X.M_INVITE:
+            # dialog hook, before the reply goes on: the caller's ACK to a 2xx may reach
+            # another worker at once, and must find the dialog with the callee's side
+            self.dialogs.on_invite_reply(msg, key, idx, final)
+        if actions == X.A_FORWARD:  # a provisional or a retransmitted 2xx: pass it on
+            self.sender.send(stripped, sock, upstream)
+            self.counts[I_RELAYED] += 1
+        elif o is not None:
             response, request, targets = self.tx.out_strings(o)
             self.sender.run(actions, o, key, response, request, targets, arriving=stripped,
                             branch=idx)
-        if self.dialogs is not None and mclass == X.M_INVITE:
-            self.dialogs.on_invite_reply(msg, key, idx, final)  # dialog hook
 
     def stateless_reply(self, stripped: bytes, listener: Any) -> None:
         """§16.11 / §18.2.2: to the next Via's received/rport, else its sent-by."""

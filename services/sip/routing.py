@@ -81,7 +81,7 @@ _HOSTPORTS: dict[str, tuple[str, int] | None] = {}
 
 def uri_hostport(uri: str) -> tuple[str, int] | None:
     """(host, port or 0) of a sip/sips URI (inside <> or not), host lower case and
-    without brackets; None if it is not one. Cached: the same URIs (contacts, our
+    without brackets; None if it is not one (or its port is beyond 65535). Cached: the same URIs (contacts, our
     Record-Route) come back on every request of a call."""
     hit = _HOSTPORTS.get(uri, False)
     if hit is not False:
@@ -102,7 +102,8 @@ def _uri_hostport(uri: str) -> tuple[str, int] | None:
     host = m.group(1).lower()
     if host.startswith("["):
         host = host[1:-1]
-    return host, int(m.group(2)) if m.group(2) else 0
+    port = int(m.group(2)) if m.group(2) else 0
+    return (host, port) if port <= 65535 else None  # no socket takes a bigger one
 
 
 def uri_params(uri: str) -> dict[str, str]:

@@ -129,7 +129,10 @@ def test_dialogs_replicated_dlg_list_equal_profiles_cluster_wide(tmp_path) -> No
         # counted once, by vip's active node (node 1), seen the same on every node
         wait_until(lambda: [profile(n) for n in nodes] == [calls] * 3, timeout=5,
                    what="calls counted cluster-wide")
-        assert [profile(n, "calls_per_user", "caller1") for n in nodes] == [1, 1, 1]
+        # (a dialog admitted while the holder recounts is counted twice until the next
+        # recount, within a second: by design never below the truth, shm/profiles.py)
+        wait_until(lambda: [profile(n, "calls_per_user", "caller1") for n in nodes] ==
+                   [1, 1, 1], timeout=5, what="one call of caller1 counted everywhere")
         assert profile(nodes[2], "calls_per_user") == calls
         r, u = caller.join(), uas.finish(timeout=60)
         assert (r.successful, r.failed) == (calls, 0), r.stdout

@@ -60,8 +60,11 @@ def uac(node: Node, work, scenario: str, calls: int, rate: int = 50,
 
 def drained(node: Node, timeout: float = 20) -> None:
     """Every transaction ended and left the table (no stuck ones)."""
-    wait_until(lambda: stat(node, "tm:inuse_transactions") == 0, timeout=timeout,
-               what="transaction table empty", step=0.2)
+    try:
+        wait_until(lambda: stat(node, "tm:inuse_transactions") == 0, timeout=timeout,
+                   what="transaction table empty", step=0.2)
+    except AssertionError as exc:  # say which ones stayed
+        raise AssertionError(f"{exc}; left: {node.mi('t_list')} {node.mi('t_stats')}") from None
 
 
 def test_basic_calls_then_the_table_empties(tmp_path) -> None:

@@ -20,6 +20,8 @@ ME = [("192.0.2.1", 5060), ("198.51.100.1", 5060)]
     ("sip:example.com", ("example.com", 0)),
     ("tel:+15551234", None),
     ("sip:a:pw@h.example:99?x=y", ("h.example", 99)),
+    ("<sip:1.2.3.4:65535>", ("1.2.3.4", 65535)),
+    ("<sip:1.2.3.4:99999>", None),  # no socket can send there (OverflowError)
 ])
 def test_uri_hostport(uri: str, want) -> None:
     assert RT.uri_hostport(uri) == want
