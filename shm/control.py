@@ -316,15 +316,17 @@ def _unpack_address(words: np.ndarray) -> tuple[str, int] | None:
 
 
 class UpNodes:
-    """The other nodes Up in view `index` and their first SIP listener (node id ->
-    (HOST, PORT)), read again only when the view's epoch moved: what a SIP worker or the
-    timer needs to send something through a contact's home node."""
+    """The other nodes of view `index` with a SIP listener, read again only when the
+    view's epoch moved: those Up (node id -> (HOST, PORT)), what a SIP worker or the
+    timer needs to send something through a contact's home node, and those not Up
+    ((HOST, PORT) -> node id), to recognise a dead node's Record-Route."""
 
     def __init__(self, control: Control, index: int = 0) -> None:
         self.control = control
         self.index = index
         self.epoch = -1
         self.nodes: dict[int, tuple[str, int]] = {}
+        self.down: dict[tuple[str, int], int] = {}
 
     def get(self) -> dict[int, tuple[str, int]]:
         epoch = int(self.control.views[self.index, 0])
@@ -333,5 +335,7 @@ class UpNodes:
             sip = self.control.read_view_sip(self.index)
             self.nodes = {n: sip[n] for n, flags, _ in entries
                           if flags & VIEW_UP and n in sip and n != me}
+            self.down = {sip[n]: n for n, flags, _ in entries
+                         if not flags & VIEW_UP and n in sip and n != me}
             self.epoch = epoch
         return self.nodes

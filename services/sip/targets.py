@@ -57,8 +57,6 @@ class Targets:
         self._up = CT.UpNodes(self.control)
         self._nodes: dict[int, tuple[str, int]] = {}
         self._peer_ips: frozenset[str] = frozenset()
-        self._down_epoch = -1
-        self._down: dict[tuple[str, int], int] = {}
         self._target_cache: dict[tuple[bytes, int], tuple[list[RT.Target], bytes]] = {}
         self._aors: dict[str, str] = {}  # Request-URI -> AOR
         self.apply_reload(worker.cfg)
@@ -80,15 +78,9 @@ class Targets:
     def down_peer(self, hostport: tuple[str, int]) -> int:
         """The node whose SIP address this is, if it is a node of the cluster that is
         not reachable now (0: none)."""
-        epoch = int(self.control.views[0, 0])
-        if epoch != self._down_epoch and not epoch & 1:
-            _, me, entries = self.control.read_view(0)
-            sip = self.control.read_view_sip(0)
-            self._down = {sip[n]: n for n, flags, _ in entries
-                          if not flags & CT.VIEW_UP and n in sip and n != me}
-            self._down_epoch = epoch
+        self._up.get()
         host, port = hostport
-        return self._down.get((host, port or 5060), 0)
+        return self._up.down.get((host, port or 5060), 0)
 
     def from_peer(self, addr: tuple) -> bool:
         """Whether a datagram came from another node of the cluster (by address: the

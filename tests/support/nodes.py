@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import pathlib
+import random
 import signal
 import socket
 import subprocess
@@ -27,12 +28,18 @@ _seq = itertools.count(1)
 PYTHON = sys.executable
 
 
+# Ports for listeners come from below the kernel's ephemeral range (32768-60999 by
+# default): a port from that range may be taken, while its node is stopped, as the local
+# port of any outgoing connection (a peer re-dialling it can even connect to itself),
+# and the node cannot listen on it again when it restarts.
+PORTS = range(20000, 32768)
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (best effort)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    """A port free for both TCP and UDP on 127.0.0.1 (best effort), outside the
+    ephemeral range. `kind` is kept for callers that name the protocol they need."""
+    for _ in range(200):
+        port = random.choice(PORTS)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
                     socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
