@@ -8,6 +8,7 @@ order given, each naturally aligned. Neighbours: shm.contacts, shm.dialogs, shm.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -47,8 +48,8 @@ class RowLayout:
     strings: tuple[str, ...]  # blob segments, in order; strings[0] is the group identity
     aux_name: str = "aux"
 
-    @property
-    def dtype(self) -> np.dtype:
+    @cached_property
+    def dtype(self) -> np.dtype:  # computed once: the hot paths read it per row
         fields = PREFIX_FIELDS + self.fields
         placed, off = _place(fields)
         names = [name for name, _, _ in fields]
@@ -62,7 +63,7 @@ class RowLayout:
         return np.dtype({"names": names, "formats": formats, "offsets": offsets,
                          "itemsize": (off + 7) // 8 * 8})
 
-    @property
+    @cached_property
     def fixed_size(self) -> int:
         return self.dtype.itemsize
 
