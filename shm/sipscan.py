@@ -270,13 +270,30 @@ def scan_reply(d, n, mine, out):
         if kind == H_VIA:
             if not top_done:
                 top_done = True
-                for x in range(vs, ve):
-                    if d[x] == 44:
-                        return FALLBACK  # combined Via values
-                if not _top_via(d, vs, ve, mine, out):
-                    return FALLBACK
-                out[S_VIA_START] = p  # the CRLF before the line ...
-                out[S_VIA_END] = q  # ... up to the CRLF after it
+                comma = vs
+                while comma < ve and d[comma] != 44:
+                    comma += 1
+                if comma < ve:
+                    # combined values (a UA echoing the Vias on one line, as sipp does):
+                    # ours, which has no comma, is the first; what follows the comma
+                    # and its blanks stays, as messages.strip_top_via keeps it
+                    te = comma
+                    while te > vs and (d[te - 1] == 32 or d[te - 1] == 9):
+                        te -= 1
+                    k = comma + 1
+                    while k < ve and (d[k] == 32 or d[k] == 9):
+                        k += 1
+                    if k >= ve or ve != q:
+                        return FALLBACK  # nothing after it, or blanks Python would trim
+                    if not _top_via(d, vs, te, mine, out):
+                        return FALLBACK
+                    out[S_VIA_START] = vs  # our value and the comma ...
+                    out[S_VIA_END] = k  # ... up to the next value
+                else:
+                    if not _top_via(d, vs, ve, mine, out):
+                        return FALLBACK
+                    out[S_VIA_START] = p  # the CRLF before the line ...
+                    out[S_VIA_END] = q  # ... up to the CRLF after it
         elif kind == H_CSEQ:
             x = vs
             num = 0
