@@ -262,30 +262,36 @@ class DialogTracker:
 
     # ---------------------------------------------------------------- in-dialog requests
 
-    def _ids(self, msg: SipMessage) -> tuple[dict[str, bytes], bool] | None:
+    def _ids(self, call_id: str, from_tag_text: str, to_tag_text: str
+             ) -> tuple[dict[str, bytes], bool] | None:
         """The dialog's identity strings, and whether the request comes from the callee
         (its From tag is the dialog's To tag); None if no live dialog is known."""
-        callid = msg.call_id.encode()
-        from_tag = tag_of(msg.from_).encode()
+        callid = call_id.encode()
+        from_tag = from_tag_text.encode()
         if self.store.live(callid, from_tag):
             return {"callid": callid, "from_tag": from_tag}, False
-        to_tag = tag_of(msg.to).encode()
+        to_tag = to_tag_text.encode()
         if to_tag and self.store.live(callid, to_tag):
             return {"callid": callid, "from_tag": to_tag}, True
         return None
 
     def owns(self, msg: SipMessage) -> bool:
         """Whether a live dialog of this in-dialog request is known here."""
-        return self._ids(msg) is not None
+        return self._ids(msg.call_id, tag_of(msg.from_), tag_of(msg.to)) is not None
 
     def on_in_dialog(self, msg: SipMessage) -> None:
-        found = self._ids(msg)
+        self.in_dialog(msg.method, msg.call_id, tag_of(msg.from_), tag_of(msg.to),
+                       msg.cseq_num)
+
+    def in_dialog(self, method: str, call_id: str, from_tag: str, to_tag: str,
+                  cseq_num: int) -> None:
+        """on_in_dialog from the request's identity (the compiled relay's way)."""
+        found = self._ids(call_id, from_tag, to_tag)
         if found is None:
             return
         ids, from_callee = found
-        cseq = max(0, msg.cseq_num)
+        cseq = max(0, cseq_num)
         cseqs = {"callee_cseq": cseq} if from_callee else {"caller_cseq": cseq}
-        method = msg.method
         if method == "BYE":
             if self.store.apply(D.OP_DELETE, ids, **cseqs) >= 0:
                 self.counts[I_TERMINATED] += 1

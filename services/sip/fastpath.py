@@ -3,8 +3,10 @@
 (shm.sipreq.fast_request), each parsed, matched and relayed in one numba call. Anything
 unusual answers "not taken" before doing anything, and the Python way
 (services.sip.proxy) handles it; both ways send the same bytes
-(tests/unit/test_sipreq.py). With a dialog hook the Python way is always taken (the
-hook wants a parsed message). Neighbours: services.sip.proxy, shm.sipscan, shm.sipreq.
+(tests/unit/test_sipreq.py). With dialog tracking, the dialog hook is called between
+the kernel and the send, as the Python way calls it: for an ACK or BYE with the
+request's identity read from its head, for a response to an INVITE with the response
+parsed. Neighbours: services.sip.proxy, shm.sipscan, shm.sipreq.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from fastcluster.core.sip import parse_message
 from fastcluster.core.stats import INDEX
+from fastcluster.services.sip.messages import dialog_identity
 from fastcluster.shm import sipreq as RQ
 from fastcluster.shm import sipscan as SC
 from fastcluster.shm import transactions as X
@@ -60,7 +64,7 @@ class FastPath:
     def request(self, data: bytes, addr: tuple, listener: Any) -> bool:
         """An in-dialog ACK or BYE routed by our Record-Route, relayed in one compiled
         call (shm.sipreq.fast_request). False: nothing was done, go the Python way."""
-        if self.proxy.dialogs is not None or self.fq_listeners is None:
+        if self.fq_listeners is None:
             return False
         src = self._src_cache.get(addr[0])
         if src is None:
@@ -101,6 +105,11 @@ class FastPath:
             return True
         else:
             return False  # refused (full table ...): the Python way answers
+        dialogs = self.proxy.dialogs
+        if dialogs is not None:  # dialog hook, before the request goes on
+            ident = dialog_identity(data)
+            if ident is not None:
+                dialogs.in_dialog(*ident)
         n = int(q[RQ.Q_LEN])
         ip = int(q[RQ.Q_DST_IP])
         host = self._ips.get(ip)
@@ -113,10 +122,7 @@ class FastPath:
     def reply(self, data: bytes, listener: Any) -> bool:
         """A plain response to one of our branches, relayed in one compiled call
         (shm.sipscan.fast_reply): parse, match, strip, transaction update. False: not
-        such a response (nothing was done), parse it and go the Python way. With a
-        dialog hook the Python way is always taken (the hook wants a parsed message)."""
-        if self.proxy.dialogs is not None:
-            return False
+        such a response (nothing was done), parse it and go the Python way."""
         tx = self.tx
         now = _monotonic()
         r = fast_reply(tx.arena, _frombuffer(data, np.uint8), len(data), self.mine_bytes,
@@ -137,6 +143,14 @@ class FastPath:
             return True
         counts[I_RCV_TX] += 1
         actions, sock, upstream = tx.forward_to()
+        dialogs = self.proxy.dialogs
+        if dialogs is not None and scan[SC.S_MCLASS] == X.M_INVITE and status > 100:
+            # dialog hook, before the reply goes on (as Proxy.handle_reply)
+            final = 0
+            if actions and actions != X.A_FORWARD and actions & X.A_FIRST_FINAL:
+                final = tx.out().status
+            dialogs.on_invite_reply(parse_message(data), int(scan[SC.S_KEY]),
+                                    int(scan[SC.S_BRANCH]), final)
         if actions == X.A_FORWARD:
             self.sender.send(stripped, sock, upstream)
             counts[I_RELAYED] += 1
@@ -144,5 +158,5 @@ class FastPath:
             o = tx.out()
             response, request, targets = tx.out_strings(o)
             self.sender.run(actions, o, o.key, response, request, targets, arriving=stripped,
-                            branch=int(scan[2]))
+                            branch=int(scan[SC.S_BRANCH]))
         return True

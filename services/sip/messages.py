@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from fastcluster.core.sip import SipMessage, build_request
+from fastcluster.core.sip import SipMessage, build_request, tag_of
 
 COOKIE = "z9hG4bK"
 STATEFUL = COOKIE + "fc"  # + 16 hex key + 1 hex branch index + 8 hex loop hash
@@ -27,6 +27,9 @@ _LOOP_AT = _IDX_AT + 1
 
 _HEAD_LINES = re.compile(rb"\r\n(route|max-forwards)[ \t]*:[ \t]*([^\r\n]*)", re.I)
 TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+_IDENTITY = re.compile(rb"\r\n(call-id|i|from|f|to|t|cseq)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)",
+                       re.I)
+_IDENTITY_NAMES = {b"i": b"call-id", b"f": b"from", b"t": b"to"}
 _CANON = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq",
           "max-forwards": "Max-Forwards", "content-length": "Content-Length",
           "content-type": "Content-Type", "record-route": "Record-Route", "route": "Route",
@@ -253,3 +256,24 @@ def to_header(data: bytes) -> str:
     """The To value of a response (for the ACK of a non-2xx), from its bytes."""
     m = re.search(rb"\r\n(?:to|t)[ \t]*:[ \t]*([^\r\n]*)", data, re.I)
     return m.group(1).decode("utf-8", "surrogateescape").strip() if m else ""
+
+
+def dialog_identity(data: bytes) -> tuple[str, str, str, str, int] | None:
+    """(method, Call-ID, From tag, To tag, CSeq number) of a request the compiled relay
+    took (shm.sipreq: plain CRLF lines of printable ASCII, one From/To/Call-ID/CSeq),
+    read from its head without parsing the rest; None if one of them is missing. The
+    same values as core.sip.parse_message gives (tests/unit/test_fastpath_dialogs.py)."""
+    head = data[:data.find(b"\r\n\r\n") + 2]
+    found: dict[bytes, bytes] = {}
+    for m in _IDENTITY.finditer(head):
+        name = m.group(1).lower()
+        found.setdefault(_IDENTITY_NAMES.get(name, name), m.group(2))
+    try:
+        callid, from_, to, cseq = (found[b"call-id"], found[b"from"], found[b"to"],
+                                   found[b"cseq"])
+        number = int(cseq.split(None, 1)[0])
+    except (KeyError, ValueError, IndexError):
+        return None
+    method = data[:data.find(b" ")].decode("ascii")
+    return (method, callid.decode("ascii"), tag_of(from_.decode("ascii")),
+            tag_of(to.decode("ascii")), number)

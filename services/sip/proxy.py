@@ -84,6 +84,10 @@ class DialogHook(Protocol):
     def on_in_dialog(self, msg: SipMessage) -> None:
         """A request with a To tag (BYE, re-INVITE, ACK, ...) is being forwarded."""
 
+    def in_dialog(self, method: str, call_id: str, from_tag: str, to_tag: str,
+                  cseq_num: int) -> None:
+        """on_in_dialog for the compiled relay, from the request's identity."""
+
     def on_own_reply(self, msg: SipMessage, branch: str) -> bool:
         """A response whose top Via branch may be one of the requests dialog tracking
         sent itself; True if it was (then it is handled)."""

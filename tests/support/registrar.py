@@ -1,7 +1,9 @@
 """An in-memory registrar for unit tests: SipApp, the code a worker runs, over a contact
 table and ring in private memory, with a socket that records what would be sent. It
 has a transaction table, timer rings and a control segment too, so the proxy of the
-same SipApp runs on it (tests/unit/test_proxy.py)."""
+same SipApp runs on it (tests/unit/test_proxy.py); with dialogs=True, a dialog table,
+profile counters and sharing tag states too, and the worker's DialogTracker plugged into
+the proxy (dialog.track = all)."""
 from __future__ import annotations
 
 import types
@@ -16,10 +18,13 @@ from fastcluster.services.sip.registrar import SipApp
 from fastcluster.services.sip.subscribers import CredentialCache
 from fastcluster.shm import control as CT
 from fastcluster.shm import nonces as N
+from fastcluster.shm import profiles as PF
 from fastcluster.shm import ring as R
+from fastcluster.shm import shtags as SH
 from fastcluster.shm import table as T
 from fastcluster.shm import tmring as TR
 from fastcluster.shm.contacts import CONTACT
+from fastcluster.shm.dialogs import DIALOG
 from fastcluster.shm.tables import TABLES, ContactTable, Table
 from fastcluster.shm.transactions import TRANSACTION
 
@@ -42,7 +47,8 @@ class Harness:
 
     def __init__(self, capacity: int = 1000, record_bytes: int = 256,
                  settings: dict[str, str] | None = None, db_path: str = "",
-                 nonce_key: bytes = b"k" * 32, tx_capacity: int = 1000, **usrloc) -> None:
+                 nonce_key: bytes = b"k" * 32, tx_capacity: int = 1000,
+                 dialogs: bool = False, **usrloc) -> None:
         cli = {f"usrloc.{k}": str(v) for k, v in usrloc.items()}
         cli.update(settings or {})
         if db_path:
@@ -82,6 +88,29 @@ class Harness:
             worker.authenticator = Authenticator(cfg, self.nonces.key, self.nonces,
                                                  self.credentials, self.counts)
         self.app = SipApp(worker, self.counts)
+        self.dialogs = None
+        if dialogs:
+            self._plug_dialogs(worker, cfg, tx_capacity)
+
+    def _plug_dialogs(self, worker: types.SimpleNamespace, cfg, capacity: int) -> None:
+        from fastcluster.services.sip.dialogs import DialogTracker
+
+        record = cfg["dialog.record_bytes"]
+        buf = np.zeros(Table.size_for(DIALOG, capacity, record, 4), dtype=np.uint8)
+        worker.mem.dialogs = self.dialog_table = Table.create(buf, DIALOG, capacity, record,
+                                                              4, node_id=1)
+        seg = np.zeros(R.segment_size(4, 1 << 20), dtype=np.uint8)
+        R.init_segment(seg, 4, 1 << 20)
+        worker.rings["dialogs"] = R.region(seg, 3)
+        sh = np.zeros(SH.segment_size(), dtype=np.uint8)
+        SH.init_segment(sh)
+        worker.mem.shtags = SH.ShtagStates(sh)
+        pf = np.zeros(PF.segment_size(cfg["dialog.profile_values"]), dtype=np.uint8)
+        PF.init_segment(pf, cfg["dialog.profile_values"])
+        worker.mem.profiles = PF.ProfileCounters(pf)
+        self.dialogs = DialogTracker(worker, self.counts, self.app.proxy.local,
+                                     [f"udp:{LISTEN[0]}:{LISTEN[1]}"])
+        self.app.proxy.dialogs = self.dialogs
 
     def send(self, text: str, src: tuple = SRC) -> str | None:
         data = text.replace("\n", "\r\n").encode()
