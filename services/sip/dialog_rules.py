@@ -33,6 +33,30 @@ def state_of_reply(status: int, to_tag: str, final_status: int) -> int | None:
     return None
 
 
+def same_callee(state: int, stored_tag: bytes, tag: bytes) -> bool:
+    """Whether an in-dialog request naming the callee by `tag` (its To tag from the
+    caller, its From tag from the callee) belongs to a stored dialog in `state` whose
+    To tag is stored_tag. Once a 2xx confirmed it, only that callee's tag matches (a
+    forked INVITE answered 2xx twice makes two dialogs, RFC 3261 §13.2.2.4: the other
+    one is not tracked); before, any (the callee is not fixed yet). The kernel applies
+    the same rule to every change it is given (shm.dialogs._other_callee)."""
+    if state < DLG_CONFIRMED_NA or not stored_tag or not tag:
+        return True
+    return stored_tag == tag
+
+
+def uncounted_status(missing: list[str], limits: dict[str, int], too_long: set[str]
+                     ) -> int:
+    """The status an INVITE is refused with when the profile entries `missing` could
+    not be counted: a profile with a limit fails closed -- 500 when its value can never
+    fit (too_long: longer than a counter name may be), else 503 (the counters are full
+    for now) -- one without fails open (0: admit, the miss is only counted)."""
+    limited = [e for e in missing if limit_of(e, limits) is not None]
+    if not limited:
+        return 0
+    return 500 if any(e in too_long for e in limited) else 503
+
+
 def _entries(values: list[str]) -> list[str]:
     out = []
     for v in values:

@@ -10,6 +10,8 @@ created it. For those dialogs, once per SCAN_S (a slice of the table each tick):
   whose previous ping is still unanswered, or that answered 481 or 408, ends it the
   same way (the workers note the replies in the row's per-node word).
 A BYE goes once (no retransmission): its replies are only counted.
+An INVITE the timer process itself answers with a failure (tm_timer: the 408 of Timer
+B/C) has its dialog deleted at once (`invite_failed`), wherever its timers run.
 
 The profile counts of this node (shm.profiles) are recounted from the table every
 RECOUNT_S, and at once when a tag changes state here, over a slice of the table per
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fastcluster.core.config import Config
+from fastcluster.core.sip import SipParseError, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import dialog_rules as DR
 from fastcluster.services.sip import routing as RT
@@ -85,6 +88,18 @@ class DialogTimer:
         self.ping_s = cfg["dialog.ping_interval_s"]
         self.cluster = cfg.replication_cluster("dialog.replication_cluster") or \
             cfg["clusterer.cluster_id"][0]
+
+    def invite_failed(self, request: bytes) -> None:
+        """tm_timer answered an INVITE (as received: `request`) with a failure: an
+        initial INVITE's dialog goes (OP_FAIL: unless a 2xx confirmed it)."""
+        try:
+            msg = parse_message(request)
+        except SipParseError:
+            return
+        if tag_of(msg.to):
+            return  # a re-INVITE: its failure does not end the dialog
+        if self.store.fail(msg.call_id.encode(), tag_of(msg.from_).encode()):
+            self.stats[I_FAILED] += 1
 
     def runs(self, row: dict, active: frozenset[str]) -> bool:
         """Whether this node runs a dialog's timers."""

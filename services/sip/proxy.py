@@ -81,6 +81,11 @@ class DialogHook(Protocol):
         final_status: the transaction's final response upstream if this one made it
         (0 otherwise)."""
 
+    def invite_failed(self, msg: SipMessage) -> None:
+        """An initial INVITE `admit` let through is answered >= 300 by the proxy itself
+        (no transaction for it, or the final again to a retransmission of a failed
+        one): its dialog ends as if the failure had come from downstream."""
+
     def on_in_dialog(self, msg: SipMessage) -> None:
         """A request with a To tag (BYE, re-INVITE, ACK, ...) is being forwarded."""
 
@@ -137,6 +142,7 @@ class Proxy:
         if method == "CANCEL":
             self._cancel(msg, addr, listener)
             return
+        admitted = False
         try:
             if msg.max_forwards == 0:
                 raise Refused(483, I_483)
@@ -151,6 +157,7 @@ class Proxy:
                 refusal = self.dialogs.admit(msg, addr, listener.index)  # dialog hook
                 if refusal:
                     raise Refused(refusal)
+                admitted = True
         except Refused as r:
             if r.counter >= 0:
                 self.counts[r.counter] += 1
@@ -161,11 +168,16 @@ class Proxy:
         groups = bytes(t.group for t in targets)
         if self.targets.serial and any(groups):
             flags |= X.F_SERIAL
-        ident, rfc2543 = self.ident(msg, method)
-        if rfc2543:
-            flags |= X.F_RFC2543
-        result = self.tx.request(X.K_REQUEST, ident, data, encoded, groups, len(targets),
-                                 flags, msg.cseq_num, listener.index, addr)
+        try:
+            ident, rfc2543 = self.ident(msg, method)
+            if rfc2543:
+                flags |= X.F_RFC2543
+            result = self.tx.request(X.K_REQUEST, ident, data, encoded, groups, len(targets),
+                                     flags, msg.cseq_num, listener.index, addr)
+        except Exception:
+            if admitted and self.dialogs is not None:
+                self.dialogs.invite_failed(msg)  # dialog hook: nothing will answer it
+            raise
         if result == X.R_NEW:
             key, start = self.tx.new_key_start()
             self.counts[I_UAS] += 1
@@ -185,6 +197,8 @@ class Proxy:
         elif result == X.R_MATCH:
             o = self.tx.out()
             self.counts[I_ABSORBED] += 1
+            if admitted and o.flags & X.F_FINAL_SENT and o.status >= 300 and self.dialogs:
+                self.dialogs.invite_failed(msg)  # a failed INVITE again: admit remade it
             if o.actions & X.A_SEND_100:
                 self.reply(msg, 100, addr, listener)
             elif o.actions:
@@ -194,6 +208,8 @@ class Proxy:
             status, counter = KERNEL_ERRORS.get(result, (500, -1))
             if counter >= 0:
                 self.counts[counter] += 1
+            if admitted and self.dialogs is not None:
+                self.dialogs.invite_failed(msg)  # dialog hook
             self.reply(msg, status, addr, listener)
 
     def ident(self, msg: SipMessage, method: str) -> tuple[bytes, bool]:

@@ -10,8 +10,12 @@ response again, from this process's copy of the SIP listeners. At start the whee
 empty, so every row is re-armed from the table once; after that a slice of the table
 per tick re-arms any row whose wheel entry went missing (a full ring, a writer killed
 between its commit and its push) and `table_expire` frees rows whose timers all went
-missing (a safety net, counted). Neighbours: workers.timer (the loop), shm.tmwheel,
-services.sip.tm.
+missing (a safety net, counted). When a timer sends an INVITE transaction's final
+response upstream and it is a failure (the 408 of Timer B/C, or a stored failure of
+another branch once the last one timed out), `on_invite_failed` gets the request:
+dialog tracking deletes the INVITE's dialog then and there (workers.timer wires it to
+services.sip.dialog_timer), as the workers do for a failure that arrives. Neighbours:
+workers.timer (the loop), shm.tmwheel, services.sip.tm.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -90,6 +95,8 @@ class TmTimer:
         self.sender = Sender(self.listeners, lambda i: self.socks.get(i) or self.socks[0],
                              cfg["clusterer.node_id"], self.stats)
         self.sweep_region = 0
+        # the request of an INVITE whose final upstream, sent by a timer, is >= 300
+        self.on_invite_failed: Callable[[bytes], None] | None = None
         self.apply_config(cfg)
         started = time.perf_counter()
         rearmed = self.sweep(0, self.table.nregions, -1)
@@ -161,6 +168,9 @@ class TmTimer:
         response = strings[X.S_RESPONSE] if flags & X.F_RESP else b""
         self.sender.run(o.actions, o, key, response, strings[X.S_REQUEST],
                         strings[X.S_TARGETS])
+        if o.actions & X.A_FIRST_FINAL and o.status >= 300 and flags & X.F_INVITE and \
+                self.on_invite_failed is not None:
+            self.on_invite_failed(strings[X.S_REQUEST])
 
     def publish(self) -> None:
         """Wheel figures into the timer's status words (read by the MI: t_stats)."""

@@ -129,3 +129,28 @@ def test_a_bye_of_our_own_parses_and_names_the_dialog() -> None:
                                     "z9hG4bK-other"])
 def test_other_branches_are_not_ours(branch) -> None:
     assert DR.parse_own_branch(branch) is None
+
+
+@pytest.mark.parametrize("state, stored, tag, same", [
+    (1, b"", b"b1", True),  # unconfirmed: any callee
+    (2, b"b2", b"b1", True),  # early: another branch may still take the row
+    (3, b"b1", b"b1", True),
+    (3, b"b1", b"b2", False),  # confirmed with b1: b2's 2xx is a dialog of its own
+    (4, b"b1", b"b2", False),
+    (4, b"b1", b"", True),  # a change naming no callee (timers, MI)
+    (4, b"", b"b2", True),
+])
+def test_same_callee(state, stored, tag, same) -> None:
+    assert DR.same_callee(state, stored, tag) is same
+
+
+@pytest.mark.parametrize("missing, limits, too_long, status", [
+    ([], {"per_user": 2}, set(), 0),
+    (["calls"], {"per_user": 2}, set(), 0),  # no limit: fails open (counted)
+    (["per_user/bob"], {"per_user": 2}, set(), 503),  # counters full: fail closed
+    (["per_user/" + "x" * 200], {"per_user": 2}, {"per_user/" + "x" * 200}, 500),
+    (["calls", "per_user/bob"], {"calls": 9}, set(), 503),
+])
+def test_an_uncounted_value_of_a_limited_profile_refuses_the_call(missing, limits, too_long,
+                                                                  status) -> None:
+    assert DR.uncounted_status(missing, limits, too_long) == status
