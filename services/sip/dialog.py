@@ -117,7 +117,9 @@ def _find(node: Any, dialog_id_or_callid: str) -> dict | None:
 @command("dlg_end_dlg")
 def mi_dlg_end_dlg(node: Any, dialog_id: str, extra_hdrs: str | None = None) -> str:
     """End a dialog (its ID from dlg_list, or its Call-ID): the node running its timers
-    sends a BYE to each leg within a second."""
+    sends a BYE to each leg of a confirmed dialog within a second; an early one gets
+    no BYE (no leg has a dialog yet): its INVITE is CANCELled by the node that routed
+    it, as OpenSIPS does (services.sip.dialog_timer)."""
     if extra_hdrs:
         raise MIError(400, "extra_hdrs is not supported")
     row = _find(node, str(dialog_id))

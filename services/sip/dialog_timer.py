@@ -5,7 +5,14 @@ sharing tag is active (shm.shtags), or, for a dialog without a tag, the node tha
 created it. For those dialogs, once per SCAN_S (a slice of the table each tick):
 - lifetime over, or an end asked for (dlg_end_dlg: F_END): a confirmed dialog gets a
   BYE to each leg, as if from the other party, and is deleted (replicated: every
-  node drops it); an unconfirmed one is only deleted (Timer C answered its INVITE);
+  node drops it); an unconfirmed one at its lifetime is only deleted (Timer C answered
+  its INVITE). An early (or unconfirmed) dialog dlg_end_dlg ended gets no BYE -- no
+  leg has a dialog yet -- but, as OpenSIPS's dlg_end_dlg does (t_cancel_trans on its
+  initial transaction), its INVITE is CANCELled: by the node that created it, which
+  holds the transaction (services.sip.tm_timer.cancel_invite, found through the key
+  kept in the row's per-node word: services.sip.dialogs.bind_invite), whichever node
+  runs its timers; the callees' 487 goes upstream and deletes the dialog. If that
+  node is gone, its transaction went with it: the dialog ends at its lifetime;
 - every [dialog] ping_interval_s: an OPTIONS to each leg of a confirmed dialog; a leg
   whose previous ping is still unanswered, or that answered 481 or 408, ends it the
   same way (the workers note the replies in the row's per-node word).
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,11 +39,13 @@ from fastcluster.core.config import Config
 from fastcluster.core.sip import SipParseError, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import dialog_rules as DR
+from fastcluster.services.sip import dialogs as DL
 from fastcluster.services.sip import routing as RT
 from fastcluster.services.sip.dialogs import DialogStore
 from fastcluster.services.sip.dns import Resolver
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import profiles as PF
+from fastcluster.shm import table as T
 
 log = logging.getLogger("dialog")
 
@@ -73,6 +83,8 @@ class DialogTimer:
         self.pass_pings = False
         self.next_ping = 0.0
         self.serial = 0
+        # (key_high, Call-ID, From tag) -> CANCEL an INVITE transaction of this node
+        self.cancel_invite: Callable[[int, str, str], bool] | None = None
         # profile recount
         self.scratch = np.zeros(self.profiles.nslots, dtype=np.int64)
         self.row8 = np.zeros(self.row_size, dtype=np.uint8)
@@ -132,6 +144,9 @@ class DialogTimer:
                                self.rows, self.slots, MAX_DUE)
             self.cursor = int(nxt)
             for row in D.DIALOG.decode(self.rows, int(n), self.row_size):
+                if row["flags"] & D.F_END and row["dlg_state"] < D.DLG_CONFIRMED_NA and \
+                        row["creator"] == self.node:
+                    self._cancel_early(row)
                 if self.runs(row, active):
                     self._due_safely(row, now_s)
             if n < MAX_DUE:
@@ -153,9 +168,24 @@ class DialogTimer:
             except Exception:  # noqa: BLE001
                 log.exception("dialog %r could not be removed", row.get("callid"))
 
+    def _cancel_early(self, row: dict) -> None:
+        """dlg_end_dlg on an early dialog made here: CANCEL its INVITE's branches."""
+        word = int(D.dlg_ping_mark(self.arena, np.uint64(row["key"]), np.uint64(row["group"]),
+                                   0, 0))
+        # (E_NOT_FOUND, -5, is no word: one would have its low ping bits 0b1011 set,
+        # which a dialog that is not confirmed never has)
+        high = 0 if word == T.E_NOT_FOUND else word & ~DL.TX_KEY_LOW & ((1 << 64) - 1)
+        if high and self.cancel_invite is not None and \
+                self.cancel_invite(high, row["callid"], row["from_tag"]):
+            return
+        log.info("dialog %s: dlg_end_dlg on an early dialog whose INVITE is not pending "
+                 "here any more; it ends with its INVITE or at its lifetime", row["callid"])
+
     def _due(self, row: dict, now_s: int) -> None:
         ids = {"callid": row["callid"].encode(), "from_tag": row["from_tag"].encode()}
         confirmed = row["dlg_state"] >= D.DLG_CONFIRMED_NA
+        if row["flags"] & D.F_END and not confirmed and row["timeout"] > now_s:
+            return  # early: its creator CANCELs the INVITE (_cancel_early); its final ends it
         if row["flags"] & D.F_END or row["timeout"] <= now_s:
             if not confirmed:
                 if self.store.apply(D.OP_FAIL, ids) >= 0:

@@ -63,6 +63,11 @@ I_PING_RPL, I_OWN_RPL = _I["dialog:ping_replies"], _I["dialog:own_replies"]
 I_WAITS = _I["dialog:lock_waits"]
 I_TOO_LONG = _I["dialog:callee_too_long"]
 UNCONFIRMED_MARGIN_S = 32  # an unconfirmed dialog outlives Timer C by this (64*T1)
+# The per-node word of a dialog row (shm.dialogs: never replicated) holds, on the node
+# that created the dialog, its INVITE transaction's key but the low 4 bits (the ping
+# bits of the node running its timers, which only ping confirmed dialogs): what
+# dlg_end_dlg on an early dialog needs to CANCEL it (services.sip.dialog_timer).
+TX_KEY_LOW = 0xF
 LIMIT_STATUS = 403
 
 
@@ -260,6 +265,15 @@ class DialogTracker:
         return DR.exceeded(counts, self.limits)
 
     # ---------------------------------------------------------------- responses
+
+    def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
+        """The transaction of an admitted INVITE was made: keep its key with the
+        dialog, in this node's per-node word (TX_KEY_LOW)."""
+        key, group = D.dialog_ids(msg.call_id.encode(), tag_of(msg.from_).encode())
+        high = tx_key & ~TX_KEY_LOW & ((1 << 64) - 1)
+        D.dlg_ping_mark(self.store.arena, np.uint64(key), np.uint64(group),
+                        np.int64(high - (1 << 64) if high >= 1 << 63 else high),
+                        np.int64(~TX_KEY_LOW))
 
     def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int) -> None:
         to_tag = tag_of(msg.to)

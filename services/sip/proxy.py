@@ -81,6 +81,9 @@ class DialogHook(Protocol):
         final_status: the transaction's final response upstream if this one made it
         (0 otherwise)."""
 
+    def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
+        """The transaction of an INVITE admit let through was made (key tx_key)."""
+
     def invite_failed(self, msg: SipMessage) -> None:
         """An initial INVITE `admit` let through is answered >= 300 by the proxy itself
         (no transaction for it, or the final again to a retransmission of a failed
@@ -183,6 +186,8 @@ class Proxy:
             self.counts[I_UAS] += 1
             if invite:
                 self.reply(msg, 100, addr, listener)
+                if admitted and self.dialogs is not None:
+                    self.dialogs.bind_invite(msg, key)  # dialog hook
             if self.dialogs is not None and tag_of(msg.to):
                 self.dialogs.on_in_dialog(msg)  # dialog hook
             loop = M.loop_hash(msg)

@@ -14,7 +14,9 @@ missing (a safety net, counted). When a timer sends an INVITE transaction's fina
 response upstream and it is a failure (the 408 of Timer B/C, or a stored failure of
 another branch once the last one timed out), `on_invite_failed` gets the request:
 dialog tracking deletes the INVITE's dialog then and there (workers.timer wires it to
-services.sip.dialog_timer), as the workers do for a failure that arrives. Neighbours:
+services.sip.dialog_timer), as the workers do for a failure that arrives; and
+`cancel_invite` CANCELs the pending branches of an INVITE whose early dialog
+dlg_end_dlg ended (as a CANCEL from the caller would). Neighbours:
 workers.timer (the loop), shm.tmwheel, services.sip.tm.
 """
 from __future__ import annotations
@@ -28,12 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from fastcluster.core.sip import SipParseError, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip.tm import Listener, Sender, params_from
+from fastcluster.shm import table as T
 from fastcluster.shm import tmring as TR
 from fastcluster.shm import tmwheel as W
 from fastcluster.shm import transactions as X
-from fastcluster.shm.txwork import TxOut, address_of
+from fastcluster.shm.txwork import TxOut, TxWork, address_of
 
 log = logging.getLogger("tm")
 
@@ -97,6 +101,8 @@ class TmTimer:
         self.sweep_region = 0
         # the request of an INVITE whose final upstream, sent by a timer, is >= 300
         self.on_invite_failed: Callable[[bytes], None] | None = None
+        self.work = TxWork(self.arena, mem.tmrings, timer.slot, timer.me, self.params,
+                           self.stats)  # for the CANCELs dlg_end_dlg asks for
         self.apply_config(cfg)
         started = time.perf_counter()
         rearmed = self.sweep(0, self.table.nregions, -1)
@@ -145,6 +151,49 @@ class TmTimer:
         if armed:
             self.stats[I_REARMED] += armed
         return more
+
+    def _strings(self, slot: int, key: int) -> list[bytes] | None:
+        """The strings of row `slot` if it still holds `key` (seqlock read)."""
+        if X.tx_read(self.arena, slot, np.uint64(key), self.readbuf) == 0:
+            return None
+        mv = memoryview(self.readbuf)
+        pos = X.TRANSACTION.fixed_size
+        out = []
+        for ln in _LENS.unpack_from(mv, X.O_LENS):
+            out.append(bytes(mv[pos:pos + ln]))
+            pos += ln
+        return out
+
+    def cancel_invite(self, key_high: int, callid: str, from_tag: str) -> bool:
+        """CANCEL the pending branches of the INVITE transaction whose key is key_high
+        in its upper 60 bits (what dialog tracking keeps of it) and whose request has
+        this Call-ID and From tag: as if its caller had sent the CANCEL (the callees
+        answer 487, which goes upstream and ends the early dialog). Whether it was
+        found; CANCELs already sent are not sent again."""
+        for low in range(16):
+            key = key_high | low
+            if key < 2:
+                continue
+            slot = int(T.table_find(self.arena, np.uint64(key), np.uint64(key)))
+            strings = self._strings(slot, key) if slot >= 0 else None
+            if strings is None:
+                continue
+            try:
+                req = parse_message(strings[X.S_REQUEST])
+            except SipParseError:
+                continue
+            if req.method != "INVITE" or req.call_id != callid or tag_of(req.from_) != from_tag:
+                continue
+            r = self.work.request(X.K_CANCEL, strings[X.S_IDENT], b"", b"", b"", 0, 0,
+                                  req.cseq_num, 0, ("0.0.0.0", 0))
+            if r != X.R_MATCH:
+                return False
+            o = self.work.out()
+            if o.actions & X.A_CANCEL:
+                _, request, targets = self.work.out_strings(o)
+                self.sender.run(X.A_CANCEL, o, o.key, b"", request, targets, req=req)
+            return True
+        return False
 
     def _act(self, rec: np.ndarray) -> None:
         slot, key = int(rec[W.A_SLOT]), int(rec[W.A_KEY]) & ((1 << 64) - 1)

@@ -77,6 +77,7 @@ class Tracked(Proxy):
             me=T.lock_word(2, 2), slot=2)
         dt = DialogTimer(timer, lambda i: self.sock, [LISTEN], 0.1)
         tm.on_invite_failed = dt.invite_failed
+        dt.cancel_invite = tm.cancel_invite
         return tm, dt
 
 
@@ -202,6 +203,58 @@ def test_a_bye_in_an_early_dialog_leaves_the_row_to_the_invites_final() -> None:
     assert p.live(61)  # the other branch may still answer
     p.feed(response_to(f1, 200, tag="b1", contact=BOB1), BOB1)
     assert p.dialog(61)["to_tag"] == "b1" and p.live(61)
+
+
+# ---------------------------------------------------------------- 7: dlg_end_dlg, early
+
+
+def end_dlg(p: Tracked, n: int) -> None:
+    """What MI dlg_end_dlg writes (services.sip.dialog): F_END on the dialog."""
+    assert p.tracker.store.apply(D.OP_UPDATE, {"callid": f"call-{n}".encode(),
+                                               "from_tag": f"a{n}".encode()},
+                                 flags=D.F_END) >= 0
+
+
+def scan(dt: DialogTimer) -> None:
+    """One pass of the dialog timers over the whole table."""
+    for _ in range(dt.ticks + 1):
+        dt._timers(1e9)
+
+
+def test_dlg_end_dlg_on_an_early_dialog_cancels_its_invite_and_sends_no_bye() -> None:
+    p = Tracked([BOB1, BOB2])
+    tm, dt = p.timers()
+    out = p.feed(invite(55), CALLER)
+    f1, f2 = only(out, BOB1)[0], only(out, BOB2)[0]
+    p.feed(response_to(f1, 180, tag="b1"), BOB1)
+    p.feed(response_to(f2, 180, tag="b2", contact=BOB2), BOB2)
+    end_dlg(p, 55)
+    p.sock.sent.clear()
+    scan(dt)
+    sent = [parse_message(d) for d, _ in p.sock.sent]
+    assert sorted((m.method, a) for m, (_, a) in zip(sent, p.sock.sent)) == \
+        [("CANCEL", BOB1), ("CANCEL", BOB2)]
+    assert p.live(55)  # until the INVITE's final
+    scan(dt)  # the next pass sends no CANCEL again
+    assert len(p.sock.sent) == 2
+    (c1,) = [d for d, a in p.sock.sent if a == BOB1]
+    assert parse_message(c1).vias[0] == parse_message(f1).vias[0]  # our branch's CANCEL
+    assert only(p.feed(response_to(f1, 487), BOB1), CALLER) == []
+    (up,) = only(p.feed(response_to(f2, 487, tag="b2", contact=BOB2), BOB2), CALLER)
+    assert status(up) == 487 and not p.live(55)
+    assert tm.stats[INDEX["dialog:byes_sent"]] == 0
+
+
+def test_dlg_end_dlg_on_a_confirmed_dialog_still_sends_byes() -> None:
+    p = Tracked()
+    _, dt = p.timers()
+    (fwd,) = only(p.feed(invite(56), CALLER), BOB1)
+    p.feed(response_to(fwd, 200, tag="b1"), BOB1)
+    end_dlg(p, 56)
+    p.sock.sent.clear()
+    scan(dt)
+    assert sorted(parse_message(d).method for d, _ in p.sock.sent) == ["BYE", "BYE"]
+    assert not p.live(56)
 
 
 # ---------------------------------------------------------------- 3: callee too long
