@@ -34,9 +34,11 @@ def describe(row: dict, ctx: bool = False) -> dict[str, Any]:
            "from_uri": row["from_uri"], "to_uri": row["to_uri"],
            "caller_tag": row["from_tag"], "caller_contact": row["caller_contact"],
            "caller_cseq": str(row["caller_cseq"]), "caller_route_set": row["caller_route"],
-           "caller_bind_addr": row["caller_sock"], "callee_tag": row["to_tag"],
+           "caller_bind_addr": row["caller_sock"].partition(" ")[0],
+           "callee_tag": row["to_tag"],
            "callee_contact": row["callee_contact"], "callee_cseq": str(row["callee_cseq"]),
-           "callee_route_set": row["callee_route"], "callee_bind_addr": row["callee_sock"],
+           "callee_route_set": row["callee_route"],
+           "callee_bind_addr": row["callee_sock"].partition(" ")[0],
            "sharing_tag": row["shtag"]}
     if ctx:
         out["context"] = {"profiles": [p for p in row["profiles"].split("\n") if p],

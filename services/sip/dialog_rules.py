@@ -176,6 +176,35 @@ def next_hop(leg: Leg) -> str:
     return RT.uri_of(leg.routes[0]) if leg.routes else leg.ruri
 
 
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def sock_value(label: str, source: tuple | None) -> str:
+    """A leg's `*_sock` string: the label of the listener the leg's messages came in on
+    ("udp:HOST:PORT", dlg_list's *_bind_addr) and, after a space, the address they came
+    from (its NAT binding, as received)."""
+    return f"{label} {hostport(source[0], source[1])}" if source else label
+
+
+def split_sock(value: str) -> tuple[str, tuple[str, int] | None]:
+    """(listener label, source address or None) of a `*_sock` string."""
+    label, _, source = value.partition(" ")
+    hp = RT.uri_hostport(f"sip:{source}") if source else None
+    return label, ((hp[0], hp[1] or 5060) if hp is not None else None)
+
+
+def leg_destination(leg: Leg, source: tuple[str, int] | None
+                    ) -> tuple[str, int | None] | None:
+    """Where a request of our own to a leg goes: its first Route when it has a route
+    set (the proxies on the way route it on), else the address the leg's messages came
+    from (its NAT binding: a Contact behind NAT names a private address, the
+    nathelper rule), else its Contact. (host, port; 0 or None: the default)."""
+    if not leg.routes and source is not None:
+        return source
+    return RT.uri_hostport(next_hop(leg))
+
+
 def in_dialog_request(method: str, leg: Leg, callid: str, via_host: str, branch: str,
                       extra: list[tuple[str, str]] | None = None) -> bytes:
     """A BYE or OPTIONS to a leg of a dialog, sent by this node itself."""

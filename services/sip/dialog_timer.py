@@ -16,6 +16,10 @@ created it. For those dialogs, once per SCAN_S (a slice of the table each tick):
 - every [dialog] ping_interval_s: an OPTIONS to each leg of a confirmed dialog; a leg
   whose previous ping is still unanswered, or that answered 481 or 408, ends it the
   same way (the workers note the replies in the row's per-node word).
+Requests of our own (pings, BYEs) go where the proxy would send an in-dialog request
+to that leg -- its route set's first hop, else the address its messages came from
+(NAT), else its Contact (dialog_rules.leg_destination) -- from the listener the leg
+used (its `*_sock`), with that listener in the Via, so the replies come back there.
 A BYE goes once (no retransmission): its replies are only counted.
 An INVITE the timer process itself answers with a failure (tm_timer: the 408 of Timer
 B/C) has its dialog deleted at once (`invite_failed`), wherever its timers run.
@@ -40,12 +44,10 @@ from fastcluster.core.sip import SipParseError, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import dialog_rules as DR
 from fastcluster.services.sip import dialogs as DL
-from fastcluster.services.sip import routing as RT
 from fastcluster.services.sip.dialogs import DialogStore
 from fastcluster.services.sip.dns import Resolver
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import profiles as PF
-from fastcluster.shm import table as T
 
 log = logging.getLogger("dialog")
 
@@ -73,8 +75,8 @@ class DialogTimer:
         self.profiles = mem.profiles
         self.node = timer.cfg["clusterer.node_id"]
         self.sock_of = sock_of
-        self.via_host = f"[{listeners[0][0]}]:{listeners[0][1]}" if ":" in listeners[0][0] \
-            else f"{listeners[0][0]}:{listeners[0][1]}"
+        self.via_hosts = [DR.hostport(h, p) for h, p in listeners]
+        self.by_label = {f"udp:{DR.hostport(h, p)}": i for i, (h, p) in enumerate(listeners)}
         self.resolver = Resolver()
         self.ticks = max(1, int(SCAN_S / tick_s))
         self.rows = np.zeros(MAX_DUE * self.row_size, dtype=np.uint8)
@@ -172,9 +174,7 @@ class DialogTimer:
         """dlg_end_dlg on an early dialog made here: CANCEL its INVITE's branches."""
         word = int(D.dlg_ping_mark(self.arena, np.uint64(row["key"]), np.uint64(row["group"]),
                                    0, 0))
-        # (E_NOT_FOUND, -5, is no word: one would have its low ping bits 0b1011 set,
-        # which a dialog that is not confirmed never has)
-        high = 0 if word == T.E_NOT_FOUND else word & ~DL.TX_KEY_LOW & ((1 << 64) - 1)
+        high = word & DL.TX_KEY_MASK if word >= 0 else 0
         if high and self.cancel_invite is not None and \
                 self.cancel_invite(high, row["callid"], row["from_tag"]):
             return
@@ -220,7 +220,9 @@ class DialogTimer:
 
     def send(self, row: dict, callee: bool, method: str, kind: str) -> bool:
         leg = DR.leg_of(row, callee)
-        hp = RT.uri_hostport(DR.next_hop(leg))
+        label, source = DR.split_sock(row["callee_sock" if callee else "caller_sock"])
+        hp = DR.leg_destination(leg, source)
+        sock = self.by_label.get(label, 0)
         dst = self.resolver.address(*hp) if hp is not None else None
         if dst is None:
             log.info("dialog %s: no address for the %s leg (%s)", row["callid"],
@@ -229,8 +231,9 @@ class DialogTimer:
         self.serial += 1
         branch = DR.own_branch(kind, callee, row["key"], self.serial)
         try:
-            data = DR.in_dialog_request(method, leg, row["callid"], self.via_host, branch)
-            self.sock_of(0).sendto(data, dst)
+            data = DR.in_dialog_request(method, leg, row["callid"], self.via_hosts[sock],
+                                        branch)
+            self.sock_of(sock).sendto(data, dst)
         except (OSError, ValueError, OverflowError) as exc:
             log.info("dialog %s: %s to the %s leg not sent: %s", row["callid"], method,
                      "callee" if callee else "caller", exc)

@@ -65,9 +65,10 @@ I_TOO_LONG = _I["dialog:callee_too_long"]
 UNCONFIRMED_MARGIN_S = 32  # an unconfirmed dialog outlives Timer C by this (64*T1)
 # The per-node word of a dialog row (shm.dialogs: never replicated) holds, on the node
 # that created the dialog, its INVITE transaction's key but the low 4 bits (the ping
-# bits of the node running its timers, which only ping confirmed dialogs): what
-# dlg_end_dlg on an early dialog needs to CANCEL it (services.sip.dialog_timer).
-TX_KEY_LOW = 0xF
+# bits of the node running its timers) and the top one (the word stays >= 0, apart
+# from dlg_ping_mark's negative E_NOT_FOUND): what dlg_end_dlg on an early dialog
+# needs to CANCEL it (services.sip.dialog_timer; 32 candidate keys are looked up).
+TX_KEY_MASK = 0x7FFF_FFFF_FFFF_FFF0
 LIMIT_STATUS = 403
 
 
@@ -228,8 +229,8 @@ class DialogTracker:
             "to_uri": _uri(msg.to).encode(),
             "caller_contact": _uri(contact).encode() if contact else b"",
             "caller_route": ", ".join(caller_route).encode(),
-            "caller_sock": self.labels[listener].encode() if listener < len(self.labels)
-            else b"", "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
+            "caller_sock": DR.sock_value(self.labels[listener] if listener < len(self.labels)
+                                         else "", src[:2]).encode(), "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
             state=D.DLG_UNCONFIRMED, timeout=now + self.unconfirmed_s, start=now,
             caller_cseq=max(0, msg.cseq_num), flags=self.ping_flags, creator=self.node)
         if r >= 0:
@@ -270,12 +271,11 @@ class DialogTracker:
         """The transaction of an admitted INVITE was made: keep its key with the
         dialog, in this node's per-node word (TX_KEY_LOW)."""
         key, group = D.dialog_ids(msg.call_id.encode(), tag_of(msg.from_).encode())
-        high = tx_key & ~TX_KEY_LOW & ((1 << 64) - 1)
         D.dlg_ping_mark(self.store.arena, np.uint64(key), np.uint64(group),
-                        np.int64(high - (1 << 64) if high >= 1 << 63 else high),
-                        np.int64(~TX_KEY_LOW))
+                        np.int64(tx_key & TX_KEY_MASK), np.int64(TX_KEY_MASK))
 
-    def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int) -> None:
+    def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int,
+                        listener: int = -1, src: tuple | None = None) -> None:
         to_tag = tag_of(msg.to)
         state = DR.state_of_reply(msg.status, to_tag, final_status)
         if state is None:
@@ -290,8 +290,11 @@ class DialogTracker:
         now = int(time.time())
         timeout = now + (self.lifetime_s if state == D.DLG_CONFIRMED_NA else self.unconfirmed_s)
         base = dict(ids)
+        label = self.labels[listener] if 0 <= listener < len(self.labels) else ""
         ids.update(to_tag=to_tag.encode(),
                    callee_contact=_uri(contact).encode() if contact else b"",
+                   callee_sock=DR.sock_value(label, src[:2] if src else None).encode()
+                   if label else b"",
                    caller_route=", ".join(caller_route).encode(),
                    callee_route=", ".join(callee_route).encode())
         r = self.store.apply(D.OP_UPDATE, ids, state=state, timeout=timeout)

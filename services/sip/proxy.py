@@ -75,11 +75,11 @@ class DialogHook(Protocol):
         """An initial INVITE about to be proxied (its targets found): 0 to go on, or
         the status to refuse it with (a profile limit, no room for its dialog)."""
 
-    def on_invite_reply(self, msg: SipMessage, key: int, branch: int,
-                        final_status: int) -> None:
-        """A response to an initial INVITE arrived on `branch` of transaction `key`;
-        final_status: the transaction's final response upstream if this one made it
-        (0 otherwise)."""
+    def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int,
+                        listener: int = -1, src: tuple | None = None) -> None:
+        """A response to an initial INVITE arrived on `branch` of transaction `key`, on
+        `listener` from `src`; final_status: the transaction's final response upstream
+        if this one made it (0 otherwise)."""
 
     def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
         """The transaction of an INVITE admit let through was made (key tx_key)."""
@@ -380,7 +380,7 @@ class Proxy:
         if self.dialogs is not None and mclass == X.M_INVITE:
             # dialog hook, before the reply goes on: the caller's ACK to a 2xx may reach
             # another worker at once, and must find the dialog with the callee's side
-            self.dialogs.on_invite_reply(msg, key, idx, final)
+            self.dialogs.on_invite_reply(msg, key, idx, final, listener.index, addr)
         if actions == X.A_FORWARD:  # a provisional or a retransmitted 2xx: pass it on
             self.sender.send(stripped, sock, upstream)
             self.counts[I_RELAYED] += 1

@@ -166,12 +166,12 @@ class TmTimer:
 
     def cancel_invite(self, key_high: int, callid: str, from_tag: str) -> bool:
         """CANCEL the pending branches of the INVITE transaction whose key is key_high
-        in its upper 60 bits (what dialog tracking keeps of it) and whose request has
+        but its top bit and low 4 bits (what dialog tracking keeps of it), whose request has
         this Call-ID and From tag: as if its caller had sent the CANCEL (the callees
         answer 487, which goes upstream and ends the early dialog). Whether it was
         found; CANCELs already sent are not sent again."""
-        for low in range(16):
-            key = key_high | low
+        for low in range(32):
+            key = key_high | (low & 15) | (low >> 4) << 63
             if key < 2:
                 continue
             slot = int(T.table_find(self.arena, np.uint64(key), np.uint64(key)))

@@ -154,3 +154,26 @@ def test_same_callee(state, stored, tag, same) -> None:
 def test_an_uncounted_value_of_a_limited_profile_refuses_the_call(missing, limits, too_long,
                                                                   status) -> None:
     assert DR.uncounted_status(missing, limits, too_long) == status
+
+
+@pytest.mark.parametrize("routes, source, want", [
+    ("", ("198.51.100.7", 40000), ("198.51.100.7", 40000)),  # NAT: where it came from
+    ("", None, ("203.0.113.21", 5081)),  # no source known: the Contact
+    (B, ("198.51.100.7", 40000), ("b.example.com", 0)),  # a route set: its first hop
+])
+def test_requests_of_our_own_go_where_the_legs_requests_would(routes, source, want) -> None:
+    leg = DR.leg_of(dict(DLG, callee_route=routes), callee=True)
+    assert DR.leg_destination(leg, source) == want
+
+
+@pytest.mark.parametrize("value, label, source", [
+    ("udp:192.0.2.1:5060 198.51.100.7:40000", "udp:192.0.2.1:5060", ("198.51.100.7", 40000)),
+    ("udp:[2001:db8::1]:5060 [2001:db8::9]:5070", "udp:[2001:db8::1]:5060",
+     ("2001:db8::9", 5070)),
+    ("udp:192.0.2.1:5060", "udp:192.0.2.1:5060", None),  # a row written before
+    ("", "", None),
+])
+def test_a_legs_sock_string(value, label, source) -> None:
+    assert DR.split_sock(value) == (label, source)
+    if source is not None:
+        assert DR.sock_value(label, source) == value

@@ -245,6 +245,36 @@ def test_dlg_end_dlg_on_an_early_dialog_cancels_its_invite_and_sends_no_bye() ->
     assert tm.stats[INDEX["dialog:byes_sent"]] == 0
 
 
+def test_pings_go_where_in_dialog_requests_go_and_repeat_every_interval() -> None:
+    """Both legs behind NAT: their Contacts name private addresses, their messages
+    come from public ones; the pings go to the latter, from the leg's listener, and
+    again at every interval while they are answered."""
+    p = Tracked(settings={"dialog.ping_interval_s": "1"})
+    _, dt = p.timers()
+    inv = invite(57).replace(f"Contact: <sip:alice@{CALLER[0]}:{CALLER[1]}>".encode(),
+                             b"Contact: <sip:alice@10.0.0.5:5070>")
+    (fwd,) = only(p.feed(inv, CALLER), BOB1)
+    p.feed(response_to(fwd, 200, tag="b1", contact=("10.1.1.1", 5999)), BOB1)
+    d = p.dialog(57)
+    assert d["caller_sock"] == f"udp:{LISTEN[0]}:{LISTEN[1]} {CALLER[0]}:{CALLER[1]}"
+    assert d["callee_sock"] == f"udp:{LISTEN[0]}:{LISTEN[1]} {BOB1[0]}:{BOB1[1]}"
+    now = 1e9
+    for rnd in range(3):
+        p.sock.sent.clear()
+        for _ in range(dt.ticks):  # one pass over the table
+            dt._timers(now)
+        assert dt.cursor == 0
+        pings = list(p.sock.sent)
+        assert sorted(a for _, a in pings) == sorted([CALLER, BOB1]), rnd
+        for data, a in pings:
+            m = parse_message(data)
+            assert m.method == "OPTIONS" and f"{LISTEN[0]}:{LISTEN[1]}" in m.vias[0]
+            p.feed(response_to(data, 200, tag=None), a)  # answered
+        now += 1.5
+    assert dt.stats[INDEX["dialog:pings_sent"]] == 6 and p.live(57)
+    assert p.stat("dialog:ping_replies") == 6
+
+
 def test_dlg_end_dlg_on_a_confirmed_dialog_still_sends_byes() -> None:
     p = Tracked()
     _, dt = p.timers()
@@ -261,10 +291,10 @@ def test_dlg_end_dlg_on_a_confirmed_dialog_still_sends_byes() -> None:
 
 
 def test_a_2xx_whose_callee_side_does_not_fit_ends_tracking_counted_the_call_goes_on() -> None:
-    p = Tracked(record_bytes=160)
+    p = Tracked(record_bytes=200)
     (fwd,) = only(p.feed(invite(70), CALLER), BOB1)
     assert p.live(70)
-    big = response_to(fwd, 200, tag="t" * 90)
+    big = response_to(fwd, 200, tag="t" * 120)
     (up,) = only(p.feed(big, BOB1), CALLER)
     assert status(up) == 200  # the call itself works: the 2xx goes upstream
     assert p.stat("dialog:callee_too_long") == 1 and not p.live(70)
@@ -272,9 +302,9 @@ def test_a_2xx_whose_callee_side_does_not_fit_ends_tracking_counted_the_call_goe
 
 
 def test_a_1xx_whose_callee_side_does_not_fit_leaves_the_dialog_as_it_was() -> None:
-    p = Tracked(record_bytes=160)
+    p = Tracked(record_bytes=200)
     (fwd,) = only(p.feed(invite(71), CALLER), BOB1)
-    p.feed(response_to(fwd, 180, tag="t" * 90), BOB1)
+    p.feed(response_to(fwd, 180, tag="t" * 120), BOB1)
     assert p.stat("dialog:callee_too_long") == 1
     d = p.dialog(71)
     assert d["state"] == T.ST_LIVE and d["dlg_state"] == D.DLG_UNCONFIRMED
