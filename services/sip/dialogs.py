@@ -205,7 +205,8 @@ class DialogTracker:
             if self.limits and self.profiles.remote_refused:
                 # the other nodes' counts could not all be stored: a limited profile
                 # cannot be checked either
-                missing += [e for e in entries if e not in missing]
+                missing += [e for e in entries if e not in missing and
+                            DR.limit_of(e, self.limits) is not None]
             refusal = DR.uncounted_status(missing, self.limits, too_long)
             if missing:
                 self.counts[I_VALUES_REFUSED] += len(missing)
