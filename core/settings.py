@@ -687,8 +687,10 @@ SETTINGS: tuple[Setting, ...] = (
       "values), e.g. `calls_per_user=2`: an INVITE that would go beyond is answered 403 "
       "Too Many Calls (dialog:profile_refused).", reloadable=True),
     S("dialog", "profile_values", _int_range(16, 10_000_000), "65536",
-      "Distinct profile values (per sharing tag) the shared counters hold; a value "
-      "beyond is not counted (dialog:profile_values_refused, logged)."),
+      "Distinct profile values (per sharing tag) the shared counters hold; values "
+      "nobody is in any more are reclaimed at the next recount. A value beyond is not "
+      "counted (dialog:profile_values_refused, logged): in a profile with a limit the "
+      "INVITE is refused 503 (fail closed), in one without it is admitted uncounted."),
     S("dialog", "profile_expiry_s", _float_range(0.5, 3600), "10",
       "Counts another node reported are dropped when it has not refreshed them for this "
       "long (it went away); a sharing tag's counts are taken only from the tag's active "

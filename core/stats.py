@@ -114,8 +114,14 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("dialog", "refused", "INVITEs answered 500/503: their dialog could not be stored "
                           "(table full, strings wider than dialog.record_bytes)"),
     ("dialog", "profile_refused", "INVITEs answered 403 Too Many Calls (dialog.profile_limits)"),
+    ("dialog", "callee_too_long", "responses to an INVITE whose callee side (To tag, Contact, "
+                                  "route set) did not fit dialog.record_bytes: a 1xx leaves "
+                                  "the dialog as it was, a 2xx ends its tracking (the call "
+                                  "goes on untracked)"),
     ("dialog", "profile_values_refused", "profile values not counted: the counters are full "
-                                         "(dialog.profile_values) or the value is too long"),
+                                         "(dialog.profile_values) or the value is too long "
+                                         "(an INVITE in a profile with a limit is then "
+                                         "refused 503/500, counted in dialog:refused too)"),
     ("dialog", "taken_over_requests", "in-dialog requests routed for a dead node of the "
                                       "cluster from the replicated dialog"),
     ("dialog", "lock_waits", "dialog operations that found their lock busy and yielded"),

@@ -104,6 +104,7 @@ DIALOG = RowLayout(
 STRING_INDEX = {name: i for i, name in enumerate(DIALOG.strings)}
 S_CALLID, S_FROM_TAG = STRING_INDEX["callid"], STRING_INDEX["from_tag"]
 S_PROFILES, S_SHTAG = STRING_INDEX["profiles"], STRING_INDEX["shtag"]
+S_TO_TAG = STRING_INDEX["to_tag"]
 
 # OpenSIPS dialog states (dlg_list "state")
 DLG_UNCONFIRMED, DLG_EARLY, DLG_CONFIRMED_NA, DLG_CONFIRMED, DLG_DELETED = 1, 2, 3, 4, 5
@@ -116,6 +117,7 @@ EXPIRY_GRACE_S = 60  # a dialog nobody ended is dropped everywhere this long aft
 # dlg_apply operations and results
 OP_CREATE, OP_UPDATE, OP_DELETE, OP_FAIL = 1, 2, 3, 4
 E_EXISTS = -8  # OP_CREATE found the dialog (a retransmitted or spiralled INVITE)
+E_OTHER_CALLEE = -9  # the change names another callee (To tag) than the confirmed dialog
 
 # per-node ping state in the slot head's local word (never replicated)
 PING_CALLER_OUT = 1  # a ping to the caller is unanswered
@@ -240,6 +242,29 @@ def _merge(t, s, p8, op, now_s, out8):
 
 
 @njit(cache=True, inline="always")
+def _other_callee(t, s, p8):
+    """Whether change p8 names a callee (its to_tag, when it has one) other than the
+    one slot s's dialog was confirmed with. A forked INVITE may be answered 2xx by two
+    callees: the first 2xx's To tag makes the dialog (RFC 3261 §13.2.2.4: each 2xx is
+    a dialog of its own); a later 2xx, and the ACK, re-INVITE or BYE of that other
+    dialog, must not change or end this one. Before a 2xx (early) the callee is not
+    fixed: another branch's 1xx or 2xx may still take the row."""
+    base = rbase(t, s)
+    if t.rows8[base + R_AUX] < DLG_CONFIRMED_NA:
+        return False
+    p_off, p_len = seg_span(t, p8, 0, S_TO_TAG)
+    o_off, o_len = seg_span(t, t.rows8, base, S_TO_TAG)
+    if p_len == 0 or o_len == 0:
+        return False
+    if p_len != o_len:
+        return True
+    for i in range(p_len):
+        if p8[p_off + i] != t.rows8[o_off + i]:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
 def _stamp(t, out8, version):
     """out8 shows what write_row stores: this node's version and origin."""
     st64(out8, R_VERSION, version)
@@ -256,8 +281,10 @@ def dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8):
     OP_DELETE turns the live record into a tombstone, OP_FAIL too unless it is
     confirmed (E_EXISTS: a 2xx on another branch made it). Whatever was written is pushed
     to `ring`; out8 (uint8[>= body]) receives the resulting row (for E_EXISTS, the
-    stored one). Returns the slot, or E_EXISTS / E_NOT_FOUND (no live record to
-    change) / E_BUSY / E_FULL / E_TOO_LONG."""
+    stored one). OP_UPDATE and OP_DELETE of a change whose to_tag is not the confirmed
+    dialog's change nothing (E_OTHER_CALLEE: _other_callee). Returns the slot, or
+    E_EXISTS / E_NOT_FOUND (no live record to change) / E_OTHER_CALLEE / E_BUSY /
+    E_FULL / E_TOO_LONG."""
     t = views(arena)
     ring = unmanaged(ring)
     p8 = unmanaged(p8)
@@ -300,6 +327,8 @@ def dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8):
             result = E_NOT_FOUND
         elif op == OP_FAIL and t.rows8[rbase(t, found) + R_AUX] >= DLG_CONFIRMED_NA:
             result = E_EXISTS  # confirmed by another branch: it stays
+        elif _other_callee(t, found, p8):
+            result = E_OTHER_CALLEE
         else:
             n = _merge(t, found, p8, op, now_s, out8)
             if n < 0:

@@ -14,7 +14,15 @@ has three counts:
 A recount first moves `recent` into `local` (prof_begin), rebuilds the counts in a
 scratch array over one or more passes, then stores them (prof_end): a count is never
 below the truth while a recount runs; it may be above it (a dialog admitted during
-the recount is seen twice, an ended one until the next recount). Neighbours:
+the recount is seen twice, an ended one until the next recount). prof_end then
+reclaims the names whose three counts are all 0 (a value nobody calls any more), so
+the table holds the values in use, not every value ever seen. Reclaiming is safe with
+the lock-free readers and writers: the timer claims the slot (key -> 1, "being
+written"), checks the counts again, and leaves a tombstone (key 2) that probes walk
+past and inserters reuse; a worker that found the slot just before adds to it, sees
+the key changed, takes its change back and looks the name up again (so does a
+reader). Tombstones are never turned back into empty slots (a probe walking past
+one could then stop early): with nslots >= 2 * capacity, a lookup stays short. Neighbours:
 shm.dialogs (rows counted), services.sip.dialogs (admission), services.sip.dialog_timer
 (recounts), services.sip.profile_repl (publication, remote sums).
 
@@ -28,7 +36,10 @@ Segment layout (little-endian, W = 8-byte word):
     W4      8                 used: names inserted
     W5      8                 refused: names refused because the table was full
     W6      8                 recount generation: +1 after every finished recount
-    512     8 * nslots        keys: uint64 (0 empty, 1 being written, else the name's hash)
+    W7      8                 remote names the last prof_set_remote could not store
+    W8      8                 names reclaimed (all counts 0) since the start
+    512     8 * nslots        keys: uint64 (0 empty, 1 being written, 2 reclaimed,
+                              else the name's hash)
     ...     8 * nslots        local: int64
     ...     8 * nslots        recent: int64
     ...     8 * nslots        remote: int64
@@ -46,13 +57,14 @@ from fastcluster.shm.raw import ld16
 from fastcluster.shm.table import K_FREE, R_STATE, ST_LIVE, read_row, seg_span, views
 
 PROFILES_MAGIC = int.from_bytes(b"FCPROF01", "little")
-PROFILES_LAYOUT_VERSION = 1
+PROFILES_LAYOUT_VERSION = 2
 HEADER = 512
 NAME_BYTES = 128
 MAX_NAME = NAME_BYTES - 1
 SEED_PROFILE = np.uint64(0x70726F66696C65)  # "profile"
-K_EMPTY, K_WRITING = np.uint64(0), np.uint64(1)
-W_MAGIC, W_VERSION, W_NSLOTS, W_CAPACITY, W_USED, W_REFUSED, W_GENERATION = range(7)
+K_EMPTY, K_WRITING, K_DELETED = np.uint64(0), np.uint64(1), np.uint64(2)
+(W_MAGIC, W_VERSION, W_NSLOTS, W_CAPACITY, W_USED, W_REFUSED, W_GENERATION,
+ W_REMOTE_REFUSED, W_RECLAIMED) = range(9)
 E_FULL = -2
 E_ABSENT = -1
 REMOTE_SCOPE = b"*"
@@ -112,40 +124,62 @@ def _same(names, s, buf, off, ln):
 
 
 @njit(cache=True, inline="always")
+def _key(buf, off, ln):
+    """A name's key: never 0, 1 or 2 (empty, being written, reclaimed)."""
+    key = as_key(hash_bytes(buf, off, ln, SEED_PROFILE))
+    if key == K_DELETED:
+        key = np.uint64(3)
+    return key
+
+
+@njit(cache=True, inline="always")
 def _slot(w, n, keys, names, buf, off, ln, insert):
     """Slot of the name buf[off:off+ln], inserted when absent and `insert`; E_ABSENT or
-    E_FULL. Lock-free: an inserter claims an empty slot (key 1), writes the name, then
-    publishes the key; a reader meeting a slot being written waits for it."""
+    E_FULL. Lock-free: an inserter claims a slot (key 1: an empty one, or the first
+    reclaimed one on the probe run), writes the name, then publishes the key; a reader
+    meeting a slot being written waits for it, and walks past reclaimed ones."""
     if ln > MAX_NAME:
         if insert:
             atomic_add(w, W_REFUSED, 1)
         return E_FULL
-    key = as_key(hash_bytes(buf, off, ln, SEED_PROFILE))
+    key = _key(buf, off, ln)
     mask = n - 1
-    s = np.int64(key & np.uint64(mask))
-    for _ in range(n):
-        k = atomic_load(keys, s)
-        while k == K_WRITING:
-            cpu_relax()
+    home = np.int64(key & np.uint64(mask))
+    for _attempt in range(64):
+        s = home
+        reuse = np.int64(-1)
+        claim = np.int64(-1)
+        for _ in range(n):
             k = atomic_load(keys, s)
-        if k == key and _same(names, s, buf, off, ln):
-            return s
-        if k == K_EMPTY:
-            if not insert:
-                return E_ABSENT
-            if atomic_load(w, W_USED) >= w[W_CAPACITY]:
-                atomic_add(w, W_REFUSED, 1)
-                return E_FULL
-            if atomic_cas(keys, s, K_EMPTY, K_WRITING) == K_EMPTY:
-                at = s * NAME_BYTES
-                names[at] = ln
-                for i in range(ln):
-                    names[at + 1 + i] = buf[off + i]
-                atomic_store(keys, s, key)
-                atomic_add(w, W_USED, 1)
+            while k == K_WRITING:
+                cpu_relax()
+                k = atomic_load(keys, s)
+            if k == key and _same(names, s, buf, off, ln):
                 return s
-            continue  # another inserter took it: look at it again
-        s = (s + 1) & mask
+            if k == K_DELETED:
+                if reuse < 0:
+                    reuse = s
+            elif k == K_EMPTY:
+                claim = s
+                break
+            s = (s + 1) & mask
+        if not insert:
+            return E_ABSENT
+        if reuse >= 0:
+            claim = reuse
+        if claim < 0 or atomic_load(w, W_USED) >= w[W_CAPACITY]:
+            atomic_add(w, W_REFUSED, 1)
+            return E_FULL
+        old = K_DELETED if claim == reuse else K_EMPTY
+        if atomic_cas(keys, claim, old, K_WRITING) == old:
+            at = claim * NAME_BYTES
+            names[at] = ln
+            for i in range(ln):
+                names[at + 1 + i] = buf[off + i]
+            atomic_store(keys, claim, key)
+            atomic_add(w, W_USED, 1)
+            return claim
+        # another inserter (or the reclaimer) took that slot: look again from home
     atomic_add(w, W_REFUSED, 1)
     return E_FULL
 
@@ -154,15 +188,26 @@ def _slot(w, n, keys, names, buf, off, ln, insert):
 def prof_add(seg, names8, ends, count, delta, out_slots):
     """recent += delta for the names names8[ends[i-1]:ends[i]] (ends[-1] read as 0),
     i < count, inserting absent ones. out_slots[i] = slot or E_FULL. Returns how many
-    were counted."""
+    were counted. A slot reclaimed between the lookup and the add (its key changed)
+    gets its change back, and the name is looked up again."""
     w, n, keys, local, recent, remote, names = _views(seg)
     done = 0
     off = 0
     for i in range(count):
-        s = _slot(w, n, keys, names, names8, off, ends[i] - off, True)
+        ln = ends[i] - off
+        key = _key(names8, off, ln)
+        s = E_FULL
+        for _attempt in range(64):
+            s = _slot(w, n, keys, names, names8, off, ln, True)
+            if s < 0:
+                break
+            atomic_add(recent, s, delta)
+            if atomic_load(keys, s) == key:
+                break
+            atomic_add(recent, s, -delta)  # reclaimed meanwhile: not this name's slot
+            s = E_FULL
         out_slots[i] = s
         if s >= 0:
-            atomic_add(recent, s, delta)
             done += 1
         off = ends[i]
     return done
@@ -175,35 +220,51 @@ def prof_get(seg, names8, ends, count, out):
     off = 0
     for i in range(count):
         ln = ends[i] - off
-        s = _slot(w, n, keys, names, names8, off, ln, False)
-        if s < 0:
-            out[i] = 0
-        elif ln >= 2 and names8[off] == 42 and names8[off + 1] == 0:  # "*\0..."
-            out[i] = atomic_load(remote, s)
-        else:
-            out[i] = atomic_load(local, s) + atomic_load(recent, s)
+        key = _key(names8, off, ln)
+        out[i] = 0
+        for _attempt in range(64):
+            s = _slot(w, n, keys, names, names8, off, ln, False)
+            if s < 0:
+                out[i] = 0
+                break
+            if ln >= 2 and names8[off] == 42 and names8[off + 1] == 0:  # "*\0..."
+                out[i] = atomic_load(remote, s)
+            else:
+                out[i] = atomic_load(local, s) + atomic_load(recent, s)
+            if atomic_load(keys, s) == key:
+                break  # else reclaimed while read: look again
         off = ends[i]
 
 
 @njit(cache=True)
 def prof_set_remote(seg, names8, ends, count, values):
     """remote = values[i] for each name (inserted when absent and the value is not 0);
-    then every other name's remote becomes 0. Returns the names refused (table full)."""
+    then every other name's remote becomes 0. Returns the names refused (table full),
+    also kept in the header (W_REMOTE_REFUSED) for the limits: a remote count that
+    could not be stored makes limited profiles fail closed (services.sip.dialogs)."""
     w, n, keys, local, recent, remote, names = _views(seg)
     mark = np.zeros(n, dtype=np.uint8)
     refused = 0
     off = 0
     for i in range(count):
-        s = _slot(w, n, keys, names, names8, off, ends[i] - off, values[i] != 0)
-        if s >= 0:
-            atomic_store(remote, s, values[i])
-            mark[s] = 1
-        elif s == E_FULL:
-            refused += 1
+        ln = ends[i] - off
+        key = _key(names8, off, ln)
+        for _attempt in range(64):
+            s = _slot(w, n, keys, names, names8, off, ln, values[i] != 0)
+            if s >= 0:
+                atomic_store(remote, s, values[i])
+                if atomic_load(keys, s) != key:
+                    atomic_store(remote, s, 0)  # reclaimed meanwhile: again
+                    continue
+                mark[s] = 1
+            elif s == E_FULL:
+                refused += 1
+            break
         off = ends[i]
     for s in range(n):
         if not mark[s] and remote[s] != 0:
             atomic_store(remote, s, 0)
+    atomic_store(w, W_REMOTE_REFUSED, refused)
     return refused
 
 
@@ -293,12 +354,58 @@ def prof_scan(arena, seg, start, nslots, active8, nactive, me, scratch, row8, na
 
 @njit(cache=True)
 def prof_end(seg, scratch):
-    """Finish a recount: local = scratch."""
+    """Finish a recount: local = scratch; then reclaim the names whose counts are all
+    0 (see the module's notes). Returns the names reclaimed."""
     w, n, keys, local, recent, remote, names = _views(seg)
     for s in range(n):
         if local[s] != scratch[s]:
             atomic_store(local, s, scratch[s])
     atomic_add(w, W_GENERATION, 1)
+    reclaimed = 0
+    for s in range(n):
+        k = atomic_load(keys, s)
+        if k <= K_DELETED or local[s] != 0 or atomic_load(recent, s) != 0 or \
+                atomic_load(remote, s) != 0:
+            continue
+        if atomic_cas(keys, s, k, K_WRITING) != k:
+            continue
+        if atomic_load(recent, s) != 0 or atomic_load(remote, s) != 0:
+            atomic_store(keys, s, k)  # counted meanwhile: it stays
+            continue
+        names[s * NAME_BYTES] = 0
+        atomic_store(keys, s, K_DELETED)
+        atomic_add(w, W_USED, -1)
+        reclaimed += 1
+    if reclaimed:
+        atomic_add(w, W_RECLAIMED, reclaimed)
+    return reclaimed
+
+
+@njit(cache=True)
+def prof_local_delta(seg, sent_keys, sent_vals, full, out):
+    """What changed in this node's counts (local + recent) since the last call, for
+    publication (services.sip.profile_repl), in one pass instead of a Python walk over
+    every value: slots whose key or count differs from sent_keys / sent_vals
+    (int64[nslots], the caller's, updated here), or, when `full`, every slot with a
+    count. out: int64[nslots, 4] rows of (slot, key, count, previous key). A slot
+    being written is left for the next call. Returns the rows written."""
+    w, n, keys, local, recent, remote, names = _views(seg)
+    m = 0
+    for s in range(n):
+        k = atomic_load(keys, s)
+        if k == K_WRITING:
+            continue
+        ik = np.int64(k) if k > K_DELETED else np.int64(0)
+        v = local[s] + recent[s] if ik != 0 else np.int64(0)
+        if (full and v != 0) or ik != sent_keys[s] or v != sent_vals[s]:
+            out[m, 0] = s
+            out[m, 1] = ik
+            out[m, 2] = v
+            out[m, 3] = sent_keys[s]
+            m += 1
+            sent_keys[s] = ik
+            sent_vals[s] = v
+    return m
 
 
 class ProfileCounters:
@@ -335,9 +442,14 @@ class ProfileCounters:
 
     def add(self, names: list[bytes], delta: int) -> int:
         """recent += delta for each name; returns how many could be counted."""
+        return sum(self.add_each(names, delta))
+
+    def add_each(self, names: list[bytes], delta: int) -> list[bool]:
+        """recent += delta for each name; whether each one could be counted."""
         data, ends = self.pack(names)
         out = np.zeros(max(1, len(names)), dtype=np.int64)
-        return int(prof_add(self.buf, data, ends, len(names), delta, out))
+        prof_add(self.buf, data, ends, len(names), delta, out)
+        return [bool(v >= 0) for v in out[:len(names)]]
 
     def get(self, names: list[bytes]) -> list[int]:
         data, ends = self.pack(names)
@@ -353,7 +465,7 @@ class ProfileCounters:
 
     def entries(self) -> dict[tuple[bytes, bytes], tuple[int, int, int]]:
         """(scope, profile) -> (local, recent, remote) of every name with a count."""
-        used = np.nonzero((self.keys > 1) & ((self.local != 0) | (self.recent != 0) |
+        used = np.nonzero((self.keys > K_DELETED) & ((self.local != 0) | (self.recent != 0) |
                                              (self.remote != 0)))[0]
         out = {}
         for s in used.tolist():
@@ -375,6 +487,22 @@ class ProfileCounters:
     def used(self) -> int:
         return int(self.words[W_USED])
 
+    @property
+    def remote_refused(self) -> int:
+        """Remote names the cluster process could not store at its last update."""
+        return int(self.words[W_REMOTE_REFUSED])
+
+    @property
+    def reclaimed(self) -> int:
+        return int(self.words[W_RECLAIMED])
+
+    def name_at(self, slot: int) -> tuple[bytes, bytes]:
+        """(scope, profile) of the name in a slot."""
+        ln = int(self.names[slot, 0])
+        scope, _, profile = bytes(self.names[slot, 1:1 + ln]).partition(b"\0")
+        return scope, profile
+
 
 __all__ = ["ProfileCounters", "init_segment", "name_of", "prof_add", "prof_begin",
-           "prof_end", "prof_get", "prof_scan", "prof_set_remote", "segment_size"]
+           "prof_end", "prof_get", "prof_local_delta", "prof_scan", "prof_set_remote",
+           "segment_size"]

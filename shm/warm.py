@@ -200,6 +200,10 @@ def _warm_dialogs(dialogs: Table, dl_buf: np.ndarray, ring: np.ndarray, me: int,
                  1, scratch, np.zeros(dialogs.row_size, np.uint8),
                  np.zeros(PF.NAME_BYTES, np.uint8))
     PF.prof_end(seg, scratch)
+    counters.add_each(names, -1)
+    sent = np.zeros(counters.nslots, dtype=np.int64)
+    PF.prof_local_delta(seg, sent, sent.copy(), True,
+                        np.zeros((counters.nslots, 4), dtype=np.int64))
 
 
 def _warm_transactions(nprocs: int, me: int, now_s: int) -> None:

@@ -47,6 +47,8 @@ class TimerProcess(Child):
         socks = self.tm.socks
         self.dialogs = DialogTimer(self, lambda i: socks.get(i) or socks[0],
                                    [(x.host, x.port) for x in self.tm.listeners], TICK_S)
+        self.tm.on_invite_failed = self.dialogs.invite_failed  # the 408s it sends
+        self.dialogs.cancel_invite = self.tm.cancel_invite  # dlg_end_dlg, early dialogs
 
     def apply_reload(self) -> None:
         self.pinger.apply_config(self.cfg)

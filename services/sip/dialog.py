@@ -34,9 +34,11 @@ def describe(row: dict, ctx: bool = False) -> dict[str, Any]:
            "from_uri": row["from_uri"], "to_uri": row["to_uri"],
            "caller_tag": row["from_tag"], "caller_contact": row["caller_contact"],
            "caller_cseq": str(row["caller_cseq"]), "caller_route_set": row["caller_route"],
-           "caller_bind_addr": row["caller_sock"], "callee_tag": row["to_tag"],
+           "caller_bind_addr": row["caller_sock"].partition(" ")[0],
+           "callee_tag": row["to_tag"],
            "callee_contact": row["callee_contact"], "callee_cseq": str(row["callee_cseq"]),
-           "callee_route_set": row["callee_route"], "callee_bind_addr": row["callee_sock"],
+           "callee_route_set": row["callee_route"],
+           "callee_bind_addr": row["callee_sock"].partition(" ")[0],
            "sharing_tag": row["shtag"]}
     if ctx:
         out["context"] = {"profiles": [p for p in row["profiles"].split("\n") if p],
@@ -117,7 +119,9 @@ def _find(node: Any, dialog_id_or_callid: str) -> dict | None:
 @command("dlg_end_dlg")
 def mi_dlg_end_dlg(node: Any, dialog_id: str, extra_hdrs: str | None = None) -> str:
     """End a dialog (its ID from dlg_list, or its Call-ID): the node running its timers
-    sends a BYE to each leg within a second."""
+    sends a BYE to each leg of a confirmed dialog within a second; an early one gets
+    no BYE (no leg has a dialog yet): its INVITE is CANCELled by the node that routed
+    it, as OpenSIPS does (services.sip.dialog_timer)."""
     if extra_hdrs:
         raise MIError(400, "extra_hdrs is not supported")
     row = _find(node, str(dialog_id))

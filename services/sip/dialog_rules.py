@@ -33,6 +33,30 @@ def state_of_reply(status: int, to_tag: str, final_status: int) -> int | None:
     return None
 
 
+def same_callee(state: int, stored_tag: bytes, tag: bytes) -> bool:
+    """Whether an in-dialog request naming the callee by `tag` (its To tag from the
+    caller, its From tag from the callee) belongs to a stored dialog in `state` whose
+    To tag is stored_tag. Once a 2xx confirmed it, only that callee's tag matches (a
+    forked INVITE answered 2xx twice makes two dialogs, RFC 3261 §13.2.2.4: the other
+    one is not tracked); before, any (the callee is not fixed yet). The kernel applies
+    the same rule to every change it is given (shm.dialogs._other_callee)."""
+    if state < DLG_CONFIRMED_NA or not stored_tag or not tag:
+        return True
+    return stored_tag == tag
+
+
+def uncounted_status(missing: list[str], limits: dict[str, int], too_long: set[str]
+                     ) -> int:
+    """The status an INVITE is refused with when the profile entries `missing` could
+    not be counted: a profile with a limit fails closed -- 500 when its value can never
+    fit (too_long: longer than a counter name may be), else 503 (the counters are full
+    for now) -- one without fails open (0: admit, the miss is only counted)."""
+    limited = [e for e in missing if limit_of(e, limits) is not None]
+    if not limited:
+        return 0
+    return 500 if any(e in too_long for e in limited) else 503
+
+
 def _entries(values: list[str]) -> list[str]:
     out = []
     for v in values:
@@ -150,6 +174,35 @@ def next_hop(leg: Leg) -> str:
     """The URI a request to the leg is sent to: its first Route (loose routing), else
     its Request-URI."""
     return RT.uri_of(leg.routes[0]) if leg.routes else leg.ruri
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def sock_value(label: str, source: tuple | None) -> str:
+    """A leg's `*_sock` string: the label of the listener the leg's messages came in on
+    ("udp:HOST:PORT", dlg_list's *_bind_addr) and, after a space, the address they came
+    from (its NAT binding, as received)."""
+    return f"{label} {hostport(source[0], source[1])}" if source else label
+
+
+def split_sock(value: str) -> tuple[str, tuple[str, int] | None]:
+    """(listener label, source address or None) of a `*_sock` string."""
+    label, _, source = value.partition(" ")
+    hp = RT.uri_hostport(f"sip:{source}") if source else None
+    return label, ((hp[0], hp[1] or 5060) if hp is not None else None)
+
+
+def leg_destination(leg: Leg, source: tuple[str, int] | None
+                    ) -> tuple[str, int | None] | None:
+    """Where a request of our own to a leg goes: its first Route when it has a route
+    set (the proxies on the way route it on), else the address the leg's messages came
+    from (its NAT binding: a Contact behind NAT names a private address, the
+    nathelper rule), else its Contact. (host, port; 0 or None: the default)."""
+    if not leg.routes and source is not None:
+        return source
+    return RT.uri_hostport(next_hop(leg))
 
 
 def in_dialog_request(method: str, leg: Leg, callid: str, via_host: str, branch: str,

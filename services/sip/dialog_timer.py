@@ -5,11 +5,24 @@ sharing tag is active (shm.shtags), or, for a dialog without a tag, the node tha
 created it. For those dialogs, once per SCAN_S (a slice of the table each tick):
 - lifetime over, or an end asked for (dlg_end_dlg: F_END): a confirmed dialog gets a
   BYE to each leg, as if from the other party, and is deleted (replicated: every
-  node drops it); an unconfirmed one is only deleted (Timer C answered its INVITE);
+  node drops it); an unconfirmed one at its lifetime is only deleted (Timer C answered
+  its INVITE). An early (or unconfirmed) dialog dlg_end_dlg ended gets no BYE -- no
+  leg has a dialog yet -- but, as OpenSIPS's dlg_end_dlg does (t_cancel_trans on its
+  initial transaction), its INVITE is CANCELled: by the node that created it, which
+  holds the transaction (services.sip.tm_timer.cancel_invite, found through the key
+  kept in the row's per-node word: services.sip.dialogs.bind_invite), whichever node
+  runs its timers; the callees' 487 goes upstream and deletes the dialog. If that
+  node is gone, its transaction went with it: the dialog ends at its lifetime;
 - every [dialog] ping_interval_s: an OPTIONS to each leg of a confirmed dialog; a leg
   whose previous ping is still unanswered, or that answered 481 or 408, ends it the
   same way (the workers note the replies in the row's per-node word).
+Requests of our own (pings, BYEs) go where the proxy would send an in-dialog request
+to that leg -- its route set's first hop, else the address its messages came from
+(NAT), else its Contact (dialog_rules.leg_destination) -- from the listener the leg
+used (its `*_sock`), with that listener in the Via, so the replies come back there.
 A BYE goes once (no retransmission): its replies are only counted.
+An INVITE the timer process itself answers with a failure (tm_timer: the 408 of Timer
+B/C) has its dialog deleted at once (`invite_failed`), wherever its timers run.
 
 The profile counts of this node (shm.profiles) are recounted from the table every
 RECOUNT_S, and at once when a tag changes state here, over a slice of the table per
@@ -21,14 +34,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from fastcluster.core.config import Config
+from fastcluster.core.sip import SipParseError, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import dialog_rules as DR
-from fastcluster.services.sip import routing as RT
+from fastcluster.services.sip import dialogs as DL
 from fastcluster.services.sip.dialogs import DialogStore
 from fastcluster.services.sip.dns import Resolver
 from fastcluster.shm import dialogs as D
@@ -60,8 +75,8 @@ class DialogTimer:
         self.profiles = mem.profiles
         self.node = timer.cfg["clusterer.node_id"]
         self.sock_of = sock_of
-        self.via_host = f"[{listeners[0][0]}]:{listeners[0][1]}" if ":" in listeners[0][0] \
-            else f"{listeners[0][0]}:{listeners[0][1]}"
+        self.via_hosts = [DR.hostport(h, p) for h, p in listeners]
+        self.by_label = {f"udp:{DR.hostport(h, p)}": i for i, (h, p) in enumerate(listeners)}
         self.resolver = Resolver()
         self.ticks = max(1, int(SCAN_S / tick_s))
         self.rows = np.zeros(MAX_DUE * self.row_size, dtype=np.uint8)
@@ -70,6 +85,8 @@ class DialogTimer:
         self.pass_pings = False
         self.next_ping = 0.0
         self.serial = 0
+        # (key_high, Call-ID, From tag) -> CANCEL an INVITE transaction of this node
+        self.cancel_invite: Callable[[int, str, str], bool] | None = None
         # profile recount
         self.scratch = np.zeros(self.profiles.nslots, dtype=np.int64)
         self.row8 = np.zeros(self.row_size, dtype=np.uint8)
@@ -85,6 +102,18 @@ class DialogTimer:
         self.ping_s = cfg["dialog.ping_interval_s"]
         self.cluster = cfg.replication_cluster("dialog.replication_cluster") or \
             cfg["clusterer.cluster_id"][0]
+
+    def invite_failed(self, request: bytes) -> None:
+        """tm_timer answered an INVITE (as received: `request`) with a failure: an
+        initial INVITE's dialog goes (OP_FAIL: unless a 2xx confirmed it)."""
+        try:
+            msg = parse_message(request)
+        except SipParseError:
+            return
+        if tag_of(msg.to):
+            return  # a re-INVITE: its failure does not end the dialog
+        if self.store.fail(msg.call_id.encode(), tag_of(msg.from_).encode()):
+            self.stats[I_FAILED] += 1
 
     def runs(self, row: dict, active: frozenset[str]) -> bool:
         """Whether this node runs a dialog's timers."""
@@ -117,6 +146,9 @@ class DialogTimer:
                                self.rows, self.slots, MAX_DUE)
             self.cursor = int(nxt)
             for row in D.DIALOG.decode(self.rows, int(n), self.row_size):
+                if row["flags"] & D.F_END and row["dlg_state"] < D.DLG_CONFIRMED_NA and \
+                        row["creator"] == self.node:
+                    self._cancel_early(row)
                 if self.runs(row, active):
                     self._due_safely(row, now_s)
             if n < MAX_DUE:
@@ -138,9 +170,22 @@ class DialogTimer:
             except Exception:  # noqa: BLE001
                 log.exception("dialog %r could not be removed", row.get("callid"))
 
+    def _cancel_early(self, row: dict) -> None:
+        """dlg_end_dlg on an early dialog made here: CANCEL its INVITE's branches."""
+        word = int(D.dlg_ping_mark(self.arena, np.uint64(row["key"]), np.uint64(row["group"]),
+                                   0, 0))
+        high = word & DL.TX_KEY_MASK if word >= 0 else 0
+        if high and self.cancel_invite is not None and \
+                self.cancel_invite(high, row["callid"], row["from_tag"]):
+            return
+        log.info("dialog %s: dlg_end_dlg on an early dialog whose INVITE is not pending "
+                 "here any more; it ends with its INVITE or at its lifetime", row["callid"])
+
     def _due(self, row: dict, now_s: int) -> None:
         ids = {"callid": row["callid"].encode(), "from_tag": row["from_tag"].encode()}
         confirmed = row["dlg_state"] >= D.DLG_CONFIRMED_NA
+        if row["flags"] & D.F_END and not confirmed and row["timeout"] > now_s:
+            return  # early: its creator CANCELs the INVITE (_cancel_early); its final ends it
         if row["flags"] & D.F_END or row["timeout"] <= now_s:
             if not confirmed:
                 if self.store.apply(D.OP_FAIL, ids) >= 0:
@@ -175,7 +220,9 @@ class DialogTimer:
 
     def send(self, row: dict, callee: bool, method: str, kind: str) -> bool:
         leg = DR.leg_of(row, callee)
-        hp = RT.uri_hostport(DR.next_hop(leg))
+        label, source = DR.split_sock(row["callee_sock" if callee else "caller_sock"])
+        hp = DR.leg_destination(leg, source)
+        sock = self.by_label.get(label, 0)
         dst = self.resolver.address(*hp) if hp is not None else None
         if dst is None:
             log.info("dialog %s: no address for the %s leg (%s)", row["callid"],
@@ -184,8 +231,9 @@ class DialogTimer:
         self.serial += 1
         branch = DR.own_branch(kind, callee, row["key"], self.serial)
         try:
-            data = DR.in_dialog_request(method, leg, row["callid"], self.via_host, branch)
-            self.sock_of(0).sendto(data, dst)
+            data = DR.in_dialog_request(method, leg, row["callid"], self.via_hosts[sock],
+                                        branch)
+            self.sock_of(sock).sendto(data, dst)
         except (OSError, ValueError, OverflowError) as exc:
             log.info("dialog %s: %s to the %s leg not sent: %s", row["callid"], method,
                      "callee" if callee else "caller", exc)

@@ -4,11 +4,26 @@ An initial INVITE the proxy is about to relay is *admitted* here: its dialog is 
 in the shared dialog table (state unconfirmed, the caller's side: tags, URIs, Contact,
 route set, CSeq) and counted in its profiles -- or refused, before any branch goes out,
 when a profile limit would be passed (403), the table is full (503) or the strings do
-not fit (500). Responses to the INVITE make it early (1xx with a To tag) or confirmed
-(2xx: the callee's side, and its lifetime [dialog] default_timeout_s from now); a
-failure as the transaction's final response deletes it. In-dialog requests move it
-along: the ACK confirms it, a BYE deletes it, others raise the CSeqs. Every change is a
-`dlg_apply` kernel call (shm.dialogs): merged under the row's lock and replicated.
+not fit (500). A profile value that cannot be counted (the counters are full, the
+value too long) refuses the call when the profile has a limit (fail closed: 503, or
+500 for a value too long to ever fit), and is only counted when it has none.
+Responses to the INVITE make it early (1xx with a To tag) or confirmed (2xx: the
+callee's side, and its lifetime [dialog] default_timeout_s from now). Whenever the
+INVITE transaction ends upstream with a final >= 300 the dialog is deleted: a received
+failure (on_invite_reply), a response the proxy makes itself after admitting it
+(`invite_failed`: a 5xx for a full transaction table, the final again to a
+retransmission of a failed INVITE) and the timer process's 408 (tm_timer, through
+`fail_invite`). Profile counts follow the table at the timer's next recount.
+In-dialog requests move it along: the ACK confirms it, a BYE deletes it, others raise
+the CSeqs -- each only for the dialog of its callee: a forked INVITE answered 2xx by
+two callees makes two dialogs (RFC 3261 §13.2.2.4); the row keeps the first 2xx's To
+tag, the other dialog (its ACK, re-INVITEs, BYE) passes through the proxy untracked
+and cannot change or end the row (shm.dialogs E_OTHER_CALLEE). A BYE in an early
+dialog does not delete the row either: the INVITE's final response decides (another
+branch may still answer 2xx). Callee strings that do not fit the row are never cut: a
+1xx leaves the row as it was, a 2xx ends its tracking (dialog:callee_too_long, logged;
+the call itself goes on through the Record-Route). Every change is a `dlg_apply` kernel
+call (shm.dialogs): merged under the row's lock and replicated.
 
 A node that did not route a call may get its in-dialog requests (the routing node
 died, its address moved): the proxy asks `owns` whether a live dialog is known here
@@ -34,7 +49,7 @@ from fastcluster.services.sip import routing as RT
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import table as T
 from fastcluster.shm.hashing import group_hash_of
-from fastcluster.shm.profiles import REMOTE_SCOPE, name_of
+from fastcluster.shm.profiles import MAX_NAME, REMOTE_SCOPE, name_of
 from fastcluster.shm.tables import retry_busy
 
 log = logging.getLogger("dialog")
@@ -46,7 +61,14 @@ I_PROFILE_REFUSED = _I["dialog:profile_refused"]
 I_VALUES_REFUSED = _I["dialog:profile_values_refused"]
 I_PING_RPL, I_OWN_RPL = _I["dialog:ping_replies"], _I["dialog:own_replies"]
 I_WAITS = _I["dialog:lock_waits"]
+I_TOO_LONG = _I["dialog:callee_too_long"]
 UNCONFIRMED_MARGIN_S = 32  # an unconfirmed dialog outlives Timer C by this (64*T1)
+# The per-node word of a dialog row (shm.dialogs: never replicated) holds, on the node
+# that created the dialog, its INVITE transaction's key but the low 4 bits (the ping
+# bits of the node running its timers) and the top one (the word stays >= 0, apart
+# from dlg_ping_mark's negative E_NOT_FOUND): what dlg_end_dlg on an early dialog
+# needs to CANCEL it (services.sip.dialog_timer; 32 candidate keys are looked up).
+TX_KEY_MASK = 0x7FFF_FFFF_FFFF_FFF0
 LIMIT_STATUS = 403
 
 
@@ -93,6 +115,17 @@ class DialogStore:
         key, group = D.dialog_ids(callid, tag)
         return D.dlg_get(self.arena, np.uint64(key), np.uint64(group), self.out) >= 0 and \
             self.out[T.R_STATE] == T.ST_LIVE
+
+    def out_string(self, index: int) -> bytes:
+        """String `index` (shm.dialogs STRING_INDEX) of the row in `out`."""
+        lens = self.out[D.DIALOG.lens_off:D.DIALOG.lens_off + 2 * D.NSTRINGS].view("<u2")
+        off = D.DIALOG.fixed_size + int(lens[:index].sum())
+        return bytes(self.out[off:off + int(lens[index])])
+
+    def fail(self, callid: bytes, from_tag: bytes) -> bool:
+        """The INVITE of a dialog ended with a final >= 300: delete the dialog unless a
+        2xx confirmed it (OP_FAIL). Whether it was deleted."""
+        return self.apply(D.OP_FAIL, {"callid": callid, "from_tag": from_tag}) >= 0
 
     def out_state(self) -> int:
         """dlg_state of the row the last apply left in `out`."""
@@ -163,15 +196,30 @@ class DialogTracker:
             return 0  # a retransmission, or a spiral back through us: already there
         entries = DR.profiles_of(self.rules, msg, src[0])
         names = [name_of(self.shtag.encode(), e.encode()) for e in entries]
+        counted: list[bytes] = []
         if names:
-            counted = self.profiles.add(names, 1)
-            if counted < len(names):
-                self.counts[I_VALUES_REFUSED] += len(names) - counted
-                self._log_once("a profile value was not counted: dialog.profile_values "
-                               "are all used, or the value is too long")
+            ok = self.profiles.add_each(names, 1)
+            counted = [n for n, good in zip(names, ok) if good]
+            missing = [e for e, good in zip(entries, ok) if not good]
+            too_long = {e for e, n in zip(entries, names) if len(n) > MAX_NAME}
+            if self.limits and self.profiles.remote_refused:
+                # the other nodes' counts could not all be stored: a limited profile
+                # cannot be checked either
+                missing += [e for e in entries if e not in missing and
+                            DR.limit_of(e, self.limits) is not None]
+            refusal = DR.uncounted_status(missing, self.limits, too_long)
+            if missing:
+                self.counts[I_VALUES_REFUSED] += len(missing)
+                self._log_once("a profile value could not be counted: dialog.profile_values "
+                               "are all used, or the value is too long (a profile with a "
+                               "limit refuses the call, one without admits it uncounted)")
+            if refusal:
+                self.profiles.add(counted, -1)
+                self.counts[I_REFUSED] += 1
+                return refusal
             over = self.over_limit(entries) if self.limits else None
             if over is not None:
-                self.profiles.add(names, -1)
+                self.profiles.add(counted, -1)
                 self.counts[I_PROFILE_REFUSED] += 1
                 return LIMIT_STATUS
         now = int(time.time())
@@ -182,17 +230,17 @@ class DialogTracker:
             "to_uri": _uri(msg.to).encode(),
             "caller_contact": _uri(contact).encode() if contact else b"",
             "caller_route": ", ".join(caller_route).encode(),
-            "caller_sock": self.labels[listener].encode() if listener < len(self.labels)
-            else b"", "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
+            "caller_sock": DR.sock_value(self.labels[listener] if listener < len(self.labels)
+                                         else "", src[:2]).encode(), "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
             state=D.DLG_UNCONFIRMED, timeout=now + self.unconfirmed_s, start=now,
             caller_cseq=max(0, msg.cseq_num), flags=self.ping_flags, creator=self.node)
         if r >= 0:
             self.counts[I_PROCESSED] += 1
             return 0
+        if counted:  # not created here: counted by whoever created it, or nobody
+            self.profiles.add(counted, -1)
         if r == D.E_EXISTS:
-            return 0
-        if names:
-            self.profiles.add(names, -1)
+            return 0  # a copy of the INVITE on another worker made it first
         self.counts[I_REFUSED] += 1
         if r == T.E_TOO_LONG:
             self._log_once("an INVITE was refused 500: its dialog does not fit "
@@ -220,25 +268,58 @@ class DialogTracker:
 
     # ---------------------------------------------------------------- responses
 
-    def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int) -> None:
+    def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
+        """The transaction of an admitted INVITE was made: keep its key with the
+        dialog, in this node's per-node word (TX_KEY_LOW)."""
+        key, group = D.dialog_ids(msg.call_id.encode(), tag_of(msg.from_).encode())
+        D.dlg_ping_mark(self.store.arena, np.uint64(key), np.uint64(group),
+                        np.int64(tx_key & TX_KEY_MASK), np.int64(TX_KEY_MASK))
+
+    def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int,
+                        listener: int = -1, src: tuple | None = None) -> None:
         to_tag = tag_of(msg.to)
         state = DR.state_of_reply(msg.status, to_tag, final_status)
         if state is None:
             return
         ids = {"callid": msg.call_id.encode(), "from_tag": tag_of(msg.from_).encode()}
         if state == DR.FAILED:
-            if self.store.apply(D.OP_FAIL, ids) >= 0:
+            if self.store.fail(ids["callid"], ids["from_tag"]):
                 self.counts[I_FAILED] += 1
             return
         caller_route, callee_route = DR.route_sets(msg.get_all("record-route"), self.mine)
         contact = msg.get("contact")
         now = int(time.time())
         timeout = now + (self.lifetime_s if state == D.DLG_CONFIRMED_NA else self.unconfirmed_s)
+        base = dict(ids)
+        label = self.labels[listener] if 0 <= listener < len(self.labels) else ""
         ids.update(to_tag=to_tag.encode(),
                    callee_contact=_uri(contact).encode() if contact else b"",
+                   callee_sock=DR.sock_value(label, src[:2] if src else None).encode()
+                   if label else b"",
                    caller_route=", ".join(caller_route).encode(),
                    callee_route=", ".join(callee_route).encode())
-        self.store.apply(D.OP_UPDATE, ids, state=state, timeout=timeout)
+        r = self.store.apply(D.OP_UPDATE, ids, state=state, timeout=timeout)
+        if r != T.E_TOO_LONG:
+            return  # E_OTHER_CALLEE: a 2xx of another callee, a dialog of its own
+        self.counts[I_TOO_LONG] += 1
+        if state != D.DLG_CONFIRMED_NA:
+            self._log_once("a 1xx's callee side (To tag, Contact, route set) does not fit "
+                           "dialog.record_bytes: the dialog stays as it was")
+            return
+        # never a dialog with a callee side cut short: this call goes on untracked
+        self._log_once("a 2xx's callee side (To tag, Contact, route set) does not fit "
+                       "dialog.record_bytes: the call goes on untracked (its dialog is "
+                       "deleted, dialog:callee_too_long)")
+        if len(to_tag) < 256:
+            base["to_tag"] = to_tag.encode()  # not the row of another callee's 2xx
+        if self.store.apply(D.OP_DELETE, base) >= 0:
+            self.counts[I_FAILED] += 1
+
+    def invite_failed(self, msg: SipMessage) -> None:
+        """The proxy answered an initial INVITE it admitted with a final >= 300 of its
+        own (or again, to a retransmission of a failed one): its dialog goes."""
+        if self.store.fail(msg.call_id.encode(), tag_of(msg.from_).encode()):
+            self.counts[I_FAILED] += 1
 
     def on_own_reply(self, msg: SipMessage, branch: str) -> bool:
         """A reply to a BYE or ping this node sent itself (services.sip.dialog_timer):
@@ -263,17 +344,27 @@ class DialogTracker:
     # ---------------------------------------------------------------- in-dialog requests
 
     def _ids(self, call_id: str, from_tag_text: str, to_tag_text: str
-             ) -> tuple[dict[str, bytes], bool] | None:
-        """The dialog's identity strings, and whether the request comes from the callee
-        (its From tag is the dialog's To tag); None if no live dialog is known."""
+             ) -> tuple[dict[str, bytes], bool, int] | None:
+        """The dialog's identity strings (with the callee's tag as the request names
+        it), whether the request comes from the callee (its From tag is the dialog's To
+        tag), and the dialog's state; None if no live dialog of this callee is known."""
         callid = call_id.encode()
         from_tag = from_tag_text.encode()
-        if self.store.live(callid, from_tag):
-            return {"callid": callid, "from_tag": from_tag}, False
         to_tag = to_tag_text.encode()
-        if to_tag and self.store.live(callid, to_tag):
-            return {"callid": callid, "from_tag": to_tag}, True
-        return None
+        if self.store.live(callid, from_tag):
+            ids, from_callee, callee_tag = {"callid": callid, "from_tag": from_tag}, False, \
+                to_tag
+        elif to_tag and self.store.live(callid, to_tag):
+            ids, from_callee, callee_tag = {"callid": callid, "from_tag": to_tag}, True, \
+                from_tag
+        else:
+            return None
+        state = int(self.store.out[T.R_AUX])
+        if not DR.same_callee(state, self.store.out_string(D.S_TO_TAG), callee_tag):
+            return None  # another callee's dialog (a forked call answered twice)
+        if callee_tag:
+            ids["to_tag"] = callee_tag
+        return ids, from_callee, state
 
     def owns(self, msg: SipMessage) -> bool:
         """Whether a live dialog of this in-dialog request is known here."""
@@ -289,13 +380,13 @@ class DialogTracker:
         found = self._ids(call_id, from_tag, to_tag)
         if found is None:
             return
-        ids, from_callee = found
+        ids, from_callee, state = found
         cseq = max(0, cseq_num)
         cseqs = {"callee_cseq": cseq} if from_callee else {"caller_cseq": cseq}
-        if method == "BYE":
+        if method == "BYE" and state >= D.DLG_CONFIRMED_NA:
             if self.store.apply(D.OP_DELETE, ids, **cseqs) >= 0:
                 self.counts[I_TERMINATED] += 1
         elif method == "ACK":
             self.store.apply(D.OP_UPDATE, ids, state=D.DLG_CONFIRMED, **cseqs)
-        else:
+        else:  # (a BYE in an early dialog: the INVITE's final response decides)
             self.store.apply(D.OP_UPDATE, ids, **cseqs)

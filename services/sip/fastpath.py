@@ -119,7 +119,7 @@ class FastPath:
                          (host, int(q[RQ.Q_DST_PORT])))
         return True
 
-    def reply(self, data: bytes, listener: Any) -> bool:
+    def reply(self, data: bytes, addr: tuple, listener: Any) -> bool:
         """A plain response to one of our branches, relayed in one compiled call
         (shm.sipscan.fast_reply): parse, match, strip, transaction update. False: not
         such a response (nothing was done), parse it and go the Python way."""
@@ -150,7 +150,7 @@ class FastPath:
             if actions and actions != X.A_FORWARD and actions & X.A_FIRST_FINAL:
                 final = tx.out().status
             dialogs.on_invite_reply(parse_message(data), int(scan[SC.S_KEY]),
-                                    int(scan[SC.S_BRANCH]), final)
+                                    int(scan[SC.S_BRANCH]), final, listener.index, addr)
         if actions == X.A_FORWARD:
             self.sender.send(stripped, sock, upstream)
             counts[I_RELAYED] += 1

@@ -4,7 +4,11 @@ process, through the narrow cluster API only.
 Each node counts the dialogs it is responsible for (shm.profiles: those of the sharing
 tags active here, and those without a tag it created) and sends its counts to the
 others (PROF_COUNTS): what changed every PUBLISH_S, everything every FULL_S and to a
-node that comes up. A receiver keeps each node's counts, by scope, and takes a tag's
+node that comes up. What changed comes from one compiled pass over the counters
+(shm.profiles.prof_local_delta, against the counts last sent, kept here), so a tick
+costs Python work only for the values that changed (bench/profile_delta.py, 10k
+values, 10 changing per tick: 12.7 ms per tick with the Python walk over every value
+it replaces, 0.16 ms now). A receiver keeps each node's counts, by scope, and takes a tag's
 counts only from the node holding the tag (so after a takeover nothing is counted
 twice: the old holder's counts of that tag are ignored the moment the new activation
 is known), a node's untagged counts while it keeps sending them, and forgets a node's
@@ -25,7 +29,7 @@ import numpy as np
 
 from fastcluster.core.messages import Msg, ProfCounts
 from fastcluster.services.cluster.api import Capability, ClusterAPI, Delivery, Mode
-from fastcluster.shm.profiles import REMOTE_SCOPE
+from fastcluster.shm.profiles import REMOTE_SCOPE, ProfileCounters, prof_local_delta
 
 log = logging.getLogger("profiles")
 
@@ -51,6 +55,53 @@ class _NoRows:
         return None  # counts are not synced: every node sends its own
 
 
+class LocalCounts:
+    """This node's counts (local + recent) by scope and profile, kept up to date from
+    the counters' changes (prof_local_delta) rather than rebuilt by a walk."""
+
+    def __init__(self, profiles: ProfileCounters) -> None:
+        self.profiles = profiles
+        n = profiles.nslots
+        self.sent_keys = np.zeros(n, dtype=np.int64)
+        self.sent_vals = np.zeros(n, dtype=np.int64)
+        self.out = np.zeros((n, 4), dtype=np.int64)
+        self.keys = profiles.keys.view(np.int64)
+        self.names: dict[int, tuple[int, str, str]] = {}  # slot -> (key, scope, profile)
+        self.counts: Counts = {}  # scope -> profile -> dialogs (every scope but "*")
+
+    def update(self) -> dict[tuple[str, str], int]:
+        """Take what changed since the last call: (scope, profile) -> count now."""
+        m = int(prof_local_delta(self.profiles.buf, self.sent_keys, self.sent_vals, False,
+                                 self.out))
+        gone: dict[tuple[str, str], int] = {}
+        now: dict[tuple[str, str], int] = {}
+        for s, key, value, old_key in self.out[:m].tolist():
+            if old_key != key and old_key != 0:
+                old = self.names.pop(s, None)
+                if old is not None:
+                    gone[(old[1], old[2])] = 0  # reclaimed: that name has no count now
+            if key == 0:
+                continue
+            name = self.names.get(s)
+            if name is None or name[0] != key:
+                scope, profile = self.profiles.name_at(s)
+                if int(self.keys[s]) != key:  # reclaimed while read: next time
+                    self.sent_keys[s] = -1
+                    continue
+                name = self.names[s] = (key, scope.decode("utf-8", "replace"),
+                                        profile.decode("utf-8", "replace"))
+            if name[1] != "*":
+                now[(name[1], name[2])] = value
+        changed = {**gone, **now}  # a name that moved to another slot keeps its count
+        for (scope, profile), value in changed.items():
+            mine = self.counts.setdefault(scope, {})
+            if value:
+                mine[profile] = value
+            else:
+                mine.pop(profile, None)
+        return changed
+
+
 class ProfileReplication:
     def __init__(self, host: Any, api: ClusterAPI) -> None:
         self.host = host
@@ -60,7 +111,8 @@ class ProfileReplication:
         self.profiles = host.mem.profiles
         self.tags = host.mem.shtags
         self.nodes: dict[int, NodeCounts] = {}
-        self.sent: Counts = {}
+        self.mine = LocalCounts(self.profiles)
+        self.sent_scopes: frozenset[bytes] = frozenset()
         self.seq = 0
         self.remote: dict[bytes, int] = {}
         self.apply_config(cfg)
@@ -86,32 +138,33 @@ class ProfileReplication:
 
     # ---------------------------------------------------------------- sending
 
-    def local_counts(self) -> Counts:
-        """This node's counts by scope: the tags active here and "" (untagged)."""
-        active = {name.encode() for name in self.tags.active(self.cluster)} | {b""}
-        out: Counts = {}
-        for (scope, profile), (local, recent, _) in self.profiles.entries().items():
-            if scope in active and local + recent:
-                out.setdefault(scope.decode(), {})[profile.decode()] = local + recent
-        return out
+    def _active(self) -> frozenset[bytes]:
+        return frozenset({name.encode() for name in self.tags.active(self.cluster)} | {b""})
+
+    def local_counts(self, active: frozenset[bytes] | None = None) -> Counts:
+        """This node's counts by scope: the tags active here and "" (untagged), as of
+        the last publication (at most PUBLISH_S old)."""
+        scopes = {s.decode() for s in (active if active is not None else self._active())}
+        return {scope: dict(c) for scope, c in self.mine.counts.items()
+                if scope in scopes and c}
 
     def publish(self, full: bool) -> None:
         if not self.api.capability_enabled(CAPABILITY):
             return
-        counts = self.local_counts()
+        changed = self.mine.update()
+        active = self._active()
+        if active != self.sent_scopes:
+            full = True  # a tag moved: the others replace what they hold of us
         if full:
-            payload = counts
+            payload = self.local_counts(active)
         else:
             payload = {}
-            for scope in set(counts) | set(self.sent):
-                now, before = counts.get(scope, {}), self.sent.get(scope, {})
-                delta = {p: n for p, n in now.items() if before.get(p) != n}
-                delta.update({p: 0 for p in before if p not in now})
-                if delta:
-                    payload[scope] = delta
+            for (scope, profile), n in changed.items():
+                if scope.encode() in active:
+                    payload.setdefault(scope, {})[profile] = n
             if not payload:
                 return
-        self.sent = counts
+        self.sent_scopes = active
         self.seq += 1
         msg = ProfCounts(self.cluster, self.seq, full, payload)
         for node in self.api.peers_with(CAPABILITY):
@@ -120,10 +173,12 @@ class ProfileReplication:
     def on_node_event(self, cluster: int, node: int, up: bool) -> None:
         if cluster == self.cluster and up:
             self.seq += 1  # it gets everything, numbered in our stream
-            self.sent = self.local_counts()
+            self.mine.update()
+            self.sent_scopes = self._active()
+            counts = self.local_counts(self.sent_scopes)
             for peer in self.api.peers_with(CAPABILITY):
                 self.api.send(self.cluster, peer, Msg.PROF_COUNTS,
-                              ProfCounts(self.cluster, self.seq, True, self.sent))
+                              ProfCounts(self.cluster, self.seq, True, counts))
 
     # ---------------------------------------------------------------- receiving
 

@@ -75,11 +75,19 @@ class DialogHook(Protocol):
         """An initial INVITE about to be proxied (its targets found): 0 to go on, or
         the status to refuse it with (a profile limit, no room for its dialog)."""
 
-    def on_invite_reply(self, msg: SipMessage, key: int, branch: int,
-                        final_status: int) -> None:
-        """A response to an initial INVITE arrived on `branch` of transaction `key`;
-        final_status: the transaction's final response upstream if this one made it
-        (0 otherwise)."""
+    def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int,
+                        listener: int = -1, src: tuple | None = None) -> None:
+        """A response to an initial INVITE arrived on `branch` of transaction `key`, on
+        `listener` from `src`; final_status: the transaction's final response upstream
+        if this one made it (0 otherwise)."""
+
+    def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
+        """The transaction of an INVITE admit let through was made (key tx_key)."""
+
+    def invite_failed(self, msg: SipMessage) -> None:
+        """An initial INVITE `admit` let through is answered >= 300 by the proxy itself
+        (no transaction for it, or the final again to a retransmission of a failed
+        one): its dialog ends as if the failure had come from downstream."""
 
     def on_in_dialog(self, msg: SipMessage) -> None:
         """A request with a To tag (BYE, re-INVITE, ACK, ...) is being forwarded."""
@@ -141,6 +149,7 @@ class Proxy:
         if method == "CANCEL":
             self._cancel(msg, addr, listener)
             return
+        admitted = False
         try:
             if msg.max_forwards == 0:
                 raise Refused(483, I_483)
@@ -155,6 +164,7 @@ class Proxy:
                 refusal = self.dialogs.admit(msg, addr, listener.index)  # dialog hook
                 if refusal:
                     raise Refused(refusal)
+                admitted = True
         except Refused as r:
             if r.counter >= 0:
                 self.counts[r.counter] += 1
@@ -165,16 +175,23 @@ class Proxy:
         groups = bytes(t.group for t in targets)
         if self.targets.serial and any(groups):
             flags |= X.F_SERIAL
-        ident, rfc2543 = self.ident(msg, method)
-        if rfc2543:
-            flags |= X.F_RFC2543
-        result = self.tx.request(X.K_REQUEST, ident, data, encoded, groups, len(targets),
-                                 flags, msg.cseq_num, listener.index, addr)
+        try:
+            ident, rfc2543 = self.ident(msg, method)
+            if rfc2543:
+                flags |= X.F_RFC2543
+            result = self.tx.request(X.K_REQUEST, ident, data, encoded, groups, len(targets),
+                                     flags, msg.cseq_num, listener.index, addr)
+        except Exception:
+            if admitted and self.dialogs is not None:
+                self.dialogs.invite_failed(msg)  # dialog hook: nothing will answer it
+            raise
         if result == X.R_NEW:
             key, start = self.tx.new_key_start()
             self.counts[I_UAS] += 1
             if invite:
                 self.reply(msg, 100, addr, listener)
+                if admitted and self.dialogs is not None:
+                    self.dialogs.bind_invite(msg, key)  # dialog hook
             if self.dialogs is not None and tag_of(msg.to):
                 self.dialogs.on_in_dialog(msg)  # dialog hook
             loop = M.loop_hash(msg)
@@ -189,6 +206,8 @@ class Proxy:
         elif result == X.R_MATCH:
             o = self.tx.out()
             self.counts[I_ABSORBED] += 1
+            if admitted and o.flags & X.F_FINAL_SENT and o.status >= 300 and self.dialogs:
+                self.dialogs.invite_failed(msg)  # a failed INVITE again: admit remade it
             if o.actions & X.A_SEND_100:
                 self.reply(msg, 100, addr, listener)
             elif o.actions:
@@ -198,6 +217,8 @@ class Proxy:
             status, counter = KERNEL_ERRORS.get(result, (500, -1))
             if counter >= 0:
                 self.counts[counter] += 1
+            if admitted and self.dialogs is not None:
+                self.dialogs.invite_failed(msg)  # dialog hook
             self.reply(msg, status, addr, listener)
 
     def ident(self, msg: SipMessage, method: str) -> tuple[bytes, bool]:
@@ -363,7 +384,7 @@ class Proxy:
         if self.dialogs is not None and mclass == X.M_INVITE:
             # dialog hook, before the reply goes on: the caller's ACK to a 2xx may reach
             # another worker at once, and must find the dialog with the callee's side
-            self.dialogs.on_invite_reply(msg, key, idx, final)
+            self.dialogs.on_invite_reply(msg, key, idx, final, listener.index, addr)
         if actions == X.A_FORWARD:  # a provisional or a retransmitted 2xx: pass it on
             self.sender.send(stripped, sock, upstream)
             self.counts[I_RELAYED] += 1

@@ -230,7 +230,7 @@ class SipApp:
         head = data[:4]
         if head == b"REGI" and self.plain.handle(data, addr, listener):
             return
-        if head == b"SIP/" and data[4:8] == b"2.0 " and self.fast.reply(data, listener):
+        if head == b"SIP/" and data[4:8] == b"2.0 " and self.fast.reply(data, addr, listener):
             counts[I_RCV_RPL] += 1  # a plain reply relayed by the compiled path
             return
         if (head == b"ACK " or head == b"BYE ") and self.fast.request(data, addr, listener):

@@ -10,8 +10,14 @@ response again, from this process's copy of the SIP listeners. At start the whee
 empty, so every row is re-armed from the table once; after that a slice of the table
 per tick re-arms any row whose wheel entry went missing (a full ring, a writer killed
 between its commit and its push) and `table_expire` frees rows whose timers all went
-missing (a safety net, counted). Neighbours: workers.timer (the loop), shm.tmwheel,
-services.sip.tm.
+missing (a safety net, counted). When a timer sends an INVITE transaction's final
+response upstream and it is a failure (the 408 of Timer B/C, or a stored failure of
+another branch once the last one timed out), `on_invite_failed` gets the request:
+dialog tracking deletes the INVITE's dialog then and there (workers.timer wires it to
+services.sip.dialog_timer), as the workers do for a failure that arrives; and
+`cancel_invite` CANCELs the pending branches of an INVITE whose early dialog
+dlg_end_dlg ended (as a CANCEL from the caller would). Neighbours:
+workers.timer (the loop), shm.tmwheel, services.sip.tm.
 """
 from __future__ import annotations
 
@@ -19,16 +25,19 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from fastcluster.core.sip import SipParseError, parse_message, tag_of
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip.tm import Listener, Sender, params_from
+from fastcluster.shm import table as T
 from fastcluster.shm import tmring as TR
 from fastcluster.shm import tmwheel as W
 from fastcluster.shm import transactions as X
-from fastcluster.shm.txwork import TxOut, address_of
+from fastcluster.shm.txwork import TxOut, TxWork, address_of
 
 log = logging.getLogger("tm")
 
@@ -90,6 +99,10 @@ class TmTimer:
         self.sender = Sender(self.listeners, lambda i: self.socks.get(i) or self.socks[0],
                              cfg["clusterer.node_id"], self.stats)
         self.sweep_region = 0
+        # the request of an INVITE whose final upstream, sent by a timer, is >= 300
+        self.on_invite_failed: Callable[[bytes], None] | None = None
+        self.work = TxWork(self.arena, mem.tmrings, timer.slot, timer.me, self.params,
+                           self.stats)  # for the CANCELs dlg_end_dlg asks for
         self.apply_config(cfg)
         started = time.perf_counter()
         rearmed = self.sweep(0, self.table.nregions, -1)
@@ -139,6 +152,49 @@ class TmTimer:
             self.stats[I_REARMED] += armed
         return more
 
+    def _strings(self, slot: int, key: int) -> list[bytes] | None:
+        """The strings of row `slot` if it still holds `key` (seqlock read)."""
+        if X.tx_read(self.arena, slot, np.uint64(key), self.readbuf) == 0:
+            return None
+        mv = memoryview(self.readbuf)
+        pos = X.TRANSACTION.fixed_size
+        out = []
+        for ln in _LENS.unpack_from(mv, X.O_LENS):
+            out.append(bytes(mv[pos:pos + ln]))
+            pos += ln
+        return out
+
+    def cancel_invite(self, key_high: int, callid: str, from_tag: str) -> bool:
+        """CANCEL the pending branches of the INVITE transaction whose key is key_high
+        but its top bit and low 4 bits (what dialog tracking keeps of it), whose request has
+        this Call-ID and From tag: as if its caller had sent the CANCEL (the callees
+        answer 487, which goes upstream and ends the early dialog). Whether it was
+        found; CANCELs already sent are not sent again."""
+        for low in range(32):
+            key = key_high | (low & 15) | (low >> 4) << 63
+            if key < 2:
+                continue
+            slot = int(T.table_find(self.arena, np.uint64(key), np.uint64(key)))
+            strings = self._strings(slot, key) if slot >= 0 else None
+            if strings is None:
+                continue
+            try:
+                req = parse_message(strings[X.S_REQUEST])
+            except SipParseError:
+                continue
+            if req.method != "INVITE" or req.call_id != callid or tag_of(req.from_) != from_tag:
+                continue
+            r = self.work.request(X.K_CANCEL, strings[X.S_IDENT], b"", b"", b"", 0, 0,
+                                  req.cseq_num, 0, ("0.0.0.0", 0))
+            if r != X.R_MATCH:
+                return False
+            o = self.work.out()
+            if o.actions & X.A_CANCEL:
+                _, request, targets = self.work.out_strings(o)
+                self.sender.run(X.A_CANCEL, o, o.key, b"", request, targets, req=req)
+            return True
+        return False
+
     def _act(self, rec: np.ndarray) -> None:
         slot, key = int(rec[W.A_SLOT]), int(rec[W.A_KEY]) & ((1 << 64) - 1)
         n = X.tx_read(self.arena, slot, np.uint64(key), self.readbuf)
@@ -161,6 +217,9 @@ class TmTimer:
         response = strings[X.S_RESPONSE] if flags & X.F_RESP else b""
         self.sender.run(o.actions, o, key, response, strings[X.S_REQUEST],
                         strings[X.S_TARGETS])
+        if o.actions & X.A_FIRST_FINAL and o.status >= 300 and flags & X.F_INVITE and \
+                self.on_invite_failed is not None:
+            self.on_invite_failed(strings[X.S_REQUEST])
 
     def publish(self) -> None:
         """Wheel figures into the timer's status words (read by the MI: t_stats)."""

@@ -64,6 +64,9 @@ class Reference:
             return "not found"
         if op == D.OP_FAIL and old["dlg_state"] >= D.DLG_CONFIRMED_NA:
             return "exists"
+        if op in (D.OP_UPDATE, D.OP_DELETE) and old["dlg_state"] >= D.DLG_CONFIRMED_NA \
+                and old["to_tag"] and p["to_tag"] and old["to_tag"] != p["to_tag"]:
+            return "other callee"  # a change for another callee's dialog
         new = dict(old)
         new["caller_cseq"] = max(old["caller_cseq"], p["caller_cseq"])
         new["callee_cseq"] = max(old["callee_cseq"], p["callee_cseq"])
@@ -112,7 +115,8 @@ def test_dlg_apply_matches_the_reference(seed: int) -> None:
             k: p[k] for k in ("dlg_state", "timeout", "caller_cseq", "callee_cseq",
                               "flags", "creator")}, start=NOW)
         want = ref.apply(op, dict(p, start=NOW), now_ms // 1000)
-        got = "ok" if r >= 0 else {D.E_EXISTS: "exists", T.E_NOT_FOUND: "not found"}[r]
+        got = "ok" if r >= 0 else {D.E_EXISTS: "exists", T.E_NOT_FOUND: "not found",
+                                   D.E_OTHER_CALLEE: "other callee"}[r]
         assert got == want, (op, p, before)
         row = stored(table, *ident)
         if want == "ok":
@@ -144,15 +148,42 @@ def test_a_state_never_goes_back_and_a_late_180_changes_no_strings() -> None:
     r, row = apply(table, ring, D.OP_UPDATE, dict(ids, to_tag=b"b1", callee_contact=b"x"),
                    NOW * 1000, dlg_state=D.DLG_CONFIRMED_NA, timeout=NOW + 99)
     assert r >= 0 and row["dlg_state"] == 3 and row["to_tag"] == "b1"
-    r, row = apply(table, ring, D.OP_UPDATE, dict(ids, to_tag=b"b2", callee_contact=b"y"),
+    r, row = apply(table, ring, D.OP_UPDATE, dict(ids, to_tag=b"b1", callee_contact=b"y"),
                    NOW * 1000, dlg_state=D.DLG_EARLY, timeout=NOW + 1, caller_cseq=5)
     assert row["dlg_state"] == 3 and row["to_tag"] == "b1" and row["timeout"] == NOW + 99
-    assert row["caller_cseq"] == 5  # CSeqs still rise
+    assert row["caller_cseq"] == 5 and row["callee_contact"] == "x"  # CSeqs still rise
     # a failure on another branch leaves a confirmed dialog alone
     assert apply(table, ring, D.OP_FAIL, ids, NOW * 1000)[0] == D.E_EXISTS
     r, row = apply(table, ring, D.OP_DELETE, ids, NOW * 1000 + 5000)
     assert row["state"] == T.ST_TOMB and row["dlg_state"] == D.DLG_DELETED
     assert row["expires"] == NOW + 5 and row["to_tag"] == "b1"
+
+
+def test_a_second_callee_neither_changes_nor_ends_the_confirmed_dialog() -> None:
+    """A forked INVITE answered 2xx by two callees: the first 2xx's To tag makes the
+    dialog; the second 2xx, and that other dialog's ACK and BYE, change nothing."""
+    table, ring = make()
+    ids = {"callid": b"f", "from_tag": b"a"}
+    apply(table, ring, D.OP_CREATE, ids, NOW * 1000, dlg_state=D.DLG_UNCONFIRMED)
+    # early, two branches ringing: the callee is not fixed yet, the last 1xx/2xx takes it
+    apply(table, ring, D.OP_UPDATE, dict(ids, to_tag=b"b2"), NOW * 1000,
+          dlg_state=D.DLG_EARLY)
+    r, row = apply(table, ring, D.OP_UPDATE, dict(ids, to_tag=b"b1", callee_contact=b"one"),
+                   NOW * 1000, dlg_state=D.DLG_CONFIRMED_NA, timeout=NOW + 99)
+    assert r >= 0 and row["to_tag"] == "b1"
+    for op, state in ((D.OP_UPDATE, D.DLG_CONFIRMED_NA), (D.OP_UPDATE, D.DLG_CONFIRMED),
+                      (D.OP_DELETE, 0)):
+        r, _ = apply(table, ring, op, dict(ids, to_tag=b"b2", callee_contact=b"two"),
+                     NOW * 1000, dlg_state=state, caller_cseq=7)
+        assert r == D.E_OTHER_CALLEE
+        row = stored(table, "f", "a")
+        assert row["state"] == T.ST_LIVE and row["to_tag"] == "b1"
+        assert row["callee_contact"] == "one" and row["caller_cseq"] == 0
+    # its own callee's requests, and changes naming no callee (timers, MI), apply
+    assert apply(table, ring, D.OP_UPDATE, dict(ids, to_tag=b"b1"), NOW * 1000,
+                 dlg_state=D.DLG_CONFIRMED)[1]["dlg_state"] == D.DLG_CONFIRMED
+    assert apply(table, ring, D.OP_UPDATE, ids, NOW * 1000, flags=D.F_END)[0] >= 0
+    assert apply(table, ring, D.OP_DELETE, dict(ids, to_tag=b"b1"), NOW * 1000)[0] >= 0
 
 
 def test_full_table_and_strings_too_long_are_refused() -> None:

@@ -129,3 +129,51 @@ def test_a_bye_of_our_own_parses_and_names_the_dialog() -> None:
                                     "z9hG4bK-other"])
 def test_other_branches_are_not_ours(branch) -> None:
     assert DR.parse_own_branch(branch) is None
+
+
+@pytest.mark.parametrize("state, stored, tag, same", [
+    (1, b"", b"b1", True),  # unconfirmed: any callee
+    (2, b"b2", b"b1", True),  # early: another branch may still take the row
+    (3, b"b1", b"b1", True),
+    (3, b"b1", b"b2", False),  # confirmed with b1: b2's 2xx is a dialog of its own
+    (4, b"b1", b"b2", False),
+    (4, b"b1", b"", True),  # a change naming no callee (timers, MI)
+    (4, b"", b"b2", True),
+])
+def test_same_callee(state, stored, tag, same) -> None:
+    assert DR.same_callee(state, stored, tag) is same
+
+
+@pytest.mark.parametrize("missing, limits, too_long, status", [
+    ([], {"per_user": 2}, set(), 0),
+    (["calls"], {"per_user": 2}, set(), 0),  # no limit: fails open (counted)
+    (["per_user/bob"], {"per_user": 2}, set(), 503),  # counters full: fail closed
+    (["per_user/" + "x" * 200], {"per_user": 2}, {"per_user/" + "x" * 200}, 500),
+    (["calls", "per_user/bob"], {"calls": 9}, set(), 503),
+])
+def test_an_uncounted_value_of_a_limited_profile_refuses_the_call(missing, limits, too_long,
+                                                                  status) -> None:
+    assert DR.uncounted_status(missing, limits, too_long) == status
+
+
+@pytest.mark.parametrize("routes, source, want", [
+    ("", ("198.51.100.7", 40000), ("198.51.100.7", 40000)),  # NAT: where it came from
+    ("", None, ("203.0.113.21", 5081)),  # no source known: the Contact
+    (B, ("198.51.100.7", 40000), ("b.example.com", 0)),  # a route set: its first hop
+])
+def test_requests_of_our_own_go_where_the_legs_requests_would(routes, source, want) -> None:
+    leg = DR.leg_of(dict(DLG, callee_route=routes), callee=True)
+    assert DR.leg_destination(leg, source) == want
+
+
+@pytest.mark.parametrize("value, label, source", [
+    ("udp:192.0.2.1:5060 198.51.100.7:40000", "udp:192.0.2.1:5060", ("198.51.100.7", 40000)),
+    ("udp:[2001:db8::1]:5060 [2001:db8::9]:5070", "udp:[2001:db8::1]:5060",
+     ("2001:db8::9", 5070)),
+    ("udp:192.0.2.1:5060", "udp:192.0.2.1:5060", None),  # a row written before
+    ("", "", None),
+])
+def test_a_legs_sock_string(value, label, source) -> None:
+    assert DR.split_sock(value) == (label, source)
+    if source is not None:
+        assert DR.sock_value(label, source) == value

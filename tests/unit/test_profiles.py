@@ -135,3 +135,46 @@ def test_a_count_is_never_below_the_truth_while_a_recount_runs() -> None:
     # the admissions made since the recount began (the one before it is dropped)
     assert all(v >= 3 for v in seen)
     assert c.get(calls) == [2 + 3]
+
+
+def test_names_without_counts_are_reclaimed_and_lookups_walk_past_them() -> None:
+    c = counters(capacity=16)
+    names = [n("", f"v/{i}") for i in range(16)]
+    assert c.add(names, 1) == 16 and c.add([n("", "one more")], 1) == 0
+    # only the odd values have a dialog in the table: the even ones end at the recount
+    table = dialog_table([(f"c{i}", "", f"v/{i}", ME, True) for i in range(1, 16, 2)])
+    recount(table, c, [])
+    assert c.used == 8 and c.reclaimed == 8
+    assert c.get(names) == [i % 2 for i in range(16)]
+    fresh = [n("", f"w/{i}") for i in range(8)]
+    assert c.add(fresh, 1) == 8 and c.used == 16  # their room is taken again
+    assert c.get(names + fresh) == [i % 2 for i in range(16)] + [1] * 8
+    assert c.add([n("", "one more")], 1) == 0
+    # a remote count keeps its name; one no longer reported goes at the next recount
+    c2 = counters()
+    c2.set_remote({b"calls": 2})
+    recount(table, c2, [])
+    assert c2.get([n("*", "calls")]) == [2]
+    c2.set_remote({})
+    recount(table, c2, [])
+    assert (b"*", b"calls") not in c2.entries() and c2.reclaimed >= 1
+
+
+def test_local_delta_reports_only_what_changed() -> None:
+    c = counters()
+    sent_keys = np.zeros(c.nslots, dtype=np.int64)
+    sent_vals = np.zeros(c.nslots, dtype=np.int64)
+    out = np.zeros((c.nslots, 4), dtype=np.int64)
+
+    def delta(full: bool = False) -> dict[bytes, int]:
+        m = int(PF.prof_local_delta(c.buf, sent_keys, sent_vals, full, out))
+        return {b"\0".join(c.name_at(int(r[0]))): int(r[2]) for r in out[:m]}
+
+    c.add([n("", "a"), n("", "b")], 1)
+    assert delta() == {b"\0a": 1, b"\0b": 1}
+    assert delta() == {}
+    c.add([n("", "a")], 1)
+    assert delta() == {b"\0a": 2}
+    assert delta(full=True) == {b"\0a": 2, b"\0b": 1}
+    c.add([n("", "b")], -1)
+    assert delta() == {b"\0b": 0}
