@@ -1,7 +1,7 @@
 """Dialog replication and sharing tag figures with real nodes on loopback (issue 16).
 
     .venv/bin/python -m bench.dialogs calls [--calls 20000] [--limit 300] [--workers 2]
-        [--only fastcluster|kamailio] [--runs 1]
+        [--children 2] [--open --rate 3000] [--only fastcluster|kamailio] [--runs 1]
     .venv/bin/python -m bench.dialogs takeover [--trials 20] [--dialogs 1000]
     .venv/bin/python -m bench.dialogs sync [--dialogs 100000]
 
@@ -11,7 +11,10 @@ closed loop, bench.load_calls's scenario: INVITE/180/200/ACK/BYE), then two Kama
 5.6 instances (-x tlsf) replicating usrloc and dialogs with DMQ (dmq_usrloc, dialog
 enable_dmq; bench/kamailio/proxy_dmq.cfg.in), side by side in one run. CPU per call:
 every process of both instances over the calls answered. Node 2's dialog count is
-checked to follow (dlg_list empty at the end, processed dialogs replicated).
+checked to follow (dlg_list empty at the end, processed dialogs replicated); on the
+Kamailio side, the KDMQ requests node 1 sent against those node 2 received (kamcmd), and
+its shared memory peak. The caller goes on past a 180 that arrives after the 200
+(bench.load_calls.TOLERATE_LATE_1XX) and the line says how many it saw.
 
 takeover: three nodes declaring the tag vip, DIALOGS dialogs of that tag in profile
 `calls` (written through node 3's shared memory, replicated); each trial kills -9 the
@@ -47,7 +50,7 @@ os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the node
 
 import numpy as np  # noqa: E402
 
-from bench.load_calls import KAMAILIO_MODULES, run_load  # noqa: E402
+from bench.load_calls import KAMAILIO_MODULES, run_load, unexpected_note  # noqa: E402
 from fastcluster.shm.dialogs import pack_dialog  # noqa: E402
 from tests.support import leaks  # noqa: E402
 from tests.support.nodes import (  # noqa: E402
@@ -100,15 +103,19 @@ class FastclusterPair:
             n.stop()
 
 
+SHM_MB = 2048  # of each Kamailio instance (-m)
+
+
 class KamailioPair:
     name = "kamailio"
 
-    def __init__(self, tmp: pathlib.Path) -> None:
+    def __init__(self, tmp: pathlib.Path, children: int = 2) -> None:
         binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
         ports = [free_port(socket.SOCK_DGRAM) for _ in range(4)]
         self.port = ports[0]
         self.procs: list[subprocess.Popen] = []
         self.logs = []
+        self.ctl = [tmp / f"kamailio{i}.ctl" for i in range(2)]
         template = (REPO / "bench" / "kamailio" / "proxy_dmq.cfg.in").read_text()
         for i, (port, dmq, peer) in enumerate(((ports[0], ports[1], ports[3]),
                                                (ports[2], ports[3], ports[1]))):
@@ -116,16 +123,21 @@ class KamailioPair:
             cfg.write_text(template.replace("{port}", str(port))
                            .replace("{dmq_port}", str(dmq))
                            .replace("{peer_dmq_port}", str(peer))
+                           .replace("{children}", str(children))
+                           .replace("{ctl}", str(self.ctl[i]))
                            .replace("{mpath}", KAMAILIO_MODULES))
             log = open(tmp / f"kamailio{i}.log", "wb")
             self.logs.append(log)
+            # -m: each transaction stays 5 s after it ends (tm wt_timer), and every call
+            # adds ~4 KDMQ transactions to its INVITE and BYE: at 3,000 calls/s node 1
+            # ran out of 512 MB (500s to INVITEs, KDMQ not sent) after ~8,000 calls.
             proc = subprocess.Popen([binary, "-f", str(cfg), "-x", "tlsf", "-DD", "-E",
-                                     "-m", "512", "-M", "16", "-w", str(tmp)],
+                                     "-m", str(SHM_MB), "-M", "16", "-w", str(tmp)],
                                     stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             leaks.register(proc.pid)
             self.procs.append(proc)
-        self.label = "2 kamailio 5.6 -x tlsf (2 children) with DMQ usrloc + dialogs"
+        self.label = f"2 kamailio 5.6 -x tlsf ({children} children) with DMQ usrloc + dialogs"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             for i, p in enumerate(self.procs):
@@ -140,8 +152,39 @@ class KamailioPair:
     def pids(self) -> list[int]:
         return [x for p in self.procs for x in [p.pid] + leaks.children_of(p.pid)]
 
+    def stats(self, i: int) -> dict[str, int]:
+        """Instance i's statistics (kamcmd over its ctl socket), "group:name" -> value."""
+        out = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl[i]}", "stats.get_statistics",
+                              "all"], capture_output=True, text=True, timeout=10).stdout
+        stats = {}
+        for line in out.splitlines():
+            name, _, value = line.strip().partition(" = ")
+            if value.strip().lstrip("-").isdigit():
+                stats[name] = int(value)
+        return stats
+
     def check(self, ok: int) -> str:
-        return ""
+        """That DMQ replicated: every dialog change node 1 sent (a KDMQ request, a local
+        tm transaction) reached node 2, and node 2 holds no live dialog at the end."""
+        def drained() -> bool:
+            return self.stats(1).get("dialog:active_dialogs", -1) == 0
+
+        wait_until(drained, timeout=30, what="kamailio node 2 drained")
+        s1, s2 = self.stats(0), self.stats(1)
+        peak = max(self.shm_max_used(i) for i in range(2)) / (1 << 20)
+        return (f"node 1 tracked {s1.get('dialog:processed_dialogs')} dialogs and sent "
+                f"{s1.get('tmx:UAC_transactions')} KDMQ requests (tmx:UAC_transactions), "
+                f"node 2 received {s2.get('core:rcv_requests')} requests and holds 0 live; "
+                f"shm peak {peak:.0f} of {SHM_MB} MB")
+
+    def shm_max_used(self, i: int) -> int:
+        out = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl[i]}", "core.shmmem"],
+                             capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            name, _, value = line.strip().partition(":")
+            if name == "max_used":
+                return int(value)
+        return -1
 
     def stop(self) -> None:
         for p in self.procs:
@@ -165,17 +208,19 @@ def calls(ns: argparse.Namespace) -> None:
                 tmp = pathlib.Path(d) / name
                 tmp.mkdir()
                 pair = FastclusterPair(tmp, ns.workers) if name == "fastcluster" else \
-                    KamailioPair(tmp)
+                    KamailioPair(tmp, ns.children)
                 try:
-                    r = run_load(pair, tmp, ns.calls, ns.rate, ns.limit, False, 0)
+                    r = run_load(pair, tmp, ns.calls, ns.rate, ns.limit, ns.open, 0)
                     note = pair.check(r["ok"])
                 finally:
                     pair.stop()
-                print(f"run {run + 1} {pair.label}, closed loop -l {ns.limit}: {r['ok']} ok, "
+                loop = f"open loop -r {ns.rate}" if ns.open else f"closed loop -l {ns.limit}"
+                print(f"run {run + 1} {pair.label}, {loop}: {r['ok']} ok, "
                       f"{r['failed']} failed, {r['rate']:.0f} calls/s, CPU of both "
                       f"{r['cpu']:.1f} s = {r['us_per_call']:.0f} us/call; sipp UAC "
                       f"{r['uac_cpu'] / r['wall']:.0%} of a core, UAS "
-                      f"{r['uas_cpu'] / r['wall']:.0%}. {note}", flush=True)
+                      f"{r['uas_cpu'] / r['wall']:.0%}{unexpected_note(r)}. {note}",
+                      flush=True)
 
 
 # ---------------------------------------------------------------- takeover
@@ -329,6 +374,8 @@ def main() -> int:
     c.add_argument("--rate", type=int, default=20_000)
     c.add_argument("--limit", type=int, default=300)
     c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--open", action="store_true", help="open loop at exactly --rate")
+    c.add_argument("--children", type=int, default=2, help="of each Kamailio instance")
     c.add_argument("--only", choices=("fastcluster", "kamailio"))
     c.add_argument("--runs", type=int, default=1)
     t = sub.add_parser("takeover")
