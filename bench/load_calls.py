@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
 from bench.cpu import cpu_seconds  # noqa: E402
+from bench.latency import percentile  # noqa: E402
 from tests.support import leaks, sipp  # noqa: E402
 from tests.support.nodes import Node, free_port  # noqa: E402
 from tests.support.pyuas import PyUac, PyUas  # noqa: E402
@@ -202,13 +203,6 @@ def _children_cpu() -> float:
 
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def percentile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
 def run_latency(proxy: Proxy | None, calls: int, rate: int) -> dict[str, float]:
