@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.dialogs calls [--calls 20000] [--limit 300] [--workers 2]
         [--children 2] [--open --rate 3000] [--only fastcluster|kamailio] [--runs 1]
+    .venv/bin/python -m bench.dialogs lag [--rate 1000] [--seconds 15] [--every 1]
     .venv/bin/python -m bench.dialogs takeover [--trials 20] [--dialogs 1000]
     .venv/bin/python -m bench.dialogs sync [--dialogs 100000]
 
@@ -15,6 +16,14 @@ checked to follow (dlg_list empty at the end, processed dialogs replicated); on 
 Kamailio side, the KDMQ requests node 1 sent against those node 2 received (kamcmd), and
 its shared memory peak. The caller goes on past a 180 that arrives after the 200
 (bench.load_calls.TOLERATE_LATE_1XX) and the line says how many it saw.
+
+lag: the same two fastcluster nodes, sipp at exactly RATE calls/s through node 1 (open
+loop, bench.load_calls's scenario); this process reads both nodes' dialog tables
+(DialogWatch) and stamps when each first shows each call created, confirmed (200) and
+deleted (BYE): the lag of a change is node 2's stamp minus node 1's, p50/p99/max over
+every change of the watched calls (all calls after the first --skip-s seconds by
+default). Cross-check: node 2's sight minus the change's version (the HLC node 1
+stamped it with, whole ms of the same clock).
 
 takeover: three nodes declaring the tag vip, DIALOGS dialogs of that tag in profile
 `calls` (written through node 3's shared memory, replicated); each trial kills -9 the
@@ -40,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -50,8 +60,12 @@ os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the node
 
 import numpy as np  # noqa: E402
 
+from bench.latency import log_problems, summary  # noqa: E402
 from bench.load_calls import KAMAILIO_MODULES, run_load, unexpected_note  # noqa: E402
+from fastcluster.shm import dialogs as D  # noqa: E402
+from fastcluster.shm import table as T  # noqa: E402
 from fastcluster.shm.dialogs import pack_dialog  # noqa: E402
+from fastcluster.shm.node import NodeMemory  # noqa: E402
 from tests.support import leaks  # noqa: E402
 from tests.support.nodes import (  # noqa: E402
     Node,
@@ -223,6 +237,175 @@ def calls(ns: argparse.Namespace) -> None:
                       flush=True)
 
 
+# ---------------------------------------------------------------- lag
+
+MILESTONES = ("created", "confirmed", "deleted")
+
+
+def milestone(out: np.ndarray) -> int:
+    """How far the dialog row dlg_get copied into out has got: 0 created, 1 confirmed
+    (its 200 went through: dlg_state >= 3), 2 deleted (a tombstone)."""
+    if out[T.R_STATE] == T.ST_TOMB:
+        return 2
+    return 1 if out[T.R_AUX] >= 3 else 0
+
+
+class DialogWatch:
+    """Watches sipp's calls (bench/sipp/uac.xml: Call-ID c<n>-<pid>, caller tag
+    <pid>c<n>) in node 1's and node 2's dialog tables, read from this process (as
+    bench.replication's contact lag reads node 2's contacts), and stamps when each
+    table first shows each milestone of each call. A sweep reads every watched call on
+    node 1 then on node 2: a stamp is late by at most one sweep; a change node 2 shows
+    before node 1's stamp (node 1 changed between the two reads) is stamped on node 1 at
+    its read, so its lag is the time between the two reads."""
+
+    AHEAD = 4  # calls not seen yet on node 1 that are watched there
+    GIVE_UP_S = 10.0
+
+    def __init__(self, nodes: list[Node], every: int) -> None:
+        self.mems = [NodeMemory.attach("/" + n.shm_prefix) for n in nodes]
+        self.arenas = [m.dialogs.buf for m in self.mems]
+        self.outs = [np.zeros(m.dialogs.row_size, dtype=np.uint8) for m in self.mems]
+        for arena, out in zip(self.arenas, self.outs):  # load the kernel before the load
+            D.dlg_get(arena, np.uint64(2), np.uint64(2), out)
+        self.pid, self.every, self.next = 0, every, 0  # next: the next call to watch
+        self.watched: dict[int, tuple[np.uint64, np.uint64, list[list[float | None]]]] = {}
+        self.first_seen: dict[int, float] = {}
+        self.lags: list[list[float]] = [[] for _ in MILESTONES]
+        self.hlc_lags: list[float] = []  # node 2's sight minus the change's version ms
+        self.done = self.missed = self.incomplete = self.sweeps = 0
+        self.last_sweep = self.longest_gap = 0.0  # a long gap: stamps late on both nodes
+
+    def start(self, pid: int, first: int) -> None:
+        """Watch the calls of sipp `pid` from call number `first` on."""
+        self.pid, self.next = pid, first
+        for _ in range(self.AHEAD):
+            self._add()
+
+    def _add(self) -> None:
+        n = self.next
+        key, group = D.dialog_ids(f"c{n}-{self.pid}".encode(), f"{self.pid}c{n}".encode())
+        self.watched[n] = (np.uint64(key), np.uint64(group),
+                           [[None] * len(MILESTONES), [None] * len(MILESTONES)])
+        self.next += self.every
+
+    def sweep(self) -> None:
+        self.sweeps += 1
+        now = time.perf_counter()
+        if self.last_sweep:
+            self.longest_gap = max(self.longest_gap, now - self.last_sweep)
+        self.last_sweep = now
+        for n, (key, group, stamps) in list(self.watched.items()):
+            seen_here = stamps[0][0] is not None
+            t1 = time.perf_counter()
+            m1 = milestone(self.outs[0]) if D.dlg_get(self.arenas[0], key, group,
+                                                      self.outs[0]) >= 0 else -1
+            if m1 >= 0 and not seen_here:
+                self.first_seen[n] = t1
+                self._add()  # keep AHEAD unseen calls watched
+            for m in range(m1 + 1):
+                if stamps[0][m] is None:
+                    stamps[0][m] = t1
+            if m1 < 0 and not seen_here:
+                if n + self.every * 1000 < self.next:  # sipp skipped it (or never sent)
+                    del self.watched[n]
+                    self.missed += 1
+                continue
+            out = self.outs[1]
+            if D.dlg_get(self.arenas[1], key, group, out) >= 0:
+                t2 = time.perf_counter()
+                wall = time.time()
+                m2 = milestone(out)
+                if stamps[1][m2] is None:
+                    version = int(out[T.R_VERSION:T.R_VERSION + 8].view(np.uint64)[0])
+                    self.hlc_lags.append(wall - T.version_ms(version) / 1000)
+                for m in range(m2 + 1):
+                    if stamps[1][m] is None:
+                        stamps[1][m] = t2
+                        if stamps[0][m] is None:
+                            stamps[0][m] = t1
+                        self.lags[m].append(t2 - stamps[0][m])
+            if stamps[1][-1] is not None:
+                del self.watched[n]
+                self.done += 1
+            elif t1 - self.first_seen[n] > self.GIVE_UP_S:
+                del self.watched[n]
+                self.incomplete += 1
+
+    def finish(self) -> None:
+        """Calls seen on node 1 and not yet deleted on node 2 count incomplete."""
+        self.incomplete += sum(1 for n in self.watched if n in self.first_seen)
+        self.watched.clear()
+
+    def close(self) -> None:
+        for m in self.mems:
+            m.close()
+
+
+def uac_pid(timeout: float = 10) -> int:
+    """The sipp UAC this process started (bench.load_calls.run_load, in a thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in leaks.children_of(os.getpid()):
+            try:
+                cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"uac.xml" in cmd:
+                return pid
+        time.sleep(0.01)
+    raise RuntimeError("no sipp UAC started")
+
+
+def lag(ns: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = pathlib.Path(d)
+        pair = FastclusterPair(tmp, ns.workers)
+        watch = None
+        try:
+            watch = DialogWatch(pair.nodes, ns.every)
+            result: dict[str, dict] = {}
+            calls = ns.rate * ns.seconds
+            load = threading.Thread(target=lambda: result.setdefault("r", run_load(
+                pair, tmp, calls, ns.rate, calls, True, 0)))
+            load.start()
+            watch.start(uac_pid(), first=ns.rate * ns.skip_s)
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            while load.is_alive():
+                watch.sweep()
+                if ns.poll_us:
+                    time.sleep(ns.poll_us / 1e6)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            load.join()
+            watch.finish()
+            try:
+                note = pair.check(0)
+            except AssertionError as e:  # printed with the figures, not instead of them
+                note = f"NOT DRAINED: {e}; node 2 " + str(pair.nodes[1].mi(
+                    "get_statistics", statistics=["dialog:"]))
+        finally:
+            if watch is not None:
+                watch.close()
+            pair.stop()
+        r = result["r"]
+        for line in log_problems(pair.nodes):
+            print(line)
+        print(f"load: sipp open loop -r {ns.rate} through node 1 of {pair.label}: "
+              f"{r['ok']} ok, {r['failed']} failed, {r['rate']:.0f} calls/s, CPU of both "
+              f"nodes {r['us_per_call']:.0f} us/call{unexpected_note(r)}. {note}")
+        print(f"probe: every {ns.every} call(s) from call {ns.rate * ns.skip_s}: "
+              f"{watch.done} watched to their end on node 2, {watch.missed} never seen on "
+              f"node 1, {watch.incomplete} not deleted on node 2 (after {watch.GIVE_UP_S:.0f} "
+              f"s or at the end); sweep every {elapsed / max(watch.sweeps, 1) * 1e6:.0f} us on "
+              f"average, longest {watch.longest_gap * 1000:.1f} ms; the probe used "
+              f"{cpu / elapsed:.0%} of a core")
+        for name, lags in zip(MILESTONES, watch.lags):
+            print(f"lag node 1 -> node 2, dialog {name}: {summary(lags)}")
+        print(f"lag node 1 -> node 2, every change: {summary(sum(watch.lags, []))}")
+        print(f"cross-check, node 2's sight minus the change's version (node 1's clock, "
+              f"whole ms: up to 1 ms high): {summary(watch.hlc_lags)}")
+
+
 # ---------------------------------------------------------------- takeover
 
 
@@ -381,10 +564,17 @@ def main() -> int:
     t = sub.add_parser("takeover")
     t.add_argument("--trials", type=int, default=20)
     t.add_argument("--dialogs", type=int, default=1000)
+    g = sub.add_parser("lag")
+    g.add_argument("--rate", type=int, default=1000)
+    g.add_argument("--seconds", type=int, default=15, help="of load")
+    g.add_argument("--skip-s", type=int, default=1, help="calls of the first seconds unwatched")
+    g.add_argument("--every", type=int, default=1, help="watch every Nth call")
+    g.add_argument("--poll-us", type=int, default=200, help="pause between sweeps")
+    g.add_argument("--workers", type=int, default=2)
     s = sub.add_parser("sync")
     s.add_argument("--dialogs", type=int, default=100_000)
     ns = ap.parse_args()
-    {"calls": calls, "takeover": takeover, "sync": sync}[ns.what](ns)
+    {"calls": calls, "lag": lag, "takeover": takeover, "sync": sync}[ns.what](ns)
     return 0
 
 
