@@ -1,7 +1,8 @@
 """Dialog replication and sharing tag figures with real nodes on loopback (issue 16).
 
     .venv/bin/python -m bench.dialogs calls [--calls 20000] [--limit 300] [--workers 2]
-        [--only fastcluster|kamailio] [--runs 1]
+        [--children 2] [--open --rate 3000] [--only fastcluster|kamailio] [--runs 1]
+    .venv/bin/python -m bench.dialogs lag [--rate 1000] [--seconds 15] [--every 1]
     .venv/bin/python -m bench.dialogs takeover [--trials 20] [--dialogs 1000]
     .venv/bin/python -m bench.dialogs sync [--dialogs 100000]
 
@@ -11,7 +12,18 @@ closed loop, bench.load_calls's scenario: INVITE/180/200/ACK/BYE), then two Kama
 5.6 instances (-x tlsf) replicating usrloc and dialogs with DMQ (dmq_usrloc, dialog
 enable_dmq; bench/kamailio/proxy_dmq.cfg.in), side by side in one run. CPU per call:
 every process of both instances over the calls answered. Node 2's dialog count is
-checked to follow (dlg_list empty at the end, processed dialogs replicated).
+checked to follow (dlg_list empty at the end, processed dialogs replicated); on the
+Kamailio side, the KDMQ requests node 1 sent against those node 2 received (kamcmd), and
+its shared memory peak. The caller goes on past a 180 that arrives after the 200
+(bench.load_calls.TOLERATE_LATE_1XX) and the line says how many it saw.
+
+lag: the same two fastcluster nodes, sipp at exactly RATE calls/s through node 1 (open
+loop, bench.load_calls's scenario); this process reads both nodes' dialog tables
+(DialogWatch) and stamps when each first shows each call created, confirmed (200) and
+deleted (BYE): the lag of a change is node 2's stamp minus node 1's, p50/p99/max over
+every change of the watched calls (all calls after the first --skip-s seconds by
+default). Cross-check: node 2's sight minus the change's version (the HLC node 1
+stamped it with, whole ms of the same clock).
 
 takeover: three nodes declaring the tag vip, DIALOGS dialogs of that tag in profile
 `calls` (written through node 3's shared memory, replicated); each trial kills -9 the
@@ -37,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -47,8 +60,12 @@ os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the node
 
 import numpy as np  # noqa: E402
 
-from bench.load_calls import KAMAILIO_MODULES, run_load  # noqa: E402
+from bench.latency import log_problems, summary  # noqa: E402
+from bench.load_calls import KAMAILIO_MODULES, run_load, unexpected_note  # noqa: E402
+from fastcluster.shm import dialogs as D  # noqa: E402
+from fastcluster.shm import table as T  # noqa: E402
 from fastcluster.shm.dialogs import pack_dialog  # noqa: E402
+from fastcluster.shm.node import NodeMemory  # noqa: E402
 from tests.support import leaks  # noqa: E402
 from tests.support.nodes import (  # noqa: E402
     Node,
@@ -100,15 +117,19 @@ class FastclusterPair:
             n.stop()
 
 
+SHM_MB = 2048  # of each Kamailio instance (-m)
+
+
 class KamailioPair:
     name = "kamailio"
 
-    def __init__(self, tmp: pathlib.Path) -> None:
+    def __init__(self, tmp: pathlib.Path, children: int = 2) -> None:
         binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
         ports = [free_port(socket.SOCK_DGRAM) for _ in range(4)]
         self.port = ports[0]
         self.procs: list[subprocess.Popen] = []
         self.logs = []
+        self.ctl = [tmp / f"kamailio{i}.ctl" for i in range(2)]
         template = (REPO / "bench" / "kamailio" / "proxy_dmq.cfg.in").read_text()
         for i, (port, dmq, peer) in enumerate(((ports[0], ports[1], ports[3]),
                                                (ports[2], ports[3], ports[1]))):
@@ -116,16 +137,21 @@ class KamailioPair:
             cfg.write_text(template.replace("{port}", str(port))
                            .replace("{dmq_port}", str(dmq))
                            .replace("{peer_dmq_port}", str(peer))
+                           .replace("{children}", str(children))
+                           .replace("{ctl}", str(self.ctl[i]))
                            .replace("{mpath}", KAMAILIO_MODULES))
             log = open(tmp / f"kamailio{i}.log", "wb")
             self.logs.append(log)
+            # -m: each transaction stays 5 s after it ends (tm wt_timer), and every call
+            # adds ~4 KDMQ transactions to its INVITE and BYE: at 3,000 calls/s node 1
+            # ran out of 512 MB (500s to INVITEs, KDMQ not sent) after ~8,000 calls.
             proc = subprocess.Popen([binary, "-f", str(cfg), "-x", "tlsf", "-DD", "-E",
-                                     "-m", "512", "-M", "16", "-w", str(tmp)],
+                                     "-m", str(SHM_MB), "-M", "16", "-w", str(tmp)],
                                     stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             leaks.register(proc.pid)
             self.procs.append(proc)
-        self.label = "2 kamailio 5.6 -x tlsf (2 children) with DMQ usrloc + dialogs"
+        self.label = f"2 kamailio 5.6 -x tlsf ({children} children) with DMQ usrloc + dialogs"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             for i, p in enumerate(self.procs):
@@ -140,8 +166,39 @@ class KamailioPair:
     def pids(self) -> list[int]:
         return [x for p in self.procs for x in [p.pid] + leaks.children_of(p.pid)]
 
+    def stats(self, i: int) -> dict[str, int]:
+        """Instance i's statistics (kamcmd over its ctl socket), "group:name" -> value."""
+        out = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl[i]}", "stats.get_statistics",
+                              "all"], capture_output=True, text=True, timeout=10).stdout
+        stats = {}
+        for line in out.splitlines():
+            name, _, value = line.strip().partition(" = ")
+            if value.strip().lstrip("-").isdigit():
+                stats[name] = int(value)
+        return stats
+
     def check(self, ok: int) -> str:
-        return ""
+        """That DMQ replicated: every dialog change node 1 sent (a KDMQ request, a local
+        tm transaction) reached node 2, and node 2 holds no live dialog at the end."""
+        def drained() -> bool:
+            return self.stats(1).get("dialog:active_dialogs", -1) == 0
+
+        wait_until(drained, timeout=30, what="kamailio node 2 drained")
+        s1, s2 = self.stats(0), self.stats(1)
+        peak = max(self.shm_max_used(i) for i in range(2)) / (1 << 20)
+        return (f"node 1 tracked {s1.get('dialog:processed_dialogs')} dialogs and sent "
+                f"{s1.get('tmx:UAC_transactions')} KDMQ requests (tmx:UAC_transactions), "
+                f"node 2 received {s2.get('core:rcv_requests')} requests and holds 0 live; "
+                f"shm peak {peak:.0f} of {SHM_MB} MB")
+
+    def shm_max_used(self, i: int) -> int:
+        out = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl[i]}", "core.shmmem"],
+                             capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            name, _, value = line.strip().partition(":")
+            if name == "max_used":
+                return int(value)
+        return -1
 
     def stop(self) -> None:
         for p in self.procs:
@@ -165,17 +222,188 @@ def calls(ns: argparse.Namespace) -> None:
                 tmp = pathlib.Path(d) / name
                 tmp.mkdir()
                 pair = FastclusterPair(tmp, ns.workers) if name == "fastcluster" else \
-                    KamailioPair(tmp)
+                    KamailioPair(tmp, ns.children)
                 try:
-                    r = run_load(pair, tmp, ns.calls, ns.rate, ns.limit, False, 0)
+                    r = run_load(pair, tmp, ns.calls, ns.rate, ns.limit, ns.open, 0)
                     note = pair.check(r["ok"])
                 finally:
                     pair.stop()
-                print(f"run {run + 1} {pair.label}, closed loop -l {ns.limit}: {r['ok']} ok, "
+                loop = f"open loop -r {ns.rate}" if ns.open else f"closed loop -l {ns.limit}"
+                print(f"run {run + 1} {pair.label}, {loop}: {r['ok']} ok, "
                       f"{r['failed']} failed, {r['rate']:.0f} calls/s, CPU of both "
                       f"{r['cpu']:.1f} s = {r['us_per_call']:.0f} us/call; sipp UAC "
                       f"{r['uac_cpu'] / r['wall']:.0%} of a core, UAS "
-                      f"{r['uas_cpu'] / r['wall']:.0%}. {note}", flush=True)
+                      f"{r['uas_cpu'] / r['wall']:.0%}{unexpected_note(r)}. {note}",
+                      flush=True)
+
+
+# ---------------------------------------------------------------- lag
+
+MILESTONES = ("created", "confirmed", "deleted")
+
+
+def milestone(out: np.ndarray) -> int:
+    """How far the dialog row dlg_get copied into out has got: 0 created, 1 confirmed
+    (its 200 went through: dlg_state >= 3), 2 deleted (a tombstone)."""
+    if out[T.R_STATE] == T.ST_TOMB:
+        return 2
+    return 1 if out[T.R_AUX] >= 3 else 0
+
+
+class DialogWatch:
+    """Watches sipp's calls (bench/sipp/uac.xml: Call-ID c<n>-<pid>, caller tag
+    <pid>c<n>) in node 1's and node 2's dialog tables, read from this process (as
+    bench.replication's contact lag reads node 2's contacts), and stamps when each
+    table first shows each milestone of each call. A sweep reads every watched call on
+    node 1 then on node 2: a stamp is late by at most one sweep; a change node 2 shows
+    before node 1's stamp (node 1 changed between the two reads) is stamped on node 1 at
+    its read, so its lag is the time between the two reads."""
+
+    AHEAD = 4  # calls not seen yet on node 1 that are watched there
+    GIVE_UP_S = 10.0
+
+    def __init__(self, nodes: list[Node], every: int) -> None:
+        self.mems = [NodeMemory.attach("/" + n.shm_prefix) for n in nodes]
+        self.arenas = [m.dialogs.buf for m in self.mems]
+        self.outs = [np.zeros(m.dialogs.row_size, dtype=np.uint8) for m in self.mems]
+        for arena, out in zip(self.arenas, self.outs):  # load the kernel before the load
+            D.dlg_get(arena, np.uint64(2), np.uint64(2), out)
+        self.pid, self.every, self.next = 0, every, 0  # next: the next call to watch
+        self.watched: dict[int, tuple[np.uint64, np.uint64, list[list[float | None]]]] = {}
+        self.first_seen: dict[int, float] = {}
+        self.lags: list[list[float]] = [[] for _ in MILESTONES]
+        self.hlc_lags: list[float] = []  # node 2's sight minus the change's version ms
+        self.done = self.missed = self.incomplete = self.sweeps = 0
+        self.last_sweep = self.longest_gap = 0.0  # a long gap: stamps late on both nodes
+
+    def start(self, pid: int, first: int) -> None:
+        """Watch the calls of sipp `pid` from call number `first` on."""
+        self.pid, self.next = pid, first
+        for _ in range(self.AHEAD):
+            self._add()
+
+    def _add(self) -> None:
+        n = self.next
+        key, group = D.dialog_ids(f"c{n}-{self.pid}".encode(), f"{self.pid}c{n}".encode())
+        self.watched[n] = (np.uint64(key), np.uint64(group),
+                           [[None] * len(MILESTONES), [None] * len(MILESTONES)])
+        self.next += self.every
+
+    def sweep(self) -> None:
+        self.sweeps += 1
+        now = time.perf_counter()
+        if self.last_sweep:
+            self.longest_gap = max(self.longest_gap, now - self.last_sweep)
+        self.last_sweep = now
+        for n, (key, group, stamps) in list(self.watched.items()):
+            seen_here = stamps[0][0] is not None
+            t1 = time.perf_counter()
+            m1 = milestone(self.outs[0]) if D.dlg_get(self.arenas[0], key, group,
+                                                      self.outs[0]) >= 0 else -1
+            if m1 >= 0 and not seen_here:
+                self.first_seen[n] = t1
+                self._add()  # keep AHEAD unseen calls watched
+            for m in range(m1 + 1):
+                if stamps[0][m] is None:
+                    stamps[0][m] = t1
+            if m1 < 0 and not seen_here:
+                if n + self.every * 1000 < self.next:  # sipp skipped it (or never sent)
+                    del self.watched[n]
+                    self.missed += 1
+                continue
+            out = self.outs[1]
+            if D.dlg_get(self.arenas[1], key, group, out) >= 0:
+                t2 = time.perf_counter()
+                wall = time.time()
+                m2 = milestone(out)
+                if stamps[1][m2] is None:
+                    version = int(out[T.R_VERSION:T.R_VERSION + 8].view(np.uint64)[0])
+                    self.hlc_lags.append(wall - T.version_ms(version) / 1000)
+                for m in range(m2 + 1):
+                    if stamps[1][m] is None:
+                        stamps[1][m] = t2
+                        if stamps[0][m] is None:
+                            stamps[0][m] = t1
+                        self.lags[m].append(t2 - stamps[0][m])
+            if stamps[1][-1] is not None:
+                del self.watched[n]
+                self.done += 1
+            elif t1 - self.first_seen[n] > self.GIVE_UP_S:
+                del self.watched[n]
+                self.incomplete += 1
+
+    def finish(self) -> None:
+        """Calls seen on node 1 and not yet deleted on node 2 count incomplete."""
+        self.incomplete += sum(1 for n in self.watched if n in self.first_seen)
+        self.watched.clear()
+
+    def close(self) -> None:
+        for m in self.mems:
+            m.close()
+
+
+def uac_pid(timeout: float = 10) -> int:
+    """The sipp UAC this process started (bench.load_calls.run_load, in a thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in leaks.children_of(os.getpid()):
+            try:
+                cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"uac.xml" in cmd:
+                return pid
+        time.sleep(0.01)
+    raise RuntimeError("no sipp UAC started")
+
+
+def lag(ns: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = pathlib.Path(d)
+        pair = FastclusterPair(tmp, ns.workers)
+        watch = None
+        try:
+            watch = DialogWatch(pair.nodes, ns.every)
+            result: dict[str, dict] = {}
+            calls = ns.rate * ns.seconds
+            load = threading.Thread(target=lambda: result.setdefault("r", run_load(
+                pair, tmp, calls, ns.rate, calls, True, 0)))
+            load.start()
+            watch.start(uac_pid(), first=ns.rate * ns.skip_s)
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            while load.is_alive():
+                watch.sweep()
+                if ns.poll_us:
+                    time.sleep(ns.poll_us / 1e6)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            load.join()
+            watch.finish()
+            try:
+                note = pair.check(0)
+            except AssertionError as e:  # printed with the figures, not instead of them
+                note = f"NOT DRAINED: {e}; node 2 " + str(pair.nodes[1].mi(
+                    "get_statistics", statistics=["dialog:"]))
+        finally:
+            if watch is not None:
+                watch.close()
+            pair.stop()
+        r = result["r"]
+        for line in log_problems(pair.nodes):
+            print(line)
+        print(f"load: sipp open loop -r {ns.rate} through node 1 of {pair.label}: "
+              f"{r['ok']} ok, {r['failed']} failed, {r['rate']:.0f} calls/s, CPU of both "
+              f"nodes {r['us_per_call']:.0f} us/call{unexpected_note(r)}. {note}")
+        print(f"probe: every {ns.every} call(s) from call {ns.rate * ns.skip_s}: "
+              f"{watch.done} watched to their end on node 2, {watch.missed} never seen on "
+              f"node 1, {watch.incomplete} not deleted on node 2 (after {watch.GIVE_UP_S:.0f} "
+              f"s or at the end); sweep every {elapsed / max(watch.sweeps, 1) * 1e6:.0f} us on "
+              f"average, longest {watch.longest_gap * 1000:.1f} ms; the probe used "
+              f"{cpu / elapsed:.0%} of a core")
+        for name, lags in zip(MILESTONES, watch.lags):
+            print(f"lag node 1 -> node 2, dialog {name}: {summary(lags)}")
+        print(f"lag node 1 -> node 2, every change: {summary(sum(watch.lags, []))}")
+        print(f"cross-check, node 2's sight minus the change's version (node 1's clock, "
+              f"whole ms: up to 1 ms high): {summary(watch.hlc_lags)}")
 
 
 # ---------------------------------------------------------------- takeover
@@ -329,15 +557,24 @@ def main() -> int:
     c.add_argument("--rate", type=int, default=20_000)
     c.add_argument("--limit", type=int, default=300)
     c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--open", action="store_true", help="open loop at exactly --rate")
+    c.add_argument("--children", type=int, default=2, help="of each Kamailio instance")
     c.add_argument("--only", choices=("fastcluster", "kamailio"))
     c.add_argument("--runs", type=int, default=1)
     t = sub.add_parser("takeover")
     t.add_argument("--trials", type=int, default=20)
     t.add_argument("--dialogs", type=int, default=1000)
+    g = sub.add_parser("lag")
+    g.add_argument("--rate", type=int, default=1000)
+    g.add_argument("--seconds", type=int, default=15, help="of load")
+    g.add_argument("--skip-s", type=int, default=1, help="calls of the first seconds unwatched")
+    g.add_argument("--every", type=int, default=1, help="watch every Nth call")
+    g.add_argument("--poll-us", type=int, default=200, help="pause between sweeps")
+    g.add_argument("--workers", type=int, default=2)
     s = sub.add_parser("sync")
     s.add_argument("--dialogs", type=int, default=100_000)
     ns = ap.parse_args()
-    {"calls": calls, "takeover": takeover, "sync": sync}[ns.what](ns)
+    {"calls": calls, "lag": lag, "takeover": takeover, "sync": sync}[ns.what](ns)
     return 0
 
 

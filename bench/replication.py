@@ -17,7 +17,6 @@ import datetime
 import os
 import pathlib
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -29,6 +28,7 @@ from fastcluster.core.config import kernel_cache_dir, numba_cache_base  # noqa: 
 
 os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the nodes' rule
 
+from bench.latency import log_problems, summary  # noqa: E402
 from fastcluster.shm.node import NodeMemory  # noqa: E402
 from tests.support import sipp  # noqa: E402
 from tests.support.nodes import Node, cap_state, start_cluster, wait_synced, wait_until  # noqa: E402
@@ -140,18 +140,11 @@ def lag(rate: int, probes: int, tmp: pathlib.Path) -> None:
         stop.set()
         load.join()
         mem.close()
-        raw = list(results)
-        results.sort()
-        p = lambda q: results[min(len(results) - 1, int(q * len(results)))] * 1000  # noqa: E731
-        for n in nodes:
-            for line in n.log().splitlines():
-                if " WARNING " in line or " ERROR " in line:
-                    print(f"node {n.node_id}: {line[24:200]}")
-        slow = [(i, round(v * 1000)) for i, v in enumerate(raw) if v > 0.05]
+        for line in log_problems(nodes):
+            print(line)
+        slow = [(i, round(v * 1000)) for i, v in enumerate(results) if v > 0.05]
         print(f"probes over 50 ms (probe, ms): {slow[:20]}")
-        print(f"replication lag at {rate} REGISTER/s on node 1, {len(results)} probes: "
-              f"p50 {p(0.5):.2f} ms, p90 {p(0.9):.2f} ms, p99 {p(0.99):.2f} ms, "
-              f"max {results[-1] * 1000:.2f} ms, mean {statistics.mean(results) * 1000:.2f} ms")
+        print(f"replication lag at {rate} REGISTER/s on node 1, probes: {summary(results)}")
     finally:
         for n in nodes:
             n.stop()

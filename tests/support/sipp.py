@@ -5,9 +5,11 @@ from sipp's statistics file (-trace_stat), not from parsing its screen.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +30,20 @@ class SippResult:
     rate: float
     stdout: str
     stats_path: pathlib.Path
+    pid: int = 0
+
+    def unexpected(self) -> collections.Counter[str]:
+        """Messages the calls went on past (sipp -trace_err with -default_behaviors
+        all,-abortunexp), by their first line's method or status code: "180", "BYE"."""
+        path = self.stats_path.parent / f"{self.stats_path.name.rsplit('-', 1)[0]}_" \
+            f"{self.pid}_errors.log"
+        if not self.pid or not path.exists():
+            return collections.Counter()
+        text = path.read_text(errors="replace")
+        return collections.Counter(
+            m.group(1) or m.group(2) for m in re.finditer(
+                r"Continuing call on unexpected message[^\n]*?, received '"
+                r"(?:SIP/2\.0 (\d{3})|([A-Z]+) )", text))
 
 
 def available() -> bool:
@@ -59,7 +75,8 @@ def run(scenario: str, target: tuple[str, int], workdir: pathlib.Path, calls: in
     out, _ = proc.communicate(timeout=timeout_s + 30)
     elapsed = time.monotonic() - started
     ok, failed, rate_seen = _counts(stats)
-    return SippResult(proc.returncode, ok, failed, elapsed, rate_seen, out[-3000:], stats)
+    return SippResult(proc.returncode, ok, failed, elapsed, rate_seen, out[-3000:], stats,
+                      proc.pid)
 
 
 def users_file(path: pathlib.Path, prefix: str, count: int, password: str,
