@@ -158,40 +158,39 @@ def _fixed_struct() -> tuple[struct.Struct, list[str]]:
 
 
 _FIXED, _FIXED_NAMES = _fixed_struct()
+# pack_dialog writes the values in this order: the layout must not move under it
+assert _FIXED_NAMES == ["key", "group", "version", "expires", "state", "aux", "origin",
+                        "start", "timeout", "caller_cseq", "callee_cseq", "flags", "creator",
+                        "lens"], _FIXED_NAMES
 _FIXED_SIZE = DIALOG.fixed_size
 _STRING_NAMES = frozenset(DIALOG.strings)
+_EMPTY = b""
 
 
 def pack_dialog(row: np.ndarray, row_size: int, *, strings: dict[str, bytes],
                 timeout: int, start: int, dlg_state: int, caller_cseq: int = 0,
                 callee_cseq: int = 0, flags: int = 0, creator: int = 0,
-                deleted: bool = False, expires: int | None = None) -> None:
+                deleted: bool = False, expires: int | None = None,
+                ids: tuple[int, int] | None = None) -> None:
     """Fill row (uint8[>= body]) with a dialog (or, for dlg_apply, a change of one): its
     expires is timeout + EXPIRY_GRACE_S unless given. Raises ValueError when the
-    strings do not fit (nothing is truncated). One struct write and one blob copy: it
-    runs for every dialog change a SIP worker makes."""
+    strings do not fit (nothing is truncated). ids: dialog_ids of its Call-ID and From
+    tag when the caller has them. One struct write and one blob copy: it runs for every
+    dialog change a SIP worker makes."""
     if not strings.keys() <= _STRING_NAMES:
         raise ValueError(f"unknown dialog strings: {sorted(set(strings) - _STRING_NAMES)}")
-    values = [strings.get(name, b"") for name in DIALOG.strings]
-    blob = b"".join(values)
-    room = row_size - ROW_HEAD - _FIXED_SIZE
-    if len(blob) > room:
-        raise ValueError(f"dialog strings need {len(blob)} bytes, "
-                         f"dialog.record_bytes allows {room}")
-    key, group = dialog_ids(values[0], values[1])
-    fields = {"key": key, "group": group, "version": 0, "origin": 0,
-              "expires": expires if expires is not None else (
-                  timeout + EXPIRY_GRACE_S if timeout else 0),
-              "state": ST_TOMB if deleted else ST_LIVE, "aux": dlg_state, "start": start,
-              "flags": flags, "timeout": timeout, "caller_cseq": caller_cseq,
-              "callee_cseq": callee_cseq, "creator": creator}
-    packed = []
-    for name in _FIXED_NAMES:
-        if name == "lens":
-            packed += [len(v) for v in values]
-        else:
-            packed.append(fields[name])
-    _FIXED.pack_into(row, 0, *packed)
+    get = strings.get
+    values = [get(name, _EMPTY) for name in DIALOG.strings]
+    blob = _EMPTY.join(values)
+    if len(blob) > row_size - ROW_HEAD - _FIXED_SIZE:
+        raise ValueError(f"dialog strings need {len(blob)} bytes, dialog.record_bytes "
+                         f"allows {row_size - ROW_HEAD - _FIXED_SIZE}")
+    key, group = ids if ids is not None else dialog_ids(values[0], values[1])
+    if expires is None:
+        expires = timeout + EXPIRY_GRACE_S if timeout else 0
+    _FIXED.pack_into(row, 0, key, group, 0, expires, ST_TOMB if deleted else ST_LIVE,
+                     dlg_state, 0, start, timeout, caller_cseq, callee_cseq, flags, creator,
+                     *map(len, values))
     row[_FIXED_SIZE:_FIXED_SIZE + len(blob)] = np.frombuffer(blob, np.uint8)
 
 

@@ -35,6 +35,7 @@ rules), shm.dialogs, shm.profiles, shm.shtags.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from typing import Any
 
@@ -72,6 +73,9 @@ TX_KEY_MASK = 0x7FFF_FFFF_FFFF_FFF0
 LIMIT_STATUS = 403
 
 
+_LENS, _LENS_OFF = struct.Struct(f"<{D.NSTRINGS}H"), D.DIALOG.lens_off
+
+
 class DialogStore:
     """One process's handle on the dialog kernels: a change packed, applied, read."""
 
@@ -85,6 +89,17 @@ class DialogStore:
         self.counts = counts
         self.patch = np.zeros(self.row_size, dtype=np.uint8)
         self.out = np.zeros(self.row_size, dtype=np.uint8)
+        self._last: tuple[bytes, bytes, tuple[int, int]] = (b"", b"", (0, 0))
+
+    def _ids(self, callid: bytes, tag: bytes) -> tuple[int, int]:
+        """dialog_ids, remembered for the last dialog asked about (a request's dialog is
+        looked up, then changed)."""
+        last = self._last
+        if last[0] == callid and last[1] == tag:
+            return last[2]
+        ids = D.dialog_ids(callid, tag)
+        self._last = (callid, tag, ids)
+        return ids
 
     def _wait(self) -> None:
         self.counts[I_WAITS] += 1
@@ -97,7 +112,9 @@ class DialogStore:
         try:
             D.pack_dialog(self.patch, self.row_size, strings=strings, timeout=timeout,
                           start=start, dlg_state=state, caller_cseq=caller_cseq,
-                          callee_cseq=callee_cseq, flags=flags, creator=creator)
+                          callee_cseq=callee_cseq, flags=flags, creator=creator,
+                          ids=self._ids(strings.get("callid", b""),
+                                        strings.get("from_tag", b"")))
         except ValueError:
             return T.E_TOO_LONG
         now_ms = int(time.time() * 1000)
@@ -106,21 +123,21 @@ class DialogStore:
 
     def get(self, callid: bytes, tag: bytes) -> dict | None:
         """The dialog (live or a tombstone) of Call-ID and caller tag, decoded."""
-        key, group = D.dialog_ids(callid, tag)
+        key, group = self._ids(callid, tag)
         if D.dlg_get(self.arena, np.uint64(key), np.uint64(group), self.out) < 0:
             return None
         return D.DIALOG.decode(self.out, 1, self.row_size)[0]
 
     def live(self, callid: bytes, tag: bytes) -> bool:
-        key, group = D.dialog_ids(callid, tag)
+        key, group = self._ids(callid, tag)
         return D.dlg_get(self.arena, np.uint64(key), np.uint64(group), self.out) >= 0 and \
             self.out[T.R_STATE] == T.ST_LIVE
 
     def out_string(self, index: int) -> bytes:
         """String `index` (shm.dialogs STRING_INDEX) of the row in `out`."""
-        lens = self.out[D.DIALOG.lens_off:D.DIALOG.lens_off + 2 * D.NSTRINGS].view("<u2")
-        off = D.DIALOG.fixed_size + int(lens[:index].sum())
-        return bytes(self.out[off:off + int(lens[index])])
+        lens = _LENS.unpack_from(self.out, _LENS_OFF)
+        off = D.DIALOG.fixed_size + sum(lens[:index])
+        return bytes(self.out[off:off + lens[index]])
 
     def fail(self, callid: bytes, from_tag: bytes) -> bool:
         """The INVITE of a dialog ended with a final >= 300: delete the dialog unless a
