@@ -73,7 +73,9 @@ class Fastcluster(Proxy):
                  track: str = "all") -> None:
         self.node = Node(tmp, workers=workers, settings={
             "core": {"log_level": "warning"}, "sip": {"dispatch": dispatch},
-            "proxy": {"transactions": transactions}, "dialog": {"track": track}}).start()
+            "proxy": {"transactions": transactions},
+            # ended dialogs stay dialog.tombstone_ttl_s: room for a whole run's calls
+            "dialog": {"track": track, "capacity": 1_000_000}}).start()
         self.port = self.node.sip_port
         self.label = f"fastcluster -w {workers} ({dispatch}, dialog.track = {track})"
 

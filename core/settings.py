@@ -646,14 +646,18 @@ SETTINGS: tuple[Setting, ...] = (
       unit="ms", reloadable=True),
     # -- dialog
     S("dialog", "capacity", _int_range(16, 50_000_000), "100000",
-      "Dialogs the shared table can hold."),
+      "Dialogs the shared table can hold: the live ones and those ended in the last "
+      "dialog.tombstone_ttl_s (at least). Size it to concurrent calls + calls/s x "
+      "dialog.tombstone_ttl_s with room to spare; a full table refuses new calls 503."),
     S("dialog", "record_bytes", _int_range(128, 16384), "512",
       "Bytes for the strings of one dialog together.", unit="bytes"),
     S("dialog", "replication_cluster", _cluster_or_auto, "auto",
       "Cluster that replicates dialogs (capability dialog-dlg-repl); auto: the first of "
       "clusterer.cluster_id; 0: none."),
-    S("dialog", "tombstone_ttl_s", _int_range(1, 86400), "120",
-      "Least time an ended dialog is kept as a tombstone (see usrloc.tombstone_ttl_s).",
+    S("dialog", "tombstone_ttl_s", _int_range(1, 86400), "32",
+      "Least time an ended dialog is kept as a tombstone, and until every member holds "
+      "it (see usrloc.tombstone_ttl_s): 32 s outlasts an INVITE retransmitted after its "
+      "call ended (64 x T1). Each call/s costs this many slots of dialog.capacity.",
       unit="s"),
     S("dialog", "track", _choice("all", "none"), "all",
       "Which initial INVITEs the proxy creates a dialog for: all (or those dialog."

@@ -263,7 +263,9 @@ class DialogTracker:
             self._log_once("an INVITE was refused 500: its dialog does not fit "
                            "dialog.record_bytes")
             return 500
-        self._log_once(f"an INVITE was refused 503: the dialog table is full ({r})")
+        self._log_once(f"an INVITE was refused 503: the dialog table is full ({r}); it "
+                       "holds the live dialogs and those ended in the last "
+                       "dialog.tombstone_ttl_s: raise dialog.capacity")
         return 503
 
     def over_limit(self, entries: list[str]) -> str | None:
