@@ -248,7 +248,8 @@ class DialogTracker:
             "caller_contact": _uri(contact).encode() if contact else b"",
             "caller_route": ", ".join(caller_route).encode(),
             "caller_sock": DR.sock_value(self.labels[listener] if listener < len(self.labels)
-                                         else "", src[:2]).encode(), "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
+                                         else "", src[:2]).encode(),
+            "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
             state=D.DLG_UNCONFIRMED, timeout=now + self.unconfirmed_s, start=now,
             caller_cseq=max(0, msg.cseq_num), flags=self.ping_flags, creator=self.node)
         if r >= 0:

@@ -88,29 +88,36 @@ class Harness:
             worker.authenticator = Authenticator(cfg, self.nonces.key, self.nonces,
                                                  self.credentials, self.counts)
         self.app = SipApp(worker, self.counts)
-        self.dialogs = None
+        self.tracker = None
         if dialogs:
-            self._plug_dialogs(worker, cfg, tx_capacity)
+            self.plug_dialogs(tx_capacity, cfg["dialog.record_bytes"],
+                              cfg["dialog.profile_values"])
 
-    def _plug_dialogs(self, worker: types.SimpleNamespace, cfg, capacity: int) -> None:
+    def plug_dialogs(self, capacity: int, record_bytes: int, profile_values: int) -> None:
+        """Dialog tracking on private tables: the dialog table (`dialogs`), its ring
+        (the worker's region 3; `ring2`: region 2, the timer process's), profile
+        counters and sharing tag states, and the worker's DialogTracker (`tracker`)
+        plugged into the proxy."""
         from fastcluster.services.sip.dialogs import DialogTracker
 
-        record = cfg["dialog.record_bytes"]
-        buf = np.zeros(Table.size_for(DIALOG, capacity, record, 4), dtype=np.uint8)
-        worker.mem.dialogs = self.dialog_table = Table.create(buf, DIALOG, capacity, record,
-                                                              4, node_id=1)
-        seg = np.zeros(R.segment_size(4, 1 << 20), dtype=np.uint8)
-        R.init_segment(seg, 4, 1 << 20)
+        worker = self.app.worker
+        buf = np.zeros(Table.size_for(DIALOG, capacity, record_bytes, 4), dtype=np.uint8)
+        self.dialogs = Table.create(buf, DIALOG, capacity, record_bytes, 4, node_id=1)
+        seg = np.zeros(R.segment_size(4, 1 << 16), dtype=np.uint8)
+        R.init_segment(seg, 4, 1 << 16)
+        self.ring2 = R.region(seg, 2)
+        pseg = np.zeros(PF.segment_size(profile_values), dtype=np.uint8)
+        PF.init_segment(pseg, profile_values)
+        self.profiles = PF.ProfileCounters(pseg)
+        tbuf = np.zeros(SH.segment_size(), dtype=np.uint8)
+        SH.init_segment(tbuf)
+        self.shtags = SH.ShtagStates(tbuf)
+        worker.mem.dialogs, worker.mem.profiles = self.dialogs, self.profiles
+        worker.mem.shtags = self.shtags
         worker.rings["dialogs"] = R.region(seg, 3)
-        sh = np.zeros(SH.segment_size(), dtype=np.uint8)
-        SH.init_segment(sh)
-        worker.mem.shtags = SH.ShtagStates(sh)
-        pf = np.zeros(PF.segment_size(cfg["dialog.profile_values"]), dtype=np.uint8)
-        PF.init_segment(pf, cfg["dialog.profile_values"])
-        worker.mem.profiles = PF.ProfileCounters(pf)
-        self.dialogs = DialogTracker(worker, self.counts, self.app.proxy.local,
+        self.tracker = DialogTracker(worker, self.counts, self.app.proxy.local,
                                      [f"udp:{LISTEN[0]}:{LISTEN[1]}"])
-        self.app.proxy.dialogs = self.dialogs
+        self.app.proxy.dialogs = self.tracker
 
     def send(self, text: str, src: tuple = SRC) -> str | None:
         data = text.replace("\n", "\r\n").encode()

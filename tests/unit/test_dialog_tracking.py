@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import types
 
-import numpy as np
-
 from fastcluster.core.sip import parse_message
 from fastcluster.core.stats import INDEX
 from fastcluster.services.sip.dialog_timer import DialogTimer
-from fastcluster.services.sip.dialogs import DialogTracker
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import profiles as PF
-from fastcluster.shm import ring as R
-from fastcluster.shm import shtags as SH
 from fastcluster.shm import table as T
-from fastcluster.shm.tables import Table
 from tests.support.registrar import LISTEN
 from tests.unit.test_proxy import (
     BOB1,
@@ -40,24 +34,7 @@ class Tracked(Proxy):
     def __init__(self, contacts: list[tuple] | None = None, record_bytes: int = 512,
                  profile_values: int = 64, **kw) -> None:
         super().__init__(contacts, **kw)
-        worker = self.app.worker
-        buf = np.zeros(Table.size_for(D.DIALOG, 64, record_bytes, 4), dtype=np.uint8)
-        self.dialogs = Table.create(buf, D.DIALOG, 64, record_bytes, 4, node_id=1)
-        seg = np.zeros(R.segment_size(4, 1 << 16), dtype=np.uint8)
-        R.init_segment(seg, 4, 1 << 16)
-        pseg = np.zeros(PF.segment_size(profile_values), dtype=np.uint8)
-        PF.init_segment(pseg, profile_values)
-        self.profiles = PF.ProfileCounters(pseg)
-        tbuf = np.zeros(SH.segment_size(), dtype=np.uint8)
-        SH.init_segment(tbuf)
-        self.shtags = SH.ShtagStates(tbuf)
-        worker.mem.dialogs, worker.mem.profiles = self.dialogs, self.profiles
-        worker.mem.shtags = self.shtags
-        worker.rings["dialogs"] = R.region(seg, 3)
-        self.ring2 = R.region(seg, 2)
-        self.tracker = DialogTracker(worker, self.counts, self.app.proxy.local,
-                                     [f"udp:{LISTEN[0]}:{LISTEN[1]}"])
-        self.app.proxy.dialogs = self.tracker
+        self.plug_dialogs(64, record_bytes, profile_values)
 
     def dialog(self, n: int) -> dict | None:
         """Dialog of invite(n) (Call-ID call-n, From tag an), live or a tombstone."""

@@ -53,7 +53,7 @@ class DialogPair:
 
     def dialogs(self, proxy: Proxy) -> list[dict]:
         rows = []
-        for d in proxy.dialog_table.rows(live_only=False):
+        for d in proxy.dialogs.rows(live_only=False):
             rows.append({k: v for k, v in d.items() if k not in VOLATILE})
         return sorted(rows, key=lambda r: (r["callid"], r["from_tag"]))
 
