@@ -41,7 +41,8 @@ def test_caller_on_node_2_callee_registered_on_node_1_behind_nat(tmp_path) -> No
         diag = [n.mi("get_statistics", statistics=["tm:", "core:drop_replies",
                                                    "core:fwd_replies", "proxy:"])
                 for n in nodes]
-        assert (r.successful, r.failed) == (10, 0), (r.stdout, diag, callee.received)
+        assert (r.successful, r.failed) == (10, 0), (r.errors_log(), diag,
+                                                     callee.received[-12:], r.stdout)
         wait_until(lambda: callee.completed == 10, what="10 calls ended at the callee")
         assert callee.refused == [] and callee.errors == [], callee.received
         assert {src for _, src in callee.received} == {node1_sip}

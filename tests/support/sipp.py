@@ -32,14 +32,19 @@ class SippResult:
     stats_path: pathlib.Path
     pid: int = 0
 
-    def unexpected(self) -> collections.Counter[str]:
-        """Messages the calls went on past (sipp -trace_err with -default_behaviors
-        all,-abortunexp), by their first line's method or status code: "180", "BYE"."""
+    def errors_log(self, tail: int = 3000) -> str:
+        """The end of sipp's -trace_err log of this run ("" without one): what went
+        wrong in a failed call, for assertion messages."""
         path = self.stats_path.parent / f"{self.stats_path.name.rsplit('-', 1)[0]}_" \
             f"{self.pid}_errors.log"
         if not self.pid or not path.exists():
-            return collections.Counter()
-        text = path.read_text(errors="replace")
+            return ""
+        return path.read_text(errors="replace")[-tail:]
+
+    def unexpected(self) -> collections.Counter[str]:
+        """Messages the calls went on past (sipp -trace_err with -default_behaviors
+        all,-abortunexp), by their first line's method or status code: "180", "BYE"."""
+        text = self.errors_log(tail=1 << 30)
         return collections.Counter(
             m.group(1) or m.group(2) for m in re.finditer(
                 r"Continuing call on unexpected message[^\n]*?, received '"
