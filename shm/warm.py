@@ -179,6 +179,25 @@ def _warm_dialogs(dialogs: Table, dl_buf: np.ndarray, ring: np.ndarray, me: int,
         D.pack_dialog(patch, dialogs.row_size, strings=strings, timeout=now_s + 60,
                       start=now_s, dlg_state=state, creator=1)
         D.dlg_apply(dl_buf, ring, patch, op, now_s * 1000, me, 1, out)
+    # an in-dialog ACK and BYE (the compiled relay's way: its request read only, its
+    # identity words a slice of fast_request's answer words)
+    D.pack_dialog(patch, dialogs.row_size, strings=strings, timeout=now_s + 60,
+                  start=now_s, dlg_state=D.DLG_UNCONFIRMED, creator=1)
+    D.dlg_apply(dl_buf, ring, patch, D.OP_CREATE, now_s * 1000, me, 1, out)
+    for method in (b"ACK", b"BYE"):
+        req = np.frombuffer(method + b" sip:b SIP/2.0\r\nFrom: <sip:a>;tag=f\r\n"
+                            b"To: <sip:b>;tag=t\r\nCall-ID: warm-call\r\n\r\n", np.uint8)
+        words = np.zeros(8 + D.ID_WORDS, dtype=np.int64)
+        ident = words[8:]
+        head = req.tobytes()
+        for (s_at, e_at), name in (((D.ID_FROM_S, D.ID_FROM_E), b"From: "),
+                                   ((D.ID_TO_S, D.ID_TO_E), b"To: "),
+                                   ((D.ID_CALLID_S, D.ID_CALLID_E), b"Call-ID: ")):
+            ident[s_at] = head.index(name) + len(name)
+            ident[e_at] = head.index(b"\r\n", int(ident[s_at]))
+        ident[D.ID_METHOD] = D.ID_ACK if method == b"ACK" else D.ID_BYE
+        ident[D.ID_CSEQ] = 1
+        D.dlg_in_dialog(dl_buf, ring, req, ident, now_s * 1000, me, 1, patch, out)
     key, group = D.dialog_ids(b"warm-call", b"f")
     D.dlg_get(dl_buf, np.uint64(key), np.uint64(group), out)
     D.dlg_ping_mark(dl_buf, np.uint64(key), np.uint64(group), 0, 0)

@@ -121,6 +121,13 @@ class DialogStore:
         return retry_busy(lambda: D.dlg_apply(self.arena, self.ring, self.patch, op, now_ms,
                                               self.me, self.proc, self.out), self._wait)
 
+    def reapply(self, op: int) -> int:
+        """dlg_apply of the change already in `patch` (a kernel found the lock busy)."""
+        self._wait()
+        return retry_busy(lambda: D.dlg_apply(self.arena, self.ring, self.patch, op,
+                                              int(time.time() * 1000), self.me, self.proc,
+                                              self.out), self._wait)
+
     def get(self, callid: bytes, tag: bytes) -> dict | None:
         """The dialog (live or a tombstone) of Call-ID and caller tag, decoded."""
         key, group = self._ids(callid, tag)
@@ -393,6 +400,22 @@ class DialogTracker:
     def on_in_dialog(self, msg: SipMessage) -> None:
         self.in_dialog(msg.method, msg.call_id, tag_of(msg.from_), tag_of(msg.to),
                        msg.cseq_num)
+
+    def in_dialog_compiled(self, data: np.ndarray, ident: np.ndarray) -> bool:
+        """in_dialog in one kernel call (shm.dialogs.dlg_in_dialog) for a request the
+        compiled relay took; False: a tag the kernel leaves to core.sip.tag_of, nothing
+        was done."""
+        store = self.store
+        r = D.dlg_in_dialog(store.arena, store.ring, data, ident, int(time.time() * 1000),
+                            store.me, store.proc, store.patch, store.out)
+        if r == D.IN_UNSURE:
+            return False
+        op = int(ident[D.ID_OP])
+        if r == T.E_BUSY:
+            r = store.reapply(op)
+        if r >= 0 and op == D.OP_DELETE:
+            self.counts[I_TERMINATED] += 1
+        return True
 
     def in_dialog(self, method: str, call_id: str, from_tag: str, to_tag: str,
                   cseq_num: int) -> None:

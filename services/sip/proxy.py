@@ -96,6 +96,11 @@ class DialogHook(Protocol):
                   cseq_num: int) -> None:
         """on_in_dialog for the compiled relay, from the request's identity."""
 
+    def in_dialog_compiled(self, data: Any, ident: Any) -> bool:
+        """on_in_dialog for the compiled relay in one kernel call: the request's bytes
+        (uint8 array) and identity words (shm.dialogs ID_*, as shm.sipreq.fast_request
+        leaves them). False: nothing was done, call `in_dialog`."""
+
     def on_own_reply(self, msg: SipMessage, branch: str) -> bool:
         """A response whose top Via branch may be one of the requests dialog tracking
         sent itself; True if it was (then it is handled)."""
