@@ -447,7 +447,7 @@ def _lower(c):
 
 
 @njit(cache=True, inline="always")
-def _tag_span(d, s, e):
+def tag_span(d, s, e):
     """(start, end, ok) of the tag parameter in the From/To value d[s:e], as
     core.sip.tag_of reads it (its quick way: the text after the last '>' when there is a
     '<', the first ';tag=' there, up to the next ';'); an absent tag is an empty span.
@@ -523,8 +523,8 @@ def dlg_in_dialog(arena, ring, data, ident, now_ms, me, proc, p8, out8):
     t = views(arena)
     p8 = unmanaged(p8)
     out8 = unmanaged(out8)
-    fs, fe, fok = _tag_span(data, ident[ID_FROM_S], ident[ID_FROM_E])
-    ts, te, tok = _tag_span(data, ident[ID_TO_S], ident[ID_TO_E])
+    fs, fe, fok = tag_span(data, ident[ID_FROM_S], ident[ID_FROM_E])
+    ts, te, tok = tag_span(data, ident[ID_TO_S], ident[ID_TO_E])
     if not fok or not tok:
         return IN_UNSURE
     cs = ident[ID_CALLID_S]

@@ -47,6 +47,7 @@ from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import dialog_rules as DR
 from fastcluster.services.sip import messages as M
 from fastcluster.services.sip import routing as RT
+from fastcluster.services.sip.dialog_replies import CompiledReplies
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import table as T
 from fastcluster.shm.hashing import group_hash_of
@@ -179,6 +180,7 @@ class DialogTracker:
         self.mine = local  # our listeners: our own Record-Route entries
         self.labels = labels  # "udp:HOST:PORT" of each listener, by index
         self._logged: set[str] = set()
+        self.replies = CompiledReplies(self.store, local, labels)
         self.apply_config(worker.cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -400,6 +402,18 @@ class DialogTracker:
     def on_in_dialog(self, msg: SipMessage) -> None:
         self.in_dialog(msg.method, msg.call_id, tag_of(msg.from_), tag_of(msg.to),
                        msg.cseq_num)
+
+    def on_invite_reply_compiled(self, data: np.ndarray, status: int, final_status: int,
+                                 listener: int, src: tuple | None) -> bool:
+        """on_invite_reply in one kernel call from the response's bytes (shm.dlg_reply);
+        False: nothing was done, parse it and call on_invite_reply."""
+        done = self.replies.change(data, status, final_status, listener, src,
+                                   self.lifetime_s, self.unconfirmed_s)
+        if done is None:
+            return False
+        if done[0] >= 0 and done[1] == D.OP_FAIL:
+            self.counts[I_FAILED] += 1
+        return True
 
     def in_dialog_compiled(self, data: np.ndarray, ident: np.ndarray) -> bool:
         """in_dialog in one kernel call (shm.dialogs.dlg_in_dialog) for a request the

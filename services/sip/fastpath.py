@@ -6,7 +6,8 @@ unusual answers "not taken" before doing anything, and the Python way
 (tests/unit/test_sipreq.py). With dialog tracking, the dialog hook is called between
 the kernel and the send, as the Python way calls it: for an ACK or BYE with the
 identity fast_request found in its head (the dialog change is one more kernel call,
-shm.dialogs.dlg_in_dialog), for a response to an INVITE with the response parsed.
+shm.dialogs.dlg_in_dialog), for a response to an INVITE from its bytes too
+(shm.dlg_reply.dlg_invite_reply), parsed only when that kernel leaves it to Python.
 Neighbours: services.sip.proxy, shm.sipscan, shm.sipreq.
 """
 from __future__ import annotations
@@ -130,7 +131,8 @@ class FastPath:
         such a response (nothing was done), parse it and go the Python way."""
         tx = self.tx
         now = _monotonic()
-        r = fast_reply(tx.arena, _frombuffer(data, np.uint8), len(data), self.mine_bytes,
+        arr = _frombuffer(data, np.uint8)
+        r = fast_reply(tx.arena, arr, len(data), self.mine_bytes,
                        tx.work, tx.ring, self.params, tx.me, tx.proc, int(now * 1000),
                        int(_time()), self.scan)
         if r < 0:  # FALLBACK, or a busy lock: the Python way retries
@@ -154,8 +156,10 @@ class FastPath:
             final = 0
             if actions and actions != X.A_FORWARD and actions & X.A_FIRST_FINAL:
                 final = tx.out().status
-            dialogs.on_invite_reply(parse_message(data), int(scan[SC.S_KEY]),
-                                    int(scan[SC.S_BRANCH]), final, listener.index, addr)
+            if not dialogs.on_invite_reply_compiled(arr, status, final, listener.index,
+                                                    addr):
+                dialogs.on_invite_reply(parse_message(data), int(scan[SC.S_KEY]),
+                                        int(scan[SC.S_BRANCH]), final, listener.index, addr)
         if actions == X.A_FORWARD:
             self.sender.send(stripped, sock, upstream)
             counts[I_RELAYED] += 1

@@ -81,6 +81,11 @@ class DialogHook(Protocol):
         `listener` from `src`; final_status: the transaction's final response upstream
         if this one made it (0 otherwise)."""
 
+    def on_invite_reply_compiled(self, data: Any, status: int, final_status: int,
+                                 listener: int, src: tuple | None) -> bool:
+        """on_invite_reply for the compiled relay in one kernel call, from the response's
+        bytes (uint8 array). False: nothing was done, parse it and call on_invite_reply."""
+
     def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
         """The transaction of an INVITE admit let through was made (key tx_key)."""
 

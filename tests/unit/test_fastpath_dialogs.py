@@ -44,6 +44,14 @@ class DialogPair:
             return real_in_dialog(*ident)
 
         tracker.in_dialog = in_dialog  # type: ignore[method-assign]
+        self.slow_replies: list[object] = []
+        real_reply = tracker.on_invite_reply
+
+        def on_invite_reply(msg, *a):
+            self.slow_replies.append(msg)
+            return real_reply(msg, *a)
+
+        tracker.on_invite_reply = on_invite_reply  # type: ignore[method-assign]
         for name in ("request", "reply"):
             real = getattr(self.fast.app.fast, name)
 
@@ -106,7 +114,7 @@ def test_a_call_tracked_on_the_compiled_paths_as_on_the_python_way() -> None:
     # the 180 and both 200s, the ACK and the BYE went the compiled way, their dialog
     # changes the kernel's
     assert len(pair.taken) == 5, pair.taken
-    assert pair.slow == []
+    assert pair.slow == [] and pair.slow_replies == []
     assert pair.fast.stat("dialog:terminated_dialogs") == 1
 
 
@@ -216,3 +224,60 @@ def test_the_identity_read_from_the_head_is_the_parsed_one() -> None:
                                          tag_of(msg.to), msg.cseq_num), data
         checked += 1
     assert checked > 300
+
+
+OURS = b"Record-Route: <sip:192.0.2.1:5060;lr>"
+REPLY_VARIANTS = [(OURS, v) for v in (
+    b"Record-Route: <sip:p2.example.com;lr>, <sip:192.0.2.1:5060;lr>,<sip:p0:5070;lr>",
+    b"Record-Route: <sip:p2;lr>\r\nRecord-Route: <sip:192.0.2.1:5060;lr;r2=on>, "
+    b"<sip:192.0.2.1:5060;lr;r2=on>\r\nRecord-Route: <sip:p0;lr>, <sip:p00;lr>",
+    b"Record-Route: <sip:192.0.2.1;lr>", b"Record-Route: <SIP:u@192.0.2.1:5060;lr>",
+    b"Record-Route: <sips:192.0.2.1:5060;lr>", b"Record-Route: <sip:192.0.2.1:05060;lr>",
+    b"Record-Route: sip:192.0.2.1:5060;lr", b"Record-Route: <sip:p;lr>",
+    b"Record-Route: <sip:[2001:db8::1];lr>, <sip:192.0.2.1:5060;lr>",
+    b'Record-Route: "x" <sip:p;lr>, <sip:192.0.2.1:5060;lr>',
+    b"Record-Route: <sip:p;a=1,2;lr>, <sip:192.0.2.1:5060;lr>",
+    b"Record-Route: , <sip:192.0.2.1:5060;lr>,", b"Record-Route: <sip:192.0.2.1:5061;lr>",
+    b"Record-Route: <sip:192.0.2.1:99999;lr>", b"Record-Route: <sip:a@;lr>",
+    b"Record-Route: <sip:192.0.2.1:5060;lr>>, <sip:p;lr>", b"record-route: <sip:p>",
+    b"Record-Route:<sip:p;lr> ,\t<sip:192.0.2.1:5060;lr>", b"X-RR: 1",
+    b"Record-Route: <sip:192.0.2.1:5060>;x, <sip:P.example.COM:5060;lr>")] + [
+    (b"Contact: <sip:bob@203.0.113.21:5081>", v) for v in (
+        b"Contact: <sip:bob@203.0.113.21:5081>;expires=60", b"m: <sip:b@h>",
+        b'Contact: "Bob" <sip:b@h>', b"Contact: sip:b@h", b"Contact: <sip:b@h>, <sip:c@h>",
+        b"Contact: <>", b"X-C: 1", b"Contact: <sip:b@h", b"CONTACT:   <sip:b@h;lr>  ",
+        b"Contact: <sip:b@h>\r\nContact: <sip:c@h>", b"Contact:")] + [
+    (b"From: <", v) for v in (b"f: <", b'From: "A;tag=1" <', b"From:  <", b"From :<")] + [
+    (b"Call-ID: ", v) for v in (b"i: ", b"Call-ID:   ", b"call-id:")] + [
+    (b"To: <", v) for v in (b"t: <", b"To:<")] + [
+    (b";tag=b", v) for v in (b";TAG=b", b";x=1;tag=b", b";tag=" + b"L" * 600 + b"b")]
+
+
+def test_the_kernels_invite_reply_change_is_the_python_ones() -> None:
+    """Responses to initial INVITEs (1xx with and without a tag, 2xx, 2xx of a second
+    callee, failures) with route sets, Contacts and tags written every way: after each,
+    both proxies hold the same dialogs and counters (shm.dlg_reply against
+    DialogTracker.on_invite_reply)."""
+    rng = random.Random(17)
+    pair = DialogPair()
+    taken = 0
+    for n in range(1, 121):
+        out = pair.feed(invite(n), CALLER)
+        fwd = [d for d, a in out if a == BOB1][0]
+        plan = rng.choice([(180, 183, 200, 200), (180, 486), (183, 200, 200),
+                           (180, 200, 200), (100, 180, 603)])
+        for i, code in enumerate(plan):
+            tag = None if code == 180 and rng.random() < 0.2 else f"b{n}"
+            if i == 3:
+                tag = f"b{n}x"  # a 2xx of a second callee
+            data = response_to(fwd, code, tag=tag)
+            for a, b in rng.sample(REPLY_VARIANTS, rng.choice((0, 1, 1, 2))):
+                data = data.replace(a, b, 1)
+            before = len(pair.taken)
+            pair.feed(data, BOB1)
+            taken += len(pair.taken) - before
+            pair.same_dialogs()
+    assert taken > 300
+    assert 0 < len(pair.slow_replies) < taken // 3  # most changes were the kernel's
+    assert pair.fast.stat("dialog:failed_dialogs") > 5
+    assert pair.fast.stat("dialog:callee_too_long") > 0
