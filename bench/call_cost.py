@@ -9,8 +9,8 @@ INVITE, 180, 200, ACK, BYE, the BYE's 200. Each message is timed around the prox
 handle alone (the test messages are built outside the timing), so the figure is what
 the proxy spends per call; per message kind too. The kernels are warmed first (no
 compile in the timing); the best of --rounds runs is printed: `Proxy()`, then
-`Proxy(dialogs=True)` with the ACK/BYE dialog change the Python way (as before
-shm.dialogs.dlg_in_dialog), then as it is.
+`Proxy(dialogs=True)` with the compiled relays' dialog changes the Python way (as
+before shm.dialogs.dlg_in_dialog and shm.dlg_reply), then as it is.
 """
 from __future__ import annotations
 
@@ -28,18 +28,20 @@ STEPS = ("INVITE", "180", "200", "ACK", "BYE", "BYE 200")
 ROUTE = f"Route: <sip:{LISTEN[0]}:{LISTEN[1]};lr>\r\n"
 
 
-MODES = {"no dialogs": False, "dialogs, ACK/BYE change in Python": True,
-         "dialogs": True}
+MODES = {"no dialogs": False, "dialogs, changes in Python": True, "dialogs": True}
 
 
 def run(calls: int, dialogs: bool, python_in_dialog: bool = False) -> dict[str, float]:
     """Seconds spent in the proxy per step, summed over `calls` calls. python_in_dialog:
-    the ACK/BYE dialog change the way it was before shm.dialogs.dlg_in_dialog
-    (messages.dialog_identity + DialogTracker.in_dialog), for a side by side figure."""
+    the dialog changes of the compiled relays the way they were before their kernels
+    (shm.dialogs.dlg_in_dialog, shm.dlg_reply.dlg_invite_reply): parse_message +
+    DialogTracker.on_invite_reply, messages.dialog_identity + DialogTracker.in_dialog;
+    for a side by side figure."""
     p = Proxy(dialogs=dialogs, tx_capacity=4 * calls + 100) if dialogs else \
         Proxy(tx_capacity=4 * calls + 100)
     if python_in_dialog:
         p.tracker.in_dialog_compiled = lambda *a: False  # type: ignore[method-assign]
+        p.tracker.on_invite_reply_compiled = lambda *a: False  # type: ignore[method-assign]
     spent = dict.fromkeys(STEPS, 0.0)
     clock = time.perf_counter
 
