@@ -47,7 +47,14 @@ import numpy as np
 from numba import njit
 
 from fastcluster.shm.atomics import atomic_cas, atomic_load, unmanaged
-from fastcluster.shm.hashing import SEED_GROUP, group_hash_of, key_hash_of
+from fastcluster.shm.hashing import (
+    SEED_GROUP,
+    as_key,
+    group_hash,
+    group_hash_of,
+    hash_bytes,
+    key_hash_of,
+)
 from fastcluster.shm.raw import ld32, ldu64, st16, st32, st64
 from fastcluster.shm.rows import ROW_HEAD, RowLayout
 from fastcluster.shm.table import (
@@ -118,6 +125,16 @@ EXPIRY_GRACE_S = 60  # a dialog nobody ended is dropped everywhere this long aft
 OP_CREATE, OP_UPDATE, OP_DELETE, OP_FAIL = 1, 2, 3, 4
 E_EXISTS = -8  # OP_CREATE found the dialog (a retransmitted or spiralled INVITE)
 E_OTHER_CALLEE = -9  # the change names another callee (To tag) than the confirmed dialog
+
+# The identity of an in-dialog request, in int64 words (dlg_in_dialog's `ident`; shm.sipreq
+# fast_request writes them): its method, the spans in its bytes of the Call-ID, From and
+# To header values (blanks around them excluded), its CSeq number (>= 0); ID_OP receives
+# the operation dlg_in_dialog chose.
+(ID_METHOD, ID_CALLID_S, ID_CALLID_E, ID_FROM_S, ID_FROM_E, ID_TO_S, ID_TO_E, ID_CSEQ,
+ ID_OP, ID_WORDS) = range(10)
+ID_ACK, ID_BYE = 1, 2
+IN_NONE = -20  # dlg_in_dialog: no live dialog of this request's callee, nothing done
+IN_UNSURE = -21  # dlg_in_dialog: a tag it does not read as core.sip.tag_of: nothing done
 
 # per-node ping state in the slot head's local word (never replicated)
 PING_CALLER_OUT = 1  # a ping to the caller is unanswered
@@ -419,3 +436,145 @@ def dlg_ping_mark(arena, key, group, set_bits, clear_bits):
                     return np.int64(old)
         s += 1
     return E_NOT_FOUND
+
+
+# ---------------------------------------------------------------- in-dialog requests
+
+
+@njit(cache=True, inline="always")
+def _lower(c):
+    return c + 32 if 65 <= c <= 90 else c
+
+
+@njit(cache=True, inline="always")
+def tag_span(d, s, e):
+    """(start, end, ok) of the tag parameter in the From/To value d[s:e], as
+    core.sip.tag_of reads it (its quick way: the text after the last '>' when there is a
+    '<', the first ';tag=' there, up to the next ';'); an absent tag is an empty span.
+    ok False: a value tag_of reads its slow way (quotes; a 'tag' not in a plain ';tag=')."""
+    lt = False
+    gt = -1
+    for x in range(s, e):
+        c = d[x]
+        if c == 34:
+            return s, s, False
+        if c == 60:
+            lt = True
+        elif c == 62:
+            gt = x
+    tail = s
+    if lt:
+        if gt < 0:
+            return s, s, True
+        tail = gt + 1
+    pos = -1
+    blank = False
+    word = False  # "tag" anywhere in the tail
+    for x in range(tail, e):
+        c = d[x]
+        if c == 32 or c == 9:
+            blank = True
+        if x + 3 <= e and _lower(c) == 116 and _lower(d[x + 1]) == 97 and \
+                _lower(d[x + 2]) == 103:
+            word = True
+            if pos < 0 and x > tail and d[x - 1] == 59 and x + 3 < e and d[x + 3] == 61:
+                pos = x - 1
+    if pos < 0 or blank:
+        return s, s, not word
+    v = pos + 5
+    ve = v
+    while ve < e and d[ve] != 59:
+        ve += 1
+    return v, ve, True
+
+
+@njit(cache=True, inline="always")
+def _live_slot(t, key, group, out8):
+    """dlg_get, and whether the record is live: its slot, or E_NOT_FOUND."""
+    s = home_of(t, group)
+    while s < t.nslots:
+        k = atomic_load(t.keys, s)
+        if k == 0:
+            return E_NOT_FOUND
+        if k == key and ldu64(t.rows8, rbase(t, s) + 8) == group:
+            if read_row(t, s, out8, 0) == key and out8[R_STATE] == ST_LIVE:
+                return s
+            return E_NOT_FOUND
+        s += 1
+    return E_NOT_FOUND
+
+
+@njit(cache=True)
+def dlg_in_dialog(arena, ring, data, ident, now_ms, me, proc, p8, out8):
+    """The dialog change of an in-dialog ACK or BYE the compiled relay forwards, in one
+    call: what services.sip.dialogs.DialogTracker.in_dialog does from the request's
+    identity (tests/unit/test_fastpath_dialogs.py holds both ways to the same tables).
+
+    data: the request (uint8, read only); ident: int64[>= ID_WORDS] (ID_*). The dialog is
+    the live one of (Call-ID, From tag) -- the caller's request -- else of (Call-ID, To
+    tag) -- the callee's; a confirmed one only if the request names its callee's tag
+    (services.sip.dialog_rules.same_callee). A BYE deletes a confirmed dialog
+    (OP_DELETE), an ACK confirms it (OP_UPDATE to DLG_CONFIRMED), a BYE in an early one
+    only raises the CSeq of its side (OP_UPDATE): the change is packed into p8 (uint8[>=
+    body]) as pack_dialog packs it and applied by dlg_apply (ring, out8 as there);
+    ident[ID_OP] receives the operation. Returns dlg_apply's result (E_BUSY: apply p8
+    again), or IN_NONE (no such dialog) / IN_UNSURE (a tag read the slow way: nothing was
+    done, the caller goes the Python way) / E_TOO_LONG (the identity does not fit)."""
+    t = views(arena)
+    p8 = unmanaged(p8)
+    out8 = unmanaged(out8)
+    fs, fe, fok = tag_span(data, ident[ID_FROM_S], ident[ID_FROM_E])
+    ts, te, tok = tag_span(data, ident[ID_TO_S], ident[ID_TO_E])
+    if not fok or not tok:
+        return IN_UNSURE
+    cs = ident[ID_CALLID_S]
+    cn = ident[ID_CALLID_E] - cs
+    group = group_hash(data, cs, cn)
+    seed = group ^ SEED_GROUP
+    key = as_key(hash_bytes(data, fs, fe - fs, seed))
+    if _live_slot(t, key, group, out8) >= 0:
+        from_callee = False
+        rs, rn, ks, kn = fs, fe - fs, ts, te - ts  # the dialog's From tag, the callee's
+    else:
+        if te == ts:
+            return IN_NONE
+        key = as_key(hash_bytes(data, ts, te - ts, seed))
+        if _live_slot(t, key, group, out8) < 0:
+            return IN_NONE
+        from_callee = True
+        rs, rn, ks, kn = ts, te - ts, fs, fe - fs
+    state = out8[R_AUX]
+    if state >= DLG_CONFIRMED_NA and kn > 0:  # same_callee
+        o_off, o_len = seg_span(t, out8, 0, S_TO_TAG)
+        if o_len > 0:
+            if o_len != kn:
+                return IN_NONE
+            for i in range(kn):
+                if out8[o_off + i] != data[ks + i]:
+                    return IN_NONE
+    if cn + rn + kn > t.body - t.fixed:
+        return E_TOO_LONG
+    op = OP_UPDATE
+    new_state = 0
+    if ident[ID_METHOD] == ID_BYE and state >= DLG_CONFIRMED_NA:
+        op = OP_DELETE
+    elif ident[ID_METHOD] == ID_ACK:
+        new_state = DLG_CONFIRMED
+    ident[ID_OP] = op
+    # the change, as pack_dialog writes it: identity, state, one side's CSeq; no timeout
+    p8[:t.fixed] = 0
+    st64(p8, 0, key)
+    st64(p8, 8, group)
+    p8[R_STATE] = ST_LIVE
+    p8[R_AUX] = new_state
+    st32(p8, O_CALLEE_CSEQ if from_callee else O_CALLER_CSEQ, ident[ID_CSEQ])
+    st16(p8, t.lens_off + 2 * S_CALLID, cn)
+    st16(p8, t.lens_off + 2 * S_FROM_TAG, rn)
+    st16(p8, t.lens_off + 2 * S_TO_TAG, kn)
+    pos = t.fixed
+    p8[pos:pos + cn] = data[cs:cs + cn]
+    pos += cn
+    p8[pos:pos + rn] = data[rs:rs + rn]
+    pos += rn
+    p8[pos:pos + kn] = data[ks:ks + kn]
+    return dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8)

@@ -24,11 +24,26 @@ import numpy as np
 from numba import njit
 
 from fastcluster.shm import transactions as X
+from fastcluster.shm.dialogs import (
+    ID_ACK,
+    ID_BYE,
+    ID_CALLID_E,
+    ID_CALLID_S,
+    ID_CSEQ,
+    ID_FROM_E,
+    ID_FROM_S,
+    ID_METHOD,
+    ID_TO_E,
+    ID_TO_S,
+    ID_WORDS,
+)
 from fastcluster.shm.sipscan import FALLBACK, _exact, _is_token, _lower, _name_is
 
-# output words (the forwarded request is in the work buffer's output data area)
-(Q_RESULT, Q_KIND, Q_LEN, Q_DST_IP, Q_DST_PORT, Q_SOCK, Q_KEY, Q_WORDS) = range(8)
-KIND_ACK, KIND_BYE = 1, 2
+# output words (the forwarded request is in the work buffer's output data area); from
+# Q_IDENT, the request's dialog identity as shm.dialogs.dlg_in_dialog reads it (ID_*)
+(Q_RESULT, Q_KIND, Q_LEN, Q_DST_IP, Q_DST_PORT, Q_SOCK, Q_KEY, Q_IDENT) = range(8)
+Q_WORDS = Q_IDENT + ID_WORDS
+KIND_ACK, KIND_BYE = ID_ACK, ID_BYE
 # fields of each listener in the `listeners` array: ip (u32), port, hostport text span
 L_IP, L_PORT, L_TEXT, L_TEXT_LEN, L_WORDS = 0, 1, 2, 3, 4
 
@@ -216,7 +231,10 @@ def fast_request(arena, data, n, listeners, text, in_sock, src_fam, src_port, sr
     (nothing was done), or for an ACK: R_MATCH (absorbed) / R_NOT_FOUND (the forwarded
     request is in the work buffer's output data, Q_LEN bytes, to Q_DST_IP:Q_DST_PORT
     from listener Q_SOCK); for a BYE: tx_request's result (R_NEW: forwarded likewise;
-    R_MATCH and errors: answer with the work buffer's output words, as the Python way)."""
+    R_MATCH and errors: answer with the work buffer's output words, as the Python way).
+    Whenever the transaction kernel was called, q[Q_IDENT:] holds the request's dialog
+    identity (shm.dialogs ID_* words: the spans of its Call-ID, From and To values, its
+    CSeq number and method) for dlg_in_dialog."""
     # ---- request line
     if n < 24:
         return FALLBACK
@@ -460,6 +478,14 @@ def fast_request(arena, data, n, listeners, text, in_sock, src_fam, src_port, sr
     # ---- the transaction kernel
     out_sock = 0
     q[Q_KIND] = kind
+    q[Q_IDENT + ID_METHOD] = kind
+    q[Q_IDENT + ID_CALLID_S] = cid_s
+    q[Q_IDENT + ID_CALLID_E] = cid_e
+    q[Q_IDENT + ID_FROM_S] = from_s
+    q[Q_IDENT + ID_FROM_E] = from_e
+    q[Q_IDENT + ID_TO_S] = to_s
+    q[Q_IDENT + ID_TO_E] = to_e
+    q[Q_IDENT + ID_CSEQ] = cseq
     q[Q_DST_IP] = ip
     q[Q_DST_PORT] = port
     q[Q_SOCK] = out_sock

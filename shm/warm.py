@@ -18,6 +18,7 @@ import numpy as np
 
 from fastcluster.shm import contacts as C
 from fastcluster.shm import dialogs as D
+from fastcluster.shm import dlg_reply as DY
 from fastcluster.shm import nonces as N
 from fastcluster.shm import partitions as P
 from fastcluster.shm import profiles as PF
@@ -31,7 +32,7 @@ from fastcluster.shm.tables import ContactTable, Table
 from fastcluster.shm.txwork import TxWork
 
 
-KERNEL_MODULES = (C, D, P, PF, R, T)
+KERNEL_MODULES = (C, D, DY, P, PF, R, T)
 
 
 def freeze_kernels() -> int:
@@ -179,6 +180,40 @@ def _warm_dialogs(dialogs: Table, dl_buf: np.ndarray, ring: np.ndarray, me: int,
         D.pack_dialog(patch, dialogs.row_size, strings=strings, timeout=now_s + 60,
                       start=now_s, dlg_state=state, creator=1)
         D.dlg_apply(dl_buf, ring, patch, op, now_s * 1000, me, 1, out)
+    # an in-dialog ACK and BYE (the compiled relay's way: its request read only, its
+    # identity words a slice of fast_request's answer words)
+    D.pack_dialog(patch, dialogs.row_size, strings=strings, timeout=now_s + 60,
+                  start=now_s, dlg_state=D.DLG_UNCONFIRMED, creator=1)
+    D.dlg_apply(dl_buf, ring, patch, D.OP_CREATE, now_s * 1000, me, 1, out)
+    for method in (b"ACK", b"BYE"):
+        req = np.frombuffer(method + b" sip:b SIP/2.0\r\nFrom: <sip:a>;tag=f\r\n"
+                            b"To: <sip:b>;tag=t\r\nCall-ID: warm-call\r\n\r\n", np.uint8)
+        words = np.zeros(8 + D.ID_WORDS, dtype=np.int64)
+        ident = words[8:]
+        head = req.tobytes()
+        for (s_at, e_at), name in (((D.ID_FROM_S, D.ID_FROM_E), b"From: "),
+                                   ((D.ID_TO_S, D.ID_TO_E), b"To: "),
+                                   ((D.ID_CALLID_S, D.ID_CALLID_E), b"Call-ID: ")):
+            ident[s_at] = head.index(name) + len(name)
+            ident[e_at] = head.index(b"\r\n", int(ident[s_at]))
+        ident[D.ID_METHOD] = D.ID_ACK if method == b"ACK" else D.ID_BYE
+        ident[D.ID_CSEQ] = 1
+        D.dlg_in_dialog(dl_buf, ring, req, ident, now_s * 1000, me, 1, patch, out)
+    # responses to the INVITE (services.sip.dialog_replies: read only, its arrays)
+    mine = np.array([[0, 9, 5060]], dtype=np.int64)
+    mine_text = np.frombuffer(b"127.0.0.1", dtype=np.uint8).copy()
+    words = np.zeros(DY.W_WORDS, dtype=np.int64)
+    for status, final, sock in ((180, 0, b""), (200, 0, b"udp:127.0.0.1:5060 1.2.3.4:5"),
+                                (486, 486, b"")):
+        rpl = np.frombuffer(b"SIP/2.0 %d X\r\nRecord-Route: <sip:127.0.0.1:5060;lr>, "
+                            b"<sip:p;lr>\r\nFrom: <sip:a>;tag=f\r\nTo: <sip:b>;tag=t\r\n"
+                            b"Call-ID: warm-call\r\nContact: <sip:b@h>\r\n\r\n" % status,
+                            np.uint8)
+        words[DY.W_STATUS], words[DY.W_FINAL], words[DY.W_NOW_S] = status, final, now_s
+        words[DY.W_NOW_MS] = now_s * 1000
+        DY.dlg_invite_reply(dl_buf, ring, rpl, mine, mine_text,
+                            np.frombuffer(sock, np.uint8).copy() if sock else
+                            np.zeros(0, dtype=np.uint8), words, me, 1, patch, out)
     key, group = D.dialog_ids(b"warm-call", b"f")
     D.dlg_get(dl_buf, np.uint64(key), np.uint64(group), out)
     D.dlg_ping_mark(dl_buf, np.uint64(key), np.uint64(group), 0, 0)

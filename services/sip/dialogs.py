@@ -47,6 +47,7 @@ from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import dialog_rules as DR
 from fastcluster.services.sip import messages as M
 from fastcluster.services.sip import routing as RT
+from fastcluster.services.sip.dialog_replies import CompiledReplies
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import table as T
 from fastcluster.shm.hashing import group_hash_of
@@ -121,6 +122,13 @@ class DialogStore:
         return retry_busy(lambda: D.dlg_apply(self.arena, self.ring, self.patch, op, now_ms,
                                               self.me, self.proc, self.out), self._wait)
 
+    def reapply(self, op: int) -> int:
+        """dlg_apply of the change already in `patch` (a kernel found the lock busy)."""
+        self._wait()
+        return retry_busy(lambda: D.dlg_apply(self.arena, self.ring, self.patch, op,
+                                              int(time.time() * 1000), self.me, self.proc,
+                                              self.out), self._wait)
+
     def get(self, callid: bytes, tag: bytes) -> dict | None:
         """The dialog (live or a tombstone) of Call-ID and caller tag, decoded."""
         key, group = self._ids(callid, tag)
@@ -172,6 +180,7 @@ class DialogTracker:
         self.mine = local  # our listeners: our own Record-Route entries
         self.labels = labels  # "udp:HOST:PORT" of each listener, by index
         self._logged: set[str] = set()
+        self.replies = CompiledReplies(self.store, local, labels)
         self.apply_config(worker.cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -393,6 +402,34 @@ class DialogTracker:
     def on_in_dialog(self, msg: SipMessage) -> None:
         self.in_dialog(msg.method, msg.call_id, tag_of(msg.from_), tag_of(msg.to),
                        msg.cseq_num)
+
+    def on_invite_reply_compiled(self, data: np.ndarray, status: int, final_status: int,
+                                 listener: int, src: tuple | None) -> bool:
+        """on_invite_reply in one kernel call from the response's bytes (shm.dlg_reply);
+        False: nothing was done, parse it and call on_invite_reply."""
+        done = self.replies.change(data, status, final_status, listener, src,
+                                   self.lifetime_s, self.unconfirmed_s)
+        if done is None:
+            return False
+        if done[0] >= 0 and done[1] == D.OP_FAIL:
+            self.counts[I_FAILED] += 1
+        return True
+
+    def in_dialog_compiled(self, data: np.ndarray, ident: np.ndarray) -> bool:
+        """in_dialog in one kernel call (shm.dialogs.dlg_in_dialog) for a request the
+        compiled relay took; False: a tag the kernel leaves to core.sip.tag_of, nothing
+        was done."""
+        store = self.store
+        r = D.dlg_in_dialog(store.arena, store.ring, data, ident, int(time.time() * 1000),
+                            store.me, store.proc, store.patch, store.out)
+        if r == D.IN_UNSURE:
+            return False
+        op = int(ident[D.ID_OP])
+        if r == T.E_BUSY:
+            r = store.reapply(op)
+        if r >= 0 and op == D.OP_DELETE:
+            self.counts[I_TERMINATED] += 1
+        return True
 
     def in_dialog(self, method: str, call_id: str, from_tag: str, to_tag: str,
                   cseq_num: int) -> None:

@@ -5,8 +5,10 @@ unusual answers "not taken" before doing anything, and the Python way
 (services.sip.proxy) handles it; both ways send the same bytes
 (tests/unit/test_sipreq.py). With dialog tracking, the dialog hook is called between
 the kernel and the send, as the Python way calls it: for an ACK or BYE with the
-request's identity read from its head, for a response to an INVITE with the response
-parsed. Neighbours: services.sip.proxy, shm.sipscan, shm.sipreq.
+identity fast_request found in its head (the dialog change is one more kernel call,
+shm.dialogs.dlg_in_dialog), for a response to an INVITE from its bytes too
+(shm.dlg_reply.dlg_invite_reply), parsed only when that kernel leaves it to Python.
+Neighbours: services.sip.proxy, shm.sipscan, shm.sipreq.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class FastPath:
         self.scan = np.zeros(SC.S_WORDS, dtype=np.int64)
         # the compiled path for in-dialog ACK and BYE (IPv4 listeners only)
         self.fq = np.zeros(RQ.Q_WORDS, dtype=np.int64)
+        self.fq_ident = self.fq[RQ.Q_IDENT:]  # the request's dialog identity (shm.dialogs)
         self.fq_listeners = self.fq_text = None
         if all(":" not in x.host for x in listeners):
             texts = b"".join(x.hostport.lower().encode() for x in listeners)
@@ -76,7 +79,8 @@ class FastPath:
             src = self._src_cache[addr[0]] = (fam, np.frombuffer(raw, dtype=np.uint8).copy())
         tx = self.tx
         q = self.fq
-        r = fast_request(tx.arena, _frombuffer(data, np.uint8), len(data), self.fq_listeners,
+        arr = _frombuffer(data, np.uint8)
+        r = fast_request(tx.arena, arr, len(data), self.fq_listeners,
                          self.fq_text, listener.index, src[0], addr[1], src[1], tx.work,
                          tx.ring, self.params, tx.me, tx.proc, int(_monotonic() * 1000),
                          int(_time()), q)
@@ -106,7 +110,9 @@ class FastPath:
         else:
             return False  # refused (full table ...): the Python way answers
         dialogs = self.proxy.dialogs
-        if dialogs is not None:  # dialog hook, before the request goes on
+        if dialogs is not None and not dialogs.in_dialog_compiled(arr, self.fq_ident):
+            # dialog hook, before the request goes on: the compiled change above, or
+            # (a tag it does not read, quoted ...) the Python one from the identity
             ident = dialog_identity(data)
             if ident is not None:
                 dialogs.in_dialog(*ident)
@@ -125,7 +131,8 @@ class FastPath:
         such a response (nothing was done), parse it and go the Python way."""
         tx = self.tx
         now = _monotonic()
-        r = fast_reply(tx.arena, _frombuffer(data, np.uint8), len(data), self.mine_bytes,
+        arr = _frombuffer(data, np.uint8)
+        r = fast_reply(tx.arena, arr, len(data), self.mine_bytes,
                        tx.work, tx.ring, self.params, tx.me, tx.proc, int(now * 1000),
                        int(_time()), self.scan)
         if r < 0:  # FALLBACK, or a busy lock: the Python way retries
@@ -149,8 +156,10 @@ class FastPath:
             final = 0
             if actions and actions != X.A_FORWARD and actions & X.A_FIRST_FINAL:
                 final = tx.out().status
-            dialogs.on_invite_reply(parse_message(data), int(scan[SC.S_KEY]),
-                                    int(scan[SC.S_BRANCH]), final, listener.index, addr)
+            if not dialogs.on_invite_reply_compiled(arr, status, final, listener.index,
+                                                    addr):
+                dialogs.on_invite_reply(parse_message(data), int(scan[SC.S_KEY]),
+                                        int(scan[SC.S_BRANCH]), final, listener.index, addr)
         if actions == X.A_FORWARD:
             self.sender.send(stripped, sock, upstream)
             counts[I_RELAYED] += 1

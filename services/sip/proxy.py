@@ -81,6 +81,11 @@ class DialogHook(Protocol):
         `listener` from `src`; final_status: the transaction's final response upstream
         if this one made it (0 otherwise)."""
 
+    def on_invite_reply_compiled(self, data: Any, status: int, final_status: int,
+                                 listener: int, src: tuple | None) -> bool:
+        """on_invite_reply for the compiled relay in one kernel call, from the response's
+        bytes (uint8 array). False: nothing was done, parse it and call on_invite_reply."""
+
     def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
         """The transaction of an INVITE admit let through was made (key tx_key)."""
 
@@ -95,6 +100,11 @@ class DialogHook(Protocol):
     def in_dialog(self, method: str, call_id: str, from_tag: str, to_tag: str,
                   cseq_num: int) -> None:
         """on_in_dialog for the compiled relay, from the request's identity."""
+
+    def in_dialog_compiled(self, data: Any, ident: Any) -> bool:
+        """on_in_dialog for the compiled relay in one kernel call: the request's bytes
+        (uint8 array) and identity words (shm.dialogs ID_*, as shm.sipreq.fast_request
+        leaves them). False: nothing was done, call `in_dialog`."""
 
     def on_own_reply(self, msg: SipMessage, branch: str) -> bool:
         """A response whose top Via branch may be one of the requests dialog tracking

@@ -1,10 +1,12 @@
 """Dialog tracking on the compiled relays (services.sip.fastpath): with dialog.track = all
 the compiled paths stay on and call the dialog hook themselves. Two proxies with dialog
 tracking, one with the compiled paths switched off, get the same calls (plain ones and
-mutated in-dialog requests); they must send the same datagrams, count the same things
-and leave the same dialogs in their tables. And the identity read from a request's head
-(messages.dialog_identity) is the one parse_message gives, for every request the
-compiled relay takes."""
+mutated in-dialog requests, and requests naming their tags every way core.sip.tag_of
+reads them); they must send the same datagrams, count the same things and leave the
+same dialogs in their tables: the compiled ACK/BYE dialog change
+(shm.dialogs.dlg_in_dialog) against DialogTracker.in_dialog. And the identity read from
+a request's head (messages.dialog_identity, the fallback for tags the kernel leaves to
+tag_of) is the one parse_message gives, for every request the compiled relay takes."""
 from __future__ import annotations
 
 import random
@@ -23,7 +25,9 @@ VOLATILE = {"version", "start", "timeout", "expires", "origin"}
 
 class DialogPair:
     """The same proxy with dialog tracking twice; `python` never takes the compiled
-    paths. `taken` counts what the compiled paths took on `fast`."""
+    paths. `taken` counts what the compiled paths took on `fast`; `slow` the in-dialog
+    requests they took whose dialog change went the Python way (a tag the kernel
+    leaves to tag_of) instead of shm.dialogs.dlg_in_dialog."""
 
     def __init__(self) -> None:
         self.fast = Proxy(dialogs=True)
@@ -31,6 +35,23 @@ class DialogPair:
         self.python.app.fast.fq_listeners = None
         self.python.app.fast.reply = lambda *a: False  # type: ignore[assignment]
         self.taken: list[bytes] = []
+        self.slow: list[tuple] = []
+        tracker = self.fast.tracker
+        real_in_dialog = tracker.in_dialog
+
+        def in_dialog(*ident):
+            self.slow.append(ident)
+            return real_in_dialog(*ident)
+
+        tracker.in_dialog = in_dialog  # type: ignore[method-assign]
+        self.slow_replies: list[object] = []
+        real_reply = tracker.on_invite_reply
+
+        def on_invite_reply(msg, *a):
+            self.slow_replies.append(msg)
+            return real_reply(msg, *a)
+
+        tracker.on_invite_reply = on_invite_reply  # type: ignore[method-assign]
         for name in ("request", "reply"):
             real = getattr(self.fast.app.fast, name)
 
@@ -90,8 +111,78 @@ def test_a_call_tracked_on_the_compiled_paths_as_on_the_python_way() -> None:
     (row,) = pair.same_dialogs()
     assert row["dlg_state"] == D.DLG_DELETED
     pair.feed(response_to([d for d, a in out if a == BOB1][0], 200, tag="b1"), BOB1)
-    # the 180 and both 200s, the ACK and the BYE went the compiled way
+    # the 180 and both 200s, the ACK and the BYE went the compiled way, their dialog
+    # changes the kernel's
     assert len(pair.taken) == 5, pair.taken
+    assert pair.slow == [] and pair.slow_replies == []
+    assert pair.fast.stat("dialog:terminated_dialogs") == 1
+
+
+def variants(n: int, ack: bytes, bye: bytes) -> list[bytes]:
+    """In-dialog requests of call n that test the kernel's reading of the identity and
+    its rules: tags as tag_of reads them, the callee's requests, another callee's, a
+    CSeq at its limit, identities too long for the row."""
+    f = f"<sip:alice@example.com>;tag=a{n}".encode()
+    t = f"<sip:bob@example.com>;tag=b{n}".encode()
+    out = []
+    for req in (ack, bye):
+        for a, b in (
+                (b"From: " + f, b"From: " + f + b";x=1"),
+                (b"From: " + f, b"From: " + f.replace(b";tag", b";TAG")),
+                (b"From: " + f, b"From:   " + f + b" \t"),
+                (b"From: " + f, b"From: sip:alice@example.com;tag=a%d" % n),
+                (b"From: " + f, b"From: sip:alice@example.com;tag=a%d>;tag=z" % n),
+                (b"From: " + f, b"From: <sip:alice@example.com;tag=u>;tag=a%d" % n),
+                (b"From: " + f, b'From: "A;tag=x" <sip:alice@example.com>;tag=a%d' % n),
+                (b"From: " + f, b"From: <sip:alice@example.com>;xtag=a%d" % n),
+                (b"From: " + f, b"From: <sip:alice@example.com>;tag=a%d;tag=q" % n),
+                (b"From: " + f, b"From: <sip:alice@example.com>;tag="),
+                (b"From: " + f, b"From: <sip:alice@example.com"),
+                (b"From: " + f, b"From: <sip:alice@example.com>; tag=a%d" % n),
+                (b"To: " + t, b"To: " + t + b";y"),
+                (b"To: " + t, b"To: <sip:bob@example.com>;tag=other"),
+                (b"To: " + t, b"To: <sip:bob@example.com>;tag=b%d" % n + b"x" * 600),
+                (b"Call-ID: call-", b"i:call-"),
+                (b"Call-ID: call-%d" % n, b"Call-ID: call-%d " % n),
+                (b"Call-ID: call-%d" % n, b"Call-ID: call-%d" % n + b"y" * 600),
+                (b"CSeq: 2 ", b"CSeq: 2147483647 "),
+                (b"CSeq: 1 ", b"CSeq: 9 ")):
+            if a in req:
+                out.append(req.replace(a, b, 1))
+        # the callee's request: the tags swapped
+        out.append(req.replace(b"From: " + f, b"From: X").replace(b"To: " + t, b"To: " + f)
+                   .replace(b"From: X", b"From: " + t).replace(b"CSeq: 2 ", b"CSeq: 5 "))
+    return out
+
+
+def test_the_kernels_dialog_change_is_the_python_ones() -> None:
+    """Calls in every state (early: a 180 only; confirmed, with and without its ACK)
+    get ACKs and BYEs from both sides, read every way tag_of reads a tag; after each
+    request, both proxies hold the same dialogs and counters (dialog:terminated...)."""
+    pair = DialogPair()
+    calls = []
+    for n in range(1, 13):
+        out = pair.feed(invite(n), CALLER)
+        fwd = [d for d, a in out if a == BOB1][0]
+        codes = (180,) if n % 3 == 1 else (180, 200)
+        for code in codes:
+            pair.feed(response_to(fwd, code, tag=f"b{n}"), BOB1)
+        ack = invite(n, branch=f"z9hG4bK-ack{n}", extra=ROUTE, method="ACK",
+                     ruri=f"sip:bob@{BOB1[0]}:{BOB1[1]}").replace(
+            b"To: <sip:bob@example.com>", f"To: <sip:bob@example.com>;tag=b{n}".encode())
+        bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(
+            f"z9hG4bK-ack{n}".encode(), f"z9hG4bK-bye{n}".encode())
+        calls.append((n, ack, bye))
+    rng = random.Random(3)
+    requests = [v for n, ack, bye in calls for v in variants(n, ack, bye)]
+    rng.shuffle(requests)
+    taken = len(pair.taken)
+    for k, data in enumerate(requests):
+        pair.feed(data.replace(b"z9hG4bK-", f"z9hG4bK-v{k}-".encode(), 1), CALLER)
+        pair.same_dialogs()
+    assert len(pair.taken) - taken > len(requests) // 2
+    assert 0 < len(pair.slow) < len(requests) // 4  # most changes were the kernel's
+    assert pair.fast.stat("dialog:terminated_dialogs") > 3
 
 
 def test_mutated_in_dialog_requests_leave_the_same_dialogs() -> None:
@@ -105,6 +196,8 @@ def test_mutated_in_dialog_requests_leave_the_same_dialogs() -> None:
         data = _mutate(rng, rng.choice(requests)).replace(
             b"z9hG4bK-", f"z9hG4bK-m{k}-".encode(), 1)
         pair.feed(data, CALLER)
+        if k % 100 == 0:
+            pair.same_dialogs()
     pair.same_dialogs()
     assert len(pair.taken) - taken > 100
 
@@ -131,3 +224,60 @@ def test_the_identity_read_from_the_head_is_the_parsed_one() -> None:
                                          tag_of(msg.to), msg.cseq_num), data
         checked += 1
     assert checked > 300
+
+
+OURS = b"Record-Route: <sip:192.0.2.1:5060;lr>"
+REPLY_VARIANTS = [(OURS, v) for v in (
+    b"Record-Route: <sip:p2.example.com;lr>, <sip:192.0.2.1:5060;lr>,<sip:p0:5070;lr>",
+    b"Record-Route: <sip:p2;lr>\r\nRecord-Route: <sip:192.0.2.1:5060;lr;r2=on>, "
+    b"<sip:192.0.2.1:5060;lr;r2=on>\r\nRecord-Route: <sip:p0;lr>, <sip:p00;lr>",
+    b"Record-Route: <sip:192.0.2.1;lr>", b"Record-Route: <SIP:u@192.0.2.1:5060;lr>",
+    b"Record-Route: <sips:192.0.2.1:5060;lr>", b"Record-Route: <sip:192.0.2.1:05060;lr>",
+    b"Record-Route: sip:192.0.2.1:5060;lr", b"Record-Route: <sip:p;lr>",
+    b"Record-Route: <sip:[2001:db8::1];lr>, <sip:192.0.2.1:5060;lr>",
+    b'Record-Route: "x" <sip:p;lr>, <sip:192.0.2.1:5060;lr>',
+    b"Record-Route: <sip:p;a=1,2;lr>, <sip:192.0.2.1:5060;lr>",
+    b"Record-Route: , <sip:192.0.2.1:5060;lr>,", b"Record-Route: <sip:192.0.2.1:5061;lr>",
+    b"Record-Route: <sip:192.0.2.1:99999;lr>", b"Record-Route: <sip:a@;lr>",
+    b"Record-Route: <sip:192.0.2.1:5060;lr>>, <sip:p;lr>", b"record-route: <sip:p>",
+    b"Record-Route:<sip:p;lr> ,\t<sip:192.0.2.1:5060;lr>", b"X-RR: 1",
+    b"Record-Route: <sip:192.0.2.1:5060>;x, <sip:P.example.COM:5060;lr>")] + [
+    (b"Contact: <sip:bob@203.0.113.21:5081>", v) for v in (
+        b"Contact: <sip:bob@203.0.113.21:5081>;expires=60", b"m: <sip:b@h>",
+        b'Contact: "Bob" <sip:b@h>', b"Contact: sip:b@h", b"Contact: <sip:b@h>, <sip:c@h>",
+        b"Contact: <>", b"X-C: 1", b"Contact: <sip:b@h", b"CONTACT:   <sip:b@h;lr>  ",
+        b"Contact: <sip:b@h>\r\nContact: <sip:c@h>", b"Contact:")] + [
+    (b"From: <", v) for v in (b"f: <", b'From: "A;tag=1" <', b"From:  <", b"From :<")] + [
+    (b"Call-ID: ", v) for v in (b"i: ", b"Call-ID:   ", b"call-id:")] + [
+    (b"To: <", v) for v in (b"t: <", b"To:<")] + [
+    (b";tag=b", v) for v in (b";TAG=b", b";x=1;tag=b", b";tag=" + b"L" * 600 + b"b")]
+
+
+def test_the_kernels_invite_reply_change_is_the_python_ones() -> None:
+    """Responses to initial INVITEs (1xx with and without a tag, 2xx, 2xx of a second
+    callee, failures) with route sets, Contacts and tags written every way: after each,
+    both proxies hold the same dialogs and counters (shm.dlg_reply against
+    DialogTracker.on_invite_reply)."""
+    rng = random.Random(17)
+    pair = DialogPair()
+    taken = 0
+    for n in range(1, 121):
+        out = pair.feed(invite(n), CALLER)
+        fwd = [d for d, a in out if a == BOB1][0]
+        plan = rng.choice([(180, 183, 200, 200), (180, 486), (183, 200, 200),
+                           (180, 200, 200), (100, 180, 603)])
+        for i, code in enumerate(plan):
+            tag = None if code == 180 and rng.random() < 0.2 else f"b{n}"
+            if i == 3:
+                tag = f"b{n}x"  # a 2xx of a second callee
+            data = response_to(fwd, code, tag=tag)
+            for a, b in rng.sample(REPLY_VARIANTS, rng.choice((0, 1, 1, 2))):
+                data = data.replace(a, b, 1)
+            before = len(pair.taken)
+            pair.feed(data, BOB1)
+            taken += len(pair.taken) - before
+            pair.same_dialogs()
+    assert taken > 300
+    assert 0 < len(pair.slow_replies) < taken // 3  # most changes were the kernel's
+    assert pair.fast.stat("dialog:failed_dialogs") > 5
+    assert pair.fast.stat("dialog:callee_too_long") > 0

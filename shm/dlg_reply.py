@@ -1,0 +1,376 @@
+"""The dialog change of a response to an initial INVITE, read from the response's bytes
+in one kernel call: what services.sip.dialogs.DialogTracker.on_invite_reply does after
+parse_message, for the plain responses the compiled relay (shm.sipscan.fast_reply)
+takes. Plain: CRLF lines of printable ASCII, header names followed by their colon, one
+From/To/Call-ID, at most one Contact (`<uri>...` without quotes or commas), Record-Route
+values without quotes or commas inside <>; tags as core.sip.tag_of reads them its quick
+way. Anything else answers IN_UNSURE before doing anything, and the caller goes the
+Python way, as it does for a change that does not fit the row (E_TOO_LONG: its rules
+for a callee side too long are Python's). tests/unit/test_fastpath_dialogs.py holds both
+ways to the same tables. Neighbours: shm.dialogs (dlg_apply, tag_span),
+services.sip.dialogs, services.sip.fastpath.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastcluster.shm.atomics import unmanaged
+from fastcluster.shm.dialogs import (
+    DLG_CONFIRMED_NA,
+    DLG_EARLY,
+    EXPIRY_GRACE_S,
+    IN_NONE,
+    IN_UNSURE,
+    O_TIMEOUT,
+    OP_FAIL,
+    OP_UPDATE,
+    S_CALLID,
+    S_FROM_TAG,
+    S_TO_TAG,
+    STRING_INDEX,
+    dlg_apply,
+    tag_span,
+)
+from fastcluster.shm.hashing import SEED_GROUP, as_key, group_hash, hash_bytes
+from fastcluster.shm.raw import st16, st32, st64
+from fastcluster.shm.table import E_TOO_LONG, R_AUX, R_EXPIRES, R_STATE, ST_LIVE, views
+
+# dlg_invite_reply's words: inputs, then what it chose
+(W_STATUS, W_FINAL, W_NOW_S, W_LIFETIME_S, W_UNCONFIRMED_S, W_NOW_MS, W_OP,
+ W_WORDS) = range(8)
+# our listeners (`mine` rows): their host text in mine_text, as services.sip.routing
+# compares it (a Record-Route entry's host lower-cased, its port or 5060)
+M_TEXT, M_LEN, M_PORT, M_WORDS = 0, 1, 2, 3
+MAX_ENTRIES = 32  # Record-Route entries read; more: the Python way
+S_CALLEE_CONTACT = STRING_INDEX["callee_contact"]
+S_CALLER_ROUTE, S_CALLEE_ROUTE = STRING_INDEX["caller_route"], STRING_INDEX["callee_route"]
+S_CALLEE_SOCK = STRING_INDEX["callee_sock"]
+
+_L_FROM = np.frombuffer(b"from", dtype=np.uint8)
+_L_TO = np.frombuffer(b"to", dtype=np.uint8)
+_L_CALLID = np.frombuffer(b"call-id", dtype=np.uint8)
+_L_CONTACT = np.frombuffer(b"contact", dtype=np.uint8)
+_L_RR = np.frombuffer(b"record-route", dtype=np.uint8)
+H_OTHER, H_FROM, H_TO, H_CALLID, H_CONTACT, H_RR = range(6)
+
+
+@njit(cache=True, inline="always")
+def _low(c):
+    return c + 32 if 65 <= c <= 90 else c
+
+
+@njit(cache=True, inline="always")
+def _is(d, a, n, lit):
+    if n != len(lit):
+        return False
+    for i in range(n):
+        if _low(d[a + i]) != lit[i]:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _token(c):
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c in (
+        45, 46, 33, 37, 42, 95, 43, 96, 39, 126)
+
+
+@njit(cache=True, inline="always")
+def _kind(d, a, n):
+    if n == 1:
+        c = _low(d[a])
+        if c == 102:
+            return H_FROM
+        if c == 116:
+            return H_TO
+        if c == 105:
+            return H_CALLID
+        if c == 109:
+            return H_CONTACT
+        return H_OTHER
+    if _is(d, a, n, _L_FROM):
+        return H_FROM
+    if _is(d, a, n, _L_TO):
+        return H_TO
+    if _is(d, a, n, _L_CALLID):
+        return H_CALLID
+    if _is(d, a, n, _L_CONTACT):
+        return H_CONTACT
+    if _is(d, a, n, _L_RR):
+        return H_RR
+    return H_OTHER
+
+
+@njit(cache=True, inline="always")
+def _trim(d, s, e):
+    while s < e and (d[s] == 32 or d[s] == 9):
+        s += 1
+    while e > s and (d[e - 1] == 32 or d[e - 1] == 9):
+        e -= 1
+    return s, e
+
+
+@njit(cache=True)
+def _mine(d, s, e, mine, mine_text):
+    """Whether Record-Route entry d[s:e] names one of our listeners, as
+    routing.is_local(uri_hostport(uri_of(entry))) says; -1: not sure (the Python way)."""
+    us, ue = s, e
+    for x in range(s, e):
+        if d[x] == 60:
+            us = x + 1
+            ue = e
+            for y in range(us, e):
+                if d[y] == 62:
+                    ue = y
+                    break
+            break
+    us, ue = _trim(d, us, ue)
+    if us < ue and d[us] == 60:
+        return -1
+    # ^sips?:
+    if ue - us < 4 or _low(d[us]) != 115 or _low(d[us + 1]) != 105 or \
+            _low(d[us + 2]) != 112:
+        return 0
+    h = us + 3
+    if h < ue and _low(d[h]) == 115:
+        h += 1
+    if h >= ue or d[h] != 58:
+        return 0
+    h += 1
+    x = h
+    while x < ue and d[x] != 64 and d[x] != 59 and d[x] != 63 and d[x] != 62:
+        x += 1
+    if x < ue and d[x] == 64:
+        h = x + 1
+    he = h
+    while he < ue and d[he] != 58 and d[he] != 59 and d[he] != 63 and d[he] != 62:
+        he += 1
+    if he == h or d[h] == 91:
+        return -1  # no host after a user part, or [IPv6]: the regex's own way
+    port = 0
+    if he < ue and d[he] == 58:
+        x = he + 1
+        while x < ue and 48 <= d[x] <= 57:
+            port = port * 10 + d[x] - 48
+            if port > 65535:
+                return 0
+            x += 1
+    if port == 0:
+        port = 5060
+    for j in range(mine.shape[0]):
+        ms, ml = mine[j, M_TEXT], mine[j, M_LEN]
+        if mine[j, M_PORT] != port or ml != he - h:
+            continue
+        same = True
+        for i in range(ml):
+            if _low(d[h + i]) != mine_text[ms + i]:
+                same = False
+                break
+        if same:
+            return 1
+    return 0
+
+
+@njit(cache=True)
+def dlg_invite_reply(arena, ring, data, mine, mine_text, sock, words, me, proc, p8, out8):
+    """The dialog change of a response to an initial INVITE (data: uint8, read only),
+    as DialogTracker.on_invite_reply makes it. words: int64[W_WORDS] (W_STATUS its status,
+    W_FINAL the transaction's final response upstream if it made one, else 0, W_NOW_S,
+    W_LIFETIME_S / W_UNCONFIRMED_S the dialog's lifetime when confirmed / not yet,
+    W_NOW_MS; W_OP receives the operation); mine: int64[k, M_WORDS] and mine_text: our
+    listeners; sock: the callee_sock string (uint8). Returns dlg_apply's result (E_BUSY:
+    apply p8 again), IN_NONE (the dialog does not change), or IN_UNSURE (nothing was
+    done: the Python way)."""
+    p8 = unmanaged(p8)
+    t = views(arena)
+    n = data.shape[0]
+    p = 0
+    while p < n and data[p] != 13:
+        p += 1
+    if p + 1 >= n or data[p + 1] != 10:
+        return IN_UNSURE
+    from_s = from_e = to_s = to_e = cid_s = cid_e = ct_s = ct_e = -1
+    nfrom = nto = ncid = nct = nrr = 0
+    rr_s = np.empty(8, dtype=np.int64)
+    rr_e = np.empty(8, dtype=np.int64)
+    while True:
+        ls = p + 2
+        if ls + 1 < n and data[ls] == 13 and data[ls + 1] == 10:
+            break
+        if ls >= n or data[ls] == 32 or data[ls] == 9:
+            return IN_UNSURE
+        e = ls
+        while e < n and data[e] != 13:
+            c = data[e]
+            if (c < 32 and c != 9) or c > 126:
+                return IN_UNSURE
+            e += 1
+        if e + 1 >= n or data[e + 1] != 10:
+            return IN_UNSURE
+        c = ls
+        while c < e and data[c] != 58:
+            if not _token(data[c]):
+                return IN_UNSURE
+            c += 1
+        if c == ls or c >= e:
+            return IN_UNSURE
+        k = _kind(data, ls, c - ls)
+        vs, ve = _trim(data, c + 1, e)
+        if k == H_FROM:
+            nfrom += 1
+            from_s, from_e = vs, ve
+        elif k == H_TO:
+            nto += 1
+            to_s, to_e = vs, ve
+        elif k == H_CALLID:
+            ncid += 1
+            cid_s, cid_e = vs, ve
+        elif k == H_CONTACT:
+            nct += 1
+            ct_s, ct_e = vs, ve
+        elif k == H_RR:
+            if nrr == 8:
+                return IN_UNSURE
+            rr_s[nrr] = vs
+            rr_e[nrr] = ve
+            nrr += 1
+        p = e
+    if nfrom != 1 or nto != 1 or ncid != 1 or nct > 1:
+        return IN_UNSURE
+    fs, fe, fok = tag_span(data, from_s, from_e)
+    ts, te, tok = tag_span(data, to_s, to_e)
+    if not fok or not tok:
+        return IN_UNSURE
+    status = words[W_STATUS]
+    op = OP_UPDATE
+    state = 0
+    if 200 <= status < 300:
+        state = DLG_CONFIRMED_NA
+    elif words[W_FINAL] >= 300:
+        op = OP_FAIL
+    elif 100 < status < 200 and te > ts:
+        state = DLG_EARLY
+    else:
+        return IN_NONE
+    words[W_OP] = op
+    cn = cid_e - cid_s
+    fn = fe - fs
+    group = group_hash(data, cid_s, cn)
+    key = as_key(hash_bytes(data, fs, fn, group ^ SEED_GROUP))
+    p8[:t.fixed] = 0
+    st64(p8, 0, key)
+    st64(p8, 8, group)
+    p8[R_STATE] = ST_LIVE
+    st16(p8, t.lens_off + 2 * S_CALLID, cn)
+    st16(p8, t.lens_off + 2 * S_FROM_TAG, fn)
+    if op == OP_FAIL:
+        if cn + fn > t.body - t.fixed:
+            return E_TOO_LONG
+        p8[t.fixed:t.fixed + cn] = data[cid_s:cid_e]
+        p8[t.fixed + cn:t.fixed + cn + fn] = data[fs:fe]
+        return dlg_apply(arena, ring, p8, op, words[W_NOW_MS], me, proc, out8)
+    # Record-Route entries, in order
+    es = np.empty(MAX_ENTRIES, dtype=np.int64)
+    ee = np.empty(MAX_ENTRIES, dtype=np.int64)
+    ne = 0
+    for i in range(nrr):
+        depth = 0
+        a = rr_s[i]
+        for x in range(rr_s[i], rr_e[i] + 1):
+            c = data[x] if x < rr_e[i] else 44
+            if c == 34:
+                return IN_UNSURE
+            if c == 60:
+                depth += 1
+            elif c == 62:
+                depth -= 1
+                if depth < 0:
+                    return IN_UNSURE
+            elif c == 44:
+                if depth != 0:
+                    return IN_UNSURE
+                s, e = _trim(data, a, x)
+                if s < e:
+                    if ne == MAX_ENTRIES:
+                        return IN_UNSURE
+                    es[ne] = s
+                    ee[ne] = e
+                    ne += 1
+                a = x + 1
+    first = last = -1
+    for i in range(ne):
+        m = _mine(data, es[i], ee[i], mine, mine_text)
+        if m < 0:
+            return IN_UNSURE
+        if m:
+            if first < 0:
+                first = i
+            last = i
+    # caller route: after our last entry; callee route: before our first, reversed
+    c0, c1 = (last + 1, ne) if first >= 0 else (0, 0)
+    k1 = first if first >= 0 else ne
+    cr_len = 0
+    for i in range(c0, c1):
+        cr_len += ee[i] - es[i] + (2 if i > c0 else 0)
+    ke_len = 0
+    for i in range(k1):
+        ke_len += ee[i] - es[i] + (2 if i > 0 else 0)
+    # the Contact's URI
+    us = ue = 0
+    if nct == 1:
+        if ct_e <= ct_s or data[ct_s] != 60:
+            return IN_UNSURE
+        ue = -1
+        for x in range(ct_s, ct_e):
+            c = data[x]
+            if c == 34 or c == 44:
+                return IN_UNSURE
+            if c == 62 and ue < 0:
+                ue = x
+        if ue < 0:
+            return IN_UNSURE
+        us = ct_s + 1
+    tn = te - ts
+    sn = sock.shape[0]
+    total = cn + fn + tn + (ue - us) + cr_len + ke_len + sn
+    if total > t.body - t.fixed:
+        return IN_UNSURE  # too long: the Python way's rules
+    p8[R_AUX] = state
+    timeout = words[W_NOW_S] + (words[W_LIFETIME_S] if state == DLG_CONFIRMED_NA else
+                                words[W_UNCONFIRMED_S])
+    st32(p8, O_TIMEOUT, timeout)
+    st32(p8, R_EXPIRES, timeout + EXPIRY_GRACE_S)
+    st16(p8, t.lens_off + 2 * S_TO_TAG, tn)
+    st16(p8, t.lens_off + 2 * S_CALLEE_CONTACT, ue - us)
+    st16(p8, t.lens_off + 2 * S_CALLER_ROUTE, cr_len)
+    st16(p8, t.lens_off + 2 * S_CALLEE_ROUTE, ke_len)
+    st16(p8, t.lens_off + 2 * S_CALLEE_SOCK, sn)
+    pos = t.fixed  # the strings in their order (shm.dialogs DIALOG.strings)
+    pos = _put(p8, pos, data, cid_s, cn)
+    pos = _put(p8, pos, data, fs, fn)
+    pos = _put(p8, pos, data, ts, tn)
+    pos = _put(p8, pos, data, us, ue - us)
+    for i in range(c0, c1):
+        if i > c0:
+            p8[pos] = 44
+            p8[pos + 1] = 32
+            pos += 2
+        pos = _put(p8, pos, data, es[i], ee[i] - es[i])
+    for i in range(k1 - 1, -1, -1):
+        if i < k1 - 1:
+            p8[pos] = 44
+            p8[pos + 1] = 32
+            pos += 2
+        pos = _put(p8, pos, data, es[i], ee[i] - es[i])
+    pos = _put(p8, pos, sock, 0, sn)
+    r = dlg_apply(arena, ring, p8, op, words[W_NOW_MS], me, proc, out8)
+    if r == E_TOO_LONG:
+        return IN_UNSURE  # nothing changed: the Python way's rules for a long callee side
+    return r
+
+
+@njit(cache=True, inline="always")
+def _put(out, pos, src, a, n):
+    out[pos:pos + n] = src[a:a + n]
+    return pos + n
