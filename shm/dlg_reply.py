@@ -34,6 +34,7 @@ from fastcluster.shm.dialogs import (
 )
 from fastcluster.shm.hashing import SEED_GROUP, as_key, group_hash, hash_bytes
 from fastcluster.shm.raw import st16, st32, st64
+from fastcluster.shm.sipscan import _is_token, _lower, _name_is
 from fastcluster.shm.table import E_TOO_LONG, R_AUX, R_EXPIRES, R_STATE, ST_LIVE, views
 
 # dlg_invite_reply's words: inputs, then what it chose
@@ -56,30 +57,9 @@ H_OTHER, H_FROM, H_TO, H_CALLID, H_CONTACT, H_RR = range(6)
 
 
 @njit(cache=True, inline="always")
-def _low(c):
-    return c + 32 if 65 <= c <= 90 else c
-
-
-@njit(cache=True, inline="always")
-def _is(d, a, n, lit):
-    if n != len(lit):
-        return False
-    for i in range(n):
-        if _low(d[a + i]) != lit[i]:
-            return False
-    return True
-
-
-@njit(cache=True, inline="always")
-def _token(c):
-    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c in (
-        45, 46, 33, 37, 42, 95, 43, 96, 39, 126)
-
-
-@njit(cache=True, inline="always")
 def _kind(d, a, n):
     if n == 1:
-        c = _low(d[a])
+        c = _lower(d[a])
         if c == 102:
             return H_FROM
         if c == 116:
@@ -89,15 +69,15 @@ def _kind(d, a, n):
         if c == 109:
             return H_CONTACT
         return H_OTHER
-    if _is(d, a, n, _L_FROM):
+    if _name_is(d, a, n, _L_FROM):
         return H_FROM
-    if _is(d, a, n, _L_TO):
+    if _name_is(d, a, n, _L_TO):
         return H_TO
-    if _is(d, a, n, _L_CALLID):
+    if _name_is(d, a, n, _L_CALLID):
         return H_CALLID
-    if _is(d, a, n, _L_CONTACT):
+    if _name_is(d, a, n, _L_CONTACT):
         return H_CONTACT
-    if _is(d, a, n, _L_RR):
+    if _name_is(d, a, n, _L_RR):
         return H_RR
     return H_OTHER
 
@@ -129,11 +109,11 @@ def _mine(d, s, e, mine, mine_text):
     if us < ue and d[us] == 60:
         return -1
     # ^sips?:
-    if ue - us < 4 or _low(d[us]) != 115 or _low(d[us + 1]) != 105 or \
-            _low(d[us + 2]) != 112:
+    if ue - us < 4 or _lower(d[us]) != 115 or _lower(d[us + 1]) != 105 or \
+            _lower(d[us + 2]) != 112:
         return 0
     h = us + 3
-    if h < ue and _low(d[h]) == 115:
+    if h < ue and _lower(d[h]) == 115:
         h += 1
     if h >= ue or d[h] != 58:
         return 0
@@ -164,7 +144,7 @@ def _mine(d, s, e, mine, mine_text):
             continue
         same = True
         for i in range(ml):
-            if _low(d[h + i]) != mine_text[ms + i]:
+            if _lower(d[h + i]) != mine_text[ms + i]:
                 same = False
                 break
         if same:
@@ -210,7 +190,7 @@ def dlg_invite_reply(arena, ring, data, mine, mine_text, sock, words, me, proc, 
             return IN_UNSURE
         c = ls
         while c < e and data[c] != 58:
-            if not _token(data[c]):
+            if not _is_token(data[c]):
                 return IN_UNSURE
             c += 1
         if c == ls or c >= e:
