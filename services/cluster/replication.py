@@ -20,9 +20,10 @@ batches it applied to their origin, and names at once the ones a gap in the numb
 showed were lost.
 
 Tombstones. A member's watermark tells which of this node's tombstones it holds: the
-minimum over every known member (up or down) is this node's *horizon*, published to
-all each HORIZON_INTERVAL_S. The timer purges a tombstone only below its origin's
-horizon (and after tombstone_ttl_s), or after clusterer.tombstone_max_s regardless.
+minimum over every known member (up or down), capped at the time it is computed (less
+a margin), is this node's *horizon*, published to all each HORIZON_INTERVAL_S. The
+timer purges a tombstone only below its origin's horizon (and after tombstone_ttl_s),
+or after clusterer.tombstone_max_s regardless.
 Neighbours: shm.ring, shm.table (apply, since-scan), shm.control (watermarks,
 horizons), services.cluster.api, services.cluster.ae (anti-entropy).
 """
@@ -57,6 +58,7 @@ ACK_INTERVAL_S = 0.01
 ACK_TIMEOUT_S = 2.0  # a batch unacknowledged for this long is re-sent (from the table)
 HORIZON_INTERVAL_S = 1.0
 NEW_MEMBER_MARGIN_MS = 3_000  # a member first seen now may lack rows of this long ago
+HORIZON_MARGIN_MS = 2_000  # rows a worker wrote that this process may not have drained yet
 MAX_UNACKED = 4096  # batches remembered per member (older ones merge: only the minimum
 #                     version of what is unacknowledged matters)
 MAX_MISSING = 64  # gap ranges reported in one acknowledgement
@@ -297,10 +299,8 @@ class TableReplica:
 
     def horizon(self) -> int:
         """Every member has all our rows below this version."""
-        low = NO_FLOOR
-        for node in self.members():
-            low = min(low, self.peer(node).watermark())
-        return low
+        return horizon_of([self.peer(node).watermark() for node in self.members()],
+                          time.time() * 1000)
 
     # ---------------------------------------------------------------- receiving
 
@@ -591,3 +591,13 @@ class Replication:
 
 def _version_ms(ms: float) -> int:
     return int(T.hlc_version(max(0, int(ms))))
+
+
+def horizon_of(watermarks: list[int], now_ms: float) -> int:
+    """The horizon of an origin whose members' watermarks these are, computed at
+    wall-clock now_ms: their minimum, but never above the version of now less
+    HORIZON_MARGIN_MS. A row made after the horizon is computed is no member's yet,
+    however long the horizon stays published (uncapped, a horizon computed with nothing
+    pending let the timer purge a tombstone made a moment later before any member had
+    it; a partitioned member then brought the deleted row back)."""
+    return min([_version_ms(now_ms - HORIZON_MARGIN_MS), *watermarks])
