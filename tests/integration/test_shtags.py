@@ -105,6 +105,7 @@ def test_partition_only_the_majority_side_activates_then_heal_leaves_one(
         for i in (1, 2, 3):
             n = Node(tmp_path, node_id=i, workers=1, bin_host=net.ip(i), netns=net.names[i],
                      settings={"clusterer": {"sharing_tags": tags_of(i)}})
+            n.diagnose = net.diagnostics
             if i > 1:
                 n.settings["clusterer"]["seeds"] = nodes[0].bin_addr
                 n.write_ini()

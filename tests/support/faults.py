@@ -66,6 +66,8 @@ class FaultCluster:
             self.nodes = {i: Node(tmp, node_id=i, workers=2, settings=merged,
                                   bin_host=self.net.ip(i), netns=self.net.names[i])
                           for i in (1, 2, 3)}
+            for n in self.nodes.values():
+                n.diagnose = self.net.diagnostics
             for i in (2, 3):
                 self.nodes[i].settings["clusterer"]["seeds"] = self.nodes[1].bin_addr
                 self.nodes[i].write_ini()

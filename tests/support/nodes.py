@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import posix_ipc
@@ -98,6 +99,8 @@ class Node:
         self.proc: subprocess.Popen | None = None
         self.pid = 0
         self.killed = False  # SIGKILLed by the test: its shm names are ours to remove
+        # the state of the network between the test and a netns node, for errors
+        self.diagnose: Callable[[], str] | None = None
 
     def write_ini(self) -> None:
         lines = []
@@ -153,7 +156,8 @@ class Node:
             except (OSError, MIError) as exc:
                 last = exc
             time.sleep(0.05)
-        raise TimeoutError(f"node {self.node_id} not ready ({last}):\n{self.log()}")
+        network = f"\n{self.diagnose()}" if self.diagnose else ""
+        raise TimeoutError(f"node {self.node_id} not ready ({last}):\n{self.log()}{network}")
 
     def mi(self, method: str, *args: Any, **params: Any) -> Any:
         """Call the MI by name (params) or positionally (args), with the node's token."""
