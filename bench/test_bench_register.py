@@ -1,6 +1,7 @@
 """A whole REGISTER in one process: SipApp.handle on the datagram sipp sends, through
-the plain path (services.sip.plainreg) and through the general way, each time for a
-new user (an insert into the contact table, the reply built, no socket).
+the plain path's compiled way (shm.plainreg), its Python way (services.sip.plainreg)
+and the general way, each time for a new user (an insert into the contact table, the
+reply built, no socket).
 
 Run: .venv/bin/pytest bench/test_bench_register.py --benchmark-only -q
 """
@@ -28,10 +29,11 @@ def datagram(n: int) -> bytes:
             f"Content-Length: 0\r\n\r\n").encode()
 
 
-@pytest.mark.parametrize("way", ["plain", "general"])
+@pytest.mark.parametrize("way", ["compiled", "plain", "general"])
 def test_register_new_user(benchmark: Any, way: str) -> None:
     h = Harness(capacity=1_200_000)
-    h.app.plain.enabled = way == "plain"
+    h.app.plain.enabled = way != "general"
+    h.app.plain.compiled = way == "compiled"
     numbers = itertools.count()
     handle, listener = h.app.handle, h.listener
 

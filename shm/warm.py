@@ -21,6 +21,7 @@ from fastcluster.shm import dialogs as D
 from fastcluster.shm import dlg_reply as DY
 from fastcluster.shm import nonces as N
 from fastcluster.shm import partitions as P
+from fastcluster.shm import plainreg as PR
 from fastcluster.shm import profiles as PF
 from fastcluster.shm import ring as R
 from fastcluster.shm import table as T
@@ -32,7 +33,7 @@ from fastcluster.shm.tables import ContactTable, Table
 from fastcluster.shm.txwork import TxWork
 
 
-KERNEL_MODULES = (C, D, DY, P, PF, R, T)
+KERNEL_MODULES = (C, D, DY, P, PF, PR, R, T)
 
 
 def freeze_kernels() -> int:
@@ -93,6 +94,7 @@ def warm_kernels(progress: Progress | None = None) -> float:
     contacts.remove(b"warm@x", b"", ring, me, 1)
     C.contact_key_of(b"warm@x", b"sip:warm@x")
     C.contact_key_of(b"warm@x", b"sip:warm@x", b"<urn:x>", 1)
+    _warm_plain_register(ct_buf, ring, work, me, now_s)
     step("contacts")
 
     # dialogs: generic put
@@ -165,6 +167,25 @@ def warm_kernels(progress: Progress | None = None) -> float:
     _warm_transactions(nprocs, me, now_s)
     step("transactions")
     return time.perf_counter() - started
+
+
+def _warm_plain_register(ct_buf: np.ndarray, ring: np.ndarray, work: np.ndarray, me: int,
+                         now_s: int) -> None:
+    """shm.plainreg with services.sip.plainreg's argument types (the datagram a
+    read-only view of the received bytes)."""
+    words = np.zeros(PR.W_WORDS, dtype=np.int64)
+    data = (b"REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKw;rport"
+            b"\r\nFrom: <sip:w@x>;tag=1\r\nTo: <sip:w@x>\r\nCall-ID: w\r\nCSeq: 1 REGISTER"
+            b"\r\nContact: <sip:w@10.0.0.1:5060>\r\nExpires: 60\r\n\r\n")
+    words[PR.W_N], words[PR.W_SRC_PORT], words[PR.W_SRC_IP_LEN] = len(data), 5060, 8
+    words[PR.W_NOW_S], words[PR.W_NOW_MS] = now_s, now_s * 1000
+    words[PR.W_MAX_EXPIRES], words[PR.W_DEFAULT_EXPIRES] = 3600, 3600
+    words[PR.W_MAX_CONTACTS] = 4
+    n = PR.plain_register(ct_buf, ring, work, me, 1, np.frombuffer(data, dtype=np.uint8),
+                          np.frombuffer(b"10.0.0.1", dtype=np.uint8).copy(), words,
+                          np.zeros(4, np.uint8), np.zeros(0, np.uint8), np.zeros(8, np.uint8),
+                          np.zeros(1 << 16, np.uint8))
+    assert n > 0, n
 
 
 def _warm_dialogs(dialogs: Table, dl_buf: np.ndarray, ring: np.ndarray, me: int,

@@ -16,11 +16,15 @@ core.sip (stamp_top_via), shm.contacts (pack_register).
 from __future__ import annotations
 
 import re
+import socket
 import time
 from typing import Any
 
+import numpy as np
+
 from fastcluster.core.sip import parse_message, stamp_top_via
 from fastcluster.shm import contacts as C
+from fastcluster.shm import plainreg as K
 
 # Start line: a Request-URI without user part or parameters (checks.request_uri_host's
 # plain form), then header lines "Name: value" with no spaces at the edges of a value,
@@ -55,6 +59,15 @@ class PlainRegister:
         self.app = app
         self.server_lines = ""
         self.enabled = True
+        # the compiled way (shm.plainreg), tried first
+        self.compiled = True
+        self.words = np.zeros(K.W_WORDS, dtype=np.int64)
+        self.tag = np.frombuffer(app.to_tag.encode(), dtype=np.uint8).copy()
+        self.fixed = np.zeros(0, dtype=np.uint8)
+        self.date: tuple[bytes, np.ndarray] = (b"", np.zeros(0, dtype=np.uint8))
+        self.out = np.zeros(C.WORK_BYTES - C.WORK_OUT + 4096, dtype=np.uint8)
+        self.out_mv = memoryview(self.out)  # type: ignore[arg-type]
+        self._ips: dict[str, np.ndarray | None] = {}
 
     def apply_config(self, app: Any) -> None:
         """After SipApp.apply_config: the general way owns anything the settings make
@@ -63,10 +76,56 @@ class PlainRegister:
         self.server_lines = lines
         self.enabled = app.auth is None and not app.domains and \
             lines.count("\r") == lines.count("\n") == len(app.server)
+        self.fixed = np.frombuffer(lines.encode(), dtype=np.uint8).copy()
+        w = self.words
+        w[K.W_MIN_EXPIRES], w[K.W_MAX_EXPIRES] = app.min_expires, app.max_expires
+        w[K.W_DEFAULT_EXPIRES], w[K.W_MAX_CONTACTS] = app.default_expires, app.max_contacts
+        w[K.W_TAG_LEN] = len(self.tag)
+
+    def _compiled(self, data: bytes, addr: tuple, listener: Any) -> bool:
+        """The compiled way: True when it answered (200 OK)."""
+        ip = self._ips.get(addr[0], False)
+        if ip is False:  # dotted IPv4 text, once per source; None: not IPv4
+            ip = None
+            try:
+                socket.inet_aton(addr[0])
+                if addr[0].count(".") == 3:
+                    ip = np.frombuffer(addr[0].encode(), dtype=np.uint8).copy()
+            except OSError:
+                pass
+            if len(self._ips) > 65536:
+                self._ips.clear()
+            self._ips[addr[0]] = ip
+        if ip is None:
+            return False
+        app = self.app
+        line = app.date_line()
+        if line is not self.date[0]:
+            self.date = (line, np.frombuffer(line, dtype=np.uint8).copy())
+        now = time.time()
+        w = self.words
+        w[K.W_N], w[K.W_SRC_PORT], w[K.W_SRC_IP_LEN] = len(data), addr[1], len(ip)
+        w[K.W_SOCK], w[K.W_NOW_S], w[K.W_NOW_MS] = listener.index, int(now), int(now * 1000)
+        n = K.plain_register(app.table, app.ring, app.work, app.me, app.proc,
+                             np.frombuffer(data, dtype=np.uint8), ip, w, self.tag,
+                             self.fixed, self.date[1], self.out)
+        if n <= 0:
+            return False  # nothing changed: the Python way decides
+        counts = app.counts
+        R = self.R
+        counts[R.I_RCV_REQ] += 1
+        counts[R.I_RCV_REGISTER] += 1
+        counts[R.I_ACCEPT] += 1
+        listener.sock.sendto(self.out_mv[:n], addr)
+        counts[R.I_SENT] += 1
+        counts[R.I_CLASS[2]] += 1
+        return True
 
     def handle(self, data: bytes, addr: tuple, listener: Any) -> bool:
         if not self.enabled:
             return False
+        if self.compiled and self._compiled(data, addr, listener):
+            return True
         try:
             text = data.decode("ascii")
         except UnicodeDecodeError:

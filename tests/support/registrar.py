@@ -37,7 +37,8 @@ class FakeSocket:
         self.sent: list[tuple[bytes, tuple]] = []
 
     def sendto(self, data: bytes, addr: tuple) -> None:
-        self.sent.append((data, addr))
+        self.sent.append((bytes(data), addr))  # a copy, as the kernel takes (a buffer
+        # the sender reuses must not change what was sent)
 
 
 class Harness:

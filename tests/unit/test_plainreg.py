@@ -1,7 +1,8 @@
-"""The plain-REGISTER path (services.sip.plainreg) against the general way: the same
-requests through two registrars, one with the plain path and one without, must give
-the same replies byte for byte, the same counters and the same table rows; and the
-plain path must take the forms it is meant for (else it would prove nothing)."""
+"""The plain-REGISTER path (services.sip.plainreg, with and without its compiled way,
+shm.plainreg) against the general way: the same requests through two registrars, one
+with the plain path and one without, must give the same replies byte for byte, the
+same counters and the same table rows; and each plain way must take the forms it is
+meant for (else it would prove nothing)."""
 from __future__ import annotations
 
 import random
@@ -44,7 +45,8 @@ OPTIONAL = ["Max-Forwards: 70", "Max-Forwards: 0", "User-Agent: sipp load test",
             "Allow: INVITE, ACK, REGISTER", "Supported: path, outbound",
             "Content-Length: 0", "Content-Length: 00", "Require: path", "X-Extra: 1",
             "Path: <sip:edge.example.com;lr>", "call-id: dup-{n}", "Expires: {e}",
-            "Max-Forwards: 7x", "User-Agent:  padded"]
+            "Max-Forwards: 7x", "User-Agent:  padded", 'Allow: invite,ACK , "BYE",FOO',
+            "Allow: ,, REGISTER ,", 'Allow: "INVITE, subscribe"', "Allow: PUBLISH,PRACK,REFER"]
 
 
 def request(rng: random.Random, n: int) -> str:
@@ -99,18 +101,25 @@ def taken(h: Harness, text: str, src: tuple = SRC) -> bool:
     return h.app.plain.handle(data, src, h.listener)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("seed", [17, 18, 19])
-def test_plain_and_general_agree_on_generated_requests(seed: int) -> None:
+def test_plain_and_general_agree_on_generated_requests(seed: int, compiled: bool) -> None:
     rng = random.Random(seed)
     plain, general = pair()
-    took = []
-    handle = plain.app.plain.handle
+    plain.app.plain.compiled = compiled
+    took, took_compiled = [], []
+    handle, handle_compiled = plain.app.plain.handle, plain.app.plain._compiled
 
     def counted(data: bytes, addr: tuple, listener: object) -> bool:
         took.append(handle(data, addr, listener))
         return took[-1]
 
+    def counted_compiled(data: bytes, addr: tuple, listener: object) -> bool:
+        took_compiled.append(handle_compiled(data, addr, listener))
+        return took_compiled[-1]
+
     plain.app.plain.handle = counted  # type: ignore[method-assign]
+    plain.app.plain._compiled = counted_compiled  # type: ignore[method-assign]
     for n in range(3000):
         text = request(rng, n)
         src = SRC if rng.random() < 0.8 else ("203.0.113.9", 40000 + n % 7)
@@ -127,6 +136,10 @@ def test_plain_and_general_agree_on_generated_requests(seed: int) -> None:
     assert np.count_nonzero(T.dirty_marks(plain.table.buf)) > 0
     assert np.array_equal(plain.ring, general.ring) and np.count_nonzero(plain.ring)
     assert 0.25 < sum(took) / len(took) < 0.9  # both ways were exercised
+    if compiled:  # and the compiled way took a share of what the plain path took
+        assert 0.2 < sum(took_compiled) / sum(took) < 0.95, (sum(took_compiled), sum(took))
+    else:
+        assert not took_compiled
 
 
 def test_the_plain_path_takes_what_sipp_and_phones_send() -> None:
@@ -136,7 +149,9 @@ def test_the_plain_path_takes_what_sipp_and_phones_send() -> None:
             "To: <sip:u1@example.com>\nCall-ID: reg-u1@fastcluster\nCSeq: 1 REGISTER\n"
             "Contact: <sip:u1@127.0.0.1:5070>\nMax-Forwards: 70\nExpires: 3600\n"
             "User-Agent: sipp-fastcluster\nContent-Length: 0\n\n")
-    assert taken(plain, sipp, ("127.0.0.1", 5070))
+    assert plain.app.plain._compiled(sipp.replace("\n", "\r\n").encode(),
+                                     ("127.0.0.1", 5070), plain.listener)
+    assert taken(plain, sipp.replace("CSeq: 1 ", "CSeq: 2 "), ("127.0.0.1", 5070))
     phone = ("REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5070;"
              "branch=z9hG4bK776asdhds;rport\nMax-Forwards: 70\nTo: <sip:bob@example.com>\n"
              "From: <sip:bob@example.com>;tag=456248\nCall-ID: 843817637684230@998sdasdh09\n"
@@ -144,7 +159,7 @@ def test_the_plain_path_takes_what_sipp_and_phones_send() -> None:
              "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\nUser-Agent: Phone 1.0\n"
              "Content-Length: 0\n\n")
     assert taken(plain, phone)
-    assert plain.count("registrar:accepted_regs") == 2
+    assert plain.count("registrar:accepted_regs") == 3
 
 
 def test_settings_that_need_the_general_way_turn_it_off(tmp_path) -> None:
@@ -159,3 +174,22 @@ def test_settings_that_need_the_general_way_turn_it_off(tmp_path) -> None:
             "CSeq: 1 REGISTER\nContact: <sip:s@192.0.2.10:5070>\n\n")
     assert taken(a, text)
     assert a.sock.sent[-1][0].decode() == b.send(text)
+
+
+def test_compiled_methods_mask_is_the_registrars() -> None:
+    """shm.plainreg's Allow bitmask against services.sip.registrar.methods_mask."""
+    from fastcluster.shm import plainreg as K
+
+    rng = random.Random(5)
+    words = list(registrar.METHOD_BITS) + ["FOO", "invite", "Bye", "REGISTERX", "ACK K"]
+    for _ in range(3000):
+        text = ""
+        for _ in range(rng.randint(0, 6)):
+            w = rng.choice(words)
+            if rng.random() < 0.2:
+                w = f'"{w}"' if rng.random() < 0.5 else w[:1] + '"' + w[1:]
+            text += " " * rng.randint(0, 2) + w + " " * rng.randint(0, 2) + \
+                rng.choice([",", ",", ", ", ",,"])
+        text = text[:rng.randint(0, len(text))]
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        assert K._methods_mask(data, 0, len(data)) == registrar.methods_mask(text), text
