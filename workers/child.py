@@ -34,12 +34,16 @@ log = logging.getLogger("child")
 
 @dataclass
 class SipSocket:
-    """One SIP listener: its socket (shared mode) and what it listens on."""
+    """One SIP listener: its socket and what it listens on. In reuseport mode the
+    master's socket is handed to SIP worker 1 (so the port never has no socket between
+    the master's bind and the workers' own); the master then drops it (sock None), and
+    every other worker, or worker 1 respawned, binds its own."""
     index: int
     proto: str
     host: str
     port: int
-    sock: socket.socket | None  # None in reuseport mode until the worker binds its own
+    sock: socket.socket | None
+    reuseport: bool = False
 
     @property
     def family(self) -> int:
@@ -65,11 +69,14 @@ class NodeContext:
 
     def close_sockets(self, keep: tuple[str, ...] = ()) -> None:
         """Close the inherited sockets this process does not use (sip, mi, bin,
-        script), so a port is held only by the processes that serve it."""
-        if "sip" not in keep:
-            for s in self.sip:
-                if s.sock is not None:
-                    s.sock.close()
+        script), so a port is held only by the processes that serve it. A reuseport
+        listener's socket is kept only with "sip-reuseport" (SIP worker 1): held but
+        never read anywhere else, it would take its share of the datagrams."""
+        for s in self.sip:
+            if s.sock is not None and ("sip" not in keep or
+                                       s.reuseport and "sip-reuseport" not in keep):
+                s.sock.close()
+                s.sock = None
         for name in ("mi", "bin", "script"):
             sock = getattr(self, f"{name}_sock")
             if name not in keep and sock is not None:

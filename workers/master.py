@@ -91,10 +91,7 @@ def bind_sip(cfg: Config) -> list[SipSocket]:
                      reuseport=not shared)
         if cfg["sip.rcvbuf_bytes"]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg["sip.rcvbuf_bytes"])
-        if not shared:  # bound only to prove the port is ours; each worker binds its own
-            sock.close()
-            sock = None
-        out.append(SipSocket(index, proto, host, port, sock))
+        out.append(SipSocket(index, proto, host, port, sock, reuseport=not shared))
     return out
 
 
@@ -240,6 +237,8 @@ class Master:
         for state in self._plan():
             self.children[state.slot] = state
             self._spawn(state)
+        self.ctx.close_sockets(keep=("sip", "mi", "bin", "script"))  # reuseport: worker
+        # 1 has the master's SIP socket now; the others bind theirs (as does a respawn)
         if self.cfg["core.shm_prefault"] == "background":
             self._prefaulting = threading.Thread(target=self._prefault, name="prefault",
                                                  daemon=True)

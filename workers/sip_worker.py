@@ -45,7 +45,9 @@ class SipWorker(Child):
         from fastcluster.services.sip.dialogs import DialogTracker
         from fastcluster.services.sip.registrar import SipApp
 
-        self.ctx.close_sockets(keep=("sip",))
+        # reuseport: worker 1 keeps the master's socket, the others bind their own
+        keep = ("sip", "sip-reuseport") if self.number == 1 else ("sip",)
+        self.ctx.close_sockets(keep=keep)
         self.listeners: list[SipSocket] = []
         for s in self.ctx.sip:
             if s.sock is None:  # reuseport: a socket of our own
@@ -57,7 +59,7 @@ class SipWorker(Child):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
                                     self.cfg["sip.rcvbuf_bytes"])
                 sock.bind((s.host, s.port))
-                s = SipSocket(s.index, s.proto, s.host, s.port, sock)
+                s = SipSocket(s.index, s.proto, s.host, s.port, sock, reuseport=True)
             self.listeners.append(s)
         self.counts = memoryview(self.stats)
         self.credentials = None

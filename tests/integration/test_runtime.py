@@ -292,3 +292,57 @@ def test_a_killed_masters_tables_are_adopted(tmp_path) -> None:
     finally:
         node.stop()
     assert node.shm_names() == []
+
+
+def _socket_inodes(port: int) -> set[str]:
+    """Inodes of the UDP sockets bound to 127.0.0.1:port (/proc/net/udp)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/udp", encoding="ascii") as fh:
+        return {f.split()[9] for f in fh.readlines()[1:] if f.split()[1] == want}
+
+
+def _register_from_new_ports(port: int, tag: str, count: int = 8) -> None:
+    """REGISTERs from `count` new source ports (the kernel hashes them over the
+    reuseport sockets), each answered 200 within 0.4 s (below T1: no retransmission)."""
+    clients = []
+    try:
+        for i in range(count):
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            clients.append(c)
+            c.bind(("127.0.0.1", 0))
+            c.settimeout(0.4)
+            lport = c.getsockname()[1]
+            c.sendto((f"REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lport}"
+                      f";branch=z9hG4bK{tag}{i}\r\nFrom: <sip:{tag}{i}@example.com>;tag={i}"
+                      f"\r\nTo: <sip:{tag}{i}@example.com>\r\nCall-ID: {tag}{i}\r\n"
+                      f"CSeq: 1 REGISTER\r\nContact: <sip:{tag}{i}@127.0.0.1:{lport}>\r\n"
+                      f"Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", port))
+        for c in clients:
+            assert c.recv(65535).startswith(b"SIP/2.0 200 OK\r\n")
+    finally:
+        for c in clients:
+            c.close()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_reuseport_answers_from_the_moment_the_node_is_ready(tmp_path, workers) -> None:
+    """In reuseport mode the master's socket goes to SIP worker 1, so the port always
+    has a socket: requests sent as soon as the MI answers are answered, not refused
+    (they were, while the workers had not bound theirs yet). Each worker ends up with a
+    socket of its own and no other process holds one (a socket held but never read
+    takes its share of the datagrams), also after worker 1 is killed and respawned."""
+    node = Node(tmp_path, workers=workers, settings={"sip": {"dispatch": "reuseport"}}).start()
+    try:
+        _register_from_new_ports(node.sip_port, "ready")
+        wait_for(lambda: len(_socket_inodes(node.sip_port)) == workers,
+                 what="a socket per worker")
+        first = min(roles(node)["sip"])
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: first not in roles(node).get("sip", []) and
+                 len(roles(node).get("sip", [])) == workers, what="worker 1 respawned")
+        wait_for(lambda: len(_socket_inodes(node.sip_port)) == workers,
+                 what="a socket per worker after the respawn")
+        _register_from_new_ports(node.sip_port, "again")
+        assert len(_socket_inodes(node.sip_port)) == workers
+    finally:
+        node.stop()
