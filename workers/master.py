@@ -237,8 +237,7 @@ class Master:
         for state in self._plan():
             self.children[state.slot] = state
             self._spawn(state)
-        self.ctx.close_sockets(keep=("sip", "mi", "bin", "script"))  # reuseport: worker
-        # 1 has the master's SIP socket now; the others bind theirs (as does a respawn)
+        self.ctx.close_sockets(keep=("sip", "mi", "bin", "script"))  # reuseport: worker 1's
         if self.cfg["core.shm_prefault"] == "background":
             self._prefaulting = threading.Thread(target=self._prefault, name="prefault",
                                                  daemon=True)
