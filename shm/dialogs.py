@@ -359,12 +359,9 @@ def dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8):
     return result
 
 
-@njit(cache=True)
-def dlg_get(arena, key, group, out8):
-    """Copy the record (LIVE or TOMB) with this key and group into out8, consistently
-    (seqlock). Returns its slot, or E_NOT_FOUND. Lock-free."""
-    t = views(arena)
-    out8 = unmanaged(out8)
+@njit(cache=True, inline="always")
+def _get(t, key, group, out8):
+    """dlg_get on the table's views."""
     s = home_of(t, group)
     while s < t.nslots:
         k = atomic_load(t.keys, s)
@@ -376,6 +373,13 @@ def dlg_get(arena, key, group, out8):
             return E_NOT_FOUND
         s += 1
     return E_NOT_FOUND
+
+
+@njit(cache=True)
+def dlg_get(arena, key, group, out8):
+    """Copy the record (LIVE or TOMB) with this key and group into out8, consistently
+    (seqlock). Returns its slot, or E_NOT_FOUND. Lock-free."""
+    return _get(views(arena), key, group, unmanaged(out8))
 
 
 @njit(cache=True, nogil=True)
@@ -491,17 +495,8 @@ def tag_span(d, s, e):
 @njit(cache=True, inline="always")
 def _live_slot(t, key, group, out8):
     """dlg_get, and whether the record is live: its slot, or E_NOT_FOUND."""
-    s = home_of(t, group)
-    while s < t.nslots:
-        k = atomic_load(t.keys, s)
-        if k == 0:
-            return E_NOT_FOUND
-        if k == key and ldu64(t.rows8, rbase(t, s) + 8) == group:
-            if read_row(t, s, out8, 0) == key and out8[R_STATE] == ST_LIVE:
-                return s
-            return E_NOT_FOUND
-        s += 1
-    return E_NOT_FOUND
+    s = _get(t, key, group, out8)
+    return s if s >= 0 and out8[R_STATE] == ST_LIVE else E_NOT_FOUND
 
 
 @njit(cache=True)
