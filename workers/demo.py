@@ -371,24 +371,34 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def register_burst(target: tuple[str, int], count: int, window: int, domain: str,
-                   timeout_s: float = 5.0) -> dict[str, Any]:
+                   timeout_s: float = 5.0, rcvbuf: int = 1 << 22) -> dict[str, Any]:
     """count REGISTERs (users user1..userN@domain, one contact each) over one UDP socket,
-    at most `window` unanswered at a time; returns the answers by status code."""
+    at most `window` unanswered at a time, each retransmitted as a phone does (T1 =
+    0.5 s, doubling up to T2 = 4 s: a burst of answers can overflow this socket's
+    buffer); returns the answers by status code."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # capped by rmem_max
     sock.bind((target[0], 0))
-    sock.settimeout(0.2)
+    sock.settimeout(0.05)
     lport = sock.getsockname()[1]
     codes: dict[str, int] = {}
-    pending: dict[str, float] = {}
+    pending: dict[str, list[Any]] = {}  # Call-ID -> [request, next send, interval]
     sent = 0
     started = time.monotonic()
     last_answer = started
     while (sent < count or pending) and time.monotonic() - last_answer < timeout_s:
+        now = time.monotonic()
         while sent < count and len(pending) < window:
             sent += 1
             callid = f"demo-{os.getpid()}-{sent}"
-            sock.sendto(_register(sent, target, lport, domain, callid), target)
-            pending[callid] = time.monotonic()
+            request = _register(sent, target, lport, domain, callid)
+            sock.sendto(request, target)
+            pending[callid] = [request, now + 0.5, 0.5]
+        for entry in pending.values():
+            if now >= entry[1]:
+                sock.sendto(entry[0], target)
+                entry[2] = min(2 * entry[2], 4.0)
+                entry[1] = now + entry[2]
         try:
             data = sock.recv(65535)
         except socket.timeout:
