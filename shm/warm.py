@@ -19,6 +19,7 @@ import numpy as np
 from fastcluster.shm import contacts as C
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import dlg_reply as DY
+from fastcluster.shm import mmsg as M
 from fastcluster.shm import nonces as N
 from fastcluster.shm import partitions as P
 from fastcluster.shm import plainreg as PR
@@ -33,7 +34,7 @@ from fastcluster.shm.tables import ContactTable, Table
 from fastcluster.shm.txwork import TxWork
 
 
-KERNEL_MODULES = (C, D, DY, P, PF, PR, R, T)
+KERNEL_MODULES = (C, D, DY, M, P, PF, PR, R, T)
 
 
 def freeze_kernels() -> int:
@@ -186,6 +187,14 @@ def _warm_plain_register(ct_buf: np.ndarray, ring: np.ndarray, work: np.ndarray,
                           np.zeros(4, np.uint8), np.zeros(0, np.uint8), np.zeros(8, np.uint8),
                           np.zeros(1 << 16, np.uint8))
     assert n > 0, n
+    # the batch way (services.sip.batch), on no socket: compiled, nothing received
+    batch = M.Batch(1024, 1)
+    assert M.recv_batch(-1, batch.rx, batch.size, M.MSG_DONTWAIT) < 0
+    sent = np.zeros(3, dtype=np.int64)
+    assert PR.answer_batch(ct_buf, ring, work, me, 1, -1, 0, batch.rx, batch.names,
+                           batch.bufs, words, np.zeros(4, np.uint8), np.zeros(0, np.uint8),
+                           np.zeros(8, np.uint8), batch.tx, batch.tx_iov, batch.outs,
+                           batch.status, sent) == 0
 
 
 def _warm_dialogs(dialogs: Table, dl_buf: np.ndarray, ring: np.ndarray, me: int,

@@ -6,8 +6,10 @@ the same socket(s) the master bound, so the kernel hands each datagram to one wa
 worker and the load spreads evenly whatever the sources; `reuseport` gives each worker
 its own SO_REUSEPORT socket, which the kernel picks by hashing the source address, so
 one upstream proxy lands on one worker. docs/transport.md has the measurements.
-With one listener the worker blocks in recvfrom (SO_RCVTIMEO wakes it to beat and look
-for reloads); with several, epoll with EPOLLEXCLUSIVE, then drains each ready socket.
+Datagrams are read in batches (services.sip.batch: recvmmsg, the plain REGISTERs answered
+in one compiled call and one sendmmsg, the rest through SipApp.handle). With one
+listener the worker blocks in recvmmsg (SO_RCVTIMEO wakes it to beat and look for
+reloads); with several, epoll with EPOLLEXCLUSIVE, then drains each ready socket.
 Counters are written straight into this process's statistics row in shared memory (a
 memoryview: as cheap as a Python list), so a worker killed with SIGKILL loses none. The
 worker beats and looks for reloads at least every IDLE_S, whether it is idle or busy (a
@@ -16,7 +18,6 @@ heartbeat). Neighbours: services.registrar (the application), workers.child.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import select
 import socket
@@ -29,8 +30,7 @@ from fastcluster.workers.child import Child, SipSocket
 log = logging.getLogger("sip")
 
 IDLE_S = 0.2
-MAX_DATAGRAM = 65535
-DRAIN_MAX = 64  # datagrams taken from one ready socket before looking at the clock
+DRAIN_BATCHES = 2  # batches taken from one ready socket before looking at the others
 
 
 class SipWorker(Child):
@@ -42,6 +42,7 @@ class SipWorker(Child):
         return f"sip worker {self.number}"
 
     def boot(self) -> None:
+        from fastcluster.services.sip.batch import BatchReader
         from fastcluster.services.sip.dialogs import DialogTracker
         from fastcluster.services.sip.registrar import SipApp
 
@@ -73,6 +74,7 @@ class SipWorker(Child):
             self.authenticator = Authenticator(self.cfg, self.mem.nonces.key, self.mem.nonces,
                                                self.credentials, self.counts)
         self.app = SipApp(self, self.counts)
+        self.reader = BatchReader(self.app)
         # dialog tracking plugs into the proxy (services.sip.proxy.DialogHook)
         listeners = sorted(self.listeners, key=lambda x: x.index)
         self.dialogs = DialogTracker(self, self.counts, self.app.proxy.local,
@@ -106,21 +108,11 @@ class SipWorker(Child):
         sec = int(IDLE_S)
         usec = int((IDLE_S - sec) * 1e6)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
-        recv = sock.recvfrom
-        handle = self.app.handle
+        serve = self.reader.serve
         due = monotonic() + IDLE_S
         while not self.stopping:
-            try:
-                data, addr = recv(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError, socket.timeout):
-                data = None
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EINTR):
-                    raise
-                data = None
-            if data is not None:
-                handle(data, addr, listener)
-            if data is None or monotonic() >= due:
+            n = serve(listener, True)
+            if n == 0 or monotonic() >= due:
                 self.idle()
                 due = monotonic() + IDLE_S
 
@@ -132,19 +124,15 @@ class SipWorker(Child):
             listener.sock.setblocking(False)
             ep.register(listener.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
             by_fd[listener.sock.fileno()] = listener
-        handle = self.app.handle
+        serve = self.reader.serve
         due = monotonic() + IDLE_S
         try:
             while not self.stopping:
                 for fd, _ in ep.poll(IDLE_S):
                     listener = by_fd[fd]
-                    recv = listener.sock.recvfrom  # type: ignore[union-attr]
-                    for _ in range(DRAIN_MAX):  # level-triggered: the rest waits a poll
-                        try:
-                            data, addr = recv(MAX_DATAGRAM)
-                        except (BlockingIOError, InterruptedError):
+                    for _ in range(DRAIN_BATCHES):  # level-triggered: the rest waits a poll
+                        if serve(listener, False) < self.reader.batch.size:
                             break
-                        handle(data, addr, listener)
                 if monotonic() >= due:
                     self.idle()
                     due = monotonic() + IDLE_S

@@ -17,6 +17,7 @@ core.sip (stamp_top_via), shm.contacts (pack_register), shm.plainreg.
 """
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -26,6 +27,7 @@ import numpy as np
 
 from fastcluster.core.sip import parse_message, stamp_top_via
 from fastcluster.shm import contacts as C
+from fastcluster.shm import mmsg as M
 from fastcluster.shm import plainreg as K
 
 # Start line: a Request-URI without user part or parameters (checks.request_uri_host's
@@ -70,6 +72,7 @@ class PlainRegister:
         self.out = np.zeros(C.WORK_BYTES - C.WORK_OUT + 4096, dtype=np.uint8)
         self.out_mv = memoryview(self.out)  # type: ignore[arg-type]
         self._ips: dict[str, np.ndarray | None] = {}
+        self.sent = np.zeros(3, dtype=np.int64)  # shm.mmsg.send_batch's words
 
     def apply_config(self, app: Any) -> None:
         """After SipApp.apply_config: the general way owns anything the settings make
@@ -101,27 +104,61 @@ class PlainRegister:
         if ip is None:
             return False
         app = self.app
-        line = app.date_line()
-        if line is not self.date[0]:
-            self.date = (line, np.frombuffer(line, dtype=np.uint8).copy())
-        now = time.time()
-        w = self.words
+        w = self._clock(listener)
         w[K.W_N], w[K.W_SRC_PORT], w[K.W_SRC_IP_LEN] = len(data), addr[1], len(ip)
-        w[K.W_SOCK], w[K.W_NOW_S], w[K.W_NOW_MS] = listener.index, int(now), int(now * 1000)
         n = K.plain_register(app.table, app.ring, app.work, app.me, app.proc,
                              np.frombuffer(data, dtype=np.uint8), ip, w, self.tag,
                              self.fixed, self.date[1], self.out)
         if n <= 0:
             return False  # nothing changed: the Python way decides
-        counts = app.counts
-        R = self.R
-        counts[R.I_RCV_REQ] += 1
-        counts[R.I_RCV_REGISTER] += 1
-        counts[R.I_ACCEPT] += 1
+        self._count(1)
         listener.sock.sendto(self.out_mv[:n], addr)
-        counts[R.I_SENT] += 1
-        counts[R.I_CLASS[2]] += 1
+        self._sent(1)
         return True
+
+    def _clock(self, listener: Any) -> np.ndarray:
+        """The kernel's words for a request now, on `listener`; the Date line too."""
+        line = self.app.date_line()
+        if line is not self.date[0]:
+            self.date = (line, np.frombuffer(line, dtype=np.uint8).copy())
+        now = time.time()
+        w = self.words
+        w[K.W_SOCK], w[K.W_NOW_S], w[K.W_NOW_MS] = listener.index, int(now), int(now * 1000)
+        return w
+
+    def _count(self, n: int) -> None:
+        counts = self.app.counts
+        R = self.R
+        counts[R.I_RCV_REQ] += n
+        counts[R.I_RCV_REGISTER] += n
+        counts[R.I_ACCEPT] += n
+
+    def _sent(self, n: int) -> None:
+        counts = self.app.counts
+        counts[self.R.I_SENT] += n
+        counts[self.R.I_CLASS[2]] += n
+
+    def answer_batch(self, batch: M.Batch, count: int, listener: Any) -> int:
+        """The compiled way over a received batch (shm.mmsg.Batch): the plain REGISTERs
+        among its `count` datagrams answered and sent; batch.status[i] is 0 for each one
+        the Python way must handle. Returns how many were answered."""
+        if not (self.enabled and self.compiled):
+            batch.status[:count] = 0
+            return 0
+        app = self.app
+        w = self._clock(listener)
+        sent = self.sent
+        k = K.answer_batch(app.table, app.ring, app.work, app.me, app.proc,
+                           listener.sock.fileno(), count, batch.rx, batch.names, batch.bufs,
+                           w, self.tag, self.fixed, self.date[1], batch.tx, batch.tx_iov,
+                           batch.outs, batch.status, sent)
+        if k:
+            self._count(k)
+            self._sent(int(sent[0]))
+            if sent[1]:  # as a sendto that raised: counted as dropped, logged once
+                app.counts[self.R.I_DROP] += int(sent[1])
+                app.log_once(f"answers not sent: {os.strerror(int(sent[2]))}")
+        return k
 
     def handle(self, data: bytes, addr: tuple, listener: Any) -> bool:
         if not self.enabled:

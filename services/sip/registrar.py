@@ -310,7 +310,7 @@ class SipApp:
             return
         except StoreError as exc:
             self.counts[I_REJECT] += 1
-            self._log_once(f"subscriber database: {exc}")
+            self.log_once(f"subscriber database: {exc}")
             self.reply(msg, 500, "Credentials unavailable", addr, listener)
             return
         if self._replay is not None:
@@ -452,7 +452,7 @@ class SipApp:
             tries += 1
         return status
 
-    def _log_once(self, cause: str) -> None:
+    def log_once(self, cause: str) -> None:
         if cause not in self._logged and len(self._logged) < 100:
             self._logged.add(cause)
             log.error("%s (further ones are only counted)", cause)

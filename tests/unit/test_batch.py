@@ -1,0 +1,184 @@
+"""A SIP worker's batched receive (services.sip.batch over shm.mmsg: recvmmsg, the
+compiled plain REGISTER, sendmmsg, the rest through SipApp.handle) against the general
+way, on real UDP sockets on 127.0.0.1: every request answered once, to where it came
+from, with the bytes the general way sends, and the same counters, rows, dirty marks and
+replication ring when the general way sees the requests in the order the batch applied
+them."""
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from fastcluster.services.sip.batch import BatchReader
+from fastcluster.shm import mmsg as M
+from fastcluster.shm import table as T
+from tests.unit.test_plainreg import frozen_clock, pair, request, rows  # noqa: F401
+
+SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+
+def udp(host: str, family: int = socket.AF_INET) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.settimeout(5)
+    return s
+
+
+def replies(client: socket.socket, n: int) -> list[bytes]:
+    return [client.recvfrom(1 << 16)[0] for _ in range(n)]
+
+
+def serve_all(reader: BatchReader, listener: object, n: int) -> tuple[list[int], int, int]:
+    """Read n datagrams; the order the batch applied them in (the compiled answers of
+    each batch first), how many receive calls it took and how many the compiled way
+    answered."""
+    order, calls, compiled = [], 0, 0
+    while len(order) < n:
+        got = reader.serve(listener, True)
+        calls += 1
+        assert got > 0, "a datagram sent was not received"
+        status = reader.batch.status[:got]
+        compiled += int(status.sum())
+        index = list(range(len(order), len(order) + got))
+        order += [index[i] for i in range(got) if status[i]]
+        order += [index[i] for i in range(got) if not status[i]]
+    return order, calls, compiled
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_batches_agree_with_the_general_way(seed: int) -> None:
+    rng = random.Random(seed)
+    plain, general = pair()
+    server = udp("127.0.0.1")
+    clients = [udp(host) for host in SOURCES]
+    plain.listener.sock = server
+    server.settimeout(None)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
+    reader = BatchReader(plain.app)
+    answered = n = 0
+    try:
+        while n < 2000:
+            size = rng.choice([1, 1, 3, 17, M.BATCH, M.BATCH + 9])
+            sent = []
+            for k in range(size):
+                text = request(rng, n + k).replace("\n", "\r\n").encode()
+                client = rng.choice(clients)
+                client.sendto(text, server.getsockname())
+                sent.append((text, client))
+            order, _, compiled = serve_all(reader, plain.listener, size)
+            answered += compiled
+            expected: dict[socket.socket, list[bytes]] = {c: [] for c in clients}
+            for i in order:
+                text, client = sent[i]
+                before = len(general.sock.sent)
+                general.app.handle(text, client.getsockname(), general.listener)
+                for data, addr in general.sock.sent[before:]:
+                    assert addr == client.getsockname()
+                    expected[client].append(data)
+            for client in clients:
+                got = replies(client, len(expected[client]))
+                assert sorted(got) == sorted(expected[client])
+            assert plain.counts == general.counts
+            n += size
+        for client in clients:  # nothing more than the general way sent
+            client.settimeout(0.05)
+            with pytest.raises(socket.timeout):
+                client.recvfrom(1 << 16)
+    finally:
+        server.close()
+        for c in clients:
+            c.close()
+    assert rows(plain) == rows(general)
+    assert np.array_equal(T.dirty_marks(plain.table.buf), T.dirty_marks(general.table.buf))
+    assert np.array_equal(plain.ring, general.ring) and np.count_nonzero(plain.ring)
+    # both ways were exercised
+    assert 0.25 * n < answered < plain.count("core:rcv_requests")
+
+
+def test_a_queue_of_plain_registers_is_read_and_answered_in_few_calls() -> None:
+    plain, _ = pair()
+    server, client = udp("127.0.0.1"), udp("127.0.0.2")
+    plain.listener.sock = server
+    reader = BatchReader(plain.app)
+    text = ("REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:{p};branch=z9hG4bK"
+            "-{n}\r\nFrom: <sip:u{n}@example.com>;tag=1\r\nTo: <sip:u{n}@example.com>\r\n"
+            "Call-ID: q{n}\r\nCSeq: 1 REGISTER\r\nContact: <sip:u{n}@127.0.0.2:{p}>\r\n"
+            "Max-Forwards: 70\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n")
+    port = client.getsockname()[1]
+    try:
+        for n in range(100):
+            client.sendto(text.format(n=n, p=port).encode(), server.getsockname())
+        time.sleep(0.05)
+        _, calls, compiled = serve_all(reader, plain.listener, 100)
+        assert calls == 4  # 32 + 32 + 32 + 4
+        assert compiled == 100
+        got = replies(client, 100)
+        assert all(r.startswith(b"SIP/2.0 200 OK\r\n") for r in got)
+        assert sorted(int(r.split(b"Call-ID: q")[1].split(b"\r\n")[0]) for r in got) == \
+            list(range(100))
+        assert plain.count("registrar:accepted_regs") == 100
+        assert plain.count("sl:sent_replies") == plain.count("sl:2xx_replies") == 100
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 10000))
+        assert reader.serve(plain.listener, True) == 0  # nothing waiting: a timeout
+        assert reader.serve(plain.listener, False) == 0
+    finally:
+        server.close()
+        client.close()
+
+
+def test_ipv6_sources_go_the_python_way_with_their_full_address() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = udp("::1", socket.AF_INET6)
+    except OSError:
+        pytest.skip("no ::1 here")
+    client = udp("::1", socket.AF_INET6)
+    plain, general = pair()
+    plain.listener.sock = server
+    reader = BatchReader(plain.app)
+    text = ("REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:{p};branch=z9hG4bK6"
+            "\r\nFrom: <sip:six@example.com>;tag=1\r\nTo: <sip:six@example.com>\r\n"
+            "Call-ID: six\r\nCSeq: 1 REGISTER\r\nContact: <sip:six@[::1]:{p}>\r\n\r\n"
+            ).format(p=client.getsockname()[1]).encode()
+    try:
+        client.sendto(text, server.getsockname())
+        assert reader.serve(plain.listener, True) == 1
+        assert reader.batch.status[0] == 0
+        assert reader.batch.address(0) == client.getsockname()
+        general.app.handle(text, client.getsockname(), general.listener)
+        assert replies(client, 1) == [general.sock.sent[-1][0]]
+        assert plain.counts == general.counts
+        assert rows(plain) == rows(general)
+    finally:
+        server.close()
+        client.close()
+
+
+def test_an_answer_the_kernel_refuses_is_counted_and_the_rest_are_sent() -> None:
+    """sendmmsg stops at a message it cannot send: that one is skipped and counted."""
+    server, client = udp("127.0.0.1"), udp("127.0.0.1")
+    batch = M.Batch(64, 3)
+    for k, payload in enumerate((b"one", b"two", b"three")):
+        batch.outs[k, :len(payload)] = np.frombuffer(payload, np.uint8)
+        batch.tx_iov[k, 1] = len(payload)
+        name = batch.names[k]
+        port = client.getsockname()[1] if k != 1 else 0  # port 0: EINVAL
+        name[:2] = (socket.AF_INET, 0)
+        name[2:4] = (port >> 8, port & 0xFF)
+        name[4:8] = (127, 0, 0, 1)
+        batch.tx[k, M.H_NAME] = name.ctypes.data
+        batch.tx[k, M.H_NAMELEN] = 16
+    words = np.zeros(3, dtype=np.int64)
+    try:
+        assert M.send_batch(server.fileno(), batch.tx, 3, words) == 2
+        assert list(words[:2]) == [2, 1] and words[2] > 0
+        assert replies(client, 2) == [b"one", b"three"]
+    finally:
+        server.close()
+        client.close()
