@@ -57,6 +57,7 @@ NO_FLOOR = (1 << 63) - 1
 ACK_INTERVAL_S = 0.01
 ACK_TIMEOUT_S = 2.0  # a batch unacknowledged for this long is re-sent (from the table)
 HORIZON_INTERVAL_S = 1.0
+NEWEST_MAX_AGE_S = 1.0  # TableData.newest_ms is read again after this long
 NEW_MEMBER_MARGIN_MS = 3_000  # a member first seen now may lack rows of this long ago
 HORIZON_MARGIN_MS = 2_000  # rows a worker wrote that this process may not have drained yet
 MAX_UNACKED = 4096  # batches remembered per member (older ones merge: only the minimum
@@ -169,6 +170,7 @@ class TableData:
         self.table = host.mem.tables[spec.name]
         self.counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
         self.seen = T.NO_SEEN  # slots a mirror sync has received (empty: no mirror sync)
+        self._newest = (0, -NEWEST_MAX_AGE_S)  # (newest_ms, when it was read: monotonic)
 
     @property
     def tomb_ttl_s(self) -> int:
@@ -205,7 +207,16 @@ class TableData:
         return await self.apply(data, counts, in_thread=True, seen=self.seen)
 
     def newest_ms(self) -> int:
-        return T.version_ms(int(T.table_newest(self.table.buf)))
+        """When the newest row was written (0: none), read at most every
+        NEWEST_MAX_AGE_S: it takes a scan of the whole table (~4 ms for 1M slots, on
+        the core a SIP worker may be waiting for), and a node waiting for a donor asks
+        for it at every sync tick. Its callers decide over seconds."""
+        now = time.monotonic()
+        value, at = self._newest
+        if now - at >= NEWEST_MAX_AGE_S:
+            value = T.version_ms(int(T.table_newest(self.table.buf)))
+            self._newest = (value, now)
+        return value
 
     def mirror_mark(self, on: bool) -> None:
         self.seen = np.zeros(self.table.nslots, dtype=np.uint8) if on else T.NO_SEEN
