@@ -18,7 +18,7 @@ bench/kamailio/registrar.cfg.in) and per load:
   the datagram's arrival at the node to the reply sent, plus ~2 us;
 - per process: CPU (busy share of the phase), time spent runnable but waiting for a
   core (`/proc/PID/schedstat`: queueing behind other processes, sipp included),
-  voluntary / involuntary context switches per REGISTER;
+  voluntary / involuntary context switches and minor page faults per REGISTER;
 - the listening socket's receive queue (`/proc/net/udp`, sampled every 5 ms: bytes
   waiting for a worker, max and mean) and its drops during the phase;
 - sipp's CPU (share of one core: near 100 % means sipp, not the node, set the pace),
@@ -173,12 +173,15 @@ class Client:
 # ------------------------------------------------------------------ the observers
 
 
-def proc_counters(pid: int) -> tuple[float, float, int, int]:
-    """(cpu s, run-queue wait s, voluntary, involuntary context switches) so far; CPU
-    and wait from /proc/PID/schedstat (nanoseconds, not clock ticks)."""
+def proc_counters(pid: int) -> tuple[float, float, int, int, int]:
+    """(cpu s, run-queue wait s, voluntary, involuntary context switches, minor page
+    faults) so far; CPU and wait from /proc/PID/schedstat (nanoseconds, not clock
+    ticks)."""
     try:
         with open(f"/proc/{pid}/schedstat", encoding="ascii") as fh:
             run_ns, wait_ns = (int(x) for x in fh.read().split()[:2])
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            minflt = int(fh.read().rsplit(")", 1)[1].split()[7])
         vol = invol = 0
         with open(f"/proc/{pid}/status", encoding="ascii") as fh:
             for line in fh:
@@ -186,9 +189,9 @@ def proc_counters(pid: int) -> tuple[float, float, int, int]:
                     vol = int(line.split()[1])
                 elif line.startswith("nonvoluntary_ctxt_switches"):
                     invol = int(line.split()[1])
-        return run_ns / 1e9, wait_ns / 1e9, vol, invol
+        return run_ns / 1e9, wait_ns / 1e9, vol, invol, minflt
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0, 0.0, 0, 0
+        return 0.0, 0.0, 0, 0, 0
 
 
 def udp_sockets(port: int) -> list[tuple[int, int]]:
@@ -274,7 +277,8 @@ def phase(system: System, load: str, users: int, seconds: float, tmp: pathlib.Pa
         wait = sum(d[p][1] for p in rpids if p in d)
         vol = sum(d[p][2] for p in rpids if p in d)
         invol = sum(d[p][3] for p in rpids if p in d)
-        by_role[role] = (cpu, wait, vol, invol, len(rpids))
+        faults = sum(d[p][4] for p in rpids if p in d)
+        by_role[role] = (cpu, wait, vol, invol, faults, len(rpids))
     q = sorted(sampler.samples) or [0]
     return {"load": load, "wall": wall, "registers": registers, "sipp_rate": sipp_rate,
             "lat": lat, "by_role": by_role, "cpu": sum(v[0] for v in d.values()),
@@ -288,10 +292,10 @@ def report(system: System, r: dict) -> None:
     rate = r["sipp_rate"] if r["load"] == "max" else len(lat.rtt_us) / max(r["wall"], 1e-9)
     lost = lat.sent - len(lat.rtt_us)
     roles = []
-    for role, (cpu, wait, vol, invol, count) in r["by_role"].items():
+    for role, (cpu, wait, vol, invol, faults, count) in r["by_role"].items():
         roles.append(f"{role}x{count} busy {cpu / r['wall']:.0%} of a core, "
                      f"{cpu / n * 1e6:.1f} us/REG, run-queue wait {wait / n * 1e6:.1f} us/REG, "
-                     f"ctxsw {vol / n:.2f}+{invol / n:.2f}/REG")
+                     f"ctxsw {vol / n:.2f}+{invol / n:.2f}/REG, page faults {faults / n:.2f}/REG")
     sipp_part = (f"; sipp {r['sipp_cpu'] / r['wall']:.0%} of a core" if r["load"] == "max"
                  else "")
     print(f"  {system.label} load {r['load']} ({r['wall']:.1f} s): {rate:,.0f} REGISTER/s, node CPU "
@@ -344,6 +348,9 @@ class FastclusterSystem(System):
             self.node = node.start(env=env)
         finally:
             nodes.PYTHON = sys.executable
+        # measured in steady state: until its tables count as synced, a node looks for
+        # a donor (seed_fallback_interval_s) beside the load
+        nodes.wait_synced([self.node])
         self.port = self.node.sip_port
         build = f" [{tree.name}]" if tree is not None else ""
         self.label = f"fastcluster{build} -w {workers} {dispatch}" + "".join(
