@@ -346,3 +346,43 @@ def test_reuseport_answers_from_the_moment_the_node_is_ready(tmp_path, workers) 
         assert len(_socket_inodes(node.sip_port)) == workers
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("dispatch", ["shared", "reuseport"])
+def test_sip_workers_killed_under_load_lose_no_register(tmp_path, dispatch: str) -> None:
+    """A SIP worker reads a batch of datagrams (up to 32) before it answers any of them.
+    Killed with SIGKILL under load, what it had read and not answered is retransmitted
+    by the clients (as phones do) and answered by another worker or its replacement:
+    every REGISTER ends answered 200 and every user is in the table."""
+    import threading
+
+    from fastcluster.workers.demo import register_burst
+
+    node = Node(tmp_path, workers=2, settings={"sip": {"dispatch": dispatch}}).start()
+    count, result = 40_000, {}
+    try:
+        burst = threading.Thread(target=lambda: result.update(register_burst(
+            ("127.0.0.1", node.sip_port), count, 200, "kill.example", timeout_s=15)))
+        burst.start()
+        killed = []
+        while burst.is_alive() and len(killed) < 3:
+            time.sleep(0.1)
+            answered = node.mi("get_statistics", statistics=["registrar:accepted_regs"])
+            if not 0 < answered["registrar:accepted_regs"] < count:
+                continue  # not under load yet, or already done
+            victim = roles(node)["sip"][len(killed) % 2]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+            leaks.register(max(wait_for(
+                lambda v=victim: [p for p in roles(node).get("sip", []) if p != v]
+                if len(roles(node).get("sip", [])) == 2 and v not in roles(node)["sip"]
+                else [], what="respawn")))
+        burst.join()
+        assert len(killed) >= 2, "the burst ended before two workers could be killed"
+        assert result["answers"] == {"200": count} and result["unanswered"] == 0, result
+        dump = node.mi("ul_dump", brief=1)["Domains"][0]["AORs"]
+        assert sorted(a["AOR"] for a in dump) == sorted(
+            f"user{n}@kill.example" for n in range(1, count + 1))
+        assert node.log().count("died (signal 9); respawning") == len(killed)
+    finally:
+        assert node.stop() == 0

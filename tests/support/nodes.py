@@ -135,7 +135,14 @@ class Node:
         self.pid = self.proc.pid
         leaks.register(self.pid)
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                try:  # a node that never became ready is not left running (benches
+                    self.stop()  # have no leak check to stop it)
+                except Exception:  # noqa: BLE001 - the readiness error is the one to see
+                    pass
+                raise
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
