@@ -146,6 +146,7 @@ E_CORRUPT = -6  # a wire entry that cannot be a row of this table
 E_STALE = -7  # a remote row not newer than ours
 
 SPINS = 4096
+REPAIR_LOCK_TRIES = 1000  # lock_region attempts per region while repairing (SPINS each)
 
 # apply_entries accumulates into counts[APPLY_COUNTS] (int64), at these indexes:
 (AC_APPLIED, AC_STALE, AC_TOO_LONG, AC_FULL, AC_BUSY, AC_ENTRIES, AC_CHECKSUM,
@@ -1220,11 +1221,12 @@ def table_recount(arena):
 
 
 @njit(cache=True)
-def table_repair(arena, ring, pid, proc):
+def table_repair(arena, ring, pid, proc, me):
     """Undo what a dead process (pid, process slot proc) left in flight, free its locks
     and recount. Call only after the process was reaped. Returns
     (1 if a torn row was restored / 2 if a finished row was re-pushed / 0, locks freed).
-    ring: the dead process's ring region (this caller becomes its producer)."""
+    ring: the dead process's ring region (this caller becomes its producer); me: the
+    caller's lock word (it holds every region while it recounts)."""
     t = views(arena)
     ring = unmanaged(ring)
     fixed = 0
@@ -1250,7 +1252,23 @@ def table_repair(arena, ring, pid, proc):
         if word != 0 and (word >> 32) == pid:
             atomic_store(t.locks, r * LOCK_STRIDE, 0)
             freed += 1
+    # Recount with every region held: the other writers go on (a worker died, not the
+    # node), and a delta they added during an unlocked scan was lost or counted twice.
+    # Writers that count under their region's lock (ul_register, table_put) are then
+    # exact; a batch that publishes after unlocking (apply_entries) may still be off
+    # by its own rows. A region not obtained after REPAIR_LOCK_TRIES (a stuck holder)
+    # leaves the rest unlocked rather than the supervisor waiting on it.
+    held = 0
+    while held < t.h[H_NREGIONS]:
+        tries = 0
+        while tries < REPAIR_LOCK_TRIES and not lock_region(t, held, me):
+            tries += 1
+        if tries == REPAIR_LOCK_TRIES:
+            break
+        held += 1
     table_recount(arena)
+    if held:
+        unlock_regions(t, 0, held - 1)
     return fixed, freed
 
 

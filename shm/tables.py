@@ -128,8 +128,10 @@ class Table:
     def range_digests(self) -> np.ndarray:
         return T.range_digests(self.buf)
 
-    def repair(self, ring: np.ndarray, pid: int, proc: int) -> tuple[int, int]:
-        fixed, freed = T.table_repair(self.buf, ring, pid, proc)
+    def repair(self, ring: np.ndarray, pid: int, proc: int, me: int) -> tuple[int, int]:
+        """After process `pid` (slot proc) died: see table_repair; me: the caller's lock
+        word."""
+        fixed, freed = T.table_repair(self.buf, ring, pid, proc, me)
         return int(fixed), int(freed)
 
 

@@ -161,7 +161,7 @@ def warm_kernels(progress: Progress | None = None) -> float:
 
     # timer and recovery
     contacts.expire(now_s, 60, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)
-    contacts.repair(ring, 1, 1)
+    contacts.repair(ring, 1, 1, T.lock_word(2, 0))
     T.table_salvage(ct_buf)
     step("timer and recovery")
 
@@ -295,7 +295,7 @@ def _warm_transactions(nprocs: int, me: int, now_s: int) -> None:
     W.tm_tick(tx_buf, TR.all_rings(rings_buf), wheel, params, 10 ** 7, now_s, me, 1, out, 16)
     W.tm_sweep(tx_buf, wheel, 0, 1, 0, -1, me)
     txs.expire(now_s, 0, 3600, np.zeros(T.NODE_IDS, dtype=np.int64), me)
-    txs.repair(R.no_ring(), 1, 1)
+    txs.repair(R.no_ring(), 1, 1, T.lock_word(2, 0))
     from fastcluster.shm import sipscan as SC
 
     reply = np.frombuffer(b"SIP/2.0 180 R\r\nVia: SIP/2.0/UDP a:1;branch=z9hG4bKfc" +

@@ -37,6 +37,7 @@ from fastcluster.core.errors import EXIT_BOOT, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIM
 from fastcluster.core.settings import SETTINGS
 from fastcluster.shm import control as CT
 from fastcluster.shm import ring as R
+from fastcluster.shm import table as T
 from fastcluster.workers import osutil
 from fastcluster.workers.child import Child, NodeContext, SipSocket, child_entry
 
@@ -169,11 +170,19 @@ class Systemd:
             osutil.sd_notify("WATCHDOG=1")
 
 
-def report_repair(name: str, pid: int, fixed: int, freed: int) -> None:
-    if fixed or freed:
-        log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
-                    {0: "no row in flight", 1: "torn row restored",
-                     2: "finished row re-queued"}[fixed], freed)
+def repair_tables(mem: NodeMemory, slots: tuple[int, ...], pid: int) -> None:
+    """Undo what a dead child (pid; its process slots) left in flight in the tables,
+    free its locks, recount each table (holding its regions: lock word of the master)."""
+    me = T.lock_word(os.getpid(), CT.SLOT_MASTER)
+    done = [(name, *table.repair(mem.ring(slot, name), pid, slot, me))
+            for slot in slots for name, table in mem.tables.items()]
+    # the proxy's transactions: local, never replicated (no ring)
+    done.append(("transactions", *mem.transactions.repair(R.no_ring(), pid, slots[0], me)))
+    for name, fixed, freed in done:
+        if fixed or freed:
+            log.warning("repaired %s after pid %d: %s, %d lock(s) freed", name, pid,
+                        {0: "no row in flight", 1: "torn row restored",
+                         2: "finished row re-queued"}[fixed], freed)
 
 
 class Master:
@@ -375,7 +384,7 @@ class Master:
             state = next((c for c in self.children.values() if c.pid == pid), None)
             if state is None:
                 continue
-            self._repair(state, pid)
+            repair_tables(self.ctx.mem, (state.slot,) + state.cls.writer_slots, pid)
             self.ctx.mem.control.clear_slot(state.slot)
             state.pid = 0
             if self.stopping:
@@ -395,17 +404,6 @@ class Master:
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             log.error("%s (pid %d) died (%s); respawning in %.1f s", name, pid, how, delay)
             state.respawn_at = now + delay
-
-    def _repair(self, state: ChildState, pid: int) -> None:
-        """Undo what a dead child left in flight in the tables, free its locks."""
-        assert self.ctx is not None
-        mem = self.ctx.mem
-        for slot in (state.slot,) + state.cls.writer_slots:
-            for name, table in mem.tables.items():
-                report_repair(name, pid, *table.repair(mem.ring(slot, name), pid, slot))
-        # the proxy's transactions: local, never replicated (no ring)
-        report_repair("transactions", pid,
-                            *mem.transactions.repair(R.no_ring(), pid, state.slot))
 
     def respawn_due(self) -> None:
         now = time.monotonic()

@@ -117,7 +117,8 @@ def test_killed_lock_holder_is_repaired_and_others_go_on() -> None:
     os.kill(holder, signal.SIGKILL)
     os.waitpid(holder, 0)
     killed_at = time.monotonic() * 1000
-    fixed, freed = Table(arena, CONTACT).repair(R.region(ring_seg, 2), holder, 2)
+    fixed, freed = Table(arena, CONTACT).repair(R.region(ring_seg, 2), holder, 2,
+                                              T.lock_word(os.getpid(), 0))
     assert (fixed, freed) == (1, 1)  # torn row restored, one lock freed
     # the repaired table equals the table before the torn write (seq aside)
     table = Table(arena, CONTACT)
@@ -155,7 +156,8 @@ def test_killed_after_commit_requeues_the_row() -> None:
     arena[undo:undo + 32].view(np.int64)[:] = [1, t_slot, 9, 1]
     ring_seg = np.zeros(R.segment_size(2, 1 << 16), dtype=np.uint8)
     R.init_segment(ring_seg, 2, 1 << 16)
-    fixed, freed = Table(arena, CONTACT).repair(R.region(ring_seg, 1), 4242, 1)
+    fixed, freed = Table(arena, CONTACT).repair(R.region(ring_seg, 1), 4242, 1,
+                                              T.lock_word(os.getpid(), 0))
     assert (fixed, freed) == (2, 0)
     assert R.stats(R.region(ring_seg, 1))["pushed"] == 1  # replication will carry it
 
@@ -196,3 +198,30 @@ def test_two_processes_insert_without_losing_an_update() -> None:
                       dtype=np.uint64)
     versions = np.zeros(2 * n_each, dtype=np.int64)
     assert T.table_find_batch(arena, keys, groups, versions) == 2 * n_each
+
+
+def test_repair_recounts_holding_every_region_and_never_waits_on_a_stuck_holder() -> None:
+    """table_repair recounts with every region locked (a live writer's delta cannot land
+    mid-scan), frees them all after, and leaves a region a live process holds (stuck)
+    to it rather than the supervisor waiting forever."""
+    arena = shared_table(256)
+    h = arena[:T.HEADER_SIZE].view(np.int64)
+    rs = int(h[T.H_ROW])
+    for key in range(10, 49):  # (keys 0 and 1 mark empty and free slots)
+        T.table_put(arena, R.no_ring(), make_row(rs, key, key << 40, [b"u%d" % key]), NOW_MS,
+                    T.lock_word(1, 0), 0)
+    live = Table(arena, CONTACT).counters()["live"]
+    assert live == 39
+    locks = arena[int(h[T.H_OFF_LOCKS]):int(h[T.H_OFF_UNDO])].view(np.int64)
+    stuck = T.lock_word(os.getpid(), 3)
+    locks[2 * T.LOCK_STRIDE] = stuck
+    h[T.H_LIVE] += 5  # drift the recount must mend
+    table = Table(arena, CONTACT)
+    started = time.monotonic()
+    assert table.repair(R.no_ring(), 4242, 1, T.lock_word(os.getpid(), 0)) == (0, 0)
+    assert time.monotonic() - started < 10
+    assert table.counters()["live"] == live
+    assert int(locks[2 * T.LOCK_STRIDE]) == stuck  # not taken from its holder
+    locks[2 * T.LOCK_STRIDE] = 0
+    assert all(int(w) == 0 for w in locks)  # every region it held was given back
+    assert int(h[T.H_NREGIONS]) > 2

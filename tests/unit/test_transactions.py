@@ -3,6 +3,7 @@ reference (tests/support/tm_reference.py), the §16.7 decisions by tables, and t
 table's limits and repair."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -284,7 +285,8 @@ def test_repair_restores_a_row_torn_by_a_dead_writer() -> None:
     locks = rig.buf[int(h[T.H_OFF_LOCKS]):].view(np.int64)
     region = slot >> T.REGION_SHIFT
     locks[region * T.LOCK_STRIDE] = T.lock_word(dead_pid, dead_proc)
-    fixed, freed = t.repair(np.zeros(256, np.uint8), dead_pid, dead_proc)
+    fixed, freed = t.repair(np.zeros(256, np.uint8), dead_pid, dead_proc,
+                            T.lock_word(os.getpid(), 0))
     assert (fixed, freed) == (1, 1)
     after = rig.row(slot, key)
     assert {k: str(v) for k, v in after.items()} == {k: str(v) for k, v in before.items()}
