@@ -41,6 +41,6 @@ class BatchReader:
             handle = self.app.handle
             status = batch.status
             for i in range(n):
-                if not status[i]:
-                    handle(batch.data(i), batch.address(i), listener)
+                if not status[i]:  # declined by the compiled way: not tried again
+                    handle(batch.data(i), batch.address(i), listener, False)
         return n

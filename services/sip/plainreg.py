@@ -160,10 +160,11 @@ class PlainRegister:
                 app.log_once(f"answers not sent: {os.strerror(int(sent[2]))}")
         return k
 
-    def handle(self, data: bytes, addr: tuple, listener: Any) -> bool:
+    def handle(self, data: bytes, addr: tuple, listener: Any, compiled: bool = True) -> bool:
+        """compiled=False: the compiled way already declined it (answer_batch)."""
         if not self.enabled:
             return False
-        if self.compiled and self._compiled(data, addr, listener):
+        if compiled and self.compiled and self._compiled(data, addr, listener):
             return True
         try:
             text = data.decode("ascii")

@@ -211,11 +211,12 @@ class SipApp:
 
     # ---------------------------------------------------------------- dispatch
 
-    def handle(self, data: bytes, addr: tuple, listener: Any) -> None:
+    def handle(self, data: bytes, addr: tuple, listener: Any, compiled: bool = True) -> None:
         """Answer one datagram. Never raises: a bug triggered by some input is counted,
-        logged once per cause, and the worker goes on with the next datagram."""
+        logged once per cause, and the worker goes on with the next datagram.
+        compiled=False: the compiled plain REGISTER already declined it (a batch)."""
         try:
-            self._handle(data, addr, listener)
+            self._handle(data, addr, listener, compiled)
         except Exception as exc:  # noqa: BLE001 - the worker must survive any input
             self.counts[I_DROP] += 1
             cause = f"{type(exc).__name__}: {exc}"[:200]
@@ -225,10 +226,10 @@ class SipApp:
                 log.exception("datagram from %s dropped (%s); further ones with this cause "
                               "are only counted (core:drop_requests)", addr[0], cause)
 
-    def _handle(self, data: bytes, addr: tuple, listener: Any) -> None:
+    def _handle(self, data: bytes, addr: tuple, listener: Any, compiled: bool) -> None:
         counts = self.counts
         head = data[:4]
-        if head == b"REGI" and self.plain.handle(data, addr, listener):
+        if head == b"REGI" and self.plain.handle(data, addr, listener, compiled):
             return
         if head == b"SIP/" and data[4:8] == b"2.0 " and self.fast.reply(data, addr, listener):
             counts[I_RCV_RPL] += 1  # a plain reply relayed by the compiled path

@@ -110,8 +110,8 @@ def test_plain_and_general_agree_on_generated_requests(seed: int, compiled: bool
     took, took_compiled = [], []
     handle, handle_compiled = plain.app.plain.handle, plain.app.plain._compiled
 
-    def counted(data: bytes, addr: tuple, listener: object) -> bool:
-        took.append(handle(data, addr, listener))
+    def counted(data: bytes, addr: tuple, listener: object, compiled: bool = True) -> bool:
+        took.append(handle(data, addr, listener, compiled))
         return took[-1]
 
     def counted_compiled(data: bytes, addr: tuple, listener: object) -> bool:
