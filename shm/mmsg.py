@@ -5,7 +5,8 @@ A SIP worker reads up to BATCH datagrams per system call (blocking for the first
 MSG_WAITFORONE, under the socket's SO_RCVTIMEO), answers the plain REGISTERs among
 them in one compiled call (shm.plainreg.answer_batch) and sends those answers with one
 sendmmsg; Python sees only the datagrams the compiled way declines
-(services.sip.batch). The libc calls are LLVM calls to the symbols by name (not ctypes
+(services.sip.batch). The libc calls (these two, and clock_gettime for a kernel that
+needs the time) are LLVM calls to the symbols by name (not ctypes
 pointers), so the kernels that use them are cached like the others.
 
 Layout (x86-64 Linux): struct mmsghdr is 64 bytes, seen here as 8 uint64 words: msg_name,
@@ -31,6 +32,7 @@ ADDR_BYTES = 128
 MSG_DONTWAIT = 0x40
 MSG_WAITFORONE = 0x10000
 EINTR = 4
+CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 AF_INET = int(socket.AF_INET)
 
 # struct mmsghdr, as words
@@ -77,10 +79,30 @@ def _errno(typingctx):
     return sig, codegen
 
 
+@intrinsic
+def _clock_gettime(typingctx, clock, ts):
+    sig = types.int32(types.int32, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(_I32, [_I32, _PTR])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "clock_gettime")
+        clock_, ts_ = args
+        return builder.call(fn, [clock_, builder.inttoptr(ts_, _PTR)])
+    return sig, codegen
+
+
 @njit(cache=True)
+def clock_ns(clock, ts):
+    """A clock in nanoseconds (CLOCK_REALTIME: time.time's, CLOCK_MONOTONIC:
+    time.monotonic's); ts: two int64 words the call fills (struct timespec)."""
+    _clock_gettime(clock, ts.ctypes.data)
+    return ts[0] * 1_000_000_000 + ts[1]
+
+
+@njit(cache=True, nogil=True)
 def recv_batch(fd, hdr, n, flags):
-    """Receive up to n datagrams into the batch whose headers are `hdr`. Returns how
-    many, or -errno (EAGAIN: the receive timeout passed, or nothing was waiting with
+    """Receive up to n datagrams into the batch whose headers are `hdr` (without the
+    GIL: it may block). Returns how many, or -errno (EAGAIN: the receive timeout passed, or nothing was waiting with
     MSG_DONTWAIT)."""
     for i in range(n):
         hdr[i, H_NAMELEN] = ADDR_BYTES

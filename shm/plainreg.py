@@ -26,9 +26,15 @@ from fastcluster.shm.table import bytes_equal
 
 DECLINE = -1000
 
-# input words (one int64 array: few kernel arguments)
+# input words (one int64 array: few kernel arguments); serve's: W_CLOCK_NS, the clock
+# it reads (0: the system's; tests fix it), W_DATE_S, the second the Date line passed
+# is for, W_TOTAL, W_ANSWERED and W_REFUSED its results, W_TS two words for clock_gettime
 (W_N, W_SRC_PORT, W_SRC_IP_LEN, W_SOCK, W_NOW_S, W_NOW_MS, W_MIN_EXPIRES, W_MAX_EXPIRES,
- W_DEFAULT_EXPIRES, W_MAX_CONTACTS, W_TAG_LEN, W_WORDS) = range(12)
+ W_DEFAULT_EXPIRES, W_MAX_CONTACTS, W_TAG_LEN, W_CLOCK_NS, W_DATE_S, W_TOTAL, W_ANSWERED,
+ W_REFUSED, W_TS, _W_TS2, W_WORDS) = range(19)
+STALE_DATE = -1  # serve answered nothing of the batch: the Date line is another second's
+# serve's counters: positions in the statistics row its `counters` array gives
+C_RCV_REQ, C_RCV_REGISTER, C_ACCEPT, C_SENT, C_2XX, C_DROP, C_COUNTERS = range(7)
 
 # header slots, as services.sip.plainreg._NAMES (exact spelling)
 (H_VIA, H_FROM, H_TO, H_CALLID, H_CSEQ, H_CONTACT, H_EXPIRES, H_UA, H_ALLOW, H_MAXFWD,
@@ -515,3 +521,56 @@ def answer_batch(arena, ring, work, me, proc, fd, count, rx, names, bufs, words,
         k += 1
     M.send_batch(fd, tx, k, sent)
     return k
+
+
+
+@njit(cache=True, nogil=True)
+def serve(fd, flags, sock, until_ns, batches, arena, ring, work, me, proc, rx, names, bufs,
+          words, tag, fixed, date, tx, tx_iov, outs, status, sent, stats, counters):
+    """A SIP worker's receive loop without Python: up to `batches` times, one recvmmsg
+    on fd (shm.mmsg.recv_batch: flags, the batch's arrays), then answer_batch on what
+    came, timed by the clock read after it arrived, its counters added straight into
+    the process's statistics row (stats[counters[C_*]]: a worker killed loses none).
+    It returns to the caller as soon as a batch holds a datagram for the Python way,
+    the Date line is stale, a receive comes back empty (the socket's timeout, nothing
+    queued with MSG_DONTWAIT, a signal), a batch taken with MSG_DONTWAIT was not full,
+    or CLOCK_MONOTONIC passes until_ns (the worker's heartbeat). sock: the listener's
+    index; `date`: the Date line for second words[W_DATE_S]. It runs without the GIL.
+    Returns the last recv_batch's result (its datagrams, or -errno); words[W_TOTAL]:
+    the datagrams received in all; words[W_ANSWERED]: how many of the last batch were
+    answered, or STALE_DATE when `date` is not the current second's (that batch is left
+    unanswered for the caller to answer with a fresh line, answer_batch);
+    words[W_REFUSED]: the errno of an answer the kernel refused to send, 0 if none."""
+    words[W_TOTAL] = 0
+    words[W_REFUSED] = 0
+    words[W_SOCK] = sock
+    n = 0
+    for _ in range(batches):
+        words[W_ANSWERED] = 0
+        n = M.recv_batch(fd, rx, rx.shape[0], flags)
+        if n <= 0:
+            return n
+        words[W_TOTAL] += n
+        ns = words[W_CLOCK_NS]
+        if ns == 0:
+            ns = M.clock_ns(M.CLOCK_REALTIME, words[W_TS:W_TS + 2])
+        if ns // 1_000_000_000 != words[W_DATE_S]:
+            words[W_ANSWERED] = STALE_DATE
+            return n
+        words[W_NOW_S] = ns // 1_000_000_000
+        words[W_NOW_MS] = ns // 1_000_000
+        k = answer_batch(arena, ring, work, me, proc, fd, n, rx, names, bufs, words, tag,
+                         fixed, date, tx, tx_iov, outs, status, sent)
+        words[W_ANSWERED] = k
+        stats[counters[C_RCV_REQ]] += k
+        stats[counters[C_RCV_REGISTER]] += k
+        stats[counters[C_ACCEPT]] += k
+        stats[counters[C_SENT]] += sent[0]
+        stats[counters[C_2XX]] += sent[0]
+        if sent[1]:
+            stats[counters[C_DROP]] += sent[1]
+            words[W_REFUSED] = sent[2]
+        if k < n or (flags & M.MSG_DONTWAIT and n < rx.shape[0]) or \
+                M.clock_ns(M.CLOCK_MONOTONIC, words[W_TS:W_TS + 2]) >= until_ns:
+            return n
+    return n

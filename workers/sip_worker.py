@@ -8,8 +8,10 @@ its own SO_REUSEPORT socket, which the kernel picks by hashing the source addres
 one upstream proxy lands on one worker. docs/transport.md has the measurements.
 Datagrams are read in batches (services.sip.batch: recvmmsg, the plain REGISTERs answered
 in one compiled call and one sendmmsg, the rest through SipApp.handle). With one
-listener the worker blocks in recvmmsg (SO_RCVTIMEO wakes it to beat and look for
-reloads); with several, epoll with EPOLLEXCLUSIVE, then drains each ready socket.
+listener the worker blocks in recvmmsg inside the compiled loop (shm.plainreg.serve),
+which comes back to Python for a datagram it does not answer, a new second's Date
+line, the heartbeat, or when SO_RCVTIMEO wakes it to beat and look for reloads; with
+several, epoll with EPOLLEXCLUSIVE, then drains each ready socket.
 Counters are written straight into this process's statistics row in shared memory (a
 memoryview: as cheap as a Python list), so a worker killed with SIGKILL loses none. The
 worker beats and looks for reloads at least every IDLE_S, whether it is idle or busy (a
@@ -22,7 +24,7 @@ import logging
 import select
 import socket
 import struct
-from time import monotonic
+from time import monotonic_ns
 
 from fastcluster.shm import control as CT
 from fastcluster.workers.child import Child, SipSocket
@@ -30,6 +32,8 @@ from fastcluster.workers.child import Child, SipSocket
 log = logging.getLogger("sip")
 
 IDLE_S = 0.2
+IDLE_NS = int(IDLE_S * 1e9)
+BATCHES = 1 << 30  # one listener: the compiled way keeps serving until IDLE_S has passed
 DRAIN_BATCHES = 2  # batches taken from one ready socket before looking at the others
 
 
@@ -109,12 +113,12 @@ class SipWorker(Child):
         usec = int((IDLE_S - sec) * 1e6)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
         serve = self.reader.serve
-        due = monotonic() + IDLE_S
-        while not self.stopping:
-            n = serve(listener, True)
-            if n == 0 or monotonic() >= due:
+        due = monotonic_ns() + IDLE_NS
+        while not self.stopping:  # serve returns by `due` at the latest (or on a signal)
+            n = serve(listener, True, due, BATCHES)
+            if n == 0 or monotonic_ns() >= due:
                 self.idle()
-                due = monotonic() + IDLE_S
+                due = monotonic_ns() + IDLE_NS
 
     def _run_many(self) -> None:
         ep = select.epoll()
@@ -125,16 +129,13 @@ class SipWorker(Child):
             ep.register(listener.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
             by_fd[listener.sock.fileno()] = listener
         serve = self.reader.serve
-        due = monotonic() + IDLE_S
+        due = monotonic_ns() + IDLE_NS
         try:
             while not self.stopping:
-                for fd, _ in ep.poll(IDLE_S):
-                    listener = by_fd[fd]
-                    for _ in range(DRAIN_BATCHES):  # level-triggered: the rest waits a poll
-                        if serve(listener, False) < self.reader.batch.size:
-                            break
-                if monotonic() >= due:
+                for fd, _ in ep.poll(IDLE_S):  # level-triggered: the rest waits a poll
+                    serve(by_fd[fd], False, due, DRAIN_BATCHES)
+                if monotonic_ns() >= due:
                     self.idle()
-                    due = monotonic() + IDLE_S
+                    due = monotonic_ns() + IDLE_NS
         finally:
             ep.close()

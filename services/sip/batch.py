@@ -1,12 +1,14 @@
 """A SIP worker's receive step: up to shm.mmsg.BATCH datagrams per system call, the plain
-REGISTERs among them answered by one compiled call and sent by one sendmmsg
-(services.sip.plainreg.answer_batch), every other datagram handed to SipApp.handle as
-if socket.recvfrom had returned it.
+REGISTERs among them answered by one compiled call and sent by one sendmmsg, batch
+after batch without coming back to Python (services.sip.plainreg.receive over
+shm.plainreg.serve), every other datagram handed to SipApp.handle as if
+socket.recvfrom had returned it.
 
 bench/sip_profile.py showed the worker spending as much per REGISTER around the
 registrar kernel (recvfrom, sendto, the Python between them and two kernel calls) as
-Kamailio spends in all; here those costs are paid once per batch. One at a time the
-system calls are the same two as before (recvmmsg, sendmmsg), with less Python between.
+Kamailio spends in all; here those costs are paid once per batch. One at a time (each
+REGISTER wakes the worker alone) the Python between the wake-up and the answer was
+still as long as the registrar's work, and ran cold: the compiled loop leaves none.
 Neighbours: workers.sip_worker (the loop), shm.mmsg (the batch arrays, the system
 calls), services.sip.registrar (SipApp).
 """
@@ -25,22 +27,23 @@ class BatchReader:
         self.app = app
         self.batch = M.Batch(app.plain.out.shape[0], size)
 
-    def serve(self, listener: Any, wait: bool) -> int:
-        """Receive and answer what `listener` has: with `wait`, block for the first
-        datagram (up to the socket's SO_RCVTIMEO), else take only what is queued.
-        Returns how many datagrams were read (0: none came)."""
+    def serve(self, listener: Any, wait: bool, until_ns: int = 0, batches: int = 1) -> int:
+        """Receive and answer what `listener` has, up to `batches` batches: with `wait`,
+        each blocks for its first datagram (up to the socket's SO_RCVTIMEO), else only
+        what is queued is taken; the compiled way stops early once CLOCK_MONOTONIC
+        passes until_ns (0: after one batch). Returns how many datagrams were read
+        (0: none came)."""
         batch = self.batch
-        n = M.recv_batch(listener.sock.fileno(), batch.rx, batch.size,
-                         M.MSG_WAITFORONE if wait else M.MSG_DONTWAIT)
+        n, answered, total = self.app.plain.receive(
+            batch, listener, M.MSG_WAITFORONE if wait else M.MSG_DONTWAIT, until_ns, batches)
         if n < 0:
             if -n in (errno.EAGAIN, errno.EINTR):
-                return 0
+                return total
             raise OSError(-n, f"recvmmsg: {errno.errorcode.get(-n, -n)}")
-        answered = self.app.plain.answer_batch(batch, n, listener)
         if answered < n:
             handle = self.app.handle
             status = batch.status
             for i in range(n):
                 if not status[i]:  # declined by the compiled way: not tried again
                     handle(batch.data(i), batch.address(i), listener, False)
-        return n
+        return total

@@ -73,6 +73,13 @@ class PlainRegister:
         self.out_mv = memoryview(self.out)  # type: ignore[arg-type]
         self._ips: dict[str, np.ndarray | None] = {}
         self.sent = np.zeros(3, dtype=np.int64)  # shm.mmsg.send_batch's words
+        # the statistics row the kernel counts into (SipApp.counts: a memoryview of it)
+        self.stats = np.frombuffer(app.counts, dtype=np.int64)
+        R = registrar
+        self.counters = np.zeros(K.C_COUNTERS, dtype=np.int64)
+        self.counters[[K.C_RCV_REQ, K.C_RCV_REGISTER, K.C_ACCEPT, K.C_SENT, K.C_2XX,
+                       K.C_DROP]] = (R.I_RCV_REQ, R.I_RCV_REGISTER, R.I_ACCEPT, R.I_SENT,
+                                     R.I_CLASS[2], R.I_DROP)
 
     def apply_config(self, app: Any) -> None:
         """After SipApp.apply_config: the general way owns anything the settings make
@@ -119,10 +126,11 @@ class PlainRegister:
     def _clock(self, listener: Any) -> np.ndarray:
         """The kernel's words for a request now, on `listener`; the Date line too."""
         line = self.app.date_line()
+        w = self.words
         if line is not self.date[0]:
             self.date = (line, np.frombuffer(line, dtype=np.uint8).copy())
+            w[K.W_DATE_S] = self.app.date_line.second
         now = time.time()
-        w = self.words
         w[K.W_SOCK], w[K.W_NOW_S], w[K.W_NOW_MS] = listener.index, int(now), int(now * 1000)
         return w
 
@@ -138,6 +146,35 @@ class PlainRegister:
         counts[self.R.I_SENT] += n
         counts[self.R.I_CLASS[2]] += n
 
+    def receive(self, batch: M.Batch, listener: Any, flags: int, until_ns: int,
+                batches: int) -> tuple[int, int, int]:
+        """Receive on `listener` into `batch` (shm.mmsg flags) and answer the plain
+        REGISTERs, batch after batch in one kernel call (shm.plainreg.serve: until a
+        batch holds a datagram for the Python way, nothing more comes, `batches` were
+        taken or CLOCK_MONOTONIC passes until_ns). Returns (the last receive's datagrams
+        or -errno, how many of them were answered, the datagrams received in all);
+        batch.status[i] is 0 for each one of the last batch the Python way must handle."""
+        if not (self.enabled and self.compiled):
+            n = M.recv_batch(listener.sock.fileno(), batch.rx, batch.size, flags)
+            if n > 0:
+                batch.status[:n] = 0
+            return n, 0, max(n, 0)
+        app = self.app
+        w = self.words
+        n = K.serve(listener.sock.fileno(), flags, listener.index, until_ns, batches,
+                    app.table, app.ring, app.work, app.me, app.proc, batch.rx, batch.names,
+                    batch.bufs, w, self.tag, self.fixed, self.date[1], batch.tx,
+                    batch.tx_iov, batch.outs, batch.status, self.sent, self.stats,
+                    self.counters)
+        if w[K.W_REFUSED]:  # as a sendto that raised: counted as dropped, logged once
+            app.log_once(f"answers not sent: {os.strerror(int(w[K.W_REFUSED]))}")
+        if n <= 0:
+            return n, 0, int(w[K.W_TOTAL])
+        k = int(w[K.W_ANSWERED])
+        if k == K.STALE_DATE:  # a new second: its Date line, then the same way
+            k = self.answer_batch(batch, n, listener)
+        return n, k, int(w[K.W_TOTAL])
+
     def answer_batch(self, batch: M.Batch, count: int, listener: Any) -> int:
         """The compiled way over a received batch (shm.mmsg.Batch): the plain REGISTERs
         among its `count` datagrams answered and sent; batch.status[i] is 0 for each one
@@ -147,18 +184,22 @@ class PlainRegister:
             return 0
         app = self.app
         w = self._clock(listener)
-        sent = self.sent
         k = K.answer_batch(app.table, app.ring, app.work, app.me, app.proc,
                            listener.sock.fileno(), count, batch.rx, batch.names, batch.bufs,
                            w, self.tag, self.fixed, self.date[1], batch.tx, batch.tx_iov,
-                           batch.outs, batch.status, sent)
+                           batch.outs, batch.status, self.sent)
         if k:
-            self._count(k)
-            self._sent(int(sent[0]))
-            if sent[1]:  # as a sendto that raised: counted as dropped, logged once
-                app.counts[self.R.I_DROP] += int(sent[1])
-                app.log_once(f"answers not sent: {os.strerror(int(sent[2]))}")
+            self._answered(k)
         return k
+
+    def _answered(self, k: int) -> None:
+        """Counters after the compiled way answered k requests of a batch."""
+        sent = self.sent
+        self._count(k)
+        self._sent(int(sent[0]))
+        if sent[1]:  # as a sendto that raised: counted as dropped, logged once
+            self.app.counts[self.R.I_DROP] += int(sent[1])
+            self.app.log_once(f"answers not sent: {os.strerror(int(sent[2]))}")
 
     def handle(self, data: bytes, addr: tuple, listener: Any, compiled: bool = True) -> bool:
         """compiled=False: the compiled way already declined it (answer_batch)."""

@@ -76,7 +76,8 @@ class Harness:
                                       tmrings=self.tmrings, control=self.control),
             rings={"contacts": self.ring}, me=T.lock_word(1, 3), slot=3, cfg=cfg, pid=1,
             listeners=[self.listener])
-        self.counts = [0] * len(COUNTERS)
+        self.stats = np.zeros(len(COUNTERS), dtype=np.int64)  # as a worker's row
+        self.counts = memoryview(self.stats)  # type: ignore[arg-type]
         self.credentials: CredentialCache | None = None
         if cfg["auth.enable"]:
             slots = cfg["auth.nonce_slots"]

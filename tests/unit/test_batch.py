@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import threading
 import time
 
 import numpy as np
@@ -16,10 +17,15 @@ import pytest
 
 from fastcluster.services.sip.batch import BatchReader
 from fastcluster.shm import mmsg as M
+from fastcluster.shm import plainreg as K
 from fastcluster.shm import table as T
 from tests.unit.test_plainreg import frozen_clock, pair, request, rows  # noqa: F401
 
 SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+PLAIN = ("REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:{p};branch=z9hG4bK"
+         "-{n}\r\nFrom: <sip:u{n}@example.com>;tag=1\r\nTo: <sip:u{n}@example.com>\r\n"
+         "Call-ID: q{n}\r\nCSeq: 1 REGISTER\r\nContact: <sip:u{n}@127.0.0.2:{p}>\r\n"
+         "Max-Forwards: 70\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n")
 
 
 def udp(host: str, family: int = socket.AF_INET) -> socket.socket:
@@ -33,25 +39,37 @@ def replies(client: socket.socket, n: int) -> list[bytes]:
     return [client.recvfrom(1 << 16)[0] for _ in range(n)]
 
 
-def serve_all(reader: BatchReader, listener: object, n: int) -> tuple[list[int], int, int]:
+LOOP = 1 << 30  # batches: the compiled loop runs until something stops it
+
+
+def serve_all(reader: BatchReader, listener: object, n: int, loop: bool = False
+              ) -> tuple[list[int], int, int]:
     """Read n datagrams; the order the batch applied them in (the compiled answers of
     each batch first), how many receive calls it took and how many the compiled way
-    answered."""
+    answered. loop: the compiled loop over what is queued (MSG_DONTWAIT, batch after
+    full batch, as a worker with several listeners drains one), else one batch per
+    call, blocking for its first datagram."""
     order, calls, compiled = [], 0, 0
     while len(order) < n:
-        got = reader.serve(listener, True)
+        if loop:
+            total = reader.serve(listener, False, time.monotonic_ns() + 10**9, LOOP)
+            last = total - M.BATCH * ((total - 1) // M.BATCH)  # the others were full
+        else:
+            total = last = reader.serve(listener, True)
         calls += 1
-        assert got > 0, "a datagram sent was not received"
-        status = reader.batch.status[:got]
+        assert total > 0, "a datagram sent was not received"
+        compiled += total - last  # whole batches before the last: all answered
+        order += list(range(len(order), len(order) + total - last))
+        status = reader.batch.status[:last]
         compiled += int(status.sum())
-        index = list(range(len(order), len(order) + got))
-        order += [index[i] for i in range(got) if status[i]]
-        order += [index[i] for i in range(got) if not status[i]]
+        index = list(range(len(order), len(order) + last))
+        order += [index[i] for i in range(last) if status[i]]
+        order += [index[i] for i in range(last) if not status[i]]
     return order, calls, compiled
 
 
-@pytest.mark.parametrize("seed", [21, 22])
-def test_batches_agree_with_the_general_way(seed: int) -> None:
+@pytest.mark.parametrize("seed,loop", [(21, False), (22, False), (23, True), (24, True)])
+def test_batches_agree_with_the_general_way(seed: int, loop: bool) -> None:
     rng = random.Random(seed)
     plain, general = pair()
     server = udp("127.0.0.1")
@@ -72,7 +90,7 @@ def test_batches_agree_with_the_general_way(seed: int) -> None:
                 client = rng.choice(clients)
                 client.sendto(text, server.getsockname())
                 sent.append((text, client))
-            order, _, compiled = serve_all(reader, plain.listener, size)
+            order, _, compiled = serve_all(reader, plain.listener, size, loop)
             answered += compiled
             expected: dict[socket.socket, list[bytes]] = {c: [] for c in clients}
             for i in order:
@@ -108,10 +126,7 @@ def test_a_queue_of_plain_registers_is_read_and_answered_in_few_calls() -> None:
     server, client = udp("127.0.0.1"), udp("127.0.0.2")
     plain.listener.sock = server
     reader = BatchReader(plain.app)
-    text = ("REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:{p};branch=z9hG4bK"
-            "-{n}\r\nFrom: <sip:u{n}@example.com>;tag=1\r\nTo: <sip:u{n}@example.com>\r\n"
-            "Call-ID: q{n}\r\nCSeq: 1 REGISTER\r\nContact: <sip:u{n}@127.0.0.2:{p}>\r\n"
-            "Max-Forwards: 70\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n")
+    text = PLAIN
     port = client.getsockname()[1]
     try:
         for n in range(100):
@@ -129,6 +144,74 @@ def test_a_queue_of_plain_registers_is_read_and_answered_in_few_calls() -> None:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 10000))
         assert reader.serve(plain.listener, True) == 0  # nothing waiting: a timeout
         assert reader.serve(plain.listener, False) == 0
+    finally:
+        server.close()
+        client.close()
+
+
+def test_the_compiled_loop_comes_back_for_the_heartbeat_under_a_steady_trickle() -> None:
+    """A worker's loop (blocking, no batch limit) never times out while requests keep
+    coming: it must still come back by its deadline, having answered them all."""
+    plain, _ = pair()
+    server, client = udp("127.0.0.1"), udp("127.0.0.2")
+    server.settimeout(None)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200000))
+    plain.listener.sock = server
+    reader = BatchReader(plain.app)
+    port = client.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        n = 0
+        while not stop.is_set():
+            client.sendto(PLAIN.format(n=n, p=port).encode(), server.getsockname())
+            n += 1
+            time.sleep(0.002)
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        reader.serve(plain.listener, True)  # the first second's Date line, set once
+        start = time.monotonic()
+        total = reader.serve(plain.listener, True, time.monotonic_ns() + 150_000_000, LOOP)
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        sender.join()
+    try:
+        assert 0.15 <= took < 5, took  # by its deadline, not at the end of the trickle
+        assert total > 10
+        answered = plain.count("registrar:accepted_regs")
+        assert plain.count("sl:2xx_replies") == answered == plain.count("core:rcv_requests")
+        assert len(replies(client, answered)) == answered
+    finally:
+        server.close()
+        client.close()
+
+
+def test_a_batch_received_in_another_second_goes_back_to_python_and_is_answered_once(
+        ) -> None:
+    """The compiled loop holds the Date line of one second; a batch received in
+    another (here: the kernel's clock moved on, the frozen Python clock did not) is
+    left to Python, which answers it with its own clock's line, once."""
+    plain, general = pair()
+    server, client = udp("127.0.0.1"), udp("127.0.0.2")
+    plain.listener.sock = server
+    reader = BatchReader(plain.app)
+    port = client.getsockname()[1]
+    words = plain.app.plain.words
+    try:
+        for n in range(3):
+            text = PLAIN.format(n=n, p=port).encode()
+            client.sendto(text, server.getsockname())
+            if n == 2:  # the kernel's clock a second ahead of the line it was given
+                words[K.W_CLOCK_NS] += 10**9
+            assert reader.serve(plain.listener, False, 0, LOOP) == 1
+            assert words[K.W_ANSWERED] == (K.STALE_DATE if n != 1 else 1)
+            general.app.handle(text, client.getsockname(), general.listener)
+            assert replies(client, 1) == [general.sock.sent[-1][0]]
+        assert plain.counts == general.counts
+        assert plain.count("registrar:accepted_regs") == 3
     finally:
         server.close()
         client.close()

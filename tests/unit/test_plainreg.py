@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastcluster.services.sip import plainreg, registrar
+from fastcluster.shm import plainreg as K
 from fastcluster.shm import table as T
 from tests.support.registrar import Harness
 
@@ -80,10 +81,14 @@ def rows(h: Harness) -> list[tuple]:
                   for r in h.table.rows(live_only=False))
 
 
+FROZEN_NS = 1_800_000_000_250_000_000  # the frozen time.time(), in ns
+
+
 @pytest.fixture(autouse=True)
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """One clock for both ways: remaining expiry times and Date lines must not differ
-    because a second ticked between the two."""
+    because a second ticked between the two (pair() gives it to the kernel that reads
+    the clock itself, shm.plainreg.serve_batch)."""
     clock = types.SimpleNamespace(time=lambda: 1_800_000_000.25)
     monkeypatch.setattr(registrar, "time", clock)
     monkeypatch.setattr(plainreg, "time", clock)
@@ -93,6 +98,7 @@ def pair(**settings: str) -> tuple[Harness, Harness]:
     plain = Harness(capacity=4000, settings=settings)
     general = Harness(capacity=4000, settings=settings)
     general.app.plain.enabled = False
+    plain.app.plain.words[K.W_CLOCK_NS] = FROZEN_NS
     return plain, general
 
 
@@ -178,8 +184,6 @@ def test_settings_that_need_the_general_way_turn_it_off(tmp_path) -> None:
 
 def test_compiled_methods_mask_is_the_registrars() -> None:
     """shm.plainreg's Allow bitmask against services.sip.registrar.methods_mask."""
-    from fastcluster.shm import plainreg as K
-
     rng = random.Random(5)
     words = list(registrar.METHOD_BITS) + ["FOO", "invite", "Bye", "REGISTERX", "ACK K"]
     for _ in range(3000):
