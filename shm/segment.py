@@ -9,6 +9,7 @@ Neighbours: the layout modules (shm.control, shm.table, shm.ring) that carve the
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 from collections.abc import Callable
@@ -17,6 +18,13 @@ import numpy as np
 import posix_ipc
 
 SHM_DIR = "/dev/shm"  # where Linux exposes POSIX shm names (name "/x" -> /dev/shm/x)
+MADV_POPULATE_WRITE = 23  # linux/mman.h; the mmap module of Python 3.11 does not name it
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def _madvise(addr: int, length: int, advice: int) -> int:
+    return _libc.madvise(addr, length, advice)
 
 
 class Segment:
@@ -71,6 +79,15 @@ class Segment:
                 return
             pages = self.buf[start:start + step:4096]
             pages += 0  # in place reads and writes each page (a self-copy is skipped)
+
+    def populate(self) -> bool:
+        """Map every page of the segment into this process now (madvise
+        MADV_POPULATE_WRITE, Linux 5.14+; committing any page not yet committed), so
+        that no first touch of a page costs this process a fault later. False where the
+        kernel refuses it (nothing changed)."""
+        if self._map is None or self.size == 0:
+            return False
+        return _madvise(self.buf.ctypes.data, self.size, MADV_POPULATE_WRITE) == 0
 
     def close(self) -> None:
         """Drop this process's mapping. Views into `buf` must be gone first."""
