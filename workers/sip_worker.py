@@ -47,6 +47,14 @@ class SipWorker(Child):
 
     def boot(self) -> None:
         from fastcluster.services.sip.batch import BatchReader
+        from fastcluster.workers import osutil
+
+        # a worker woken by a datagram takes the CPU from a task with a longer slice
+        # (the cluster process's flush, a timer run) instead of waiting for it to end
+        if self.cfg["sip.time_slice_us"]:
+            granted = osutil.set_time_slice(self.cfg["sip.time_slice_us"] * 1000)
+            log.debug("time slice: %s", f"{granted // 1000} us" if granted else
+                      "the kernel's (it sets none per task)")
         from fastcluster.services.sip.dialogs import DialogTracker
         from fastcluster.services.sip.registrar import SipApp
 

@@ -38,6 +38,23 @@ def cmdline(pid: int) -> str:
         return fh.read().split(b"\0")[0].decode()
 
 
+def time_slice_ns(pid: int) -> int:
+    """The scheduler's slice of a process (/proc/PID/sched se.slice; 0 if not shown)."""
+    with open(f"/proc/{pid}/sched") as fh:
+        for line in fh:
+            if line.startswith("se.slice"):
+                return int(line.split(":")[1])
+    return 0
+
+
+def kernel_sets_time_slices() -> bool:
+    """Whether this kernel grants a process its own slice (Linux 6.12+)."""
+    out = subprocess.run([sys.executable, "-c", "from fastcluster.workers import osutil; "
+                          "print(osutil.set_time_slice(100_000))"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out) == 100_000
+
+
 def test_node_runs_supervised_processes_and_stops_clean(tmp_path) -> None:
     node = Node(tmp_path, workers=3).start()
     try:
@@ -53,6 +70,9 @@ def test_node_runs_supervised_processes_and_stops_clean(tmp_path) -> None:
         stats = node.mi("get_statistics", statistics=["usrloc:", "core:"])
         assert stats["usrloc:registered_contacts"] == 0 and "core:bad_msgs" in stats
         assert "ps" in node.mi("which")
+        if kernel_sets_time_slices():  # sip.time_slice_us (100): the workers' only
+            assert all(time_slice_ns(pid) == 100_000 for pid in r["sip"])
+            assert time_slice_ns(r["cluster"][0]) > 100_000
         started = time.monotonic()
     finally:
         code = node.stop()
