@@ -6,8 +6,8 @@ MSG_WAITFORONE, under the socket's SO_RCVTIMEO), answers the plain REGISTERs amo
 them in one compiled call (shm.plainreg.answer_batch) and sends those answers with one
 sendmmsg; Python sees only the datagrams the compiled way declines
 (services.sip.batch). The libc calls (these two, and clock_gettime for a kernel that
-needs the time) are LLVM calls to the symbols by name (not ctypes
-pointers), so the kernels that use them are cached like the others.
+needs the time) are LLVM calls to the symbols by name (not ctypes pointers), so the
+kernels that use them are cached like the others.
 
 Layout (x86-64 Linux): struct mmsghdr is 64 bytes, seen here as 8 uint64 words: msg_name,
 msg_namelen (low half), msg_iov, msg_iovlen, msg_control, msg_controllen, msg_flags,
@@ -102,8 +102,8 @@ def clock_ns(clock, ts):
 @njit(cache=True, nogil=True)
 def recv_batch(fd, hdr, n, flags):
     """Receive up to n datagrams into the batch whose headers are `hdr` (without the
-    GIL: it may block). Returns how many, or -errno (EAGAIN: the receive timeout passed, or nothing was waiting with
-    MSG_DONTWAIT)."""
+    GIL: it may block). Returns how many, or -errno (EAGAIN: the receive timeout
+    passed, or nothing was waiting with MSG_DONTWAIT)."""
     for i in range(n):
         hdr[i, H_NAMELEN] = ADDR_BYTES
         hdr[i, H_LEN] = 0

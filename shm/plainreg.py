@@ -523,7 +523,6 @@ def answer_batch(arena, ring, work, me, proc, fd, count, rx, names, bufs, words,
     return k
 
 
-
 @njit(cache=True, nogil=True)
 def serve(fd, flags, sock, until_ns, batches, arena, ring, work, me, proc, rx, names, bufs,
           words, tag, fixed, date, tx, tx_iov, outs, status, sent, stats, counters):

@@ -47,6 +47,8 @@ class SipWorker(Child):
 
     def boot(self) -> None:
         from fastcluster.services.sip.batch import BatchReader
+        from fastcluster.services.sip.dialogs import DialogTracker
+        from fastcluster.services.sip.registrar import SipApp
         from fastcluster.workers import osutil
 
         # a worker woken by a datagram takes the CPU from a task with a longer slice
@@ -55,8 +57,6 @@ class SipWorker(Child):
             granted = osutil.set_time_slice(self.cfg["sip.time_slice_us"] * 1000)
             log.debug("time slice: %s", f"{granted // 1000} us" if granted else
                       "the kernel's (it sets none per task)")
-        from fastcluster.services.sip.dialogs import DialogTracker
-        from fastcluster.services.sip.registrar import SipApp
 
         # reuseport: worker 1 keeps the master's socket, the others bind their own
         keep = ("sip", "sip-reuseport") if self.number == 1 else ("sip",)

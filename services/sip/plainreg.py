@@ -153,7 +153,8 @@ class PlainRegister:
         batch holds a datagram for the Python way, nothing more comes, `batches` were
         taken or CLOCK_MONOTONIC passes until_ns). Returns (the last receive's datagrams
         or -errno, how many of them were answered, the datagrams received in all);
-        batch.status[i] is 0 for each one of the last batch the Python way must handle."""
+        batch.status[i] is 0 for each one of the last batch the Python way must handle.
+        With the compiled way off, one batch is received and all of it goes to Python."""
         if not (self.enabled and self.compiled):
             n = M.recv_batch(listener.sock.fileno(), batch.rx, batch.size, flags)
             if n > 0:
