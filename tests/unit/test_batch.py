@@ -161,9 +161,10 @@ def test_the_compiled_loop_comes_back_for_the_heartbeat_under_a_steady_trickle()
     port = client.getsockname()[1]
     stop = threading.Event()
 
-    def trickle() -> None:
+    def trickle() -> None:  # 3 s at most: a loop that missed its deadline ends with it
         n = 0
-        while not stop.is_set():
+        end = time.monotonic() + 3
+        while not stop.is_set() and time.monotonic() < end:
             client.sendto(PLAIN.format(n=n, p=port).encode(), server.getsockname())
             n += 1
             time.sleep(0.002)
@@ -179,7 +180,7 @@ def test_the_compiled_loop_comes_back_for_the_heartbeat_under_a_steady_trickle()
         stop.set()
         sender.join()
     try:
-        assert 0.15 <= took < 5, took  # by its deadline, not at the end of the trickle
+        assert 0.15 <= took < 2, took  # by its deadline, not at the end of the trickle
         assert total > 10
         answered = plain.count("registrar:accepted_regs")
         assert plain.count("sl:2xx_replies") == answered == plain.count("core:rcv_requests")
