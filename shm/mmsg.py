@@ -4,8 +4,8 @@ the message headers, addresses and buffers of a batch laid out once in numpy arr
 A SIP worker reads up to BATCH datagrams per system call (blocking for the first one,
 MSG_WAITFORONE, under the socket's SO_RCVTIMEO), answers the plain REGISTERs among
 them in one compiled call (shm.plainreg.answer_batch) and sends those answers with one
-sendmmsg; Python sees only the datagrams the compiled way declines
-(services.sip.batch). The libc calls (these two, and clock_gettime for a kernel that
+sendmmsg, batch after batch in a compiled loop (shm.plainreg.serve); Python sees only
+the datagrams the compiled way declines (services.sip.batch). The libc calls (these two, and clock_gettime for a kernel that
 needs the time) are LLVM calls to the symbols by name (not ctypes pointers), so the
 kernels that use them are cached like the others.
 
@@ -13,7 +13,7 @@ Layout (x86-64 Linux): struct mmsghdr is 64 bytes, seen here as 8 uint64 words: 
 msg_namelen (low half), msg_iov, msg_iovlen, msg_control, msg_controllen, msg_flags,
 msg_len (low half). struct iovec is 2 words: base, length. An address slot holds a
 struct sockaddr_in or sockaddr_in6 (ADDR_BYTES).
-Neighbours: shm.plainreg (answer_batch), services.sip.batch (the worker's side).
+Neighbours: shm.plainreg (serve, answer_batch), services.sip.batch (the worker's side).
 """
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ FROZEN_NS = 1_800_000_000_250_000_000  # the frozen time.time(), in ns
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """One clock for both ways: remaining expiry times and Date lines must not differ
     because a second ticked between the two (pair() gives it to the kernel that reads
-    the clock itself, shm.plainreg.serve_batch)."""
+    the clock itself, shm.plainreg.serve)."""
     clock = types.SimpleNamespace(time=lambda: 1_800_000_000.25)
     monkeypatch.setattr(registrar, "time", clock)
     monkeypatch.setattr(plainreg, "time", clock)
