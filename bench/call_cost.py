@@ -10,7 +10,7 @@ handle alone (the test messages are built outside the timing), so the figure is 
 the proxy spends per call; per message kind too. The kernels are warmed first (no
 compile in the timing); the best of --rounds runs is printed: `Proxy()`, then
 `Proxy(dialogs=True)` with the compiled relays' dialog changes the Python way (as
-before shm.dialogs.dlg_in_dialog and shm.dlg_reply), then as it is.
+before shm.dialogs.dlg_in_dialog and shm.dlg_invite), then as it is.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ MODES = {"no dialogs": False, "dialogs, changes in Python": True, "dialogs": Tru
 def run(calls: int, dialogs: bool, python_in_dialog: bool = False) -> dict[str, float]:
     """Seconds spent in the proxy per step, summed over `calls` calls. python_in_dialog:
     the dialog changes of the compiled relays the way they were before their kernels
-    (shm.dialogs.dlg_in_dialog, shm.dlg_reply.dlg_invite_reply): parse_message +
+    (shm.dialogs.dlg_in_dialog, shm.dlg_invite.dlg_invite_reply): parse_message +
     DialogTracker.on_invite_reply, messages.dialog_identity + DialogTracker.in_dialog;
     for a side by side figure."""
     p = Proxy(dialogs=dialogs, tx_capacity=4 * calls + 100) if dialogs else \

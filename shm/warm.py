@@ -18,7 +18,7 @@ import numpy as np
 
 from fastcluster.shm import contacts as C
 from fastcluster.shm import dialogs as D
-from fastcluster.shm import dlg_reply as DY
+from fastcluster.shm import dlg_invite as DY
 from fastcluster.shm import mmsg as M
 from fastcluster.shm import nonces as N
 from fastcluster.shm import partitions as P
@@ -234,7 +234,16 @@ def _warm_dialogs(dialogs: Table, dl_buf: np.ndarray, ring: np.ndarray, me: int,
         ident[D.ID_METHOD] = D.ID_ACK if method == b"ACK" else D.ID_BYE
         ident[D.ID_CSEQ] = 1
         D.dlg_in_dialog(dl_buf, ring, req, ident, now_s * 1000, me, 1, patch, out)
-    # responses to the INVITE (services.sip.dialog_replies: read only, its arrays)
+    # an initial INVITE's dialog (services.sip.dialog_invite: read only, its arrays)
+    inv = np.frombuffer(b"INVITE sip:b SIP/2.0\r\nRecord-Route: <sip:p;lr>\r\n"
+                        b"From: <sip:a>;tag=f2\r\nTo: <sip:b>\r\nCall-ID: warm-call\r\n"
+                        b"Contact: <sip:a@h>\r\n\r\n", np.uint8)
+    cwords = np.zeros(DY.C_WORDS, dtype=np.int64)
+    cwords[DY.W_NOW_S], cwords[DY.W_NOW_MS] = now_s, now_s * 1000
+    text = np.frombuffer(b"udp:127.0.0.1:5060 1.2.3.4:5", np.uint8).copy()
+    DY.dlg_invite_create(dl_buf, ring, inv, text, text, np.zeros(0, dtype=np.uint8), cwords,
+                         me, 1, patch, out)
+    # responses to the INVITE (services.sip.dialog_invite: read only, its arrays)
     mine = np.array([[0, 9, 5060]], dtype=np.int64)
     mine_text = np.frombuffer(b"127.0.0.1", dtype=np.uint8).copy()
     words = np.zeros(DY.W_WORDS, dtype=np.int64)

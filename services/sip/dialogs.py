@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,7 +47,7 @@ from fastcluster.core.stats import INDEX
 from fastcluster.services.sip import dialog_rules as DR
 from fastcluster.services.sip import messages as M
 from fastcluster.services.sip import routing as RT
-from fastcluster.services.sip.dialog_replies import CompiledReplies
+from fastcluster.services.sip.dialog_invite import CompiledInvite
 from fastcluster.shm import dialogs as D
 from fastcluster.shm import table as T
 from fastcluster.shm.hashing import group_hash_of
@@ -165,118 +165,57 @@ def _uri(value: str) -> str:
         return RT.uri_of(value)
 
 
-class DialogTracker:
-    """The proxy's DialogHook in one SIP worker."""
+class ProfileAdmission:
+    """A new dialog's counts in its profiles (shm.profiles), for DialogTracker.admit:
+    taken before its dialog is made, given back when it is refused -- past a limit on
+    the cluster-wide counts, or a value that could not be counted for a limited
+    profile."""
 
-    def __init__(self, worker: Any, counts: Any, local: frozenset[tuple[str, int]],
-                 labels: list[str]) -> None:
-        mem = worker.mem
-        self.store = DialogStore(mem.dialogs, worker.rings["dialogs"], worker.me,
-                                 worker.slot, counts)
-        self.counts = counts
+    def __init__(self, mem: Any, counts: Any, log_once: Callable[[str], None]) -> None:
         self.profiles = mem.profiles
         self.tags = mem.shtags
-        self.node = worker.cfg["clusterer.node_id"]
-        self.mine = local  # our listeners: our own Record-Route entries
-        self.labels = labels  # "udp:HOST:PORT" of each listener, by index
-        self._logged: set[str] = set()
-        self.replies = CompiledReplies(self.store, local, labels)
-        self.apply_config(worker.cfg)
+        self.counts = counts
+        self.log_once = log_once
+        self.limits: dict[str, int] = {}
+        self.shtag = ""
+        self.cluster = 0
 
-    def apply_config(self, cfg: Config) -> None:
-        self.track = cfg["dialog.track"] == "all"
-        self.domains = cfg["dialog.track_domains"]
-        self.lifetime_s = cfg["dialog.default_timeout_s"]
-        self.unconfirmed_s = cfg["proxy.invite_timeout_s"] + UNCONFIRMED_MARGIN_S
-        self.ping_flags = D.F_PING_CALLER | D.F_PING_CALLEE if \
-            cfg["dialog.ping_interval_s"] else 0
-        self.rules = cfg["dialog.profiles"]
-        self.limits = dict(cfg["dialog.profile_limits"])
-        self.shtag = cfg.dialog_sharing_tag()
-        self.cluster = cfg.replication_cluster("dialog.replication_cluster") or \
-            cfg["clusterer.cluster_id"][0]
+    def configure(self, limits: dict[str, int], shtag: str, cluster: int) -> None:
+        self.limits, self.shtag, self.cluster = limits, shtag, cluster
 
-    def _log_once(self, cause: str) -> None:
-        if cause not in self._logged and len(self._logged) < 100:
-            self._logged.add(cause)
-            log.warning("%s (further ones are only counted)", cause)
+    def release(self, counted: list[bytes]) -> None:
+        self.profiles.add(counted, -1)
 
-    # ---------------------------------------------------------------- initial INVITE
-
-    def tracked(self, msg: SipMessage) -> bool:
-        if not self.track:
-            return False
-        if not self.domains:
-            return True
-        hp = RT.uri_hostport(msg.ruri)
-        return hp is not None and hp[0].lower() in self.domains
-
-    def admit(self, msg: SipMessage, src: tuple, listener: int) -> int:
-        """An initial INVITE about to be proxied: create its dialog and count it in its
-        profiles. 0: go on; else the status to refuse it with (counted)."""
-        if not self.tracked(msg):
-            return 0
-        callid = msg.call_id.encode()
-        from_tag = tag_of(msg.from_).encode()
-        if self.store.live(callid, from_tag):
-            return 0  # a retransmission, or a spiral back through us: already there
-        entries = DR.profiles_of(self.rules, msg, src[0])
+    def reserve(self, entries: list[str]) -> tuple[list[bytes], int]:
+        """Count a new dialog in its profile entries: (the counter names counted, the
+        status to refuse it with or 0). A refused dialog is counted nowhere."""
         names = [name_of(self.shtag.encode(), e.encode()) for e in entries]
-        counted: list[bytes] = []
-        if names:
-            ok = self.profiles.add_each(names, 1)
-            counted = [n for n, good in zip(names, ok) if good]
-            missing = [e for e, good in zip(entries, ok) if not good]
-            too_long = {e for e, n in zip(entries, names) if len(n) > MAX_NAME}
-            if self.limits and self.profiles.remote_refused:
-                # the other nodes' counts could not all be stored: a limited profile
-                # cannot be checked either
-                missing += [e for e in entries if e not in missing and
-                            DR.limit_of(e, self.limits) is not None]
-            refusal = DR.uncounted_status(missing, self.limits, too_long)
-            if missing:
-                self.counts[I_VALUES_REFUSED] += len(missing)
-                self._log_once("a profile value could not be counted: dialog.profile_values "
-                               "are all used, or the value is too long (a profile with a "
-                               "limit refuses the call, one without admits it uncounted)")
-            if refusal:
-                self.profiles.add(counted, -1)
-                self.counts[I_REFUSED] += 1
-                return refusal
-            over = self.over_limit(entries) if self.limits else None
-            if over is not None:
-                self.profiles.add(counted, -1)
-                self.counts[I_PROFILE_REFUSED] += 1
-                return LIMIT_STATUS
-        now = int(time.time())
-        caller_route = DR.caller_route_of_request(msg.get_all("record-route"))
-        contact = msg.get("contact")
-        r = self.store.apply(D.OP_CREATE, {
-            "callid": callid, "from_tag": from_tag, "from_uri": _uri(msg.from_).encode(),
-            "to_uri": _uri(msg.to).encode(),
-            "caller_contact": _uri(contact).encode() if contact else b"",
-            "caller_route": ", ".join(caller_route).encode(),
-            "caller_sock": DR.sock_value(self.labels[listener] if listener < len(self.labels)
-                                         else "", src[:2]).encode(),
-            "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
-            state=D.DLG_UNCONFIRMED, timeout=now + self.unconfirmed_s, start=now,
-            caller_cseq=max(0, msg.cseq_num), flags=self.ping_flags, creator=self.node)
-        if r >= 0:
-            self.counts[I_PROCESSED] += 1
-            return 0
-        if counted:  # not created here: counted by whoever created it, or nobody
+        if not names:
+            return [], 0
+        ok = self.profiles.add_each(names, 1)
+        counted = [n for n, good in zip(names, ok) if good]
+        missing = [e for e, good in zip(entries, ok) if not good]
+        too_long = {e for e, n in zip(entries, names) if len(n) > MAX_NAME}
+        if self.limits and self.profiles.remote_refused:
+            # the other nodes' counts could not all be stored: a limited profile
+            # cannot be checked either
+            missing += [e for e in entries if e not in missing and
+                        DR.limit_of(e, self.limits) is not None]
+        refusal = DR.uncounted_status(missing, self.limits, too_long)
+        if missing:
+            self.counts[I_VALUES_REFUSED] += len(missing)
+            self.log_once("a profile value could not be counted: dialog.profile_values "
+                          "are all used, or the value is too long (a profile with a "
+                          "limit refuses the call, one without admits it uncounted)")
+        if refusal:
             self.profiles.add(counted, -1)
-        if r == D.E_EXISTS:
-            return 0  # a copy of the INVITE on another worker made it first
-        self.counts[I_REFUSED] += 1
-        if r == T.E_TOO_LONG:
-            self._log_once("an INVITE was refused 500: its dialog does not fit "
-                           "dialog.record_bytes")
-            return 500
-        self._log_once(f"an INVITE was refused 503: the dialog table is full ({r}); it "
-                       "holds the live dialogs and those ended in the last "
-                       "dialog.tombstone_ttl_s: raise dialog.capacity")
-        return 503
+            self.counts[I_REFUSED] += 1
+            return [], refusal
+        if self.limits and self.over_limit(entries) is not None:
+            self.profiles.add(counted, -1)
+            self.counts[I_PROFILE_REFUSED] += 1
+            return [], LIMIT_STATUS
+        return counted, 0
 
     def over_limit(self, entries: list[str]) -> str | None:
         """The first of a new dialog's profile entries whose cluster-wide count (the new
@@ -295,12 +234,123 @@ class DialogTracker:
         counts = {e: sum(values[i * per:(i + 1) * per]) for i, e in enumerate(limited)}
         return DR.exceeded(counts, self.limits)
 
+
+class DialogTracker:
+    """The proxy's DialogHook in one SIP worker."""
+
+    def __init__(self, worker: Any, counts: Any, local: frozenset[tuple[str, int]],
+                 labels: list[str]) -> None:
+        mem = worker.mem
+        self.store = DialogStore(mem.dialogs, worker.rings["dialogs"], worker.me,
+                                 worker.slot, counts)
+        self.counts = counts
+        self.node = worker.cfg["clusterer.node_id"]
+        self.mine = local  # our listeners: our own Record-Route entries
+        self.labels = labels  # "udp:HOST:PORT" of each listener, by index
+        self._logged: set[str] = set()
+        self.admission = ProfileAdmission(mem, counts, self._log_once)
+        self.invite = CompiledInvite(self.store, local, labels)
+        self._admitted: tuple[Any, int, int] | None = None  # (INVITE, its dialog_ids)
+        self.apply_config(worker.cfg)
+
+    def apply_config(self, cfg: Config) -> None:
+        self.track = cfg["dialog.track"] == "all"
+        self.domains = cfg["dialog.track_domains"]
+        self.lifetime_s = cfg["dialog.default_timeout_s"]
+        self.unconfirmed_s = cfg["proxy.invite_timeout_s"] + UNCONFIRMED_MARGIN_S
+        self.ping_flags = D.F_PING_CALLER | D.F_PING_CALLEE if \
+            cfg["dialog.ping_interval_s"] else 0
+        self.rules = cfg["dialog.profiles"]
+        self.limits = dict(cfg["dialog.profile_limits"])
+        self.shtag = cfg.dialog_sharing_tag()
+        self.cluster = cfg.replication_cluster("dialog.replication_cluster") or \
+            cfg["clusterer.cluster_id"][0]
+        self.admission.configure(self.limits, self.shtag, self.cluster)
+
+    def _log_once(self, cause: str) -> None:
+        if cause not in self._logged and len(self._logged) < 100:
+            self._logged.add(cause)
+            log.warning("%s (further ones are only counted)", cause)
+
+    # ---------------------------------------------------------------- initial INVITE
+
+    def tracked(self, msg: SipMessage) -> bool:
+        if not self.track:
+            return False
+        if not self.domains:
+            return True
+        hp = RT.uri_hostport(msg.ruri)
+        return hp is not None and hp[0].lower() in self.domains
+
+    def admit(self, msg: SipMessage, src: tuple, listener: int, data: bytes | None = None
+              ) -> int:
+        """An initial INVITE about to be proxied: create its dialog and count it in its
+        profiles. 0: go on; else the status to refuse it with (counted). With no
+        profile limit to check first, and its bytes (`data`), the dialog is created
+        from them in one kernel call (shm.dlg_invite) and counted after."""
+        if not self.tracked(msg):
+            return 0
+        entries = DR.profiles_of(self.rules, msg, src[0])
+        if data is not None and not self.limits:
+            made = self.invite.create(np.frombuffer(data, np.uint8), msg.cseq_num, listener,
+                                      src, "\n".join(entries), self.shtag,
+                                      self.unconfirmed_s, self.ping_flags, self.node)
+            if made is not None:
+                self._admitted = (msg, made[1], made[2])
+                if made[0] >= 0:  # counted after: no profile has a limit to refuse it
+                    self.admission.reserve(entries)
+                return self._created(made[0])
+        callid = msg.call_id.encode()
+        from_tag = tag_of(msg.from_).encode()
+        if self.store.live(callid, from_tag):
+            return 0  # a retransmission, or a spiral back through us: already there
+        counted, refusal = self.admission.reserve(entries)
+        if refusal:
+            return refusal
+        now = int(time.time())
+        caller_route = DR.caller_route_of_request(msg.get_all("record-route"))
+        contact = msg.get("contact")
+        r = self.store.apply(D.OP_CREATE, {
+            "callid": callid, "from_tag": from_tag, "from_uri": _uri(msg.from_).encode(),
+            "to_uri": _uri(msg.to).encode(),
+            "caller_contact": _uri(contact).encode() if contact else b"",
+            "caller_route": ", ".join(caller_route).encode(),
+            "caller_sock": DR.sock_value(self.labels[listener] if listener < len(self.labels)
+                                         else "", src[:2]).encode(),
+            "profiles": "\n".join(entries).encode(), "shtag": self.shtag.encode()},
+            state=D.DLG_UNCONFIRMED, timeout=now + self.unconfirmed_s, start=now,
+            caller_cseq=max(0, msg.cseq_num), flags=self.ping_flags, creator=self.node)
+        if r < 0 and counted:  # not created here: counted by whoever created it, or nobody
+            self.admission.release(counted)
+        return self._created(r)
+
+    def _created(self, r: int) -> int:
+        """What admit answers for dlg_apply's result r of the new dialog (counted)."""
+        if r >= 0:
+            self.counts[I_PROCESSED] += 1
+            return 0
+        if r == D.E_EXISTS:
+            return 0  # a copy of the INVITE on another worker made it first
+        self.counts[I_REFUSED] += 1
+        if r == T.E_TOO_LONG:
+            self._log_once("an INVITE was refused 500: its dialog does not fit "
+                           "dialog.record_bytes")
+            return 500
+        self._log_once(f"an INVITE was refused 503: the dialog table is full ({r}); it "
+                       "holds the live dialogs and those ended in the last "
+                       "dialog.tombstone_ttl_s: raise dialog.capacity")
+        return 503
+
     # ---------------------------------------------------------------- responses
 
     def bind_invite(self, msg: SipMessage, tx_key: int) -> None:
         """The transaction of an admitted INVITE was made: keep its key with the
         dialog, in this node's per-node word (TX_KEY_LOW)."""
-        key, group = D.dialog_ids(msg.call_id.encode(), tag_of(msg.from_).encode())
+        got = self._admitted
+        if got is not None and got[0] is msg:
+            key, group = got[1], got[2]
+        else:
+            key, group = D.dialog_ids(msg.call_id.encode(), tag_of(msg.from_).encode())
         D.dlg_ping_mark(self.store.arena, np.uint64(key), np.uint64(group),
                         np.int64(tx_key & TX_KEY_MASK), np.int64(TX_KEY_MASK))
 
@@ -405,9 +455,9 @@ class DialogTracker:
 
     def on_invite_reply_compiled(self, data: np.ndarray, status: int, final_status: int,
                                  listener: int, src: tuple | None) -> bool:
-        """on_invite_reply in one kernel call from the response's bytes (shm.dlg_reply);
+        """on_invite_reply in one kernel call from the response's bytes (shm.dlg_invite);
         False: nothing was done, parse it and call on_invite_reply."""
-        done = self.replies.change(data, status, final_status, listener, src,
+        done = self.invite.change(data, status, final_status, listener, src,
                                    self.lifetime_s, self.unconfirmed_s)
         if done is None:
             return False

@@ -7,7 +7,7 @@ unusual answers "not taken" before doing anything, and the Python way
 the kernel and the send, as the Python way calls it: for an ACK or BYE with the
 identity fast_request found in its head (the dialog change is one more kernel call,
 shm.dialogs.dlg_in_dialog), for a response to an INVITE from its bytes too
-(shm.dlg_reply.dlg_invite_reply), parsed only when that kernel leaves it to Python.
+(shm.dlg_invite.dlg_invite_reply), parsed only when that kernel leaves it to Python.
 Neighbours: services.sip.proxy, shm.sipscan, shm.sipreq.
 """
 from __future__ import annotations

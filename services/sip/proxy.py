@@ -71,9 +71,11 @@ class DialogHook(Protocol):
     """What dialog tracking implements (services.sip.dialogs). The proxy calls it where
     RFC 3261 §12 dialogs are born and change; the call sites are marked "dialog hook"."""
 
-    def admit(self, msg: SipMessage, src: tuple, listener: int) -> int:
-        """An initial INVITE about to be proxied (its targets found): 0 to go on, or
-        the status to refuse it with (a profile limit, no room for its dialog)."""
+    def admit(self, msg: SipMessage, src: tuple, listener: int, data: bytes | None = None
+              ) -> int:
+        """An initial INVITE about to be proxied (its targets found; data: its bytes as
+        received): 0 to go on, or the status to refuse it with (a profile limit, no room
+        for its dialog)."""
 
     def on_invite_reply(self, msg: SipMessage, key: int, branch: int, final_status: int,
                         listener: int = -1, src: tuple | None = None) -> None:
@@ -171,7 +173,7 @@ class Proxy:
             d = self.route_for(msg)
             targets, encoded = self.targets.of_request(msg, d, addr)
             if self.dialogs is not None and method == "INVITE" and not tag_of(msg.to):
-                refusal = self.dialogs.admit(msg, addr, listener.index)  # dialog hook
+                refusal = self.dialogs.admit(msg, addr, listener.index, data)  # dialog hook
                 if refusal:
                     raise Refused(refusal)
                 admitted = True

@@ -15,6 +15,7 @@ from fastcluster.core.sip import parse_message, tag_of
 from fastcluster.core.stats import COUNTERS
 from fastcluster.services.sip.messages import dialog_identity
 from fastcluster.shm import dialogs as D
+from fastcluster.shm.profiles import name_of
 from tests.support.registrar import LISTEN
 from tests.unit.test_proxy import BOB1, CALLER, Proxy, invite, response_to
 from tests.unit.test_sipreq import _mutate
@@ -29,11 +30,21 @@ class DialogPair:
     requests they took whose dialog change went the Python way (a tag the kernel
     leaves to tag_of) instead of shm.dialogs.dlg_in_dialog."""
 
-    def __init__(self) -> None:
-        self.fast = Proxy(dialogs=True)
-        self.python = Proxy(dialogs=True)
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        self.fast = Proxy(dialogs=True, settings=settings)
+        self.python = Proxy(dialogs=True, settings=settings)
         self.python.app.fast.fq_listeners = None
         self.python.app.fast.reply = lambda *a: False  # type: ignore[assignment]
+        self.python.tracker.invite.create = lambda *a: None  # type: ignore[method-assign]
+        self.created: list[object] = []  # dlg_invite_create's results on `fast`
+        real_create = self.fast.tracker.invite.create
+
+        def create(*a):
+            made = real_create(*a)
+            self.created.append(made)
+            return made
+
+        self.fast.tracker.invite.create = create  # type: ignore[method-assign]
         self.taken: list[bytes] = []
         self.slow: list[tuple] = []
         tracker = self.fast.tracker
@@ -249,7 +260,7 @@ REPLY_VARIANTS = [(OURS, v) for v in (
 def test_the_kernels_invite_reply_change_is_the_python_ones() -> None:
     """Responses to initial INVITEs (1xx with and without a tag, 2xx, 2xx of a second
     callee, failures) with route sets, Contacts and tags written every way: after each,
-    both proxies hold the same dialogs and counters (shm.dlg_reply against
+    both proxies hold the same dialogs and counters (shm.dlg_invite against
     DialogTracker.on_invite_reply)."""
     rng = random.Random(17)
     pair = DialogPair()
@@ -274,3 +285,80 @@ def test_the_kernels_invite_reply_change_is_the_python_ones() -> None:
     assert 0 < len(pair.slow_replies) < taken // 3  # most changes were the kernel's
     assert pair.fast.stat("dialog:failed_dialogs") > 5
     assert pair.fast.stat("dialog:callee_too_long") > 0
+
+
+INVITE_VARIANTS = [
+    (b"From: <sip:alice@example.com>", b'From: "Alice" <sip:alice@example.com>'),
+    (b"From: <sip:alice@example.com>", b"From: Alice <sip:alice@example.com>"),
+    (b"From: <sip:alice@example.com>", b"From: sip:alice@example.com"),
+    (b"From: <sip:alice@example.com>", b"f:<sip:alice@example.com;user=phone>"),
+    (b"From: <sip:alice@example.com>", b"FROM: \t<sip:Alice@Example.COM>"),
+    (b"From: <sip:alice@example.com>;tag=", b"From: <sip:alice@example.com>;x=1;tag="),
+    (b"From: <sip:alice@example.com>;tag=", b"From: <sip:alice@example.com>; tag="),
+    (b"From: <sip:alice@example.com>;tag=", b"From: <sip:alice@example.com;tag=u>;tag="),
+    (b"To: <sip:bob@example.com>", b"t: <sip:bob@example.com>"),
+    (b"To: <sip:bob@example.com>", b"To: Bob <sip:bob@example.com>"),
+    (b"To: <sip:bob@example.com>", b"To: sip:bob@example.com"),
+    (b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;x=y"),
+    (b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com"),
+    (b"Call-ID: call-", b"i: call-"),
+    (b"Call-ID: call-", b"Call-ID: " + b"L" * 700),
+    (b"CSeq: 1 ", b"CSeq: 2147483647 "),
+    (b"CSeq: 1 ", b"CSeq: 0 "),
+    (b"Contact: <sip:alice@", b"m: <sip:alice@"),
+    (b"Contact: <sip:alice@", b"Contact: <sip:x@h>, <sip:alice@"),
+    (b"Contact: <sip:alice@", b"Contact: <sip:x@h>\r\nContact: <sip:alice@"),
+    (b"Contact: <sip:alice@", b'Contact: "A" <sip:alice@'),
+    (b"Contact: <sip:alice@", b"Contact: <sip:alice;ob@"),
+    (b"Contact: <sip:alice@127.0.0.1:5070>", b"Contact: sip:alice@127.0.0.1:5070;ob"),
+    (b"Contact: <sip:alice@127.0.0.1:5070>", b"Contact: <sip:alice@127.0.0.1:5070>;exp=9"),
+    (b"Contact: <sip:alice@127.0.0.1:5070>\r\n", b""),
+    (b"Max-Forwards:", b"Record-Route: <sip:p1.example.com;lr>\r\nMax-Forwards:"),
+    (b"Max-Forwards:", b"Record-Route: <sip:p1;lr>, <sip:p2;lr>,<sip:p3>\r\n"
+                       b"record-route: <sip:p4;lr>\r\nMax-Forwards:"),
+    (b"Max-Forwards:", b'Record-Route: "P" <sip:p1;lr>\r\nMax-Forwards:'),
+    (b"Max-Forwards:", b"Record-Route: <sip:p1;a=b,c>\r\nMax-Forwards:"),
+    (b"Max-Forwards:", b"Record-Route: <sip:p;lr>\r\n" * 9 + b"Max-Forwards:"),
+    (b"Max-Forwards:", b"Record-Route: " + b"<sip:p;lr>, " * 40 + b"<sip:q>\r\n"
+                       b"Max-Forwards:"),
+    (b"Max-Forwards:", b"Record-Route: <sip:p;lr>,\r\n <sip:q;lr>\r\nMax-Forwards:"),
+    (b"Max-Forwards:", b"X-Long: " + b"h" * 300 + b"\r\nMax-Forwards:"),
+    (b"Max-Forwards:", b"X-Bin: caf\xc3\xa9\r\nMax-Forwards:"),
+]
+
+
+def test_the_kernels_new_dialog_is_the_python_ones() -> None:
+    """Initial INVITEs with From, To, Contact, Record-Route, Call-ID and CSeq written
+    every way (and retransmitted): after each, both proxies sent the same datagrams and
+    hold the same dialogs, profile counts and counters (shm.dlg_invite.dlg_invite_create
+    against DialogTracker.admit's Python way)."""
+    rng = random.Random(29)
+    pair = DialogPair({"dialog.profiles": "calls, per_user=from_user, per_ip=source_ip"})
+    sent = []
+    for n in range(1, 161):
+        data = invite(n)
+        for a, b in rng.sample(INVITE_VARIANTS, rng.choice((0, 1, 1, 2, 3))):
+            data = data.replace(a, b, 1)
+        pair.feed(data, CALLER)
+        sent.append(data)
+        if rng.random() < 0.1:
+            pair.feed(rng.choice(sent), CALLER)  # a retransmission, maybe of another
+        pair.same_dialogs()
+        names = [name_of(b"", e) for e in (b"calls", b"per_user/alice", b"per_ip/127.0.0.1")]
+        assert pair.fast.profiles.get(names) == pair.python.profiles.get(names)
+    made = [m for m in pair.created if m is not None]
+    assert len(made) > 80 and pair.created.count(None) > 30  # both ways were taken
+    assert sum(1 for m in made if m[0] == D.E_EXISTS) > 3  # retransmissions found it
+    assert pair.fast.stat("dialog:processed_dialogs") > 100
+    assert pair.fast.stat("dialog:refused") > 0  # a Call-ID too long for the row
+
+
+def test_a_profile_limit_keeps_the_python_way() -> None:
+    """With a profile limit the counts come first (a refused INVITE makes no dialog):
+    the kernel, which counts after creating, is not used."""
+    pair = DialogPair({"dialog.profiles": "calls", "dialog.profile_limits": "calls=2"})
+    for n in range(1, 5):
+        pair.feed(invite(n), CALLER)
+    assert pair.created == []
+    assert pair.fast.stat("dialog:profile_refused") == 2
+    assert len([r for r in pair.same_dialogs() if r["dlg_state"] != D.DLG_DELETED]) == 2

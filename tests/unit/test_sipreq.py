@@ -124,11 +124,11 @@ def test_the_hot_path_uses_only_warmed_kernel_signatures() -> None:
     from fastcluster.shm.warm import warm_kernels
 
     from fastcluster.shm import dialogs as D
-    from fastcluster.shm import dlg_reply as DY
+    from fastcluster.shm import dlg_invite as DY
 
     warm_kernels()
     kernels = (RQ.fast_request, SC.fast_reply, X.tx_request, X.tx_reply, D.dlg_in_dialog,
-               D.dlg_apply, D.dlg_get, DY.dlg_invite_reply)
+               D.dlg_apply, D.dlg_get, DY.dlg_invite_reply, DY.dlg_invite_create)
     before = [len(k.signatures) for k in kernels]
     p = Proxy()  # bob registered at BOB1
     (fwd,) = [d for d, a in p.feed(invite(90), CALLER) if a == BOB1]
@@ -137,8 +137,8 @@ def test_the_hot_path_uses_only_warmed_kernel_signatures() -> None:
         p.feed(data, CALLER)
     assert p.stat("tm:relayed_replies") == 1 and p.stat("core:fwd_requests") == 1
     # with dialog tracking: the compiled dialog changes (shm.dialogs.dlg_in_dialog,
-    # shm.dlg_reply.dlg_invite_reply)
-    p = Proxy(dialogs=True)
+    # shm.dlg_invite.dlg_invite_create and dlg_invite_reply)
+    p = Proxy(dialogs=True, settings={"dialog.profiles": "calls"})
     (fwd,) = [d for d, a in p.feed(invite(1), CALLER) if a == BOB1]
     for code in (180, 200):
         p.feed(response_to(fwd, code), BOB1)
@@ -146,4 +146,5 @@ def test_the_hot_path_uses_only_warmed_kernel_signatures() -> None:
         p.feed(data.replace(b"dlg-1", b"call-1"), CALLER)
     assert p.stat("dialog:terminated_dialogs") == 1
     assert p.stat("dialog:processed_dialogs") == 1
+    assert DY.dlg_invite_create.signatures  # the INVITE's dialog was the kernel's
     assert [len(k.signatures) for k in kernels] == before
