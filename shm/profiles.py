@@ -408,6 +408,9 @@ def prof_local_delta(seg, sent_keys, sent_vals, full, out):
     return m
 
 
+PACKS_KEPT = 4096  # ProfileCounters.add_each's packed name lists
+
+
 class ProfileCounters:
     """The Python face of a profile segment (checks at the boundary)."""
 
@@ -431,6 +434,7 @@ class ProfileCounters:
         self.remote = buf[a:a + 8 * self.nslots].view(np.int64)
         a += 8 * self.nslots
         self.names = buf[a:a + NAME_BYTES * self.nslots].reshape(self.nslots, NAME_BYTES)
+        self._packs: dict[tuple[bytes, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
     def pack(names: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -445,8 +449,15 @@ class ProfileCounters:
         return sum(self.add_each(names, delta))
 
     def add_each(self, names: list[bytes], delta: int) -> list[bool]:
-        """recent += delta for each name; whether each one could be counted."""
-        data, ends = self.pack(names)
+        """recent += delta for each name; whether each one could be counted. The
+        packed names are kept (a SIP worker counts every new dialog in the same few)."""
+        key = tuple(names)
+        packed = self._packs.get(key)
+        if packed is None:
+            if len(self._packs) >= PACKS_KEPT:
+                self._packs.clear()
+            packed = self._packs[key] = self.pack(names)
+        data, ends = packed
         out = np.zeros(max(1, len(names)), dtype=np.int64)
         prof_add(self.buf, data, ends, len(names), delta, out)
         return [bool(v >= 0) for v in out[:len(names)]]

@@ -269,3 +269,17 @@ def test_an_answer_the_kernel_refuses_is_counted_and_the_rest_are_sent() -> None
     finally:
         server.close()
         client.close()
+
+
+def test_sources_kept_past_their_limit_are_read_again(monkeypatch) -> None:
+    """Batch.address keeps the IPv4 sources it decoded: with fewer kept than sources
+    (the cache starts again), every datagram still gets its own source."""
+    monkeypatch.setattr(M, "ADDRESSES_KEPT", 3)
+    batch = M.Batch(64, 2)
+    sources = [(f"10.0.{i}.{200 + i}", 5060 + 1000 * i) for i in range(8)]
+    for _ in range(2):
+        for host, port in sources:
+            batch.names[1, :8] = np.frombuffer(struct.pack("<H", socket.AF_INET) +
+                                               struct.pack("!H", port) +
+                                               socket.inet_aton(host), np.uint8)
+            assert batch.address(1) == (host, port)

@@ -178,3 +178,16 @@ def test_local_delta_reports_only_what_changed() -> None:
     assert delta(full=True) == {b"\0a": 2, b"\0b": 1}
     c.add([n("", "b")], -1)
     assert delta() == {b"\0b": 0}
+
+
+def test_kept_name_packs_count_the_right_names_past_their_limit(monkeypatch) -> None:
+    """add_each keeps the packed arrays of the name lists it was given: with fewer kept
+    than lists in use (the cache starts again), every count still lands on its names."""
+    monkeypatch.setattr(PF, "PACKS_KEPT", 3)
+    pc = counters(64)
+    lists = [[n("", f"p{i}"), n("", "calls")] for i in range(7)]
+    for _ in range(3):
+        for names in lists:
+            assert pc.add_each(names, 1) == [True, True]
+    assert pc.get([n("", f"p{i}") for i in range(7)]) == [3] * 7
+    assert pc.get([n("", "calls")]) == [21]
