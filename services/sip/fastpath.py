@@ -36,6 +36,8 @@ I_FWD_REQ = _I["core:fwd_requests"]
 I_UAS, I_UAC, I_RCV_TX = _I["tm:UAS_transactions"], _I["tm:UAC_transactions"], \
     _I["tm:received_replies"]
 I_ABSORBED, I_RELAYED = _I["tm:absorbed_retransmissions"], _I["tm:relayed_replies"]
+STRINGS_NEEDED = X.A_SEND_STORED | X.NEEDS_REQUEST  # actions using out_strings
+_NO_STRINGS = (b"", b"", b"")
 
 
 class FastPath:
@@ -150,22 +152,24 @@ class FastPath:
             return True
         counts[I_RCV_TX] += 1
         actions, sock, upstream = tx.forward_to()
+        o = tx.out() if actions and actions != X.A_FORWARD else None
         dialogs = self.proxy.dialogs
         if dialogs is not None and scan[SC.S_MCLASS] == X.M_INVITE and status > 100:
             # dialog hook, before the reply goes on (as Proxy.handle_reply)
-            final = 0
-            if actions and actions != X.A_FORWARD and actions & X.A_FIRST_FINAL:
-                final = tx.out().status
+            final = o.status if o is not None and actions & X.A_FIRST_FINAL else 0
             if not dialogs.on_invite_reply_compiled(arr, status, final, listener.index,
                                                     addr):
                 dialogs.on_invite_reply(parse_message(data), int(scan[SC.S_KEY]),
                                         int(scan[SC.S_BRANCH]), final, listener.index, addr)
-        if actions == X.A_FORWARD:
-            self.sender.send(stripped, sock, upstream)
-            counts[I_RELAYED] += 1
-        elif actions:
-            o = tx.out()
-            response, request, targets = tx.out_strings(o)
+        if o is None:
+            if actions:
+                self.sender.send(stripped, sock, upstream)
+                counts[I_RELAYED] += 1
+        else:
+            # the stored strings only when an action sends them (a final response
+            # relayed as it came needs none of them)
+            response, request, targets = tx.out_strings(o) if actions & STRINGS_NEEDED \
+                else _NO_STRINGS
             self.sender.run(actions, o, o.key, response, request, targets, arriving=stripped,
                             branch=int(scan[SC.S_BRANCH]))
         return True
