@@ -106,6 +106,7 @@ CONTACT = RowLayout(
     ),
     strings=("aor", "uri", "callid", "user_agent", "path", "instance"),
     aux_name="sock",
+    order=("cseq", "callid"),
 )
 
 S_AOR, S_URI, S_CALLID, S_UA, S_PATH, S_INSTANCE = range(6)
@@ -468,7 +469,10 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
             if not _same_binding(t, f, req, aor_off, aor_len, cpos):
                 unlock_regions(t, lo, hi)
                 return E_COLLISION
-            if r_state(t, f) == ST_LIVE and _same_callid(t, f, req, cid_off, cid_len):
+            # a removed binding's tombstone keeps its CSeq: a late copy of an earlier
+            # request of that Call-ID (a retransmission queued, or sent to another node)
+            # must not bring it back
+            if _same_callid(t, f, req, cid_off, cid_len):
                 stored = np.int64(t.rows32[(rbase(t, f) + O_CSEQ) >> 2])
                 if stored > cseq:
                     unlock_regions(t, lo, hi)
@@ -512,7 +516,9 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
         s = home
         while s < t.nslots and t.keys[s] != 0:
             if _is_member(t, s, group, req, aor_off, aor_len) and r_state(t, s) == ST_LIVE:
-                _tombstone(t, ring, proc, s, row, now_s, now_ms)
+                # a binding of this Call-ID: its tombstone takes the removal's CSeq
+                _tombstone(t, ring, proc, s, row, now_s, now_ms,
+                           cseq if _same_callid(t, s, req, cid_off, cid_len) else -1)
                 written += 1
             s += 1
     for i in range(n):
@@ -527,17 +533,18 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
         if cw[2] == 0:
             # Every removal leaves a tombstone newer than any version of the binding,
             # known here or not (a node that has not synced yet must not let a later
-            # sync bring the binding back).
-            if f >= 0:
-                _tombstone(t, ring, proc, f, row, now_s, now_ms)
-            else:
-                _build_row(t, row, req, cpos, keys[i], group, now_s)
-                row[R_STATE] = ST_TOMB
-                row[R_EXPIRES:R_EXPIRES + 4].view(np.uint32)[0] = now_s
-                d_live, d_tomb, d_free = write_row(t, ring, proc, free, row, 0,
-                                                   t.fixed + blob_used(t, row, 0), keys[i],
-                                                   hlc_version(now_ms))
-                publish_counts(t, d_live, d_tomb, d_free)
+            # sync bring the binding back), with this request's Call-ID and CSeq: what
+            # orders it against a write of the same binding another node made
+            # meanwhile (shm.rows RowLayout.order).
+            _build_row(t, row, req, cpos, keys[i], group, now_s)
+            row[R_STATE] = ST_TOMB
+            row[R_EXPIRES:R_EXPIRES + 4].view(np.uint32)[0] = now_s
+            target = free if f < 0 else f
+            version = hlc_version(now_ms) if f < 0 else next_version(now_ms, r_version(t, f))
+            d_live, d_tomb, d_free = write_row(t, ring, proc, target, row, 0,
+                                               t.fixed + blob_used(t, row, 0), keys[i],
+                                               version)
+            publish_counts(t, d_live, d_tomb, d_free)
             written += 1
             continue
         _build_row(t, row, req, cpos, keys[i], group, now_s)
@@ -571,12 +578,14 @@ def _register(t, ring, req, out, row, me, proc, offs, keys, found):
 
 
 @njit(cache=True, inline="always")
-def _tombstone(t, ring, proc, s, row, now_s, now_ms):
-    """Turn LIVE slot s into a replicated tombstone (its strings, Call-ID and CSeq kept;
-    expires becomes the deletion time)."""
+def _tombstone(t, ring, proc, s, row, now_s, now_ms, cseq=-1):
+    """Turn LIVE slot s into a replicated tombstone (its strings, Call-ID and CSeq kept,
+    or the CSeq `cseq` when >= 0; expires becomes the deletion time)."""
     base = rbase(t, s)
     row[:t.body] = t.rows8[base:base + t.body]
     version = next_version(now_ms, r_version(t, s))
+    if cseq >= 0:
+        row[O_CSEQ:O_CSEQ + 4].view(np.uint32)[0] = cseq
     row[R_STATE] = ST_TOMB
     row[R_EXPIRES:R_EXPIRES + 4].view(np.uint32)[0] = now_s
     d_live, d_tomb, d_free = write_row(t, ring, proc, s, row, 0,

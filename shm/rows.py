@@ -47,6 +47,10 @@ class RowLayout:
     fields: tuple[tuple[str, str, str], ...]  # table-specific: (name, dtype, doc)
     strings: tuple[str, ...]  # blob segments, in order; strings[0] is the group identity
     aux_name: str = "aux"
+    # (u32 field, string): two rows of one record whose strings `string` are equal are
+    # ordered by `field` before (version, origin) -- a contact binding's CSeq within its
+    # Call-ID (RFC 3261 §10.3), which orders two nodes' writes of the same ms
+    order: tuple[str, str] | None = None
 
     @cached_property
     def dtype(self) -> np.dtype:  # computed once: the hot paths read it per row
@@ -73,6 +77,13 @@ class RowLayout:
     @property
     def lens_off(self) -> int:
         return self.offset("lens")
+
+    @property
+    def order_at(self) -> tuple[int, int]:
+        """(offset of the order field, index of its scope string); (0, 0): none."""
+        if self.order is None:
+            return 0, 0
+        return self.offset(self.order[0]), self.strings.index(self.order[1])
 
     def row_size(self, record_bytes: int) -> int:
         """Bytes per slot: the head and the body (fixed part + string blob)."""

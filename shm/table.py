@@ -128,6 +128,7 @@ RANGE_SHIFT = np.uint64(64 - RANGE_BITS)
 (H_MAGIC, H_VERSION, H_KIND, H_NSLOTS, H_NHOME, H_ROW, H_FIXED, H_SHIFT, H_NREGIONS,
  H_NPROCS, H_OFF_KEYS, H_OFF_LOCKS, H_OFF_UNDO, H_OFF_ROWS, H_CAPACITY, H_LENS_OFF,
  H_NLENS, H_NODE_ID, H_UNDO_SIZE, H_OFF_DIGESTS, H_OFF_DIRTY) = range(21)
+H_ORDER_OFF, H_ORDER_STR = 21, 22  # shm.rows RowLayout.order (0, 0: none)
 H_LIVE, H_TOMB, H_FREE = 24, 32, 40
 
 # common row prefix offsets, from the one declaration in shm.rows
@@ -186,7 +187,8 @@ def geometry(capacity: int, row_size: int, nprocs: int) -> dict[str, int]:
 
 
 def init_table(buf: np.ndarray, kind: int, capacity: int, row_size: int, fixed_size: int,
-               lens_off: int, nlens: int, nprocs: int, node_id: int) -> None:
+               lens_off: int, nlens: int, nprocs: int, node_id: int, order_off: int = 0,
+               order_str: int = 0) -> None:
     """Write the header of a zero-filled table segment (keys all EMPTY already)."""
     if row_size % 8 or fixed_size % 8:
         raise ValueError("row and fixed sizes must be multiples of 8")
@@ -201,7 +203,7 @@ def init_table(buf: np.ndarray, kind: int, capacity: int, row_size: int, fixed_s
               H_OFF_UNDO: g["off_undo"], H_OFF_ROWS: g["off_rows"], H_CAPACITY: capacity,
               H_LENS_OFF: lens_off, H_NLENS: nlens, H_NODE_ID: node_id,
               H_UNDO_SIZE: g["undo_size"], H_OFF_DIGESTS: g["off_digests"],
-              H_OFF_DIRTY: g["off_dirty"]}
+              H_OFF_DIRTY: g["off_dirty"], H_ORDER_OFF: order_off, H_ORDER_STR: order_str}
     for index, value in values.items():
         h[index] = value
     h[H_MAGIC] = TABLE_MAGIC
@@ -640,10 +642,11 @@ def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, seen, pe
     if status == 0:
         if found >= 0:
             sv = r_version(t, found)
-            if version < sv or (version == sv and origin <= r_origin(t, found)):
-                result = E_STALE
-            else:
-                result = found
+            newer = version > sv or (version == sv and origin > r_origin(t, found))
+            order = record_order(t, buf, rb, found)
+            if order != 0:
+                newer = order > 0
+            result = found if newer else E_STALE
             if seen.shape[0]:
                 seen[found] = 1
         elif (state == ST_LIVE and expires <= now_s) or (
@@ -659,6 +662,26 @@ def apply_entry(t, buf, off, length, now_s, tomb_ttl_s, me, proc, ring, seen, pe
                 seen[result] = 1
     unlock_regions(t, lo, hi)
     return result, dl, dt, df
+
+
+@njit(cache=True, inline="always")
+def record_order(t, b8, base, s):
+    """Where the row at byte `base` of b8 stands against slot s's row of the same record
+    by the table's order field (shm.rows RowLayout.order): 1 later, -1 earlier, 0 not
+    comparable (no order, other scope strings, or equal fields): (version, origin)
+    decide."""
+    oo = t.h[H_ORDER_OFF]
+    if oo == 0:
+        return 0
+    si = t.h[H_ORDER_STR]
+    sb = rbase(t, s)
+    a, an = seg_span(t, b8, base, si)
+    b, bn = seg_span(t, t.rows8, sb, si)
+    if an == 0 or an != bn or not bytes_equal(b8, a, t.rows8, b, an):
+        return 0
+    x = ld32(b8, base + oo)
+    y = ld32(t.rows8, sb + oo)
+    return 1 if x > y else (-1 if x < y else 0)
 
 
 @njit(cache=True, inline="always")

@@ -64,7 +64,8 @@ class Table:
     def create(buf: np.ndarray, layout: RowLayout, capacity: int, record_bytes: int,
                nprocs: int, node_id: int) -> Table:
         T.init_table(buf, layout.kind, capacity, layout.row_size(record_bytes),
-                     layout.fixed_size, layout.lens_off, len(layout.strings), nprocs, node_id)
+                     layout.fixed_size, layout.lens_off, len(layout.strings), nprocs, node_id,
+                     *layout.order_at)
         spec = SPEC_BY_KIND.get(layout.kind)  # a replicated table, or a local one
         return spec.open(buf) if spec is not None else Table(buf, layout)
 

@@ -15,7 +15,9 @@ tombstone). The watermarks live in shared memory (shm.control), so a new cluster
 process resumes where the old one stopped instead of discarding anything.
 
 Receiving. Rows are applied by (version, origin), idempotently, in any order (a full
-sync can run at the same time). Every ACK_INTERVAL_S the receiver acknowledges the
+sync can run at the same time); two rows of one contact binding with the same Call-ID
+by their CSeq first (shm.rows RowLayout.order: a client that registered on one node
+and removed on another within the same ms made rows of equal versions). Every ACK_INTERVAL_S the receiver acknowledges the
 batches it applied to their origin, and names at once the ones a gap in the numbers
 showed were lost.
 

@@ -169,7 +169,12 @@ class RefTable:
         if found >= 0:
             old = self.rowbytes(found)
             sv, so = self.f(old, T.R_VERSION, 8), self.f(old, T.R_ORIGIN, 2)
-            if (version, origin) <= (sv, so):
+            newer = (version, origin) > (sv, so)
+            oo, si = int(self.h[T.H_ORDER_OFF]), int(self.h[T.H_ORDER_STR])
+            if oo and self.seg(row, si) and self.seg(row, si) == self.seg(old, si) and \
+                    self.f(row, oo, 4) != self.f(old, oo, 4):
+                newer = self.f(row, oo, 4) > self.f(old, oo, 4)  # the record's own order
+            if not newer:
                 return T.E_STALE
             target = found
         elif (state == T.ST_LIVE and expires <= now_s) or \

@@ -277,3 +277,17 @@ def test_wildcard_removal_waits_until_the_contacts_are_synced() -> None:
     h.control.words[CT.W_SYNCED] = -1
     assert status(h.send(register(cseq=3, contacts=["*"], expires=0))) == 200
     assert h.contacts("alice@example.com") == []
+
+
+def test_a_late_copy_of_an_earlier_request_does_not_bring_a_removed_binding_back() -> None:
+    """The removal's tombstone keeps its CSeq: a copy of the REGISTER before it (a
+    retransmission still queued, or one that went to another node) is out of order."""
+    h = Harness()
+    assert status(h.send(register(cseq=8, expires=600))) == 200
+    assert status(h.send(register(cseq=9, expires=0))) == 200
+    reply = h.send(register(cseq=8, expires=600))
+    assert status(reply) == 400 and "Out of order request" in reply
+    assert h.contacts("alice@example.com") == []
+    assert status(h.send(register(cseq=9, expires=0))) == 200  # the removal again
+    assert status(h.send(register(cseq=10, expires=600))) == 200  # the next one
+    assert len(h.contacts("alice@example.com")) == 1

@@ -324,3 +324,36 @@ def test_entry_of_another_table_is_refused() -> None:
     assert T.apply_entries(a, e, len(e), NOW_S, 60, ME, 1, R.no_ring(), T.NO_SEEN, counts) == 0
     assert counts[T.AC_CORRUPT] == 1 and counts[T.AC_APPLIED] == 0
     assert Table(a, CONTACT).counters()["live"] == 0
+
+
+def test_a_bindings_rows_are_ordered_by_cseq_within_its_call_id() -> None:
+    """Two nodes writing the same binding in the same ms (a client that registered on
+    one node and removed on another right after) make rows of equal versions; the CSeq
+    within the Call-ID orders them (RFC 3261 §10.3), in whatever order they arrive, and
+    with the later one's clock behind too. Another Call-ID: (version, origin) decide."""
+    v = T.hlc_version(NOW_MS)
+
+    def row(cseq: int, state: int, version: int, origin: int, callid: bytes) -> np.ndarray:
+        r = make_row(200, 99, 5, [b"alice@example.com", b"sip:a@h", callid], state=state,
+                     version=version, origin=origin)
+        r[:CONTACT.fixed_size].view(CONTACT.dtype)["cseq"] = cseq
+        return r
+
+    register = row(9, T.ST_LIVE, v, 3, b"c1")
+    for removal, other, want in (
+            (row(10, T.ST_TOMB, v, 1, b"c1"), register, T.ST_TOMB),
+            (row(10, T.ST_TOMB, v - (5 << T.HLC_SHIFT), 1, b"c1"), register, T.ST_TOMB),
+            (row(10, T.ST_TOMB, v, 1, b"c2"), register, T.ST_LIVE)):
+        for first, second in ((other, removal), (removal, other)):
+            buf, ref_buf = make_table(record_bytes=128), make_table(record_bytes=128)
+            ref_t = ref.RefTable(ref_buf)
+            counts = np.zeros(T.APPLY_COUNTS, dtype=np.int64)
+            for r in (first, second):
+                e = entry_of(r)
+                T.apply_entries(buf, e, e.shape[0], NOW_S, 60, ME, 1, R.no_ring(),
+                                T.NO_SEEN, counts)
+                ref_t.apply(e.tobytes(), NOW_S, 60)
+            h = buf[:T.HEADER_SIZE].view(np.int64)
+            assert (int(h[T.H_LIVE]), int(h[T.H_TOMB])) == \
+                ((1, 0) if want == T.ST_LIVE else (0, 1))
+            assert comparable(buf) == comparable(ref_buf)
