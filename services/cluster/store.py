@@ -16,7 +16,9 @@ Schema (version SCHEMA_VERSION):
 A flush is one INSERT of one batch per table, whatever the number of records: appending
 costs no B-tree insert per record, so the database keeps up with the SIP workers.
 Loading applies the snapshot's and the log's records by (version, origin) -- the order
-does not matter, the newest version wins (DESIGN.md §4) -- so compaction only has to
+does not matter, the newest version wins (DESIGN.md §4; a binding's rows of one Call-ID
+by CSeq first, shm.rows RowLayout.order, and a dump export keeps the same row) -- so
+compaction only has to
 write a new snapshot and drop the log it covers, in one transaction. A database written
 by another node id, or with another row layout or schema version, is refused with a
 message saying which. `url`: "" or "sqlite:///PATH" for SQLite, "postgresql://..." for
@@ -33,9 +35,14 @@ import struct
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from fastcluster.shm.rows import RowLayout
+from fastcluster.shm.tables import TABLES
+
 SCHEMA_VERSION = 2
 _ENTRY = struct.Struct("<I4x")
 _PREFIX = struct.Struct("<QQqIBxH")  # key, group, version, expires, state, (aux), origin
+_U32 = struct.Struct("<I")
+_LAYOUTS = {spec.name: spec.layout for spec in TABLES}
 
 
 class StoreError(Exception):
@@ -269,6 +276,31 @@ def entries(batch: bytes) -> Iterator[tuple[int, int, int, int, int, bytes]]:
         off += length
 
 
+def _later(layout: RowLayout | None, entry: bytes, old: bytes, vo: tuple[int, int],
+           old_vo: tuple[int, int]) -> bool:
+    """Whether wire entry `entry` (version, origin `vo`) replaces `old` of the same
+    record, by shm.table's rule: the layout's order field first between rows of the same
+    scope string (shm.rows RowLayout.order), then (version, origin)."""
+    if layout is not None and layout.order is not None:
+        field, scope = layout.order
+        at, index = layout.offset(field), layout.strings.index(scope)
+        mine, theirs = _scope(layout, entry, index), _scope(layout, old, index)
+        if mine and mine == theirs:
+            a, = _U32.unpack_from(entry, _ENTRY.size + at)
+            b, = _U32.unpack_from(old, _ENTRY.size + at)
+            if a != b:
+                return a > b
+    return vo > old_vo
+
+
+def _scope(layout: RowLayout, entry: bytes, index: int) -> bytes:
+    """String `index` of the row in a wire entry."""
+    row = _ENTRY.size
+    lens = struct.unpack_from(f"<{len(layout.strings)}H", entry, row + layout.lens_off)
+    start = row + layout.fixed_size + sum(lens[:index])
+    return entry[start:start + lens[index]]
+
+
 # ---------------------------------------------------------------- portable dumps
 
 DUMP_FORMAT = "fastcluster-db"
@@ -283,10 +315,12 @@ def export_dump(store: Store, out: Any, node_id: int, layouts: dict[str, str]) -
     n = 0
     for table in layouts:
         newest: dict[int, tuple[int, int, int, int, bytes]] = {}
+        layout = _LAYOUTS.get(table)
         for batch in store.batches(table):
             for key, version, origin, state, expires, entry in entries(batch):
                 old = newest.get(key)
-                if old is None or (version, origin) > (old[0], old[1]):
+                if old is None or _later(layout, entry, old[4], (version, origin),
+                                         (old[0], old[1])):
                     newest[key] = (version, origin, state, expires, entry)
         for key, (version, origin, state, expires, entry) in newest.items():
             out.write(json.dumps({"table": table, "key": key, "version": version,

@@ -178,3 +178,31 @@ class _Refusing:
 
     def set_meta(self, values):
         raise OSError("disk full")
+
+
+def test_export_orders_a_bindings_rows_by_cseq_as_the_table_does(tmp_path):
+    """Two rows of one binding with equal versions (two nodes' writes of the same ms):
+    the dump keeps the later CSeq of the Call-ID, as shm.table.apply_entry would, not
+    the higher node id."""
+    from tests.unit.test_table import entry_of, make_row
+
+    from fastcluster.shm.contacts import CONTACT
+
+    v = T.hlc_version(1_800_000_000_000)
+
+    def entry(cseq: int, state: int, origin: int) -> bytes:
+        row = make_row(200, 99, 5, [b"alice@example.com", b"sip:a@h", b"c1"], state=state,
+                       version=v, origin=origin)
+        row[:CONTACT.fixed_size].view(CONTACT.dtype)["cseq"] = cseq
+        return entry_of(row).tobytes()
+
+    for batches in ([entry(9, T.ST_LIVE, 3), entry(10, T.ST_TOMB, 1)],
+                    [entry(10, T.ST_TOMB, 1), entry(9, T.ST_LIVE, 3)]):
+        store = S.SqliteStore(str(tmp_path / f"o{len(os.listdir(tmp_path))}.sqlite"),
+                              list(LAYOUTS))
+        for b in batches:
+            store.append("contacts", b)
+        out = io.StringIO()
+        assert S.export_dump(store, out, 7, LAYOUTS) == 1
+        assert '"state": %d' % T.ST_TOMB in out.getvalue().splitlines()[1]
+        store.close()
