@@ -225,6 +225,17 @@ def _scan(data, spans, rr_s, rr_e):
 
 
 @njit(cache=True, inline="always")
+def _plain_head(data, spans, rr_s, rr_e):
+    """_scan, and one From, To and Call-ID, at most one Contact: how many Record-Route
+    values, or -1."""
+    nrr = _scan(data, spans, rr_s, rr_e)
+    if nrr < 0 or spans[3 * H_FROM + 2] != 1 or spans[3 * H_TO + 2] != 1 or \
+            spans[3 * H_CALLID + 2] != 1 or spans[3 * H_CONTACT + 2] > 1:
+        return -1
+    return nrr
+
+
+@njit(cache=True, inline="always")
 def _entries(data, rr_s, rr_e, nrr, es, ee):
     """The Record-Route entries, in order, into es/ee (as dialog_rules' split_values
     gives them, blanks excluded); how many, or -1 when not plain (quotes, a comma inside
@@ -328,9 +339,8 @@ def dlg_invite_create(arena, ring, data, sock, profiles, shtag, words, me, proc,
     spans = np.empty(3 * NKINDS, dtype=np.int64)
     rr_s = np.empty(MAX_RR, dtype=np.int64)
     rr_e = np.empty(MAX_RR, dtype=np.int64)
-    nrr = _scan(data, spans, rr_s, rr_e)
-    if nrr < 0 or spans[3 * H_FROM + 2] != 1 or spans[3 * H_TO + 2] != 1 or \
-            spans[3 * H_CALLID + 2] != 1 or spans[3 * H_CONTACT + 2] > 1:
+    nrr = _plain_head(data, spans, rr_s, rr_e)
+    if nrr < 0:
         return IN_UNSURE
     from_s, from_e = spans[3 * H_FROM], spans[3 * H_FROM + 1]
     fs, fe, fok = tag_span(data, from_s, from_e)
@@ -402,9 +412,8 @@ def dlg_invite_reply(arena, ring, data, mine, mine_text, sock, words, me, proc, 
     spans = np.empty(3 * NKINDS, dtype=np.int64)
     rr_s = np.empty(MAX_RR, dtype=np.int64)
     rr_e = np.empty(MAX_RR, dtype=np.int64)
-    nrr = _scan(data, spans, rr_s, rr_e)
-    if nrr < 0 or spans[3 * H_FROM + 2] != 1 or spans[3 * H_TO + 2] != 1 or \
-            spans[3 * H_CALLID + 2] != 1 or spans[3 * H_CONTACT + 2] > 1:
+    nrr = _plain_head(data, spans, rr_s, rr_e)
+    if nrr < 0:
         return IN_UNSURE
     fs, fe, fok = tag_span(data, spans[3 * H_FROM], spans[3 * H_FROM + 1])
     ts, te, tok = tag_span(data, spans[3 * H_TO], spans[3 * H_TO + 1])
