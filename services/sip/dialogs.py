@@ -263,9 +263,8 @@ class DialogTracker:
         self.rules = cfg["dialog.profiles"]
         self.limits = dict(cfg["dialog.profile_limits"])
         self.shtag = cfg.dialog_sharing_tag()
-        self.cluster = cfg.replication_cluster("dialog.replication_cluster") or \
-            cfg["clusterer.cluster_id"][0]
-        self.admission.configure(self.limits, self.shtag, self.cluster)
+        self.admission.configure(self.limits, self.shtag, cfg.replication_cluster(
+            "dialog.replication_cluster") or cfg["clusterer.cluster_id"][0])
 
     def _log_once(self, cause: str) -> None:
         if cause not in self._logged and len(self._logged) < 100:
