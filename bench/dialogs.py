@@ -228,7 +228,7 @@ def calls(ns: argparse.Namespace) -> None:
                     note = pair.check(r["ok"])
                 finally:
                     pair.stop()
-                loop = f"open loop -r {ns.rate}" if ns.open else f"closed loop -l {ns.limit}"
+                loop = f"open loop -r {ns.rate}" if ns.open else f"closed loop of {ns.limit}"
                 print(f"run {run + 1} {pair.label}, {loop}: {r['ok']} ok, "
                       f"{r['failed']} failed, {r['rate']:.0f} calls/s, CPU of both "
                       f"{r['cpu']:.1f} s = {r['us_per_call']:.0f} us/call; sipp UAC "

@@ -8,8 +8,8 @@ and call setup latency at a fixed rate, through the proxy and direct.
 
 Load: one sipp UAC and one sipp UAS on this machine, the UAS registered through the
 proxy as bob@example.com (the proxy looks it up for every call). Closed loop by default
-(sipp -l LIMIT calls in progress, -r RATE only a ceiling); `--open` runs at exactly
---rate instead. CPU per call is the CPU time (user + system) of every process of the
+(sipp -users LIMIT: LIMIT calls in progress, each ended call starting the next); `--open`
+runs at exactly --rate instead. CPU per call is the CPU time (user + system) of every process of the
 proxy during the run (fastcluster: master, workers, cluster, timer; Kamailio: all its
 processes) over the calls answered; sipp's own CPU is printed apart, with the share of
 a core it used: near 100 % means sipp, not the proxy, set the pace. Kamailio runs with
@@ -138,7 +138,7 @@ class Kamailio(Proxy):
 def start_uas(tmp: pathlib.Path, port: int, calls: int, timeout_s: int) -> subprocess.Popen:
     proc = subprocess.Popen(["sipp", "-sf", str(sipp.SCENARIOS / "uas.xml"), "-i", "127.0.0.1",
                              "-p", str(port), "-nostdin", "-m", str(calls), "-timeout",
-                             f"{timeout_s}s", "-buff_size", "4194304"], cwd=tmp,
+                             f"{timeout_s}s", "-buff_size", str(sipp.CLIENT_RCVBUF)], cwd=tmp,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     leaks.register(proc.pid)
     time.sleep(0.3)
@@ -171,10 +171,10 @@ def run_load(proxy: Proxy, tmp: pathlib.Path, calls: int, rate: int, limit: int,
         uas0 = cpu_seconds(uas.pid)
         kids0 = _children_cpu()
         started = time.monotonic()
-        r = sipp.run("uac", target, tmp, calls, rate=rate,
-                     limit=calls if open_loop else limit, timeout_s=600,
+        r = sipp.run("uac", target, tmp, calls, rate=rate, limit=calls, timeout_s=600,
+                     closed_loop=0 if open_loop else limit,
                      keys={"callee": CALLEE, "domain": DOMAIN}, call_ids="c%u-%p",
-                     extra=["-d", str(hold_ms), "-buff_size", "4194304", "-trace_err",
+                     extra=["-d", str(hold_ms), "-trace_err",
                             *TOLERATE_LATE_1XX])
         wall = time.monotonic() - started
         cpu = cpu_seconds(*pids) - cpu0
@@ -288,7 +288,7 @@ def main() -> int:
                     extra = proxy.stats() if isinstance(proxy, Fastcluster) else {}
                 finally:
                     proxy.stop()
-                loop = f"open loop -r {ns.rate}" if ns.open else f"closed loop -l {ns.limit}"
+                loop = f"open loop -r {ns.rate}" if ns.open else f"closed loop of {ns.limit}"
                 print(f"run {run + 1} {proxy.label}, {loop}: {r['ok']} ok, {r['failed']} "
                       f"failed, {r['rate']:.0f} calls/s, proxy CPU {r['cpu']:.1f} s = "
                       f"{r['us_per_call']:.0f} us/call; sipp UAC {r['uac_cpu'] / r['wall']:.0%}"

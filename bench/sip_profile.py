@@ -3,13 +3,14 @@ the SIP path of one node (and of Kamailio `-x tlsf`, registrar only, in the same
 
     .venv/bin/python -m bench.sip_profile [--workers 2,8] [--dispatch shared,reuseport]
         [--rates 1,1000,10000,max] [--users 200000] [--kamailio] [--seconds 3]
-        [--one-at-a-time 2000] [--only-kamailio] [--baseline TREE]
+        [--one-at-a-time 2000] [--only-kamailio] [--null] [--baseline TREE]
         [--set section.key=value ...]
 
 Per system (fastcluster -w N in each dispatch mode; Kamailio 5.6 `-x tlsf`, 2 children,
-bench/kamailio/registrar.cfg.in) and per load:
+bench/kamailio/registrar.cfg.in; with --null, bench/responder/null_registrar.c, which
+answers 200 and stores nothing: what the client itself reaches) and per load:
 - `1`, `1000`, `10000`: an open-loop client (this process) sends REGISTERs for new
-  users at that rate; `max`: one sipp, closed loop `-l 200`, --users unique users
+  users at that rate; `max`: one sipp, closed loop of 200 (`-users 200`), --users unique users
   (bench/sipp/register.xml, as bench.load_register), with this client probing at 200/s
   beside it; `ping`: one request at a time (the next one 1 ms after each reply).
 - round trip per REGISTER, from just before `sendto` to the reply's arrival as the
@@ -38,6 +39,7 @@ import resource
 import select
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +55,7 @@ from tests.support import sipp  # noqa: E402
 from tests.support.nodes import Node  # noqa: E402
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+NULL_SOURCE = pathlib.Path(__file__).resolve().parent / "responder" / "null_registrar.c"
 PROBE_RATE = 200  # REGISTER/s the client sends beside sipp at saturation
 REQUEST = ("REGISTER sip:127.0.0.1:{port} SIP/2.0\r\n"
            "Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK-pf{tag}-{n}\r\n"
@@ -251,7 +254,7 @@ def phase(system: System, load: str, users: int, seconds: float, tmp: pathlib.Pa
                 client.open_loop(PROBE_RATE, 600, stop)), daemon=True)
             thread.start()
             r = sipp.run("register", ("127.0.0.1", system.port), tmp / f"sipp-{load}",
-                         users, rate=60_000, limit=200, keys={
+                         users, closed_loop=200, keys={
                              "user": f"{system.short}{time.monotonic_ns() % 10**6}x",
                              "reg_cseq": 1, "expires": 3600}, timeout_s=600)
             stop.set()
@@ -383,6 +386,32 @@ class KamailioSystem(System):
         self.k.stop()
 
 
+class NullSystem(System):
+    """bench/responder/null_registrar.c, built here with cc: it answers 200 and stores
+    nothing (~3 us of CPU per REGISTER), so what one sipp reaches against it is what
+    the client gives, whatever the server."""
+
+    def __init__(self, tmp: pathlib.Path) -> None:
+        from tests.support.nodes import free_port
+
+        exe = tmp / "null_registrar"
+        subprocess.run(["cc", "-O2", "-o", str(exe), str(NULL_SOURCE)], check=True)
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.proc = subprocess.Popen([str(exe), str(self.port)])
+        time.sleep(0.1)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"null_registrar exited with {self.proc.returncode}")
+        self.label = "null responder (C, 1 process, stores nothing)"
+        self.short = "n"
+
+    def roles(self) -> dict[str, list[int]]:
+        return {"null": [self.proc.pid]}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", default="2,8")
@@ -395,6 +424,8 @@ def main() -> int:
     ap.add_argument("--kamailio", action="store_true", help="Kamailio -x tlsf too")
     ap.add_argument("--kamailio-children", type=int, default=2)
     ap.add_argument("--only-kamailio", action="store_true")
+    ap.add_argument("--null", action="store_true", help="the same loads against a "
+                    "responder in C that stores nothing too (what the client gives)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--baseline", type=pathlib.Path, help="another checkout to run too")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -409,11 +440,14 @@ def main() -> int:
                     for d in ns.dispatch.split(",") for kind in kinds]
     if ns.kamailio or ns.only_kamailio:
         configs.append(("kamailio", ns.kamailio_children, ""))
+    if ns.null:
+        configs.append(("null", 0, ""))
     for rep in range(ns.repeat):
         for kind, workers, dispatch in configs:
             with tempfile.TemporaryDirectory() as d:
                 tmp = pathlib.Path(d)
                 system: System = (
+                    NullSystem(tmp) if kind == "null" else
                     KamailioSystem(tmp, workers) if kind == "kamailio" else
                     FastclusterSystem(tmp, workers, dispatch, ns.users,
                                       ns.baseline if kind == "baseline" else None, ns.set))

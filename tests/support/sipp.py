@@ -55,23 +55,40 @@ def available() -> bool:
     return shutil.which("sipp") is not None
 
 
+# SO_RCVBUF sipp asks for its socket (-buff_size; the kernel caps it at rmem_max). With
+# sipp's default (the system's 208 KiB) a burst of ~170 answers to 200 outstanding calls
+# overflows it; each lost answer stalls its call for the 500 ms retransmission timer,
+# and those stalls, not the server, then set a closed loop's rate.
+CLIENT_RCVBUF = 4 << 20
+
+
 def run(scenario: str, target: tuple[str, int], workdir: pathlib.Path, calls: int,
         rate: int = 1000, limit: int = 200, keys: dict[str, object] | None = None,
         timeout_s: int = 120, extra: list[str] | None = None,
-        call_ids: str | None = None, local_port: int | None = None) -> SippResult:
+        call_ids: str | None = None, local_port: int | None = None,
+        closed_loop: int = 0) -> SippResult:
     """call_ids: a -cid_str pattern (%u = call number); the default gives the stable
     per-user Call-ID the register scenarios need: reg-<user key><call number>.
-    local_port: keep it across runs that must refresh the same Contact URIs."""
+    local_port: keep it across runs that must refresh the same Contact URIs.
+    closed_loop: N keeps N calls outstanding, each ended call starting the next at once
+    (sipp -users N) instead of opening calls at `rate` up to `limit` outstanding. sipp's
+    rate generator wakes once per millisecond and forfeits the calls the limit held
+    back, so `-r R -l N` runs well below both; -users N is the closed loop that is not
+    the client's pace (one sipp: ~110k REGISTER/s against a trivial C responder here)."""
     workdir.mkdir(parents=True, exist_ok=True)
     stats = workdir / f"{scenario}-{time.monotonic_ns()}.csv"
     lport = local_port or free_port(socket.SOCK_DGRAM)
+    pace = ["-users", str(closed_loop)] if closed_loop else \
+        ["-r", str(rate), "-l", str(limit)]
     cmd = ["sipp", f"{target[0]}:{target[1]}", "-sf", str(SCENARIOS / f"{scenario}.xml"),
-           "-m", str(calls), "-r", str(rate), "-l", str(limit), "-i", "127.0.0.1",
+           "-m", str(calls), *pace, "-i", "127.0.0.1",
            "-p", str(lport), "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "3600",
            "-timeout", f"{timeout_s}s", "-timeout_error", "-recv_timeout", "5000",
            "-cid_str", call_ids or f"reg-{(keys or {}).get('user', 'u')}%u@fastcluster"]
     for name, value in (keys or {}).items():
         cmd += ["-key", name, str(value)]
+    if "-buff_size" not in (extra or []):
+        cmd += ["-buff_size", str(CLIENT_RCVBUF)]
     cmd += extra or []
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
