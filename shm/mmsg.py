@@ -2,12 +2,14 @@
 the message headers, addresses and buffers of a batch laid out once in numpy arrays.
 
 A SIP worker reads up to BATCH datagrams per system call (blocking for the first one,
-MSG_WAITFORONE, under the socket's SO_RCVTIMEO), answers the plain REGISTERs among
+MSG_WAITFORONE, under the socket's SO_RCVTIMEO; or, on a socket all workers share,
+waiting in epoll_wait, wait_batch), answers the plain REGISTERs among
 them in one compiled call (shm.plainreg.answer_batch) and sends those answers with one
 sendmmsg, batch after batch in a compiled loop (shm.plainreg.serve); Python sees only
-the datagrams the compiled way declines (services.sip.batch). The libc calls (these two, and clock_gettime for a kernel that
-needs the time) are LLVM calls to the symbols by name (not ctypes pointers), so the
-kernels that use them are cached like the others.
+the datagrams the compiled way declines (services.sip.batch). The libc calls (these
+two, epoll_wait, and clock_gettime for a kernel that needs the time) are LLVM calls to
+the symbols by name (not ctypes pointers), so the kernels that use them are cached like
+the others.
 
 Layout (x86-64 Linux): struct mmsghdr is 64 bytes, seen here as 8 uint64 words: msg_name,
 msg_namelen (low half), msg_iov, msg_iovlen, msg_control, msg_controllen, msg_flags,
@@ -33,6 +35,7 @@ ADDRESSES_KEPT = 65536  # Batch.address's IPv4 sources
 MSG_DONTWAIT = 0x40
 MSG_WAITFORONE = 0x10000
 EINTR = 4
+EAGAIN = 11
 CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 AF_INET = int(socket.AF_INET)
 
@@ -92,6 +95,19 @@ def _clock_gettime(typingctx, clock, ts):
     return sig, codegen
 
 
+@intrinsic
+def _epoll_wait(typingctx, epfd, events, maxevents, timeout):
+    sig = types.int32(types.int32, types.uint64, types.int32, types.int32)
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(_I32, [_I32, _PTR, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "epoll_wait")
+        epfd_, events_, maxevents_, timeout_ = args
+        return builder.call(fn, [epfd_, builder.inttoptr(events_, _PTR), maxevents_,
+                                 timeout_])
+    return sig, codegen
+
+
 @njit(cache=True)
 def clock_ns(clock, ts):
     """A clock in nanoseconds (CLOCK_REALTIME: time.time's, CLOCK_MONOTONIC:
@@ -111,6 +127,28 @@ def recv_batch(fd, hdr, n, flags):
         hdr[i, H_FLAGS] = 0
     r = _recvmmsg(fd, hdr.ctypes.data, n, flags)
     return r if r >= 0 else -_errno()
+
+
+@njit(cache=True, nogil=True)
+def wait_batch(epfd, fd, hdr, events, until_ns, ts):
+    """recv_batch for a socket shared by several workers: what is queued on fd is taken
+    (MSG_DONTWAIT); when nothing is, the worker sleeps in epoll_wait on epfd (fd added
+    with EPOLLEXCLUSIVE), until a datagram comes or CLOCK_MONOTONIC reaches until_ns.
+    The kernel wakes the first idle worker in the order they joined the socket, so
+    requests spaced out keep landing on the same warm one; a worker blocked in a read
+    is woken in turn, the one that waited longest first (cold caches at each request).
+    events: two uint64 words (a struct epoll_event); ts: two int64 words. Returns the
+    datagrams taken, or -errno (EAGAIN: until_ns passed with nothing; EINTR: a signal)."""
+    while True:
+        n = recv_batch(fd, hdr, hdr.shape[0], MSG_DONTWAIT)
+        if n != -EAGAIN:
+            return n
+        left = until_ns - clock_ns(CLOCK_MONOTONIC, ts)
+        if left <= 0:
+            return n
+        r = _epoll_wait(epfd, events.ctypes.data, 1, (left + 999_999) // 1_000_000)
+        if r < 0:
+            return -_errno()
 
 
 @njit(cache=True)
@@ -175,6 +213,7 @@ class Batch:
         self.tx_iov = np.zeros((size, 2), dtype=np.uint64)
         self.outs = np.zeros((size, out_bytes), dtype=np.uint8)
         self.status = np.zeros(size, dtype=np.int64)
+        self.events = np.zeros(2, dtype=np.uint64)  # wait_batch's struct epoll_event
         self._addresses: dict[bytes, tuple[str, int]] = {}
         for i in range(size):
             self.rx[i, H_NAME] = self.names[i].ctypes.data

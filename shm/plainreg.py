@@ -524,16 +524,19 @@ def answer_batch(arena, ring, work, me, proc, fd, count, rx, names, bufs, words,
 
 
 @njit(cache=True, nogil=True)
-def serve(fd, flags, sock, until_ns, batches, arena, ring, work, me, proc, rx, names, bufs,
-          words, tag, fixed, date, tx, tx_iov, outs, status, sent, stats, counters):
+def serve(fd, flags, epfd, events, sock, until_ns, batches, arena, ring, work, me, proc,
+          rx, names, bufs, words, tag, fixed, date, tx, tx_iov, outs, status, sent, stats,
+          counters):
     """A SIP worker's receive loop without Python: up to `batches` times, one recvmmsg
-    on fd (shm.mmsg.recv_batch: flags, the batch's arrays), then answer_batch on what
+    on fd (shm.mmsg.recv_batch: flags, the batch's arrays; with epfd >= 0, a socket the
+    workers share, shm.mmsg.wait_batch instead: flags unused), then answer_batch on what
     came, timed by the clock read after it arrived, its counters added straight into
     the process's statistics row (stats[counters[C_*]]: a worker killed loses none).
     It returns to the caller as soon as a batch holds a datagram for the Python way,
     the Date line is stale, a receive comes back empty (the socket's timeout, nothing
-    queued with MSG_DONTWAIT, a signal), a batch taken with MSG_DONTWAIT was not full,
-    or CLOCK_MONOTONIC passes until_ns (the worker's heartbeat). sock: the listener's
+    queued with MSG_DONTWAIT, a signal, until_ns with epfd), a batch taken with
+    MSG_DONTWAIT without epfd was not full, or CLOCK_MONOTONIC passes until_ns (the
+    worker's heartbeat). sock: the listener's
     index; `date`: the Date line for second words[W_DATE_S]. It runs without the GIL.
     Returns the last recv_batch's result (its datagrams, or -errno); words[W_TOTAL]:
     the datagrams received in all; words[W_ANSWERED]: how many of the last batch were
@@ -546,7 +549,10 @@ def serve(fd, flags, sock, until_ns, batches, arena, ring, work, me, proc, rx, n
     n = 0
     for _ in range(batches):
         words[W_ANSWERED] = 0
-        n = M.recv_batch(fd, rx, rx.shape[0], flags)
+        if epfd >= 0:
+            n = M.wait_batch(epfd, fd, rx, events, until_ns, words[W_TS:W_TS + 2])
+        else:
+            n = M.recv_batch(fd, rx, rx.shape[0], flags)
         if n <= 0:
             return n
         words[W_TOTAL] += n
@@ -569,7 +575,7 @@ def serve(fd, flags, sock, until_ns, batches, arena, ring, work, me, proc, rx, n
         if sent[1]:
             stats[counters[C_DROP]] += sent[1]
             words[W_REFUSED] = sent[2]
-        if k < n or (flags & M.MSG_DONTWAIT and n < rx.shape[0]) or \
+        if k < n or (epfd < 0 and flags & M.MSG_DONTWAIT and n < rx.shape[0]) or \
                 M.clock_ns(M.CLOCK_MONOTONIC, words[W_TS:W_TS + 2]) >= until_ns:
             return n
     return n

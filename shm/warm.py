@@ -190,12 +190,13 @@ def _warm_plain_register(ct_buf: np.ndarray, ring: np.ndarray, work: np.ndarray,
     # the batch way (services.sip.batch), on no socket: compiled, nothing received
     batch = M.Batch(1024, 1)
     assert M.recv_batch(-1, batch.rx, batch.size, M.MSG_DONTWAIT) < 0
+    assert M.wait_batch(-1, -1, batch.rx, batch.events, 0, np.zeros(2, np.int64)) < 0
     sent = np.zeros(3, dtype=np.int64)
     assert PR.answer_batch(ct_buf, ring, work, me, 1, -1, 0, batch.rx, batch.names,
                            batch.bufs, words, np.zeros(4, np.uint8), np.zeros(0, np.uint8),
                            np.zeros(8, np.uint8), batch.tx, batch.tx_iov, batch.outs,
                            batch.status, sent) == 0
-    assert PR.serve(-1, M.MSG_DONTWAIT, 0, 0, 1, ct_buf, ring, work, me, 1, batch.rx,
+    assert PR.serve(-1, M.MSG_DONTWAIT, -1, batch.events, 0, 0, 1, ct_buf, ring, work, me, 1, batch.rx,
                     batch.names, batch.bufs, words, np.zeros(4, np.uint8),
                     np.zeros(0, np.uint8), np.zeros(8, np.uint8), batch.tx, batch.tx_iov,
                     batch.outs, batch.status, sent, np.zeros(8, np.int64),

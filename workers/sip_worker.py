@@ -8,9 +8,10 @@ its own SO_REUSEPORT socket, which the kernel picks by hashing the source addres
 one upstream proxy lands on one worker. docs/transport.md has the measurements.
 Datagrams are read in batches (services.sip.batch: recvmmsg, the plain REGISTERs answered
 in one compiled call and one sendmmsg, the rest through SipApp.handle). With one
-listener the worker blocks in recvmmsg inside the compiled loop (shm.plainreg.serve),
-which comes back to Python for a datagram it does not answer, a new second's Date
-line, the heartbeat, or when SO_RCVTIMEO wakes it to beat and look for reloads; with
+listener the worker waits inside the compiled loop (shm.plainreg.serve: blocked in
+recvmmsg on its own reuseport socket, in epoll_wait with EPOLLEXCLUSIVE on the shared
+one), which comes back to Python for a datagram it does not answer, a new second's Date
+line, the heartbeat, or when the wait times out to beat and look for reloads; with
 several, epoll with EPOLLEXCLUSIVE, then drains each ready socket.
 Counters are written straight into this process's statistics row in shared memory (a
 memoryview: as cheap as a Python list), so a worker killed with SIGKILL loses none. The
@@ -124,13 +125,26 @@ class SipWorker(Child):
         sec = int(IDLE_S)
         usec = int((IDLE_S - sec) * 1e6)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", sec, usec))
+        # A socket every worker reads: blocked in recvmmsg, the worker that waited longest
+        # is woken, so requests spaced out visit the workers in turn, each one cold; in
+        # epoll_wait with EPOLLEXCLUSIVE the first idle one in a fixed order is
+        # (shm.mmsg.wait_batch): spaced out, they keep landing on one warm worker.
+        ep = None
+        if self.cfg["sip.dispatch"] == "shared":
+            ep = select.epoll()
+            ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        epfd = ep.fileno() if ep is not None else -1
         serve = self.reader.serve
         due = monotonic_ns() + IDLE_NS
-        while not self.stopping:  # serve returns by `due` at the latest (or on a signal)
-            n = serve(listener, True, due, BATCHES)
-            if n == 0 or monotonic_ns() >= due:
-                self.idle()
-                due = monotonic_ns() + IDLE_NS
+        try:
+            while not self.stopping:  # serve returns by `due` at the latest (or a signal)
+                n = serve(listener, True, due, BATCHES, epfd)
+                if n == 0 or monotonic_ns() >= due:
+                    self.idle()
+                    due = monotonic_ns() + IDLE_NS
+        finally:
+            if ep is not None:
+                ep.close()
 
     def _run_many(self) -> None:
         ep = select.epoll()

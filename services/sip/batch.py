@@ -27,15 +27,18 @@ class BatchReader:
         self.app = app
         self.batch = M.Batch(app.plain.out.shape[0], size)
 
-    def serve(self, listener: Any, wait: bool, until_ns: int = 0, batches: int = 1) -> int:
+    def serve(self, listener: Any, wait: bool, until_ns: int = 0, batches: int = 1,
+              epfd: int = -1) -> int:
         """Receive and answer what `listener` has, up to `batches` batches: with `wait`,
         each blocks for its first datagram (up to the socket's SO_RCVTIMEO), else only
-        what is queued is taken; the compiled way stops early once CLOCK_MONOTONIC
-        passes until_ns (0: after one batch). Returns how many datagrams were read
-        (0: none came)."""
+        what is queued is taken; with an epoll fd (`listener` added with EPOLLEXCLUSIVE:
+        a socket the workers share), each waits in epoll_wait up to until_ns instead.
+        The compiled way stops early once CLOCK_MONOTONIC passes until_ns (0: after one
+        batch). Returns how many datagrams were read (0: none came)."""
         batch = self.batch
         n, answered, total = self.app.plain.receive(
-            batch, listener, M.MSG_WAITFORONE if wait else M.MSG_DONTWAIT, until_ns, batches)
+            batch, listener, M.MSG_WAITFORONE if wait else M.MSG_DONTWAIT, until_ns, batches,
+            epfd)
         if n < 0:
             if -n in (errno.EAGAIN, errno.EINTR):
                 return total

@@ -147,22 +147,28 @@ class PlainRegister:
         counts[self.R.I_CLASS[2]] += n
 
     def receive(self, batch: M.Batch, listener: Any, flags: int, until_ns: int,
-                batches: int) -> tuple[int, int, int]:
-        """Receive on `listener` into `batch` (shm.mmsg flags) and answer the plain
+                batches: int, epfd: int = -1) -> tuple[int, int, int]:
+        """Receive on `listener` into `batch` (shm.mmsg flags; with an epoll fd, a socket
+        the workers share: shm.mmsg.wait_batch, flags unused) and answer the plain
         REGISTERs, batch after batch in one kernel call (shm.plainreg.serve: until a
         batch holds a datagram for the Python way, nothing more comes, `batches` were
         taken or CLOCK_MONOTONIC passes until_ns). Returns (the last receive's datagrams
         or -errno, how many of them were answered, the datagrams received in all);
         batch.status[i] is 0 for each one of the last batch the Python way must handle.
         With the compiled way off, one batch is received and all of it goes to Python."""
+        fd = listener.sock.fileno()
         if not (self.enabled and self.compiled):
-            n = M.recv_batch(listener.sock.fileno(), batch.rx, batch.size, flags)
+            if epfd >= 0:
+                n = M.wait_batch(epfd, fd, batch.rx, batch.events, until_ns, self.words[
+                    K.W_TS:K.W_TS + 2])
+            else:
+                n = M.recv_batch(fd, batch.rx, batch.size, flags)
             if n > 0:
                 batch.status[:n] = 0
             return n, 0, max(n, 0)
         app = self.app
         w = self.words
-        n = K.serve(listener.sock.fileno(), flags, listener.index, until_ns, batches,
+        n = K.serve(fd, flags, epfd, batch.events, listener.index, until_ns, batches,
                     app.table, app.ring, app.work, app.me, app.proc, batch.rx, batch.names,
                     batch.bufs, w, self.tag, self.fixed, self.date[1], batch.tx,
                     batch.tx_iov, batch.outs, batch.status, self.sent, self.stats,

@@ -134,6 +134,45 @@ def test_a_steady_trickle_keeps_the_worker_beating_and_counting(tmp_path) -> Non
         assert node.stop() == 0
 
 
+def _sleeps(pid: int) -> int:
+    """The times process `pid` has slept (voluntary context switches)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        return next(int(line.split()[1]) for line in fh
+                    if line.startswith("voluntary_ctxt_switches"))
+
+
+def test_requests_spaced_out_wake_one_worker_of_a_shared_socket(tmp_path) -> None:
+    """With sip.dispatch=shared every worker waits on the one socket. Blocked in a read,
+    the kernel wakes the worker that has waited longest, so requests spaced out land on
+    each worker in turn, each one cold. The workers wait in epoll_wait with
+    EPOLLEXCLUSIVE instead (shm.mmsg.wait_batch), which wakes the first idle worker in a
+    fixed order: one worker takes the requests spaced out; the others wake for their
+    heartbeat (every IDLE_S) and for what comes while the first is busy."""
+    node = Node(tmp_path, workers=4, settings={"sip": {"dispatch": "shared"}}).start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2.0)
+    port = sock.getsockname()[1]
+    try:
+        workers = roles(node)["sip"]
+        register = ("REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:%d;"
+                    "branch=z9hG4bKw{n}\r\nFrom: <sip:w{n}@x>;tag=1\r\nTo: <sip:w{n}@x>\r\n"
+                    "Call-ID: wake{n}\r\nCSeq: 1 REGISTER\r\nContact: <sip:w@127.0.0.1:%d>"
+                    "\r\nContent-Length: 0\r\n\r\n") % (port, port)
+        sent = 300
+        before = {p: _sleeps(p) for p in workers}
+        for n in range(sent):
+            sock.sendto(register.format(n=n).encode(), ("127.0.0.1", node.sip_port))
+            assert sock.recv(65535).startswith(b"SIP/2.0 200 OK\r\n")
+            time.sleep(0.002)
+        woken = sorted(_sleeps(p) - before[p] for p in workers)
+        # in turn, each would have ~sent / 4 (plus ~5 heartbeats a second)
+        assert woken[-1] >= sent * 0.6, woken
+    finally:
+        sock.close()
+        assert node.stop() == 0
+
+
 def test_kill9_master_then_restart_leaves_nothing(tmp_path) -> None:
     node = Node(tmp_path, workers=2).start()
     kids = node.children()

@@ -7,6 +7,7 @@ them."""
 from __future__ import annotations
 
 import random
+import select
 import socket
 import struct
 import threading
@@ -149,15 +150,27 @@ def test_a_queue_of_plain_registers_is_read_and_answered_in_few_calls() -> None:
         client.close()
 
 
-def test_the_compiled_loop_comes_back_for_the_heartbeat_under_a_steady_trickle() -> None:
+def shared_wait(server: socket.socket) -> select.epoll:
+    """The epoll a worker of a shared socket waits in (workers.sip_worker)."""
+    ep = select.epoll()
+    ep.register(server.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+    return ep
+
+
+@pytest.mark.parametrize("wait", ["recvmmsg", "epoll"])
+def test_the_compiled_loop_comes_back_for_the_heartbeat_under_a_steady_trickle(
+        wait: str) -> None:
     """A worker's loop (blocking, no batch limit) never times out while requests keep
-    coming: it must still come back by its deadline, having answered them all."""
+    coming: it must still come back by its deadline, having answered them all; blocked
+    in recvmmsg (its own socket) or waiting in epoll_wait (a shared one)."""
     plain, _ = pair()
     server, client = udp("127.0.0.1"), udp("127.0.0.2")
     server.settimeout(None)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200000))
     plain.listener.sock = server
     reader = BatchReader(plain.app)
+    ep = shared_wait(server) if wait == "epoll" else None
+    epfd = ep.fileno() if ep is not None else -1
     port = client.getsockname()[1]
     stop = threading.Event()
 
@@ -174,11 +187,14 @@ def test_the_compiled_loop_comes_back_for_the_heartbeat_under_a_steady_trickle()
     try:
         reader.serve(plain.listener, True)  # the first second's Date line, set once
         start = time.monotonic()
-        total = reader.serve(plain.listener, True, time.monotonic_ns() + 150_000_000, LOOP)
+        total = reader.serve(plain.listener, True, time.monotonic_ns() + 150_000_000, LOOP,
+                             epfd)
         took = time.monotonic() - start
     finally:
         stop.set()
         sender.join()
+        if ep is not None:
+            ep.close()
     try:
         assert 0.15 <= took < 2, took  # by its deadline, not at the end of the trickle
         assert total > 10
@@ -186,6 +202,58 @@ def test_the_compiled_loop_comes_back_for_the_heartbeat_under_a_steady_trickle()
         assert plain.count("sl:2xx_replies") == answered == plain.count("core:rcv_requests")
         assert len(replies(client, answered)) == answered
     finally:
+        server.close()
+        client.close()
+
+
+def test_a_worker_of_a_shared_socket_waits_in_epoll_until_its_deadline() -> None:
+    """Waiting in epoll_wait (shm.mmsg.wait_batch): what is queued is taken at once;
+    with nothing coming the loop returns 0 at its deadline, not before; a datagram
+    sent meanwhile ends the wait and is answered; one a Python way must handle comes
+    back to Python. The compiled way off, the same wait hands everything to Python."""
+    plain, general = pair()
+    server, client = udp("127.0.0.1"), udp("127.0.0.2")
+    plain.listener.sock = server
+    reader = BatchReader(plain.app)
+    port = client.getsockname()[1]
+    ep = shared_wait(server)
+    try:
+        for n in range(40):
+            client.sendto(PLAIN.format(n=n, p=port).encode(), server.getsockname())
+        got, calls = 0, 0
+        while got < 40 and calls < 3:  # back early for a new second's Date line only
+            got += reader.serve(plain.listener, True, time.monotonic_ns() + 100_000_000,
+                                LOOP, ep.fileno())
+            calls += 1
+        assert got == 40
+        assert len(replies(client, 40)) == 40
+        start = time.monotonic()
+        assert reader.serve(plain.listener, True, time.monotonic_ns() + 50_000_000, LOOP,
+                            ep.fileno()) == 0
+        assert 0.05 <= time.monotonic() - start < 2
+        late = threading.Timer(0.05, lambda: client.sendto(
+            PLAIN.format(n=99, p=port).encode(), server.getsockname()))
+        late.start()
+        total = reader.serve(plain.listener, True, time.monotonic_ns() + 300_000_000, 1,
+                             ep.fileno())
+        late.join()
+        assert total == 1 and len(replies(client, 1)) == 1
+        options = (f"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:{port}"
+                   f";branch=z9hG4bK-o\r\nFrom: <sip:o@x>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+                   f"Call-ID: o\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+        client.sendto(options, server.getsockname())
+        assert reader.serve(plain.listener, True, time.monotonic_ns() + 10**9, LOOP,
+                            ep.fileno()) == 1  # back at once, for Python
+        assert replies(client, 1)[0].startswith(b"SIP/2.0 200 OK\r\n")
+        assert plain.count("registrar:accepted_regs") == 41
+        plain.app.plain.enabled = False
+        client.sendto(PLAIN.format(n=100, p=port).encode(), server.getsockname())
+        assert reader.serve(plain.listener, True, time.monotonic_ns() + 10**9, LOOP,
+                            ep.fileno()) == 1
+        assert replies(client, 1)[0].startswith(b"SIP/2.0 200 OK\r\n")
+        assert plain.count("registrar:accepted_regs") == 42
+    finally:
+        ep.close()
         server.close()
         client.close()
 
