@@ -6,8 +6,9 @@ the SIP path of one node (and of Kamailio `-x tlsf`, registrar only, in the same
         [--one-at-a-time 2000] [--only-kamailio] [--null] [--baseline TREE]
         [--set section.key=value ...]
 
-Per system (fastcluster -w N in each dispatch mode; Kamailio 5.6 `-x tlsf`, 2 children,
-bench/kamailio/registrar.cfg.in; with --null, bench/responder/null_registrar.c, which
+Per system (fastcluster -w N in each dispatch mode, contacts in memory only
+(persistence.url=off) as Kamailio's; Kamailio 5.6 `-x tlsf`, 2 children, usrloc db_mode
+0, bench/kamailio/registrar.cfg.in; with --null, bench/responder/null_registrar.c, which
 answers 200 and stores nothing: what the client itself reaches) and per load:
 - `1`, `1000`, `10000`: an open-loop client (this process) sends REGISTERs for new
   users at that rate; `max`: one sipp, closed loop of 200 (`-users 200`), --users unique users
@@ -335,9 +336,12 @@ class FastclusterSystem(System):
                  tree: pathlib.Path | None = None, extra: list[str] | None = None) -> None:
         from tests.support import nodes
 
+        # persistence off: contacts in memory only, as Kamailio's side (usrloc db_mode 0);
+        # the SQLite write-behind of 200k new contacts also keeps the kernel's writeback
+        # busy, CPU no process of the node is charged for (--set persistence.url=... on)
         settings: dict[str, dict[str, object]] = {
             "sip": {"dispatch": dispatch}, "usrloc": {"capacity": max(users * 3, 100_000)},
-            "core": {"log_level": "warning"}}
+            "core": {"log_level": "warning"}, "persistence": {"url": "off"}}
         for item in extra or []:  # --set section.key=value
             name, _, value = item.partition("=")
             section, _, key = name.partition(".")
