@@ -536,8 +536,8 @@ def serve(fd, flags, epfd, events, sock, until_ns, batches, arena, ring, work, m
     the Date line is stale, a receive comes back empty (the socket's timeout, nothing
     queued with MSG_DONTWAIT, a signal, until_ns with epfd), a batch taken with
     MSG_DONTWAIT without epfd was not full, or CLOCK_MONOTONIC passes until_ns (the
-    worker's heartbeat). sock: the listener's
-    index; `date`: the Date line for second words[W_DATE_S]. It runs without the GIL.
+    worker's heartbeat). sock: the listener's index; `date`: the Date line for second
+    words[W_DATE_S]. It runs without the GIL.
     Returns the last recv_batch's result (its datagrams, or -errno); words[W_TOTAL]:
     the datagrams received in all; words[W_ANSWERED]: how many of the last batch were
     answered, or STALE_DATE when `date` is not the current second's (that batch is left

@@ -196,8 +196,8 @@ def _warm_plain_register(ct_buf: np.ndarray, ring: np.ndarray, work: np.ndarray,
                            batch.bufs, words, np.zeros(4, np.uint8), np.zeros(0, np.uint8),
                            np.zeros(8, np.uint8), batch.tx, batch.tx_iov, batch.outs,
                            batch.status, sent) == 0
-    assert PR.serve(-1, M.MSG_DONTWAIT, -1, batch.events, 0, 0, 1, ct_buf, ring, work, me, 1, batch.rx,
-                    batch.names, batch.bufs, words, np.zeros(4, np.uint8),
+    assert PR.serve(-1, M.MSG_DONTWAIT, -1, batch.events, 0, 0, 1, ct_buf, ring, work, me,
+                    1, batch.rx, batch.names, batch.bufs, words, np.zeros(4, np.uint8),
                     np.zeros(0, np.uint8), np.zeros(8, np.uint8), batch.tx, batch.tx_iov,
                     batch.outs, batch.status, sent, np.zeros(8, np.int64),
                     np.zeros(PR.C_COUNTERS, np.int64)) < 0
