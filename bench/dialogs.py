@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.dialogs calls [--calls 20000] [--limit 300] [--workers 2]
         [--children 2] [--open --rate 3000] [--only fastcluster|kamailio] [--runs 1]
+        [--persistence on|off|both]
     .venv/bin/python -m bench.dialogs lag [--rate 1000] [--seconds 15] [--every 1]
     .venv/bin/python -m bench.dialogs takeover [--trials 20] [--dialogs 1000]
     .venv/bin/python -m bench.dialogs sync [--dialogs 100000]
@@ -87,7 +88,7 @@ DOMAIN = "example.com"
 class FastclusterPair:
     name = "fastcluster"
 
-    def __init__(self, tmp: pathlib.Path, workers: int) -> None:
+    def __init__(self, tmp: pathlib.Path, workers: int, persist: bool = True) -> None:
         def tags(n: Node) -> None:
             n.settings["clusterer"]["sharing_tags"] = \
                 "vip=active" if n.node_id == 1 else "vip=backup"
@@ -97,10 +98,12 @@ class FastclusterPair:
             "core": {"log_level": "warning"}, "sip": {"dispatch": "reuseport"},
             "proxy": {"transactions": 1_000_000}, "dialog": {"capacity": 200_000,
                                                              "profiles": "calls"},
-            "usrloc": {"natping_interval_s": 0}})
+            "usrloc": {"natping_interval_s": 0},
+            "persistence": {} if persist else {"url": "off"}})
         wait_synced(self.nodes)
         self.port = self.nodes[0].sip_port
-        self.label = f"2 fastcluster nodes -w {workers} replicating dialogs"
+        self.label = f"2 fastcluster nodes -w {workers} replicating dialogs" + (
+            "" if persist else ", persistence off")
 
     def pids(self) -> list[int]:
         return [p["PID"] for n in self.nodes for p in n.mi("ps")["Processes"]]
@@ -215,13 +218,15 @@ class KamailioPair:
 
 
 def calls(ns: argparse.Namespace) -> None:
-    systems = [s for s in ("fastcluster", "kamailio") if ns.only in (None, s)]
+    persist = {"on": [True], "off": [False], "both": [True, False]}[ns.persistence]
+    systems = [("fastcluster", p) for p in persist if ns.only in (None, "fastcluster")]
+    systems += [("kamailio", False)] if ns.only in (None, "kamailio") else []
     for run in range(ns.runs):
         with tempfile.TemporaryDirectory() as d:
-            for name in systems:
-                tmp = pathlib.Path(d) / name
+            for name, on in systems:
+                tmp = pathlib.Path(d) / f"{name}{int(on)}"
                 tmp.mkdir()
-                pair = FastclusterPair(tmp, ns.workers) if name == "fastcluster" else \
+                pair = FastclusterPair(tmp, ns.workers, on) if name == "fastcluster" else \
                     KamailioPair(tmp, ns.children)
                 try:
                     r = run_load(pair, tmp, ns.calls, ns.rate, ns.limit, ns.open, 0)
@@ -561,6 +566,9 @@ def main() -> int:
     c.add_argument("--children", type=int, default=2, help="of each Kamailio instance")
     c.add_argument("--only", choices=("fastcluster", "kamailio"))
     c.add_argument("--runs", type=int, default=1)
+    c.add_argument("--persistence", choices=("on", "off", "both"), default="on",
+                   help="fastcluster's SQLite write-behind (Kamailio's side keeps "
+                        "dialogs and contacts in memory only: db_mode 0)")
     t = sub.add_parser("takeover")
     t.add_argument("--trials", type=int, default=20)
     t.add_argument("--dialogs", type=int, default=1000)
