@@ -80,14 +80,21 @@ class Segment:
             pages = self.buf[start:start + step:4096]
             pages += 0  # in place reads and writes each page (a self-copy is skipped)
 
-    def populate(self) -> bool:
+    def populate(self, piece: int = 0) -> bool:
         """Map every page of the segment into this process now (madvise
         MADV_POPULATE_WRITE, Linux 5.14+; committing any page not yet committed), so
-        that no first touch of a page costs this process a fault later. False where the
-        kernel refuses it (nothing changed)."""
+        that no first touch of a page costs this process a fault later. piece: bytes per
+        madvise call, rounded up to whole pages (0: all at once); between two, the
+        process's other threads can map memory (the call holds the process's memory map
+        lock). False where the kernel refuses it (what was mapped stays mapped)."""
         if self._map is None or self.size == 0:
             return False
-        return _madvise(self.buf.ctypes.data, self.size, MADV_POPULATE_WRITE) == 0
+        page = mmap.PAGESIZE
+        base, step = self.buf.ctypes.data, -(-piece // page) * page or self.size
+        for at in range(0, self.size, step):
+            if _madvise(base + at, min(step, self.size - at), MADV_POPULATE_WRITE) != 0:
+                return False
+        return True
 
     def close(self) -> None:
         """Drop this process's mapping. Views into `buf` must be gone first."""

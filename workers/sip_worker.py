@@ -22,9 +22,11 @@ heartbeat). Neighbours: services.registrar (the application), workers.child.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import struct
+import threading
 from time import monotonic_ns
 
 from fastcluster.shm import control as CT
@@ -35,6 +37,7 @@ log = logging.getLogger("sip")
 IDLE_S = 0.2
 IDLE_NS = int(IDLE_S * 1e9)
 BATCHES = 1 << 30  # one listener: the compiled way keeps serving until IDLE_S has passed
+POPULATE_PIECE = 16 << 20  # bytes mapped per madvise by the populating thread
 DRAIN_BATCHES = 2  # batches taken from one ready socket before looking at the others
 
 
@@ -87,16 +90,26 @@ class SipWorker(Child):
             self.authenticator = Authenticator(self.cfg, self.mem.nonces.key, self.mem.nonces,
                                                self.credentials, self.counts)
         self.app = SipApp(self, self.counts)
-        # every page of the tables mapped now: a request's first touch of a page would
-        # otherwise cost it a fault (0.3 per REGISTER one at a time, bench.sip_profile)
-        for segment in self.mem.segments.values():
-            segment.populate()
+        # every page of the tables mapped: a request's first touch of a page would
+        # otherwise cost it a fault (0.3 per REGISTER one at a time, bench.sip_profile).
+        # In a thread at nice 19 (madvise runs without the GIL), while this one serves:
+        # done first, it kept a node of large tables from answering for ~1 s after it
+        # was ready (a phone retransmits after 500 ms).
+        threading.Thread(target=self._populate, name="populate", daemon=True).start()
         self.reader = BatchReader(self.app)
         # dialog tracking plugs into the proxy (services.sip.proxy.DialogHook)
         listeners = sorted(self.listeners, key=lambda x: x.index)
         self.dialogs = DialogTracker(self, self.counts, self.app.proxy.local,
                                      [x.label for x in listeners])
         self._wire_dialogs()
+
+    def _populate(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread
+        except OSError:
+            pass
+        for segment in list(self.mem.segments.values()):
+            segment.populate(POPULATE_PIECE)
 
     def _wire_dialogs(self) -> None:
         self.app.proxy.dialogs = self.dialogs if self.cfg["dialog.track"] == "all" else None

@@ -13,9 +13,10 @@ from fastcluster.shm.segment import Segment
 PAGES = 2048
 
 
-def faults_touching_every_page(segment: Segment, populate: bool) -> int:
+def faults_touching_every_page(segment: Segment, populate: bool, piece: int = 0) -> int:
     """In a forked child (which inherits the mapping without its page table entries):
-    the minor faults it takes writing one byte of every page."""
+    the minor faults it takes writing one byte of every page (populated first, in
+    pieces of `piece` bytes)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -23,7 +24,7 @@ def faults_touching_every_page(segment: Segment, populate: bool) -> int:
         try:
             os.close(r)
             if populate:
-                assert segment.populate()
+                assert segment.populate(piece)
             pages = segment.buf[::4096]
             private = np.zeros(4096 * 64, dtype=np.uint8)[::4096]
             private += np.uint8(1)  # the same code path first: its own faults not counted
@@ -53,7 +54,10 @@ def test_a_populated_segment_takes_no_fault_on_first_touch() -> None:
         # without: a fault per page, or per 16 with the kernel's fault-around (64 KiB)
         assert faults_touching_every_page(segment, populate=False) >= PAGES // 32
         assert faults_touching_every_page(segment, populate=True) < PAGES // 64
-        assert np.all(segment.buf[::4096] == 2)  # both children wrote the shared pages
+        # in pieces (as a SIP worker's populating thread): the last page too, whole or not
+        assert faults_touching_every_page(segment, populate=True,
+                                          piece=7 * 4096 + 100) < PAGES // 64
+        assert np.all(segment.buf[::4096] == 3)  # the children wrote the shared pages
     finally:
         segment.close()
         segment.unlink()
