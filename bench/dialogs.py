@@ -74,6 +74,7 @@ from tests.support.nodes import (  # noqa: E402
     free_port,
     start_cluster,
     up_set,
+    wait_mapped,
     wait_synced,
     wait_until,
 )
@@ -101,6 +102,7 @@ class FastclusterPair:
             "usrloc": {"natping_interval_s": 0},
             "persistence": {} if persist else {"url": "off"}})
         wait_synced(self.nodes)
+        wait_mapped(self.nodes)
         self.port = self.nodes[0].sip_port
         self.label = f"2 fastcluster nodes -w {workers} replicating dialogs" + (
             "" if persist else ", persistence off")

@@ -39,7 +39,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 from bench.cpu import cpu_seconds  # noqa: E402
 from bench.latency import percentile  # noqa: E402
 from tests.support import leaks, sipp  # noqa: E402
-from tests.support.nodes import Node, free_port  # noqa: E402
+from tests.support.nodes import Node, free_port, wait_mapped  # noqa: E402
 from tests.support.pyuas import PyUac, PyUas  # noqa: E402
 
 DOMAIN = "example.com"
@@ -76,6 +76,7 @@ class Fastcluster(Proxy):
             "proxy": {"transactions": transactions},
             # ended dialogs stay dialog.tombstone_ttl_s: room for a whole run's calls
             "dialog": {"track": track, "capacity": 1_000_000}}).start()
+        wait_mapped([self.node])  # steady state: the workers' page mapping done
         self.port = self.node.sip_port
         self.label = f"fastcluster -w {workers} ({dispatch}, dialog.track = {track})"
 

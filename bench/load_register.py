@@ -38,7 +38,7 @@ os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the node
 from bench.cpu import cpu_seconds  # noqa: E402
 from fastcluster.services.sip import subscribers  # noqa: E402
 from tests.support import sipp  # noqa: E402
-from tests.support.nodes import Node, start_cluster, wait_until  # noqa: E402
+from tests.support.nodes import Node, start_cluster, wait_mapped, wait_until  # noqa: E402
 
 def node_pids(node: Node) -> list[int]:
     return [p["PID"] for p in node.mi("ps")["Processes"]]
@@ -81,6 +81,7 @@ def run(users: int, workers: int, dispatch: str, limit: int, rate: int, replicas
         node = Node(tmp, workers=workers, settings=settings)
         provision(node)
         nodes = [node.start()]
+    wait_mapped(nodes)  # steady state: the SIP workers' page mapping done
 
     def load(i: int) -> sipp.SippResult:
         if not auth:

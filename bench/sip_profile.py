@@ -356,8 +356,10 @@ class FastclusterSystem(System):
         finally:
             nodes.PYTHON = sys.executable
         # measured in steady state: until its tables count as synced, a node looks for
-        # a donor (seed_fallback_interval_s) beside the load
+        # a donor (seed_fallback_interval_s) beside the load; until its SIP workers
+        # mapped the tables' pages, that work runs beside it too
         nodes.wait_synced([self.node])
+        nodes.wait_mapped([self.node])
         self.port = self.node.sip_port
         build = f" [{tree.name}]" if tree is not None else ""
         self.label = f"fastcluster{build} -w {workers} {dispatch}" + "".join(

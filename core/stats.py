@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("core", "rcv_requests", "SIP requests received"),
+    ("core", "sip_tables_mapped", "SIP worker starts that finished mapping every page of "
+     "the tables into the worker (in the background after it starts serving; until "
+     "then a request may pay for a page's first touch)"),
     ("core", "rcv_replies", "SIP replies received (dropped: no proxy yet, or ping replies)"),
     ("core", "bad_msgs", "datagrams that did not parse as SIP (answered 400 or dropped)"),
     ("core", "drop_requests", "requests dropped without an answer"),

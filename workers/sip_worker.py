@@ -29,6 +29,7 @@ import struct
 import threading
 from time import monotonic_ns
 
+from fastcluster.core.stats import INDEX
 from fastcluster.shm import control as CT
 from fastcluster.workers.child import Child, SipSocket
 
@@ -37,6 +38,7 @@ log = logging.getLogger("sip")
 IDLE_S = 0.2
 IDLE_NS = int(IDLE_S * 1e9)
 BATCHES = 1 << 30  # one listener: the compiled way keeps serving until IDLE_S has passed
+I_TABLES_MAPPED = INDEX["core:sip_tables_mapped"]
 POPULATE_PIECE = 16 << 20  # bytes mapped per madvise by the populating thread
 DRAIN_BATCHES = 2  # batches taken from one ready socket before looking at the others
 
@@ -110,6 +112,7 @@ class SipWorker(Child):
             pass
         for segment in list(self.mem.segments.values()):
             segment.populate(POPULATE_PIECE)
+        self.counts[I_TABLES_MAPPED] += 1
 
     def _wire_dialogs(self) -> None:
         self.app.proxy.dialogs = self.dialogs if self.cfg["dialog.track"] == "all" else None

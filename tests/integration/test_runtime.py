@@ -13,7 +13,7 @@ import pytest
 from fastcluster.services.mi.client import MIError
 from fastcluster.shm.node import PARTS
 from tests.support import leaks
-from tests.support.nodes import Node
+from tests.support.nodes import Node, wait_mapped
 
 
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
@@ -396,6 +396,9 @@ def test_a_node_of_large_tables_answers_from_the_moment_it_is_ready(tmp_path, di
         "dialog": {"track": "none", "capacity": 1_000_000}}).start()
     try:
         _register_from_new_ports(node.sip_port, "early", count=4)
+        wait_mapped([node])  # and each worker says when it has mapped them, once
+        assert node.mi("get_statistics", statistics=["core:sip_tables_mapped"])[
+            "core:sip_tables_mapped"] == 4
     finally:
         assert node.stop() == 0
 

@@ -313,3 +313,12 @@ def wait_synced(nodes: list[Node], timeout: float = 30.0) -> None:
         wait_until(lambda n=n: cap_state(n) == "synced" and
                    cap_state(n, "dialog-dlg-repl") == "synced", timeout=timeout,
                    what=f"node {n.node_id} synced")
+
+
+def wait_mapped(nodes: list[Node], timeout: float = 60.0) -> None:
+    """Until every SIP worker of each node has mapped the tables' pages (it does in the
+    background after it starts serving): a measure of CPU begun sooner counts that too."""
+    for n in nodes:
+        wait_until(lambda n=n: n.mi("get_statistics", statistics=["core:sip_tables_mapped"])[
+            "core:sip_tables_mapped"] >= n.settings["core"]["workers"], timeout=timeout,
+            what=f"node {n.node_id}'s SIP workers mapped the tables")
