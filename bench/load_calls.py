@@ -9,9 +9,9 @@ and call setup latency at a fixed rate, through the proxy and direct.
 Load: one sipp UAC and one sipp UAS on this machine, the UAS registered through the
 proxy as bob@example.com (the proxy looks it up for every call). Closed loop by default
 (sipp -users LIMIT: LIMIT calls in progress, each ended call starting the next); `--open`
-runs at exactly --rate instead. CPU per call is the CPU time (user + system) of every process of the
-proxy during the run (fastcluster: master, workers, cluster, timer; Kamailio: all its
-processes) over the calls answered; sipp's own CPU is printed apart, with the share of
+runs at exactly --rate instead. CPU per call is the CPU time (user + system) of every
+process of the proxy during the run (fastcluster: master, workers, cluster, timer;
+Kamailio: all its processes) over the calls answered; sipp's own CPU is printed apart, with the share of
 a core it used: near 100 % means sipp, not the proxy, set the pace. Kamailio runs with
 `-x tlsf` (its faster allocator) and the config in bench/kamailio/proxy.cfg.in (tm,
 registrar lookup, record_route, dialog with one profile, 2 children). Latency: INVITE to
