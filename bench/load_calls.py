@@ -11,8 +11,8 @@ proxy as bob@example.com (the proxy looks it up for every call). Closed loop by 
 (sipp -users LIMIT: LIMIT calls in progress, each ended call starting the next); `--open`
 runs at exactly --rate instead. CPU per call is the CPU time (user + system) of every
 process of the proxy during the run (fastcluster: master, workers, cluster, timer;
-Kamailio: all its processes) over the calls answered; sipp's own CPU is printed apart, with the share of
-a core it used: near 100 % means sipp, not the proxy, set the pace. Kamailio runs with
+Kamailio: all its processes) over the calls answered; sipp's own CPU is printed apart,
+with the share of a core it used: near 100 % means sipp, not the proxy, set the pace. Kamailio runs with
 `-x tlsf` (its faster allocator) and the config in bench/kamailio/proxy.cfg.in (tm,
 registrar lookup, record_route, dialog with one profile, 2 children). Latency: INVITE to
 200 OK measured by a scripted caller with a scripted callee (tests/support/pyuas.py;
