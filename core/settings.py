@@ -503,8 +503,8 @@ SETTINGS: tuple[Setting, ...] = (
       "REGISTER reads SQLite only on a miss; dropped when the database changes."),
     S("auth", "nonce_slots", _power_of_two_at_least(1024, 1 << 28), "1048576",
       "Slots of the shared table that remembers the nonce counts seen (replay "
-      "protection), 8 bytes each. A nonce that finds its bucket full is challenged "
-      "again (counted: auth:nonce_table_full)."),
+      "protection), 8 bytes each. A nonce that finds both its buckets full is "
+      "challenged again (counted: auth:nonce_table_full)."),
     # -- clusterer
     S("clusterer", "node_id", _int_range(1, 65535), "1",
       "This node's id, unique in its clusters."),

@@ -1,6 +1,6 @@
 """The nonce replay table kernel (shm.nonces.nonce_use) against a plain reference, and
 the cases that matter: a count must rise, expired nonces free their slot, a full
-bucket is reported, concurrent users of one nonce never both win the same count."""
+pair of buckets is reported, concurrent users of one nonce never both win the same count."""
 from __future__ import annotations
 
 import multiprocessing
@@ -47,14 +47,44 @@ def test_other_nonces_are_independent() -> None:
     assert t.use(0x1111_0000_0000_0008, 1, 1000, 1300) == N.USE_REPLAY
 
 
-def test_full_bucket_then_expiry_frees_it() -> None:
+def same_buckets(slots: int, count: int) -> list[int]:
+    """`count` nonce names whose two buckets are the same two (and differ)."""
+    by_pair: dict[tuple[int, int], list[int]] = {}
+    for k in range(1, 1 << 16):
+        name = ((2 * k) << 32) | 8
+        pair = tuple(int(b) for b in N.buckets(name, slots))
+        if pair[0] != pair[1]:
+            got = by_pair.setdefault(pair, [])
+            got.append(name)
+            if len(got) == count:
+                return got
+    raise AssertionError("no such names")
+
+
+def test_full_buckets_then_expiry_frees_them() -> None:
     t = table(64)
-    names = [((2 * k) << 32) | 8 for k in range(1, N.BUCKET + 2)]  # one bucket
-    assert [t.use(n, 1, 1000, 1300) for n in names[:N.BUCKET]] == [N.USE_OK] * N.BUCKET
+    names = same_buckets(64, 2 * N.BUCKET + 1)
+    live = 2 * N.BUCKET  # the first bucket, then the second
+    assert [t.use(n, 1, 1000, 1300) for n in names[:live]] == [N.USE_OK] * live
     assert t.use(names[-1], 1, 1000, 1300) == N.USE_FULL
+    # each is found again, in whichever bucket it went: a second use is a replay
+    assert [t.use(n, 1, 1000, 1300) for n in names[:live]] == [N.USE_REPLAY] * live
     assert t.use(names[-1], 1, 1301, 1600) == N.USE_OK  # the others expired at 1300
     # an expired entry of the same nonce does not count as seen
     assert t.use(names[0], 1, 1301, 1600) == N.USE_OK
+
+
+def test_a_nonce_moved_to_its_second_bucket_keeps_its_count_when_room_returns() -> None:
+    """A nonce that went to its second bucket is found there even after its first
+    bucket has room again: it must not get a fresh entry (a replay would pass)."""
+    t = table(64)
+    names = same_buckets(64, N.BUCKET + 1)
+    for n in names[:N.BUCKET]:  # fills the first bucket; they expire at 1100
+        assert t.use(n, 1, 1000, 1100) == N.USE_OK
+    late = names[-1]
+    assert t.use(late, 3, 1000, 1300) == N.USE_OK  # in the second bucket
+    assert t.use(late, 3, 1200, 1300) == N.USE_REPLAY  # the first has room now
+    assert t.use(late, 4, 1200, 1300) == N.USE_OK
 
 
 def test_expiry_wraps_with_the_clock_ring() -> None:
@@ -66,7 +96,8 @@ def test_expiry_wraps_with_the_clock_ring() -> None:
 
 
 def reference(ops: list[tuple[int, int, int]], slots: int) -> list[int]:
-    """Plain model: per bucket, the live nonces and their highest count."""
+    """Plain model: per bucket, the live nonces and their highest count; a nonce is
+    looked for in both its buckets and goes into the first with room."""
     live: dict[int, dict[int, tuple[int, int]]] = {}
     out = []
     for name, nc, now in ops:
@@ -74,20 +105,27 @@ def reference(ops: list[tuple[int, int, int]], slots: int) -> list[int]:
         if not 1 <= nc <= N.NC_MAX:
             out.append(N.USE_FULL)
             continue
-        bucket = live.setdefault((name & (slots - 1)) & ~(N.BUCKET - 1), {})
-        for tag in [k for k, (e, _) in bucket.items() if e < now]:
-            del bucket[tag]
+        mixed = ((name >> 32) * 0x9E3779B97F4A7C15) & (2**64 - 1)
+        starts = [(name & (slots - 1)) & ~(N.BUCKET - 1),
+                  ((mixed >> 32) & (slots - 1)) & ~(N.BUCKET - 1)]
+        pair = [live.setdefault(b, {}) for b in starts]
+        for bucket in pair:
+            for tag in [k for k, (e, _) in bucket.items() if e < now]:
+                del bucket[tag]
         tag = (name >> 32) | 1
-        if tag in bucket:
-            if nc <= bucket[tag][1]:
+        home = next((b for b in pair if tag in b), None)
+        if home is not None:
+            if nc <= home[tag][1]:
                 out.append(N.USE_REPLAY)
             else:
-                bucket[tag] = (bucket[tag][0], nc)
+                home[tag] = (home[tag][0], nc)
                 out.append(N.USE_OK)
-        elif len(bucket) >= N.BUCKET:
+            continue
+        room = next((b for b in pair if len(b) < N.BUCKET), None)
+        if room is None:
             out.append(N.USE_FULL)
         else:
-            bucket[tag] = (exp, nc)
+            room[tag] = (exp, nc)
             out.append(N.USE_OK)
     return out
 
