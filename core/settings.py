@@ -535,8 +535,13 @@ SETTINGS: tuple[Setting, ...] = (
       "A seed falls back to 'synced with its own data' when no donor shows up within "
       "seed_fallback_interval_s; others wait for a donor. auto: a node with no seeds "
       "configured (it starts a cluster) is a seed."),
-    S("clusterer", "repl_interval_ms", _int_range(1, 1000), "2",
-      "How often the cluster process collects the workers' changes and sends them.",
+    S("clusterer", "repl_interval_ms", _int_range(1, 1000), "5",
+      "How often the cluster process collects the workers' changes and sends them: "
+      "about the most a change waits before it leaves. Each batch costs both ends a "
+      "fixed amount of CPU, so under load a shorter interval buys less lag with more "
+      "CPU (2 nodes proxying 5,400 calls/s: 2 ms cost 38-42 us of cluster-process CPU "
+      "per call, 5 ms 26 us; a dialog change's lag at 1,000 calls/s: p99 3.1 ms against "
+      "6.2 ms).",
       unit="ms"),
     S("clusterer", "sync_packet_size", _int_range(4096, 64 << 20), "1048576",
       "Most bytes of table data in one sync chunk.", unit="bytes"),
