@@ -61,6 +61,7 @@ os.environ["NUMBA_CACHE_DIR"] = kernel_cache_dir(numba_cache_base())  # the node
 
 import numpy as np  # noqa: E402
 
+from bench.cpu import cpu_seconds  # noqa: E402
 from bench.latency import log_problems, summary  # noqa: E402
 from bench.load_calls import KAMAILIO_MODULES, run_load, unexpected_note  # noqa: E402
 from fastcluster.shm import dialogs as D  # noqa: E402
@@ -109,6 +110,10 @@ class FastclusterPair:
 
     def pids(self) -> list[int]:
         return [p["PID"] for n in self.nodes for p in n.mi("ps")["Processes"]]
+
+    def processes(self) -> list[tuple[str, int]]:
+        return [(f"node {n.node_id} {p['Type']}", p["PID"])
+                for n in self.nodes for p in n.mi("ps")["Processes"]]
 
     def check(self, ok: int) -> str:
         n1, n2 = self.nodes
@@ -171,6 +176,22 @@ class KamailioPair:
     def pids(self) -> list[int]:
         return [x for p in self.procs for x in [p.pid] + leaks.children_of(p.pid)]
 
+    def processes(self) -> list[tuple[str, int]]:
+        """(label, pid) of every process, labelled as `kamcmd core.psx` describes it."""
+        out = []
+        for i in range(2):
+            text = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl[i]}", "core.psx"],
+                                  capture_output=True, text=True, timeout=10).stdout
+            pid = None
+            for line in text.splitlines():
+                name, _, value = line.strip().partition(":")
+                if name == "PID":
+                    pid = int(value)
+                elif name == "DSC" and pid is not None:
+                    out.append((f"node {i + 1} {value.strip()}", pid))
+                    pid = None
+        return out
+
     def stats(self, i: int) -> dict[str, int]:
         """Instance i's statistics (kamcmd over its ctl socket), "group:name" -> value."""
         out = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl[i]}", "stats.get_statistics",
@@ -231,7 +252,11 @@ def calls(ns: argparse.Namespace) -> None:
                 pair = FastclusterPair(tmp, ns.workers, on) if name == "fastcluster" else \
                     KamailioPair(tmp, ns.children)
                 try:
+                    procs = pair.processes()
+                    before = [cpu_seconds(pid) for _, pid in procs]
                     r = run_load(pair, tmp, ns.calls, ns.rate, ns.limit, ns.open, 0)
+                    split = [(label, (cpu_seconds(pid) - b) / max(r["ok"], 1) * 1e6)
+                             for (label, pid), b in zip(procs, before)]
                     note = pair.check(r["ok"])
                 finally:
                     pair.stop()
@@ -242,6 +267,8 @@ def calls(ns: argparse.Namespace) -> None:
                       f"{r['uac_cpu'] / r['wall']:.0%} of a core, UAS "
                       f"{r['uas_cpu'] / r['wall']:.0%}{unexpected_note(r)}. {note}",
                       flush=True)
+                print("    CPU per call by process: " + ", ".join(
+                    f"{label} {us:.0f} us" for label, us in split if us >= 0.5), flush=True)
 
 
 # ---------------------------------------------------------------- lag
