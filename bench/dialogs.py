@@ -90,14 +90,15 @@ DOMAIN = "example.com"
 class FastclusterPair:
     name = "fastcluster"
 
-    def __init__(self, tmp: pathlib.Path, workers: int, persist: bool = True) -> None:
+    def __init__(self, tmp: pathlib.Path, workers: int, persist: bool = True,
+                 dispatch: str = "reuseport") -> None:
         def tags(n: Node) -> None:
             n.settings["clusterer"]["sharing_tags"] = \
                 "vip=active" if n.node_id == 1 else "vip=backup"
             n.write_ini()
 
         self.nodes = start_cluster(tmp, 2, workers=workers, before_start=tags, settings={
-            "core": {"log_level": "warning"}, "sip": {"dispatch": "reuseport"},
+            "core": {"log_level": "warning"}, "sip": {"dispatch": dispatch},
             "proxy": {"transactions": 1_000_000}, "dialog": {"capacity": 200_000,
                                                              "profiles": "calls"},
             "usrloc": {"natping_interval_s": 0},
@@ -105,7 +106,7 @@ class FastclusterPair:
         wait_synced(self.nodes)
         wait_mapped(self.nodes)
         self.port = self.nodes[0].sip_port
-        self.label = f"2 fastcluster nodes -w {workers} replicating dialogs" + (
+        self.label = f"2 fastcluster nodes -w {workers} {dispatch} replicating dialogs" + (
             "" if persist else ", persistence off")
 
     def pids(self) -> list[int]:
@@ -119,8 +120,10 @@ class FastclusterPair:
         n1, n2 = self.nodes
         wait_until(lambda: n2.mi("get_statistics", statistics=["dialog:active_dialogs"])
                    ["dialog:active_dialogs"] == 0, timeout=30, what="node 2 drained")
-        made = n1.mi("get_statistics", statistics=["dialog:processed_dialogs"])
-        return f"node 1 tracked {made['dialog:processed_dialogs']} dialogs, node 2 holds 0 live"
+        s1 = n1.mi("get_statistics", statistics=["dialog:processed_dialogs", "tm:lock_waits",
+                                                 "dialog:lock_waits"])
+        return (f"node 1 tracked {s1['dialog:processed_dialogs']} dialogs (lock waits: tm "
+                f"{s1['tm:lock_waits']}, dialog {s1['dialog:lock_waits']}), node 2 holds 0 live")
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -249,7 +252,8 @@ def calls(ns: argparse.Namespace) -> None:
             for name, on in systems:
                 tmp = pathlib.Path(d) / f"{name}{int(on)}"
                 tmp.mkdir()
-                pair = FastclusterPair(tmp, ns.workers, on) if name == "fastcluster" else \
+                pair = FastclusterPair(tmp, ns.workers, on, ns.dispatch) \
+                    if name == "fastcluster" else \
                     KamailioPair(tmp, ns.children)
                 try:
                     procs = pair.processes()
@@ -591,6 +595,9 @@ def main() -> int:
     c.add_argument("--rate", type=int, default=20_000)
     c.add_argument("--limit", type=int, default=300)
     c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--dispatch", choices=("shared", "reuseport"), default="reuseport",
+                   help="of fastcluster's SIP workers (one sipp per side: reuseport hashes "
+                        "each to one worker)")
     c.add_argument("--open", action="store_true", help="open loop at exactly --rate")
     c.add_argument("--children", type=int, default=2, help="of each Kamailio instance")
     c.add_argument("--only", choices=("fastcluster", "kamailio"))
