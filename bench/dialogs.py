@@ -118,8 +118,19 @@ class FastclusterPair:
 
     def check(self, ok: int) -> str:
         n1, n2 = self.nodes
-        wait_until(lambda: n2.mi("get_statistics", statistics=["dialog:active_dialogs"])
-                   ["dialog:active_dialogs"] == 0, timeout=30, what="node 2 drained")
+        try:
+            wait_until(lambda: n2.mi("get_statistics", statistics=["dialog:active_dialogs"])
+                       ["dialog:active_dialogs"] == 0, timeout=30, what="node 2 drained")
+        except AssertionError:
+            keys = ["dialog:", "clusterer:repl_rows_sent", "clusterer:repl_rows_applied",
+                    "clusterer:repl_rows_stale", "clusterer:repl_gaps",
+                    "clusterer:repl_resends"]
+            live = n2.mi("dlg_list")
+            raise AssertionError(
+                f"node 2 still holds live dialogs 30 s after the calls ended; node 1: "
+                f"{n1.mi('get_statistics', statistics=keys)}, {n1.mi('dlg_digest')}; node 2: "
+                f"{n2.mi('get_statistics', statistics=keys)}, {n2.mi('dlg_digest')}; "
+                f"node 2's dlg_list: {str(live)[:4000]}") from None
         s1 = n1.mi("get_statistics", statistics=["dialog:processed_dialogs", "tm:lock_waits",
                                                  "dialog:lock_waits"])
         return (f"node 1 tracked {s1['dialog:processed_dialogs']} dialogs (lock waits: tm "

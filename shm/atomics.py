@@ -3,7 +3,8 @@
 Numba has no atomics for CPU arrays, and shared-memory locks, rings and counters need
 them: a plain store may be reordered by LLVM and a plain read-modify-write loses updates
 between processes. These intrinsics emit LLVM `cmpxchg`, `atomicrmw`, atomic load/store
-and `pause` (the LLVM x86 intrinsic: numba's JIT has no inline-asm parser), so they
+and `pause` (the LLVM x86 intrinsic: numba's JIT has no inline-asm parser), and a call
+of sched_yield(2), so they
 compile into the calling kernel (cacheable, no call overhead). Arrays must be 1-d,
 C-contiguous, of an integer dtype; the element must be naturally aligned (every shm
 layout here guarantees it). `unmanaged` drops an array's refcounting for the span of a
@@ -131,6 +132,20 @@ def fence_acquire(typingctx):
     def codegen(context, builder, sig, args):
         builder.fence("acquire")
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """Give the CPU up (sched_yield(2)): a spin-wait whose other side is a process waiting
+    for a CPU (more workers than cores) lets it run instead of spinning against it."""
+    sig = types.int32()
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_yield")
+        return builder.call(fn, [])
 
     return sig, codegen
 

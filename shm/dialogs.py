@@ -123,7 +123,8 @@ EXPIRY_GRACE_S = 60  # a dialog nobody ended is dropped everywhere this long aft
 
 # dlg_apply operations and results
 OP_CREATE, OP_UPDATE, OP_DELETE, OP_FAIL = 1, 2, 3, 4
-E_EXISTS = -8  # OP_CREATE found the dialog (a retransmitted or spiralled INVITE)
+E_EXISTS = -8  # OP_CREATE found the dialog (a retransmitted or spiralled INVITE), or
+# its tombstone with a caller CSeq as high (the retransmission came after its end)
 E_OTHER_CALLEE = -9  # the change names another callee (To tag) than the confirmed dialog
 
 # The identity of an in-dialog request, in int64 words (dlg_in_dialog's `ident`; shm.sipreq
@@ -292,8 +293,10 @@ def dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8):
     """Apply a dialog change under the lock of its slot's region.
 
     p8: a row made by pack_dialog (uint8[>= body], read only): key and group name the
-    dialog. op: OP_CREATE inserts it (E_EXISTS if the dialog is there and live: the
-    stored one is left as it is); OP_UPDATE merges it into the live record (_merge);
+    dialog. op: OP_CREATE inserts it (E_EXISTS if the dialog is there and live, or ended
+    with a caller CSeq at least the new one's -- a late retransmission of its INVITE,
+    which must not bring it back; a new INVITE after a failed one, as after a 407, has
+    a higher CSeq: the stored one is left as it is); OP_UPDATE merges it into the live record (_merge);
     OP_DELETE turns the live record into a tombstone, OP_FAIL too unless it is
     confirmed (E_EXISTS: a 2xx on another branch made it). Whatever was written is pushed
     to `ring`; out8 (uint8[>= body]) receives the resulting row (for E_EXISTS, the
@@ -320,7 +323,10 @@ def dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8):
     if status == 0:
         live = found >= 0 and r_state(t, found) == ST_LIVE
         if op == OP_CREATE:
-            if live:
+            if live or found >= 0 and r_state(t, found) == ST_TOMB and \
+                    ld32(t.rows8, rbase(t, found) + O_CALLER_CSEQ) >= ld32(p8, O_CALLER_CSEQ):
+                # live: a copy of the INVITE made it first; ended with a CSeq as high: a
+                # late retransmission of the INVITE of a dialog that is over
                 n = t.fixed + blob_used(t, t.rows8, rbase(t, found))
                 out8[:n] = t.rows8[rbase(t, found):rbase(t, found) + n]
                 result = E_EXISTS
@@ -370,7 +376,9 @@ def _get(t, key, group, out8):
         if k == key and ldu64(t.rows8, rbase(t, s) + 8) == group:
             if read_row(t, s, out8, 0) == key:
                 return s
-            return E_NOT_FOUND
+            # its writer is inside it past the spin budget (descheduled: two cores and
+            # eight workers; or dead until the master repairs it): not "no dialog"
+            return E_BUSY if atomic_load(t.keys, s) == key else E_NOT_FOUND
         s += 1
     return E_NOT_FOUND
 
@@ -378,7 +386,8 @@ def _get(t, key, group, out8):
 @njit(cache=True)
 def dlg_get(arena, key, group, out8):
     """Copy the record (LIVE or TOMB) with this key and group into out8, consistently
-    (seqlock). Returns its slot, or E_NOT_FOUND. Lock-free."""
+    (seqlock). Returns its slot, E_NOT_FOUND, or E_BUSY (the record is being written and
+    stayed so past the spin budget: call again, after a yield). Lock-free."""
     return _get(views(arena), key, group, unmanaged(out8))
 
 
@@ -494,8 +503,10 @@ def tag_span(d, s, e):
 
 @njit(cache=True, inline="always")
 def _live_slot(t, key, group, out8):
-    """dlg_get, and whether the record is live: its slot, or E_NOT_FOUND."""
+    """dlg_get, and whether the record is live: its slot, E_NOT_FOUND or E_BUSY."""
     s = _get(t, key, group, out8)
+    if s == E_BUSY:
+        return E_BUSY
     return s if s >= 0 and out8[R_STATE] == ST_LIVE else E_NOT_FOUND
 
 
@@ -512,8 +523,9 @@ def dlg_in_dialog(arena, ring, data, ident, now_ms, me, proc, p8, out8):
     (OP_DELETE), an ACK confirms it (OP_UPDATE to DLG_CONFIRMED), a BYE in an early one
     only raises the CSeq of its side (OP_UPDATE): the change is packed into p8 (uint8[>=
     body]) as pack_dialog packs it and applied by dlg_apply (ring, out8 as there);
-    ident[ID_OP] receives the operation. Returns dlg_apply's result (E_BUSY: apply p8
-    again), or IN_NONE (no such dialog) / IN_UNSURE (a tag read the slow way: nothing was
+    ident[ID_OP] receives the operation. Returns dlg_apply's result, or E_BUSY (nothing
+    was done: a lock, or a record being written, stayed busy; call again), IN_NONE (no
+    such dialog) / IN_UNSURE (a tag read the slow way: nothing was
     done, the caller goes the Python way) / E_TOO_LONG (the identity does not fit)."""
     t = views(arena)
     p8 = unmanaged(p8)
@@ -527,14 +539,20 @@ def dlg_in_dialog(arena, ring, data, ident, now_ms, me, proc, p8, out8):
     group = group_hash(data, cs, cn)
     seed = group ^ SEED_GROUP
     key = as_key(hash_bytes(data, fs, fe - fs, seed))
-    if _live_slot(t, key, group, out8) >= 0:
+    s = _live_slot(t, key, group, out8)
+    if s == E_BUSY:
+        return E_BUSY  # nothing done: read again (a lock-free read must not say "none")
+    if s >= 0:
         from_callee = False
         rs, rn, ks, kn = fs, fe - fs, ts, te - ts  # the dialog's From tag, the callee's
     else:
         if te == ts:
             return IN_NONE
         key = as_key(hash_bytes(data, ts, te - ts, seed))
-        if _live_slot(t, key, group, out8) < 0:
+        s = _live_slot(t, key, group, out8)
+        if s == E_BUSY:
+            return E_BUSY
+        if s < 0:
             return IN_NONE
         from_callee = True
         rs, rn, ks, kn = ts, te - ts, fs, fe - fs

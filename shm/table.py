@@ -104,6 +104,7 @@ from fastcluster.shm.atomics import (
     fence_acquire,
     fence_release,
     prefetch,
+    sched_yield,
     unmanaged,
 )
 from fastcluster.shm.hashing import mix64
@@ -147,6 +148,7 @@ E_CORRUPT = -6  # a wire entry that cannot be a row of this table
 E_STALE = -7  # a remote row not newer than ours
 
 SPINS = 4096
+READ_YIELDS = 1024  # a seqlock reader's yields to a writer inside the row (read_row)
 REPAIR_LOCK_TRIES = 1000  # lock_region attempts per region while repairing (SPINS each)
 
 # apply_entries accumulates into counts[APPLY_COUNTS] (int64), at these indexes:
@@ -758,11 +760,23 @@ def apply_entries(arena, buf, nbytes, now_s, tomb_ttl_s, me, proc, ring, seen, c
 @njit(cache=True, inline="always")
 def read_row(t, s, out8, out_off):
     """Copy slot s's row body into out8 consistently (seqlock). Returns its key
-    (EMPTY/FREE if the slot holds no record any more, or stayed locked past the spin
-    budget: a writer died inside it and the master has not repaired it yet)."""
+    (EMPTY/FREE if the slot holds no record any more, or stayed locked past the wait
+    budget: a writer died inside it and the master has not repaired it yet). A writer
+    inside the row is spun on, then yielded to (READ_YIELDS times): with more workers
+    than cores it may be waiting for this very CPU, and a reader that gave up after the
+    spins alone (~1 ms) read a busy row as no row at all (a BYE ended no dialog)."""
     q = seq_index(t, s)
-    for _ in range(SPINS * 16):
+    spins = 0
+    yields = 0
+    while True:
         s1 = atomic_load(t.rows32, q)
+        spins += 1
+        if spins > SPINS * 16:
+            if yields >= READ_YIELDS:
+                return K_FREE
+            yields += 1
+            spins = SPINS * 15  # SPINS more spins after each yield
+            sched_yield()
         if s1 & 1:
             cpu_relax()
             continue
@@ -776,7 +790,6 @@ def read_row(t, s, out8, out_off):
         fence_acquire()
         if t.rows32[q] == s1:
             return k
-    return K_FREE
 
 
 @njit(cache=True)

@@ -21,6 +21,7 @@ import numpy as np
 from fastcluster.services.mi.registry import INVALID_PARAMS, MIError, Streamed, command
 from fastcluster.shm import dialogs as D
 from fastcluster.shm.profiles import REMOTE_SCOPE
+from fastcluster.shm.tables import retry_busy
 
 
 def dialog_id(row: dict) -> str:
@@ -109,7 +110,8 @@ def _find(node: Any, dialog_id_or_callid: str) -> dict | None:
         ok = bool(dot) and group < 1 << 64 and key < 1 << 64
     except ValueError:
         ok = False
-    if ok and D.dlg_get(table.buf, np.uint64(key), np.uint64(group), out) >= 0:
+    if ok and retry_busy(lambda: D.dlg_get(table.buf, np.uint64(key), np.uint64(group),
+                                           out)) >= 0:
         row = D.DIALOG.decode(out, 1, table.row_size)[0]
         return row if row["state"] == 1 else None
     live = [r for r in table.group(dialog_id_or_callid.encode())]

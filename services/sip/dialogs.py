@@ -131,15 +131,18 @@ class DialogStore:
 
     def get(self, callid: bytes, tag: bytes) -> dict | None:
         """The dialog (live or a tombstone) of Call-ID and caller tag, decoded."""
-        key, group = self._ids(callid, tag)
-        if D.dlg_get(self.arena, np.uint64(key), np.uint64(group), self.out) < 0:
+        if self._read(callid, tag) < 0:
             return None
         return D.DIALOG.decode(self.out, 1, self.row_size)[0]
 
     def live(self, callid: bytes, tag: bytes) -> bool:
-        key, group = self._ids(callid, tag)
-        return D.dlg_get(self.arena, np.uint64(key), np.uint64(group), self.out) >= 0 and \
-            self.out[T.R_STATE] == T.ST_LIVE
+        return self._read(callid, tag) >= 0 and self.out[T.R_STATE] == T.ST_LIVE
+
+    def _read(self, callid: bytes, tag: bytes) -> int:
+        """dlg_get into `out`: the slot or E_NOT_FOUND (a record being written is read
+        again: a lock-free read that gave up must not pass for "no dialog")."""
+        key, group = (np.uint64(v) for v in self._ids(callid, tag))
+        return retry_busy(lambda: D.dlg_get(self.arena, key, group, self.out), self._wait)
 
     def out_string(self, index: int) -> bytes:
         """String `index` (shm.dialogs STRING_INDEX) of the row in `out`."""
@@ -469,13 +472,19 @@ class DialogTracker:
         compiled relay took; False: a tag the kernel leaves to core.sip.tag_of, nothing
         was done."""
         store = self.store
-        r = D.dlg_in_dialog(store.arena, store.ring, data, ident, int(time.time() * 1000),
-                            store.me, store.proc, store.patch, store.out)
+
+        def change() -> int:
+            return D.dlg_in_dialog(store.arena, store.ring, data, ident,
+                                   int(time.time() * 1000), store.me, store.proc, store.patch,
+                                   store.out)
+
+        r = change()
+        if r == T.E_BUSY:  # nothing done (a lock, or the row being written): again
+            store._wait()
+            r = retry_busy(change, store._wait)
         if r == D.IN_UNSURE:
             return False
         op = int(ident[D.ID_OP])
-        if r == T.E_BUSY:
-            r = store.reapply(op)
         if r >= 0 and op == D.OP_DELETE:
             self.counts[I_TERMINATED] += 1
         return True

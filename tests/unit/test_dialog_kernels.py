@@ -58,6 +58,8 @@ class Reference:
         if op == D.OP_CREATE:
             if live:
                 return "exists"
+            if old is not None and old["caller_cseq"] >= p["caller_cseq"]:
+                return "exists"  # ended: a late retransmission of its INVITE
             self.rows[ident] = dict(p, state=T.ST_LIVE)
             return "ok"
         if not live:
@@ -195,8 +197,9 @@ def test_full_table_and_strings_too_long_are_refused() -> None:
                  NOW * 1000)[0] == T.E_FULL
     ids = {"callid": b"c0", "from_tag": b"t"}
     assert apply(table, ring, D.OP_DELETE, ids, NOW * 1000)[0] >= 0
+    # made again over its tombstone by a new INVITE (a higher CSeq)
     assert apply(table, ring, D.OP_CREATE, dict(ids, caller_route=b"r" * 70),
-                 NOW * 1000)[0] >= 0
+                 NOW * 1000, caller_cseq=1)[0] >= 0
     # the patch fits, the merged row would not: refused, the stored one unchanged
     big = {s: b"x" * 14 for s in STRINGS[2:6]}
     r, _ = apply(table, ring, D.OP_UPDATE, dict(ids, **big), NOW * 1000, dlg_state=2)
@@ -238,3 +241,30 @@ def test_due_scan_counts_and_ping_bits() -> None:
     assert D.dlg_ping_mark(table.buf, key, group, 0, 0) == D.PING_CALLEE_OUT
     missing = np.uint64(D.dialog_ids(b"nope", b"t")[0])
     assert D.dlg_ping_mark(table.buf, missing, group, 1, 0) == T.E_NOT_FOUND
+
+
+def _seq_offset(table: Table, slot: int) -> int:
+    """Byte offset in the segment of slot's seqlock word (shm.table seq_index)."""
+    h = table.buf[:T.HEADER_SIZE].view(np.int64)
+    return int(h[T.H_OFF_ROWS]) + slot * int(h[T.H_ROW])
+
+
+def test_a_record_being_written_reads_busy_not_missing() -> None:
+    """A writer descheduled inside a row (its seqlock odd past the readers' spin
+    budget) made a lock-free read answer "no such dialog": a BYE read that, ended
+    nothing, and the call stayed live for its lifetime. Busy, the reader calls again."""
+    table, ring = make()
+    ids = {"callid": b"c", "from_tag": b"a"}
+    r, _ = apply(table, ring, D.OP_CREATE, ids, NOW * 1000)
+    assert r >= 0
+    key, group = (np.uint64(v) for v in D.dialog_ids(b"c", b"a"))
+    out = np.zeros(table.row_size, dtype=np.uint8)
+    assert D.dlg_get(table.buf, key, group, out) == r
+    seq = table.buf[_seq_offset(table, r):].view(np.uint32)
+    seq[0] += 1  # a writer inside
+    assert D.dlg_get(table.buf, key, group, out) == T.E_BUSY
+    seq[0] += 1  # it left
+    assert D.dlg_get(table.buf, key, group, out) == r
+    missing = D.dialog_ids(b"c", b"other")
+    assert D.dlg_get(table.buf, np.uint64(missing[0]), np.uint64(missing[1]), out) == \
+        T.E_NOT_FOUND

@@ -10,11 +10,16 @@ tag_of) is the one parse_message gives, for every request the compiled relay tak
 from __future__ import annotations
 
 import random
+import threading
+import time
+
+import numpy as np
 
 from fastcluster.core.sip import parse_message, tag_of
 from fastcluster.core.stats import COUNTERS
 from fastcluster.services.sip.messages import dialog_identity
 from fastcluster.shm import dialogs as D
+from fastcluster.shm import table as T
 from fastcluster.shm.profiles import name_of
 from tests.support.registrar import LISTEN
 from tests.unit.test_proxy import BOB1, CALLER, Proxy, invite, response_to
@@ -362,3 +367,79 @@ def test_a_profile_limit_keeps_the_python_way() -> None:
     assert pair.created == []
     assert pair.fast.stat("dialog:profile_refused") == 2
     assert len([r for r in pair.same_dialogs() if r["dlg_state"] != D.DLG_DELETED]) == 2
+
+
+def test_a_late_invite_retransmission_does_not_bring_back_an_ended_dialog() -> None:
+    """Seen with -w 8 on two cores: the caller's INVITE retransmission (its first copy
+    answered late) was taken by a worker that then waited for a CPU while the call was
+    set up and ended on the others; it remade the dialog the BYE had deleted (admit
+    runs before the transaction absorbs the retransmission), a 200 retransmission and
+    its ACK confirmed it, and it stayed live on every node for its 12 h lifetime. A
+    new INVITE after a failed one (a higher CSeq, as after a 407) still makes one."""
+    pair = DialogPair()
+    out = pair.feed(invite(1), CALLER)
+    fwd = [d for d, a in out if a == BOB1][0]
+    ok = response_to(fwd, 200, tag="b1")
+    pair.feed(ok, BOB1)
+    ack = invite(1, branch="z9hG4bK-ack1", extra=ROUTE, method="ACK",
+                 ruri=f"sip:bob@{BOB1[0]}:{BOB1[1]}").replace(
+        b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b1")
+    bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(
+        b"z9hG4bK-ack1", b"z9hG4bK-bye1")
+    pair.feed(ack, CALLER)
+    out = pair.feed(bye, CALLER)
+    pair.feed(response_to([d for d, a in out if a == BOB1][0], 200, tag="b1"), BOB1)
+    assert [r["dlg_state"] for r in pair.same_dialogs()] == [D.DLG_DELETED]
+    out = pair.feed(invite(1), CALLER)  # the late retransmission: absorbed
+    assert not [d for d, a in out if a == BOB1], out
+    pair.feed(ok, BOB1)  # the callee's 200 again (it saw the ACK late), the ACK again
+    pair.feed(ack, CALLER)
+    assert [r["dlg_state"] for r in pair.same_dialogs()] == [D.DLG_DELETED]
+    for p in (pair.fast, pair.python):
+        assert p.stat("dialog:processed_dialogs") == 1
+    # refused, then tried again with credentials: the same Call-ID and From tag, CSeq 2
+    out = pair.feed(invite(2), CALLER)
+    fwd = [d for d, a in out if a == BOB1][0]
+    pair.feed(response_to(fwd, 486, tag="b2"), BOB1)
+    assert [r["dlg_state"] for r in pair.same_dialogs()] == [D.DLG_DELETED] * 2
+    again = invite(2, branch="z9hG4bK-again2").replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE")
+    assert again != invite(2)
+    out = pair.feed(again, CALLER)
+    assert [d for d, a in out if a == BOB1]
+    assert sorted(r["dlg_state"] for r in pair.same_dialogs()) == \
+        [D.DLG_UNCONFIRMED, D.DLG_DELETED]
+
+
+def test_a_bye_waits_for_a_dialog_row_being_written() -> None:
+    """The BYE's compiled dialog change met the row with its writer inside (an ACK's
+    change on a worker that lost its CPU mid-write): it must wait and end the dialog,
+    not take it for absent (seen with -w 8 on two cores: calls left live for 12 h)."""
+    p = Proxy(dialogs=True)
+    out = p.feed(invite(1), CALLER)
+    fwd = [d for d, a in out if a == BOB1][0]
+    p.feed(response_to(fwd, 200, tag="b1"), BOB1)
+    ack = invite(1, branch="z9hG4bK-ack1", extra=ROUTE, method="ACK",
+                 ruri=f"sip:bob@{BOB1[0]}:{BOB1[1]}").replace(
+        b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b1")
+    bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(
+        b"z9hG4bK-ack1", b"z9hG4bK-bye1")
+    p.feed(ack, CALLER)
+    (row,) = [r for r in p.dialogs.rows(live_only=False)]
+    assert row["dlg_state"] == D.DLG_CONFIRMED
+    store = p.tracker.store
+    key, group = (int(v) for v in D.dialog_ids(b"call-1", b"a1"))
+    slot = D.dlg_get(store.arena, np.uint64(key), np.uint64(group), store.out)
+    assert slot >= 0
+    h = store.arena[:T.HEADER_SIZE].view(np.int64)
+    seq = store.arena[int(h[T.H_OFF_ROWS]) + slot * int(h[T.H_ROW]):].view(np.uint32)
+    waits = p.stat("dialog:lock_waits")
+    seq[0] += 1  # a writer inside the row, descheduled
+    threading.Timer(0.05, lambda: seq.__setitem__(0, seq[0] + 1)).start()
+    started = time.monotonic()
+    out = p.feed(bye, CALLER)
+    assert time.monotonic() - started >= 0.04  # it waited for the writer
+    assert [d for d, a in out if a == BOB1], out  # and the BYE went on
+    (row,) = [r for r in p.dialogs.rows(live_only=False)]
+    assert row["dlg_state"] == D.DLG_DELETED and row["caller_cseq"] == 2
+    assert p.stat("dialog:terminated_dialogs") == 1
+    assert p.stat("dialog:lock_waits") > waits
