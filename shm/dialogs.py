@@ -296,7 +296,8 @@ def dlg_apply(arena, ring, p8, op, now_ms, me, proc, out8):
     dialog. op: OP_CREATE inserts it (E_EXISTS if the dialog is there and live, or ended
     with a caller CSeq at least the new one's -- a late retransmission of its INVITE,
     which must not bring it back; a new INVITE after a failed one, as after a 407, has
-    a higher CSeq: the stored one is left as it is); OP_UPDATE merges it into the live record (_merge);
+    a higher CSeq: the stored one is left as it is); OP_UPDATE merges it into the live
+    record (_merge);
     OP_DELETE turns the live record into a tombstone, OP_FAIL too unless it is
     confirmed (E_EXISTS: a 2xx on another branch made it). Whatever was written is pushed
     to `ring`; out8 (uint8[>= body]) receives the resulting row (for E_EXISTS, the
