@@ -108,6 +108,11 @@ def call(pair: DialogPair, n: int, codes: tuple[int, ...] = (180, 200)
     fwd = [d for d, a in out if a == BOB1][0]
     for code in codes:
         pair.feed(response_to(fwd, code, tag=f"b{n}"), BOB1)
+    return ack_bye(n)
+
+
+def ack_bye(n: int) -> tuple[bytes, bytes]:
+    """The caller's ACK and BYE for call n's dialog (callee tag b{n})."""
     ack = invite(n, branch=f"z9hG4bK-ack{n}", extra=ROUTE, method="ACK",
                  ruri=f"sip:bob@{BOB1[0]}:{BOB1[1]}").replace(
         b"To: <sip:bob@example.com>", f"To: <sip:bob@example.com>;tag=b{n}".encode())
@@ -381,11 +386,7 @@ def test_a_late_invite_retransmission_does_not_bring_back_an_ended_dialog() -> N
     fwd = [d for d, a in out if a == BOB1][0]
     ok = response_to(fwd, 200, tag="b1")
     pair.feed(ok, BOB1)
-    ack = invite(1, branch="z9hG4bK-ack1", extra=ROUTE, method="ACK",
-                 ruri=f"sip:bob@{BOB1[0]}:{BOB1[1]}").replace(
-        b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b1")
-    bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(
-        b"z9hG4bK-ack1", b"z9hG4bK-bye1")
+    ack, bye = ack_bye(1)
     pair.feed(ack, CALLER)
     out = pair.feed(bye, CALLER)
     pair.feed(response_to([d for d, a in out if a == BOB1][0], 200, tag="b1"), BOB1)
@@ -418,11 +419,7 @@ def test_a_bye_waits_for_a_dialog_row_being_written() -> None:
     out = p.feed(invite(1), CALLER)
     fwd = [d for d, a in out if a == BOB1][0]
     p.feed(response_to(fwd, 200, tag="b1"), BOB1)
-    ack = invite(1, branch="z9hG4bK-ack1", extra=ROUTE, method="ACK",
-                 ruri=f"sip:bob@{BOB1[0]}:{BOB1[1]}").replace(
-        b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b1")
-    bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(
-        b"z9hG4bK-ack1", b"z9hG4bK-bye1")
+    ack, bye = ack_bye(1)
     p.feed(ack, CALLER)
     (row,) = [r for r in p.dialogs.rows(live_only=False)]
     assert row["dlg_state"] == D.DLG_CONFIRMED
