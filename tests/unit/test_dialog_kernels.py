@@ -243,10 +243,11 @@ def test_due_scan_counts_and_ping_bits() -> None:
     assert D.dlg_ping_mark(table.buf, missing, group, 1, 0) == T.E_NOT_FOUND
 
 
-def _seq_offset(table: Table, slot: int) -> int:
-    """Byte offset in the segment of slot's seqlock word (shm.table seq_index)."""
-    h = table.buf[:T.HEADER_SIZE].view(np.int64)
-    return int(h[T.H_OFF_ROWS]) + slot * int(h[T.H_ROW])
+def seq_word(arena: np.ndarray, slot: int) -> np.ndarray:
+    """A uint32 view whose element 0 is slot's seqlock word (shm.table seq_index): odd
+    while a writer is inside the row."""
+    h = arena[:T.HEADER_SIZE].view(np.int64)
+    return arena[int(h[T.H_OFF_ROWS]) + slot * int(h[T.H_ROW]):].view(np.uint32)
 
 
 def test_a_record_being_written_reads_busy_not_missing() -> None:
@@ -260,7 +261,7 @@ def test_a_record_being_written_reads_busy_not_missing() -> None:
     key, group = (np.uint64(v) for v in D.dialog_ids(b"c", b"a"))
     out = np.zeros(table.row_size, dtype=np.uint8)
     assert D.dlg_get(table.buf, key, group, out) == r
-    seq = table.buf[_seq_offset(table, r):].view(np.uint32)
+    seq = seq_word(table.buf, r)
     seq[0] += 1  # a writer inside
     assert D.dlg_get(table.buf, key, group, out) == T.E_BUSY
     seq[0] += 1  # it left

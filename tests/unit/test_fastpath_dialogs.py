@@ -19,9 +19,9 @@ from fastcluster.core.sip import parse_message, tag_of
 from fastcluster.core.stats import COUNTERS
 from fastcluster.services.sip.messages import dialog_identity
 from fastcluster.shm import dialogs as D
-from fastcluster.shm import table as T
 from fastcluster.shm.profiles import name_of
 from tests.support.registrar import LISTEN
+from tests.unit.test_dialog_kernels import seq_word
 from tests.unit.test_proxy import BOB1, CALLER, Proxy, invite, response_to
 from tests.unit.test_sipreq import _mutate
 
@@ -375,12 +375,11 @@ def test_a_profile_limit_keeps_the_python_way() -> None:
 
 
 def test_a_late_invite_retransmission_does_not_bring_back_an_ended_dialog() -> None:
-    """Seen with -w 8 on two cores: the caller's INVITE retransmission (its first copy
-    answered late) was taken by a worker that then waited for a CPU while the call was
-    set up and ended on the others; it remade the dialog the BYE had deleted (admit
-    runs before the transaction absorbs the retransmission), a 200 retransmission and
-    its ACK confirmed it, and it stayed live on every node for its 12 h lifetime. A
-    new INVITE after a failed one (a higher CSeq, as after a 407) still makes one."""
+    """A copy of the caller's INVITE handled after the call ended (a retransmission
+    that waited in a busy worker) remade the dialog the BYE had deleted: admit runs
+    before the transaction absorbs the retransmission, and a 200 retransmission with
+    its ACK would then confirm it for its 12 h lifetime. A new INVITE after a failed
+    one (a higher CSeq, as after a 407) still makes one."""
     pair = DialogPair()
     out = pair.feed(invite(1), CALLER)
     fwd = [d for d, a in out if a == BOB1][0]
@@ -427,8 +426,7 @@ def test_a_bye_waits_for_a_dialog_row_being_written() -> None:
     key, group = (int(v) for v in D.dialog_ids(b"call-1", b"a1"))
     slot = D.dlg_get(store.arena, np.uint64(key), np.uint64(group), store.out)
     assert slot >= 0
-    h = store.arena[:T.HEADER_SIZE].view(np.int64)
-    seq = store.arena[int(h[T.H_OFF_ROWS]) + slot * int(h[T.H_ROW]):].view(np.uint32)
+    seq = seq_word(store.arena, slot)
     waits = p.stat("dialog:lock_waits")
     seq[0] += 1  # a writer inside the row, descheduled
     threading.Timer(0.05, lambda: seq.__setitem__(0, seq[0] + 1)).start()
